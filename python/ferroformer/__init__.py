@@ -1,0 +1,1 @@
+from ferroformer import _native

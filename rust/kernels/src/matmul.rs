@@ -1,0 +1,1 @@
+//! matmul kernels (to be written).

@@ -1,0 +1,58 @@
+//! The one path every binding takes into Rust: borrow the arrays, check
+//! their sizes, release the GIL, run inside ferroformer's thread pool, and
+//! map a kernel error onto its Python exception.
+
+use ferroformer_kernels::{pool, Error};
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::prelude::*;
+
+pub fn to_pyerr(e: Error) -> PyErr {
+    match e {
+        Error::Shape(m) | Error::Value(m) => PyValueError::new_err(m),
+        Error::Index(m) => PyIndexError::new_err(m),
+    }
+}
+
+/// Releases the GIL and runs `f` in the kernel thread pool.
+pub fn run<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
+) -> PyResult<T> {
+    py.detach(|| pool::install(f)).map_err(to_pyerr)
+}
+
+/// The array's data as a slice; the Python layer hands in C-contiguous
+/// arrays, so a strided one here is a caller bug reported as ValueError.
+pub fn slice<'a, T: numpy::Element>(
+    op: &str,
+    name: &str,
+    a: &'a PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{op}: {name} must be C-contiguous")))
+}
+
+pub fn shape<T: numpy::Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {
+    a.shape().to_vec()
+}
+
+/// A fresh zero-filled float32 array of the given shape.
+pub fn zeros<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
+    PyArrayDyn::<f32>::zeros(py, shape, false)
+}
+
+/// Runs `f` with the output's data as a mutable slice while the GIL is
+/// released, then hands the output back.
+pub fn fill<'py>(
+    py: Python<'py>,
+    out: Bound<'py, PyArrayDyn<f32>>,
+    f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    {
+        let mut rw = out.readwrite();
+        let dst = rw.as_slice_mut().expect("fresh arrays are contiguous");
+        run(py, move || f(dst))?;
+    }
+    Ok(out)
+}
