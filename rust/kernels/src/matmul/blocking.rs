@@ -3,13 +3,16 @@
 //!
 //! The loops follow BLIS (outermost first):
 //! - loop 5 `jc` steps over columns of C by `nc`; `pack_b` copies the whole
-//!   `k x nc` block of op(B) once into NR-wide micro-panels,
-//! - the parallel split hands each task a range of MR-row panels and of
-//!   NR-column panels,
-//! - loop 4 `pc` steps over k by `kc`; `pack_a` copies the task's `mc x kc`
-//!   block of op(A) into MR-tall micro-panels,
+//!   `k x nc` block of op(B) once into NR-wide micro-panels (all threads
+//!   share it),
+//! - the parallel split hands each task a range of at most `mc` rows (MR
+//!   panels) and of NR-column panels; `pack_a` copies the task's rows of
+//!   op(A) over the whole depth into MR-tall micro-panels, in one pass so
+//!   that the hardware prefetchers stream along the rows of A,
+//! - loop 4 `pc` steps over k by `kc`: the task's `mc x kc` slice of packed
+//!   A is what stays in L2,
 //! - loop 2 `jr` over NR panels: one `kc x NR` micro-panel of B stays in L1,
-//! - loop 1 `ir` over MR panels: the task's A block streams from L2,
+//! - loop 1 `ir` over MR panels: the A slice streams from L2,
 //! - the micro-kernel updates one MR x NR tile of C held in registers.
 //!
 //! The machine these were tuned on (Xeon, Sapphire/Emerald Rapids class) has
@@ -24,8 +27,9 @@ pub struct Blocking {
     /// A micro-panel; the C tile is loaded and stored once per `kc`, which
     /// a `kc` of a few hundred makes negligible.
     pub kc: usize,
-    /// Most rows of A one task packs per `kc` step: the `mc x kc` block
-    /// stays in L2 while every B micro-panel of the task passes over it.
+    /// Most rows of A in one task: its `mc x kc` slice of packed A stays
+    /// in L2 while every B micro-panel of the task passes over it. See
+    /// [`mc_for`] for the bound on the whole `mc x k` packed block.
     pub mc: usize,
     /// Most columns of B packed at once. The packed block is `k x nc`
     /// (shared by all threads, read from L3), so `nc` also bounds the
@@ -56,15 +60,23 @@ pub const PORTABLE: Blocking = Blocking {
     nc: 3072,
 };
 
-/// Packed B is `k x nc` floats; above this many floats the block narrows
-/// (16 MiB: well inside a server L3, and the buffer is reused per thread).
-const PACKED_B_MAX: usize = 4 << 20;
+/// Packed B is `k x nc` floats and each task's packed A `mc x k`; above
+/// this many floats the blocks shrink (16 MiB: well inside a server L3,
+/// and the buffers are kept per thread for reuse).
+const PACKED_MAX: usize = 4 << 20;
 
 /// Columns per `jc` block for depth `k`: `nc`, narrowed so that the packed
 /// `k x nc` block stays under [`PACKED_B_MAX`], never below `4 * nr`, and
 /// a multiple of `nr`.
 pub fn nc_for(blocking: &Blocking, k: usize, nr: usize) -> usize {
-    let fit = PACKED_B_MAX / k.max(1);
+    let fit = PACKED_MAX / k.max(1);
     let nc = blocking.nc.min(fit).max(4 * nr);
     nc / nr * nr
+}
+
+/// Most MR panels of rows per task for depth `k`: `mc / mr`, fewer when
+/// the task's packed `mc x k` block would pass [`PACKED_MAX`], at least 1.
+pub fn mc_panels_for(blocking: &Blocking, k: usize, mr: usize) -> usize {
+    let fit = PACKED_MAX / (k.max(1) * mr);
+    (blocking.mc / mr).min(fit).max(1)
 }

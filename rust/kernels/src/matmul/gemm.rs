@@ -7,7 +7,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use super::blocking::nc_for;
+use super::blocking::{mc_panels_for, nc_for};
 use super::kernel::{Epilogue, MicroKernel, MAX_TILE};
 use super::packing::{pack_a, pack_b, View};
 
@@ -143,7 +143,8 @@ pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
                 packed_b.chunks_mut(panel_len).enumerate().for_each(pack);
             }
             let packed_b: &[f32] = packed_b;
-            let plan = Plan::new(g.m.div_ceil(mr), np, K::BLOCKING.mc / mr, threads);
+            let max_mp = mc_panels_for(&K::BLOCKING, g.k, mr);
+            let plan = Plan::new(g.m.div_ceil(mr), np, max_mp, threads);
             for_each_task(plan.count(), threads, |t| {
                 let (pm0, pm1, pn0, pn1) = plan.task(t);
                 // SAFETY: each task owns the C tiles of its panel ranges.
@@ -166,12 +167,25 @@ unsafe fn task<K: MicroKernel>(
     let kc_max = K::BLOCKING.kc;
     let i0 = pm.start * mr;
     let rows = (pm.end * mr).min(g.m) - i0;
-    with_buffer(&PACKED_A, pm.len() * mr * kc_max.min(g.k), |packed_a| {
+    with_buffer(&PACKED_A, pm.len() * mr * g.k, |packed_a| {
+        // The task's rows over the whole depth in one pass: long runs along
+        // each row of A keep the hardware prefetchers streaming, where
+        // packing one `kc` slice at a time between kernels starts each row
+        // cold.
+        pack_a(packed_a, g.a, mr, i0, rows, 0, g.k);
         for pc in (0..g.k).step_by(kc_max) {
             let kc = kc_max.min(g.k - pc);
-            pack_a(packed_a, g.a, mr, i0, rows, pc, kc);
             let first = pc == 0;
+            // Cache lines of one B micro-panel, and how many of the next
+            // panel's to prefetch before each tile.
+            let b_lines = kc * nr / 16;
+            let per_tile = b_lines.div_ceil(pm.len());
             for jp in pn.clone() {
+                // The next B micro-panel is pulled from L3 into L2 a slice
+                // per tile, so the next column of tiles starts warm.
+                let next_b = packed_b
+                    .as_ptr()
+                    .add((jp + 1).min(pn.end - 1) * g.k * nr + pc * nr);
                 let j = jc + jp * nr;
                 let cols = nr.min(g.n - j);
                 let b = packed_b.as_ptr().add(jp * g.k * nr + pc * nr);
@@ -186,9 +200,12 @@ unsafe fn task<K: MicroKernel>(
                 };
                 for ip in 0..pm.len() {
                     let i = i0 + ip * mr;
-                    let a = packed_a.as_ptr().add(ip * kc * mr);
+                    let a = packed_a.as_ptr().add(ip * g.k * mr + pc * mr);
                     let c = g.c.add(i * g.ldc + j);
                     let r = mr.min(g.m - i);
+                    for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
+                        prefetch_l2(next_b.add(l * 16));
+                    }
                     if r == mr && cols == nr {
                         K::tile(kc, a, b, c, g.ldc, &ep);
                     } else {
@@ -228,4 +245,17 @@ unsafe fn edge_tile<K: MicroKernel>(
             *cp = ep.apply(*t.add(i * K::NR + j), *cp, bias);
         }
     }
+}
+
+/// Asks for the cache line at `p` to be brought into L2.
+#[inline(always)]
+fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

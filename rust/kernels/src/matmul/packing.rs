@@ -32,11 +32,6 @@ impl View {
     }
 }
 
-/// Depth rows handled per pass of the transposing copy: `64 * width`
-/// floats of destination (8 KiB for width 32) stay in L1 while the source
-/// rows are read contiguously.
-const TRANSPOSE_CHUNK: usize = 64;
-
 /// Packs one micro-panel: `dst (kc, width)` with `dst[p*width + i] =
 /// src(i, p)` for `i < valid`, zero for `valid <= i < width`. `src(i, p)`
 /// is at `ptr + i*stride_w + p*stride_k`.
@@ -65,19 +60,16 @@ unsafe fn pack_panel(
         }
     } else if stride_k == 1 {
         // Each of the `valid` lines is contiguous along depth: a transpose.
+        // Walking depth in the outer loop reads all lines side by side, so
+        // their cache misses overlap and the writes stay sequential.
         if valid < width {
             for row in dst.chunks_exact_mut(width) {
                 row[valid..].fill(0.0);
             }
         }
-        for p0 in (0..kc).step_by(TRANSPOSE_CHUNK) {
-            let len = TRANSPOSE_CHUNK.min(kc - p0);
-            let block = &mut dst[p0 * width..(p0 + len) * width];
-            for i in 0..valid {
-                let s = std::slice::from_raw_parts(src.add(i * stride_w + p0), len);
-                for (row, &v) in block.chunks_exact_mut(width).zip(s) {
-                    row[i] = v;
-                }
+        for (p, row) in dst.chunks_exact_mut(width).enumerate() {
+            for (i, d) in row[..valid].iter_mut().enumerate() {
+                *d = *src.add(i * stride_w + p);
             }
         }
     } else {
