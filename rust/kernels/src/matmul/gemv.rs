@@ -33,35 +33,68 @@ unsafe impl Sync for GemvArgs {}
 const CHUNK: usize = 2048;
 /// Fewest outputs worth a parallel chunk of their own.
 const MIN_CHUNK: usize = 16;
-/// Lanes of independent partial sums in a dot product, so that the
-/// compiler fills whole vector registers without reassociating.
-const LANES: usize = 32;
+/// Lanes of partial sums per row: one 512-bit register, or two 256-bit.
+const LANES: usize = 16;
+/// Rows of M summed side by side: independent add chains that share each
+/// load of x.
+const ROWS: usize = 4;
 
+/// Sum of the lanes, pairwise.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
+fn lane_sum(mut v: [f32; LANES]) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            v[l] += v[l + w];
+        }
+        w /= 2;
+    }
+    v[0]
+}
+
+/// `out[r] = rows[r] . x` for `ROWS` rows of length `x.len()`. Written
+/// as plain fixed-width lane loops, which the compiler turns into one
+/// vector multiply-add per row per step.
+#[inline(always)]
+fn dot_rows(rows: [&[f32]; ROWS], x: &[f32]) -> [f32; ROWS] {
+    let mut acc = [[0.0f32; LANES]; ROWS];
+    let steps = x
+        .chunks_exact(LANES)
+        .zip(rows[0].chunks_exact(LANES))
+        .zip(rows[1].chunks_exact(LANES))
+        .zip(rows[2].chunks_exact(LANES))
+        .zip(rows[3].chunks_exact(LANES));
+    for ((((xs, m0), m1), m2), m3) in steps {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[0][l] += m0[l] * xs[l];
+            acc[1][l] += m1[l] * xs[l];
+            acc[2][l] += m2[l] * xs[l];
+            acc[3][l] += m3[l] * xs[l];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let body = x.len() / LANES * LANES;
+    let mut out = [0.0f32; ROWS];
+    for ((o, a), row) in out.iter_mut().zip(acc).zip(rows) {
+        let tail: f32 = row[body..].iter().zip(&x[body..]).map(|(m, v)| m * v).sum();
+        *o = lane_sum(a) + tail;
+    }
+    out
 }
 
 /// Outputs `[i0, i0 + out.len())` when rows of M are contiguous.
 #[inline(always)]
 unsafe fn rows_dot(g: &GemvArgs, i0: usize, out: &mut [f32]) {
     let x = std::slice::from_raw_parts(g.x, g.k);
-    for (o, v) in out.iter_mut().enumerate() {
-        let row = std::slice::from_raw_parts(g.mat.at(i0 + o, 0).ptr, g.k);
-        *v = dot(row, x);
+    let row = |o: usize| std::slice::from_raw_parts(g.mat.at(i0 + o, 0).ptr, g.k);
+    let done = out.len() / ROWS * ROWS;
+    let mut groups = out.chunks_exact_mut(ROWS);
+    for (q, group) in groups.by_ref().enumerate() {
+        let o = q * ROWS;
+        group.copy_from_slice(&dot_rows([row(o), row(o + 1), row(o + 2), row(o + 3)], x));
+    }
+    for (o, v) in groups.into_remainder().iter_mut().enumerate() {
+        let r = row(done + o);
+        *v = dot_rows([r, r, r, r], x)[0];
     }
 }
 
