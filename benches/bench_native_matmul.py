@@ -1,8 +1,10 @@
 """GFLOP/s of ferroformer._native.matmul against NumPy (OpenBLAS), one process.
 
 Run: python benches/bench_native_matmul.py [--threads 2] [--repeats 9]
-Not part of the test run. Each repeat times every contender once, in turn,
-so that load from other processes hits them alike; medians are reported.
+Not part of the test run. Each contender is timed in its own block of
+repeats (medians reported), with a pause before ours: OpenBLAS's threads
+busy-wait for a while after each call, and interleaving the two would
+leave our threads sharing the cores with them.
 """
 
 import argparse
@@ -17,16 +19,18 @@ SHAPES = [(2048, 768, 3072), (2048, 3072, 768), (512, 512, 512)]
 
 
 def seconds(fns, repeats):
-    """Median seconds of each function, timed round-robin."""
+    """Median seconds of each function, each timed in its own block."""
+    out = []
     for fn in fns:
+        time.sleep(0.5)
         fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
+        ts = []
+        for _ in range(repeats):
             t = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t)
-    return [median(ts) for ts in times]
+        out.append(median(ts))
+    return out
 
 
 def main():
