@@ -22,7 +22,7 @@ def seconds(fns, repeats):
     """Median seconds of each function, each timed in its own block."""
     out = []
     for fn in fns:
-        time.sleep(0.5)
+        time.sleep(2.0)
         fn()
         ts = []
         for _ in range(repeats):

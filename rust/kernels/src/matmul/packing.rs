@@ -32,6 +32,9 @@ impl View {
     }
 }
 
+/// Floats per cache line.
+const LINE: usize = 16;
+
 /// Packs one micro-panel: `dst (kc, width)` with `dst[p*width + i] =
 /// src(i, p)` for `i < valid`, zero for `valid <= i < width`. `src(i, p)`
 /// is at `ptr + i*stride_w + p*stride_k`.
@@ -59,17 +62,24 @@ unsafe fn pack_panel(
             row[valid..].fill(0.0);
         }
     } else if stride_k == 1 {
-        // Each of the `valid` lines is contiguous along depth: a transpose.
-        // Walking depth in the outer loop reads all lines side by side, so
-        // their cache misses overlap and the writes stay sequential.
+        // Each of the `valid` lines is contiguous along depth: a transpose,
+        // done one source cache line (16 floats) of every line at a time.
+        // Lines of A or B often lie a multiple of 4 KiB apart and so share
+        // an L1 set; consuming each loaded cache line at once keeps them
+        // from evicting each other before use.
         if valid < width {
             for row in dst.chunks_exact_mut(width) {
                 row[valid..].fill(0.0);
             }
         }
-        for (p, row) in dst.chunks_exact_mut(width).enumerate() {
-            for (i, d) in row[..valid].iter_mut().enumerate() {
-                *d = *src.add(i * stride_w + p);
+        for p0 in (0..kc).step_by(LINE) {
+            let len = LINE.min(kc - p0);
+            let block = &mut dst[p0 * width..(p0 + len) * width];
+            for i in 0..valid {
+                let s = std::slice::from_raw_parts(src.add(i * stride_w + p0), len);
+                for (row, &v) in block.chunks_exact_mut(width).zip(s) {
+                    row[i] = v;
+                }
             }
         }
     } else {
