@@ -3,99 +3,69 @@
 
 use std::arch::x86_64::*;
 
+use super::tile::{Lhs, Out};
+
 /// Rows of C per register tile: 6 rows x 2 ymm = 12 of the 16 registers
 /// hold accumulators, 2 hold the B row and one the broadcast.
 const MR: usize = 6;
 
-/// C (m, n) (+)= A (m, k) · B (k, n); A(r, p) at `a[r*rsa + p*csa]`, B row p
-/// at `b[p*ldb..]`, C row r at `c[r*ldc..]`; `n % 16 == 0`.
+/// C (m, n) (+)= A (m, k) · B (k, n), B row p at `b[p*ldb..]`;
+/// `n % 16 == 0`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-) {
+pub unsafe fn gemm((m, n, k): (usize, usize, usize), a: Lhs, b: *const f32, ldb: usize, c: Out) {
     for j in (0..n).step_by(16) {
-        let (b, c) = (b.add(j), c.add(j));
+        let (b, c) = (b.add(j), c.offset(0, j));
         let mut i = 0;
         while i + MR <= m {
-            tile::<MR>(
-                k,
-                a.add(i * rsa),
-                rsa,
-                csa,
-                b,
-                ldb,
-                c.add(i * ldc),
-                ldc,
-                acc,
-            );
+            tile::<MR>(k, a.offset(i), b, ldb, c.offset(i, 0));
             i += MR;
         }
-        let (a, c) = (a.add(i * rsa), c.add(i * ldc));
+        let (a, c) = (a.offset(i), c.offset(i, 0));
         match m - i {
             0 => {}
-            1 => tile::<1>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-            2 => tile::<2>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-            3 => tile::<3>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-            4 => tile::<4>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-            _ => tile::<5>(k, a, rsa, csa, b, ldb, c, ldc, acc),
+            1 => tile::<1>(k, a, b, ldb, c),
+            2 => tile::<2>(k, a, b, ldb, c),
+            3 => tile::<3>(k, a, b, ldb, c),
+            4 => tile::<4>(k, a, b, ldb, c),
+            _ => tile::<5>(k, a, b, ldb, c),
         }
     }
 }
 
 /// The micro-kernel: an `R x 16` block of C in registers.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn tile<const R: usize>(
-    k: usize,
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-) {
+unsafe fn tile<const R: usize>(k: usize, a: Lhs, b: *const f32, ldb: usize, c: Out) {
     let mut s = [[_mm256_setzero_ps(); 2]; R];
     for p in 0..k {
         let bp = b.add(p * ldb);
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
-        let ap = a.add(p * csa);
+        let ap = a.ptr.add(p * a.cs);
         for (r, row) in s.iter_mut().enumerate() {
-            let x = _mm256_broadcast_ss(&*ap.add(r * rsa));
+            let x = _mm256_broadcast_ss(&*ap.add(r * a.rs));
             row[0] = _mm256_fmadd_ps(x, b0, row[0]);
             row[1] = _mm256_fmadd_ps(x, b1, row[1]);
         }
     }
     for (r, row) in s.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {
-            let cp = c.add(r * ldc + 8 * v);
-            let y = if acc {
+            let cp = c.ptr.add(r * c.ld + 8 * v);
+            let y = if !c.accumulate {
+                *x
+            } else if c.row_scale.is_null() {
                 _mm256_add_ps(*x, _mm256_loadu_ps(cp))
             } else {
-                *x
+                _mm256_fmadd_ps(_mm256_loadu_ps(cp), _mm256_set1_ps(*c.row_scale.add(r)), *x)
             };
             _mm256_storeu_ps(cp, y);
         }
     }
 }
 
-/// 2^x per lane; exactly 0 below -126 (and for -inf); saturates at 2^127.
-/// Same series as the AVX-512 version, with 2^n put into the exponent
-/// bits directly.
+/// 2^x per lane; exactly 0 below -125 (and for -inf, never subnormal);
+/// saturates at 2^127. Same series as the AVX-512 version, with 2^n put
+/// into the exponent bits directly.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn exp2(x: __m256) -> __m256 {

@@ -3,34 +3,28 @@
 
 use std::arch::x86_64::*;
 
-/// Rows of C per register tile: 8 rows x 2 vectors = 16 of the 32 zmm
-/// registers hold accumulators, leaving room for the B row and broadcasts.
-const MR: usize = 8;
+use super::tile::{Lhs, Out};
 
-/// C (m, n) (+)= A (m, k) · B (k, n); A(r, p) at `a[r*rsa + p*csa]`, B row p
-/// at `b[p*ldb..]`, C row r at `c[r*ldc..]`; `n % 16 == 0`.
+/// Rows of C per register tile: 6 rows x 4 vectors = 24 of the 32 zmm
+/// registers hold accumulators; per step of k that is 4 loads of B and 6
+/// broadcasts of A for 24 FMAs, which keeps both FMA ports busy.
+const MR: usize = 6;
+
+/// C (m, n) (+)= A (m, k) · B (k, n), B row p at `b[p*ldb..]`;
+/// `n % 16 == 0`.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
+pub unsafe fn gemm((m, n, k): (usize, usize, usize), a: Lhs, b: *const f32, ldb: usize, c: Out) {
     let mut j = 0;
-    while j + 32 <= n {
-        row_tiles::<2>(m, k, a, rsa, csa, b.add(j), ldb, c.add(j), ldc, accumulate);
-        j += 32;
+    while j + 64 <= n {
+        row_tiles::<4>(m, k, a, b.add(j), ldb, c.offset(0, j));
+        j += 64;
     }
-    if j < n {
-        row_tiles::<1>(m, k, a, rsa, csa, b.add(j), ldb, c.add(j), ldc, accumulate);
+    let (b, c) = (b.add(j), c.offset(0, j));
+    match (n - j) / 16 {
+        0 => {}
+        1 => row_tiles::<1>(m, k, a, b, ldb, c),
+        2 => row_tiles::<2>(m, k, a, b, ldb, c),
+        _ => row_tiles::<3>(m, k, a, b, ldb, c),
     }
 }
 
@@ -38,62 +32,40 @@ pub unsafe fn gemm(
 /// tail tile whose row count is a compile-time constant too, so that its
 /// accumulators stay in registers.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn row_tiles<const NV: usize>(
     m: usize,
     k: usize,
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
+    a: Lhs,
     b: *const f32,
     ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
+    c: Out,
 ) {
     let mut i = 0;
     while i + MR <= m {
-        tile::<MR, NV>(
-            k,
-            a.add(i * rsa),
-            rsa,
-            csa,
-            b,
-            ldb,
-            c.add(i * ldc),
-            ldc,
-            acc,
-        );
+        tile::<MR, NV>(k, a.offset(i), b, ldb, c.offset(i, 0));
         i += MR;
     }
-    let (a, c) = (a.add(i * rsa), c.add(i * ldc));
+    let (a, c) = (a.offset(i), c.offset(i, 0));
     match m - i {
         0 => {}
-        1 => tile::<1, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-        2 => tile::<2, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-        3 => tile::<3, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-        4 => tile::<4, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-        5 => tile::<5, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-        6 => tile::<6, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
-        _ => tile::<7, NV>(k, a, rsa, csa, b, ldb, c, ldc, acc),
+        1 => tile::<1, NV>(k, a, b, ldb, c),
+        2 => tile::<2, NV>(k, a, b, ldb, c),
+        3 => tile::<3, NV>(k, a, b, ldb, c),
+        4 => tile::<4, NV>(k, a, b, ldb, c),
+        _ => tile::<5, NV>(k, a, b, ldb, c),
     }
 }
 
 /// The micro-kernel: an `R x 16*NV` block of C in registers, one rank-1
 /// update per step of k (NV loads of B, R broadcasts of A).
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn tile<const R: usize, const NV: usize>(
     k: usize,
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
+    a: Lhs,
     b: *const f32,
     ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
+    c: Out,
 ) {
     let mut s = [[_mm512_setzero_ps(); NV]; R];
     for p in 0..k {
@@ -102,9 +74,9 @@ unsafe fn tile<const R: usize, const NV: usize>(
         for (v, x) in bv.iter_mut().enumerate() {
             *x = _mm512_loadu_ps(bp.add(16 * v));
         }
-        let ap = a.add(p * csa);
+        let ap = a.ptr.add(p * a.cs);
         for (r, row) in s.iter_mut().enumerate() {
-            let x = _mm512_set1_ps(*ap.add(r * rsa));
+            let x = _mm512_set1_ps(*ap.add(r * a.rs));
             for (acc, bx) in row.iter_mut().zip(bv.iter()) {
                 *acc = _mm512_fmadd_ps(x, *bx, *acc);
             }
@@ -112,31 +84,36 @@ unsafe fn tile<const R: usize, const NV: usize>(
     }
     for (r, row) in s.iter().enumerate() {
         for (v, x) in row.iter().enumerate() {
-            let cp = c.add(r * ldc + 16 * v);
-            let y = if acc {
+            let cp = c.ptr.add(r * c.ld + 16 * v);
+            let y = if !c.accumulate {
+                *x
+            } else if c.row_scale.is_null() {
                 _mm512_add_ps(*x, _mm512_loadu_ps(cp))
             } else {
-                *x
+                _mm512_fmadd_ps(_mm512_loadu_ps(cp), _mm512_set1_ps(*c.row_scale.add(r)), *x)
             };
             _mm512_storeu_ps(cp, y);
         }
     }
 }
 
-/// 2^x per lane; exactly 0 for x <= -150 (and for -inf), +inf above 128.
+/// 2^x per lane; exactly 0 below -125 (and for -inf), +inf above 128.
 /// 2^x = 2^n · 2^f with n = round(x), |f| <= 1/2, 2^f by its Taylor
-/// series in f·ln2 to degree 6 (relative error about 1e-7).
+/// series in f·ln2 to degree 6 (relative error about 1e-7). Results that
+/// would be subnormal are flushed to 0 by the mask rather than by scalef:
+/// an underflowing scalef takes a microcode assist that costs ~50x.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn exp2(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-200.0));
+    let normal = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-125.0));
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-125.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
     let f = _mm512_sub_ps(x, n);
     let mut p = _mm512_set1_ps(super::tile::EXP2_POLY[6]);
     for &c in super::tile::EXP2_POLY[..6].iter().rev() {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
     }
-    _mm512_scalef_ps(p, n)
+    _mm512_maskz_scalef_ps(normal, p, n)
 }
 
 /// `s[j][c] = 2^(s[j][c] - shift[c])` and `colsum[c] += Σ_j s[j][c]` over a

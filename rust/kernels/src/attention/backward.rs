@@ -16,6 +16,7 @@
 
 use rayon::prelude::*;
 
+use super::tile::Acc;
 use super::{cover, sum_parts, Cover, Problem, BLOCK_K, BLOCK_Q};
 
 /// Split keys into chunks until there are about this many tasks.
@@ -196,8 +197,8 @@ fn key_chunk(
                 &h.d_o[i0 * dp..(i0 + qn) * dp],
             );
             let (st, dpt) = (&mut s.s[..qn * bk], &mut s.dp[..qn * bk]);
-            t.gemm((qn, bk, dp), qi, (dp, 1), &s.kt, bk, st, bk, false);
-            t.gemm((qn, bk, dp), doi, (dp, 1), &s.vt, bk, dpt, bk, false);
+            t.gemm((qn, bk, dp), qi, (dp, 1), &s.kt, bk, st, bk, Acc::No);
+            t.gemm((qn, bk, dp), doi, (dp, 1), &s.vt, bk, dpt, bk, Acc::No);
             t.exp2_rows(st, (qn, bk, bk), smul, &h.lse2[i0..i0 + qn]);
             if p.causal_limit(i0) < j0 + kn {
                 for (r, row) in st.chunks_mut(bk).enumerate() {
@@ -214,9 +215,9 @@ fn key_chunk(
                         .for_each(|(x, _)| *x = 0.0);
                 }
             }
-            t.gemm((kn, dp, qn), st, (1, bk), doi, dp, dvj, dp, true);
+            t.gemm((kn, dp, qn), st, (1, bk), doi, dp, dvj, dp, Acc::Add);
             t.softmax_grad_rows(st, dpt, (qn, bk, bk), &h.delta[i0..i0 + qn], scale);
-            t.gemm((kn, dp, qn), st, (1, bk), qi, dp, dkj, dp, true);
+            t.gemm((kn, dp, qn), st, (1, bk), qi, dp, dkj, dp, Acc::Add);
             t.gemm(
                 (qn, dp, kn),
                 st,
@@ -225,7 +226,7 @@ fn key_chunk(
                 dp,
                 &mut dq[i0 * dp..],
                 dp,
-                true,
+                Acc::Add,
             );
         }
     }

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::tile::Acc;
 use super::{cover, Cover, Problem, BLOCK_K};
 
 /// Aim for this many (batch, head, chunk) tasks...
@@ -173,7 +174,7 @@ fn key_chunk(
             dp,
             &mut s.acc,
             dp,
-            true,
+            Acc::Add,
         );
     }
     for (r, rec) in part.chunks_mut(dp + 2).enumerate() {

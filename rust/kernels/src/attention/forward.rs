@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use super::tile::Acc;
 use super::{cover, Cover, Problem, BLOCK_K, BLOCK_Q};
 
 /// Per-task scratch, reused across the tasks a rayon worker runs.
@@ -18,11 +19,14 @@ struct Scratch {
     st: Vec<f32>,
     /// Unnormalised output rows, (BLOCK_Q, dp).
     acc: Vec<f32>,
-    /// Running max (base 2), running sum, the new max, and the shift used.
+    /// Per column: running max (base 2) and sum, the shift used for the
+    /// current block, the factor that rescales the previous blocks, and
+    /// a sink for sums nobody reads.
     max: Vec<f32>,
     sum: Vec<f32>,
-    new_max: Vec<f32>,
     shift: Vec<f32>,
+    alpha: Vec<f32>,
+    unused: Vec<f32>,
 }
 
 impl Scratch {
@@ -33,8 +37,9 @@ impl Scratch {
             acc: vec![0.0; BLOCK_Q * dp],
             max: vec![0.0; BLOCK_Q],
             sum: vec![0.0; BLOCK_Q],
-            new_max: vec![0.0; BLOCK_Q],
             shift: vec![0.0; BLOCK_Q],
+            alpha: vec![0.0; BLOCK_Q],
+            unused: vec![0.0; BLOCK_Q],
         }
     }
 }
@@ -97,10 +102,10 @@ fn query_block(
     let qscale = p.opts.scale * std::f32::consts::LOG2_E;
     let qt = &mut s.qt[..dp * bq];
     qt.fill(0.0);
-    for c in 0..qn {
-        let row = &h.q[(i0 + c) * dp..(i0 + c + 1) * dp];
-        for (d, &x) in row.iter().enumerate() {
-            qt[d * bq + c] = x * qscale;
+    let qi = &h.q[i0 * dp..(i0 + qn) * dp];
+    for (d, col) in qt.chunks_mut(bq).enumerate() {
+        for (c, y) in col[..qn].iter_mut().enumerate() {
+            *y = qi[c * dp + d] * qscale;
         }
     }
     s.max.fill(f32::NEG_INFINITY);
@@ -126,7 +131,7 @@ fn query_block(
             bq,
             st,
             bq,
-            false,
+            Acc::No,
         );
         if j0 + kn > kfree {
             // Key j is hidden from the columns whose row limit is <= j: a prefix.
@@ -140,34 +145,29 @@ fn query_block(
                 row.fill(f32::NEG_INFINITY);
             }
         }
-        s.new_max.copy_from_slice(&s.max);
-        t.col_max(st, (kn, bq, bq), &mut s.new_max);
-        for c in 0..bq {
-            // A column with nothing visible yet keeps max -inf; shifting by 0
-            // then maps its -inf scores to exactly 0 instead of NaN.
-            let m = s.new_max[c];
-            let shift = if m == f32::NEG_INFINITY { 0.0 } else { m };
-            let alpha = (s.max[c] - shift).exp2();
-            s.sum[c] *= alpha;
-            s.shift[c] = shift;
-            s.max[c] = m;
-            if c < qn && alpha != 1.0 {
-                acc[c * dp..(c + 1) * dp]
-                    .iter_mut()
-                    .for_each(|x| *x *= alpha);
-            }
+        // Online softmax: new max, alpha = 2^(old max - new max) to rescale
+        // what was summed so far, then P = 2^(S - new max).
+        s.alpha[..bq].copy_from_slice(&s.max[..bq]);
+        t.col_max(st, (kn, bq, bq), &mut s.max);
+        for (sh, &m) in s.shift.iter_mut().zip(&s.max) {
+            // A column with nothing visible yet keeps max -inf; shifting by
+            // 0 then maps its -inf scores to exactly 0 instead of NaN.
+            *sh = if m == f32::NEG_INFINITY { 0.0 } else { m };
         }
+        t.exp2_cols(&mut s.alpha, (1, bq, bq), &s.shift, &mut s.unused);
+        s.sum.iter_mut().zip(&s.alpha).for_each(|(l, a)| *l *= a);
         t.exp2_cols(st, (kn, bq, bq), &s.shift, &mut s.sum);
-        // O_i += P · V_j with P read transposed out of P^T.
+        // O_i = O_i·alpha + P · V_j, with P read transposed out of P^T.
+        let v = &h.v[j0 * dp..];
         t.gemm(
             (qn, dp, kn),
             st,
             (1, bq),
-            &h.v[j0 * dp..],
+            v,
             dp,
             acc,
             dp,
-            true,
+            Acc::ScaleRows(&s.alpha),
         );
     }
     for c in 0..qn {

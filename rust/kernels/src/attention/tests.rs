@@ -1,7 +1,7 @@
 //! The attention kernels against naive float64 loops, at every SIMD level
 //! this CPU has.
 
-use super::tile::Tiles;
+use super::tile::{Acc, Tiles};
 use super::*;
 
 /// Deterministic uniform values in [-1, 1) (xorshift).
@@ -368,7 +368,8 @@ fn bad_shapes_are_errors() {
 
 #[test]
 fn tile_products_match_naive() {
-    // C (m, n) += A (m, k) B (k, n) with A read both ways, odd m and k.
+    // C (m, n) = A (m, k) B (k, n) [+ C, + C·scale[r]], A read both ways,
+    // odd m and k.
     for level in levels() {
         let t = Tiles::new(level);
         for &(m, n, k) in &[
@@ -376,27 +377,30 @@ fn tile_products_match_naive() {
             (7, 32, 17),
             (17, 48, 65),
             (65, 80, 7),
+            (9, 112, 3),
             (9, 16, 0),
         ] {
             let a = random(m * k + 1, 1);
             let b = random(k * n + 1, 2);
+            let scale = random(m, 4);
             for (rsa, csa) in [(k, 1), (1, m)] {
-                let mut c = random(m * n, 3);
-                let mut want: Vec<f64> = c.iter().map(|&x| x as f64).collect();
-                for r in 0..m {
-                    for p in 0..k {
+                for mode in 0..3 {
+                    let mut c = random(m * n, 3);
+                    let mut want: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                    for r in 0..m {
                         for j in 0..n {
-                            want[r * n + j] += a[r * rsa + p * csa] as f64 * b[p * n + j] as f64;
+                            want[r * n + j] *= [0.0, 1.0, scale[r] as f64][mode];
+                            for p in 0..k {
+                                want[r * n + j] +=
+                                    a[r * rsa + p * csa] as f64 * b[p * n + j] as f64;
+                            }
                         }
                     }
+                    let acc = [Acc::No, Acc::Add, Acc::ScaleRows(&scale)][mode];
+                    t.gemm((m, n, k), &a, (rsa, csa), &b, n, &mut c, n, acc);
+                    let what = format!("gemm {m}x{n}x{k} {acc:?} {}", level.name());
+                    assert_close(&what, &c, &want, 1e-5);
                 }
-                t.gemm((m, n, k), &a, (rsa, csa), &b, n, &mut c, n, true);
-                assert_close(
-                    &format!("gemm {m}x{n}x{k} {}", level.name()),
-                    &c,
-                    &want,
-                    1e-5,
-                );
             }
         }
     }
@@ -414,7 +418,7 @@ fn exp2_is_accurate_and_exactly_zero_far_below() {
         let rows = s.len() / 16;
         t.exp2_rows(&mut s, (rows, 16, 16), 1.0, &vec![0.0; rows]);
         for (&x, &y) in xs.iter().zip(&s) {
-            if x < -126.0 {
+            if x < -125.0 {
                 assert!(y < 1e-37, "{} exp2({x}) = {y}", level.name());
             } else {
                 let want = (x as f64).exp2();
@@ -426,5 +430,67 @@ fn exp2_is_accurate_and_exactly_zero_far_below() {
             }
         }
         assert!(s[s.len() - 16..].iter().all(|&y| y == 0.0));
+    }
+}
+
+#[test]
+#[ignore]
+fn bench_tiles() {
+    let t = Tiles::new(simd::level());
+    let (m, n, k) = (64, 64, 64);
+    let a = random(64 * 64, 1);
+    let b = random(64 * 64, 2);
+    let mut c = random(64 * 64, 3);
+    for (name, rs, cs) in [("A rows", 64, 1), ("A^T", 1, 64)] {
+        let mut best = f64::MAX;
+        for _ in 0..50 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..100 {
+                t.gemm((m, n, k), &a, (rs, cs), &b, 64, &mut c, 64, Acc::Add);
+            }
+            best = best.min(t0.elapsed().as_secs_f64() / 100.0);
+        }
+        println!(
+            "{name}: {:.2} us, {:.0} GF/s",
+            best * 1e6,
+            2.0 * (m * n * k) as f64 / best / 1e9
+        );
+    }
+    let mut s = random(64 * 64, 4);
+    let sh = vec![0.5; 64];
+    let mut best = f64::MAX;
+    for _ in 0..50 {
+        let t0 = std::time::Instant::now();
+        for _ in 0..100 {
+            s.iter_mut().for_each(|x| *x = -x.abs());
+            t.exp2_rows(&mut s, (64, 64, 64), 1.0, &sh);
+        }
+        best = best.min(t0.elapsed().as_secs_f64() / 100.0);
+    }
+    println!("exp2 64x64 (+abs pass): {:.2} us", best * 1e6);
+    for (name, lo) in [
+        ("cols normal", -10.0f32),
+        ("cols half -inf", f32::NEG_INFINITY),
+    ] {
+        let src: Vec<f32> = (0..4096)
+            .map(|i| {
+                if i % 64 < 32 {
+                    -((i % 17) as f32) * 0.5
+                } else {
+                    lo
+                }
+            })
+            .collect();
+        let mut best = f64::MAX;
+        let mut sum = vec![0.0; 64];
+        for _ in 0..50 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..100 {
+                s.copy_from_slice(&src);
+                t.exp2_cols(&mut s, (64, 64, 64), &sh, &mut sum);
+            }
+            best = best.min(t0.elapsed().as_secs_f64() / 100.0);
+        }
+        println!("exp2_cols {name} (+copy): {:.2} us", best * 1e6);
     }
 }

@@ -17,6 +17,69 @@ pub(super) const EXP2_POLY: [f32; 7] = [
     0.000_154_035_3,
 ];
 
+/// What a product does with the C it lands on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Acc<'a> {
+    /// C = AB.
+    No,
+    /// C += AB.
+    Add,
+    /// C = C·scale[r] + AB, row by row (the online softmax's rescale).
+    ScaleRows(&'a [f32]),
+}
+
+/// The left operand of a product as the SIMD bodies see it: A(r, p) at
+/// `ptr + r*rs + p*cs`.
+#[derive(Clone, Copy)]
+pub(super) struct Lhs {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Lhs {
+    /// The operand starting `rows` rows further down.
+    ///
+    /// # Safety
+    /// The result must stay inside the slice the pointer came from.
+    pub unsafe fn offset(self, rows: usize) -> Lhs {
+        Lhs {
+            ptr: self.ptr.add(rows * self.rs),
+            ..self
+        }
+    }
+}
+
+/// The C side of a product as the SIMD bodies see it: row r at
+/// `ptr + r*ld`; with `accumulate`, C is added (scaled by
+/// `row_scale[r]` unless that is null).
+#[derive(Clone, Copy)]
+pub(super) struct Out {
+    pub ptr: *mut f32,
+    pub ld: usize,
+    pub accumulate: bool,
+    pub row_scale: *const f32,
+}
+
+impl Out {
+    /// The block starting `rows` rows down and `cols` columns right.
+    ///
+    /// # Safety
+    /// The result must stay inside the slice the pointer came from.
+    pub unsafe fn offset(self, rows: usize, cols: usize) -> Out {
+        let row_scale = if self.row_scale.is_null() {
+            self.row_scale
+        } else {
+            self.row_scale.add(rows)
+        };
+        Out {
+            ptr: self.ptr.add(rows * self.ld + cols),
+            row_scale,
+            ..self
+        }
+    }
+}
+
 /// The SIMD level a set of tile operations runs at; never above what the
 /// CPU offers.
 #[derive(Clone, Copy, Debug)]
@@ -32,9 +95,10 @@ impl Tiles {
         }
     }
 
-    /// C (m, n) = [C +] A (m, k) · B (k, n), with A(r, p) at
-    /// `a[r*rsa + p*csa]` (so A may be read transposed), B row p at
-    /// `b[p*ldb..]`, C row r at `c[r*ldc..]`. `n` must be a multiple of 16.
+    /// C (m, n) = A (m, k) · B (k, n) plus, by `acc`, nothing, C, or C
+    /// with row r scaled by `scale[r]`. A(r, p) is `a[r*rsa + p*csa]` (so
+    /// A may be read transposed), B row p is `b[p*ldb..]`, C row r is
+    /// `c[r*ldc..]`. `n` must be a multiple of 16.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         self,
@@ -45,7 +109,7 @@ impl Tiles {
         ldb: usize,
         c: &mut [f32],
         ldc: usize,
-        accumulate: bool,
+        acc: Acc<'_>,
     ) {
         if m == 0 || n == 0 {
             return;
@@ -56,21 +120,36 @@ impl Tiles {
             assert!(a.len() > (m - 1) * rsa + (k - 1) * csa);
             assert!(b.len() >= (k - 1) * ldb + n);
         }
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let row_scale = match acc {
+            Acc::ScaleRows(s) => {
+                assert!(s.len() >= m);
+                s.as_ptr()
+            }
+            _ => std::ptr::null(),
+        };
+        let lhs = Lhs {
+            ptr: a.as_ptr(),
+            rs: rsa,
+            cs: csa,
+        };
+        let out = Out {
+            ptr: c.as_mut_ptr(),
+            ld: ldc,
+            accumulate: !matches!(acc, Acc::No),
+            row_scale,
+        };
         match self.level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => unsafe {
-                super::avx512::gemm(m, n, k, ap, rsa, csa, bp, ldb, cp, ldc, accumulate)
-            },
+            Level::Avx512 => unsafe { super::avx512::gemm((m, n, k), lhs, b.as_ptr(), ldb, out) },
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2Fma => unsafe {
-                super::avx2::gemm(m, n, k, ap, rsa, csa, bp, ldb, cp, ldc, accumulate)
-            },
+            Level::Avx2Fma => unsafe { super::avx2::gemm((m, n, k), lhs, b.as_ptr(), ldb, out) },
             _ => {
                 for r in 0..m {
                     let row = &mut c[r * ldc..r * ldc + n];
-                    if !accumulate {
-                        row.fill(0.0);
+                    match acc {
+                        Acc::No => row.fill(0.0),
+                        Acc::Add => {}
+                        Acc::ScaleRows(s) => row.iter_mut().for_each(|x| *x *= s[r]),
                     }
                     for p in 0..k {
                         let x = a[r * rsa + p * csa];
