@@ -19,8 +19,11 @@ use rayon::prelude::*;
 use super::tile::Acc;
 use super::{cover, sum_parts, Cover, Problem, BLOCK_K, BLOCK_Q};
 
-/// Split keys into chunks until there are about this many tasks.
-const TARGET_TASKS: usize = 8;
+/// Split keys into chunks until there are about this many tasks (each
+/// chunk costs one more dq-sized buffer to sum)...
+const TARGET_TASKS: usize = 32;
+/// ...but give each chunk at least this many keys.
+const MIN_CHUNK: usize = 256;
 
 /// Gradient outputs, rows `dp` floats apart: `dq (B, Hq, Tq, dp)`,
 /// `dk, dv (B, Hkv, Tk, dp)`, zero on entry.
@@ -47,7 +50,7 @@ pub(super) fn backward(
     let heads = s.batch * s.q_heads;
     // The split depends on the shape only, so the bits do not depend on
     // the thread count.
-    let want = TARGET_TASKS.div_ceil(heads).min(tk.div_ceil(BLOCK_K));
+    let want = TARGET_TASKS.div_ceil(heads).min(tk.div_ceil(MIN_CHUNK));
     let chunk = tk.div_ceil(want).div_ceil(BLOCK_K) * BLOCK_K;
     let nchunks = tk.div_ceil(chunk);
     // lse in base 2; a row that sees no key gets +inf so that its P is 0.
