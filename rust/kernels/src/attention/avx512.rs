@@ -97,6 +97,29 @@ unsafe fn tile<const R: usize, const NV: usize>(
     }
 }
 
+/// `dst[d*ldd + c] = src[c*ld + d]·scale` for c < rows, d < cols, and 0 for
+/// rows <= c < rows rounded up to 16: one gather per 16 rows of a column.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn pack_transposed(
+    src: *const f32,
+    (rows, cols, ld): (usize, usize, usize),
+    scale: f32,
+    dst: *mut f32,
+    ldd: usize,
+) {
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(ld as i32));
+    let sc = _mm512_set1_ps(scale);
+    for c0 in (0..rows).step_by(16) {
+        let mask = (u32::MAX >> (32 - (rows - c0).min(16))) as __mmask16;
+        for d in 0..cols {
+            let base = src.add(c0 * ld + d);
+            let x = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, base);
+            _mm512_storeu_ps(dst.add(d * ldd + c0), _mm512_mul_ps(x, sc));
+        }
+    }
+}
+
 /// 2^x per lane; exactly 0 below -125 (and for -inf), +inf above 128.
 /// 2^x = 2^n · 2^f with n = round(x), |f| <= 1/2, 2^f by its Taylor
 /// series in f·ln2 to degree 6 (relative error about 1e-7). Results that

@@ -153,17 +153,6 @@ impl Scratch {
     }
 }
 
-/// Packs `x (kn, dp)` transposed into `xt (dp, bk)`, zero past column kn.
-fn pack_transposed(x: &[f32], kn: usize, dp: usize, bk: usize, xt: &mut [f32]) {
-    let xt = &mut xt[..dp * bk];
-    xt.fill(0.0);
-    for (j, row) in x.chunks(dp).take(kn).enumerate() {
-        for (d, &val) in row.iter().enumerate() {
-            xt[d * bk + j] = val;
-        }
-    }
-}
-
 /// Keys `k0..k0 + dk.len()/dp` of one head: accumulates their `dk, dv`
 /// rows and this chunk's share of `dq (Tq, dp)`.
 #[allow(clippy::too_many_arguments)]
@@ -190,8 +179,8 @@ fn key_chunk(
         }
         let bk = kn.div_ceil(16) * 16;
         let (kj, vj) = (&h.k[j0 * dp..(j0 + kn) * dp], &h.v[j0 * dp..(j0 + kn) * dp]);
-        pack_transposed(kj, kn, dp, bk, &mut s.kt);
-        pack_transposed(vj, kn, dp, bk, &mut s.vt);
+        t.pack_transposed(kj, (kn, dp, dp), 1.0, &mut s.kt, bk);
+        t.pack_transposed(vj, (kn, dp, dp), 1.0, &mut s.vt, bk);
         let (dkj, dvj) = (&mut dk[(j0 - k0) * dp..], &mut dv[(j0 - k0) * dp..]);
         for i0 in (first / BLOCK_Q * BLOCK_Q..tq).step_by(BLOCK_Q) {
             let qn = BLOCK_Q.min(tq - i0);

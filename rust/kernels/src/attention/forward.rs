@@ -101,13 +101,7 @@ fn query_block(
     let bq = qn.div_ceil(16) * 16;
     let qscale = p.opts.scale * std::f32::consts::LOG2_E;
     let qt = &mut s.qt[..dp * bq];
-    qt.fill(0.0);
-    let qi = &h.q[i0 * dp..(i0 + qn) * dp];
-    for (d, col) in qt.chunks_mut(bq).enumerate() {
-        for (c, y) in col[..qn].iter_mut().enumerate() {
-            *y = qi[c * dp + d] * qscale;
-        }
-    }
+    t.pack_transposed(&h.q[i0 * dp..], (qn, dp, dp), qscale, qt, bq);
     s.max.fill(f32::NEG_INFINITY);
     s.sum.fill(0.0);
     let acc = &mut s.acc[..qn * dp];

@@ -407,6 +407,36 @@ fn tile_products_match_naive() {
 }
 
 #[test]
+fn transposed_packs_match_naive() {
+    for level in levels() {
+        let t = Tiles::new(level);
+        for &(rows, cols, ld) in &[
+            (1, 1, 1),
+            (7, 5, 9),
+            (16, 64, 64),
+            (17, 24, 32),
+            (64, 80, 80),
+        ] {
+            let src = random(rows * ld, 5);
+            let ldd = rows.div_ceil(16) * 16 + 16;
+            let mut dst = vec![f32::NAN; cols * ldd];
+            t.pack_transposed(&src, (rows, cols, ld), 0.5, &mut dst, ldd);
+            for d in 0..cols {
+                for c in 0..rows.div_ceil(16) * 16 {
+                    let want = if c < rows { src[c * ld + d] * 0.5 } else { 0.0 };
+                    assert_eq!(
+                        dst[d * ldd + c],
+                        want,
+                        "{} ({rows}, {cols}) [{d}][{c}]",
+                        level.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn exp2_is_accurate_and_exactly_zero_far_below() {
     let xs: Vec<f32> = (0..32 * 16)
         .map(|i| -140.0 + i as f32 * 0.3)

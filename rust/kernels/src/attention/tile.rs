@@ -322,6 +322,48 @@ impl Tiles {
         }
     }
 
+    /// Packs `src (rows, cols)` (row stride `ld`) transposed and scaled
+    /// into `dst (cols, ldd)`: `dst[d][c] = src[c][d]·scale`, with the
+    /// columns from `rows` up to the next multiple of 16 set to 0.
+    pub fn pack_transposed(
+        self,
+        src: &[f32],
+        (rows, cols, ld): (usize, usize, usize),
+        scale: f32,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let width = rows.div_ceil(16) * 16;
+        assert!(cols <= ld && width <= ldd && ld * 16 <= i32::MAX as usize);
+        assert!(src.len() >= (rows - 1) * ld + cols && dst.len() >= (cols - 1) * ldd + width);
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe {
+                super::avx512::pack_transposed(
+                    src.as_ptr(),
+                    (rows, cols, ld),
+                    scale,
+                    dst.as_mut_ptr(),
+                    ldd,
+                )
+            },
+            _ => {
+                for (d, col) in dst.chunks_mut(ldd).take(cols).enumerate() {
+                    for (c, y) in col[..width].iter_mut().enumerate() {
+                        *y = if c < rows {
+                            src[c * ld + d] * scale
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+
     /// `Σ a[i]·b[i]`; `a.len() == b.len()`, a multiple of 16.
     pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         assert!(a.len() == b.len() && a.len() % 16 == 0);
