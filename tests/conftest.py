@@ -1,0 +1,28 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import ferroformer as ff  # noqa: E402
+
+FAST_BACKENDS = [name for name in ff.available_backends() if name != "numpy"]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def ref():
+    """The NumPy reference backend (run in float64 by the tests)."""
+    return ff.backend("numpy")
+
+
+@pytest.fixture(params=["numpy"] + FAST_BACKENDS)
+def backend(request):
+    """Every backend that works here; the numpy one is checked in float32."""
+    return ff.backend(request.param)
