@@ -68,7 +68,7 @@ def _layernorm_make(rng):
 
 
 def _layernorm(ops, t):
-    y, mean, rstd = ops.layernorm_forward(t["x"], t["gamma"], t["beta"])
+    _y, mean, rstd = ops.layernorm_forward(t["x"], t["gamma"], t["beta"])
     return ops.layernorm_backward(t["dy"], t["x"], t["gamma"], mean, rstd)
 
 
