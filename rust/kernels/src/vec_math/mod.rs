@@ -18,12 +18,15 @@ use crate::simd::Level;
 
 pub mod portable;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 
-/// A window of one row handed to a loop body by [`for_lanes`]: lanes
+/// A window of one row handed to a loop body by [`lanes!`]: lanes
 /// `i .. i + w`, with `w == V::N` except in the tail.
 #[derive(Clone, Copy, Debug)]
 pub struct Lanes {
@@ -106,19 +109,27 @@ pub trait Vf32:
     }
 }
 
-/// Runs `body` over a row of `n` lanes, `V::N` at a time, then the tail.
-/// The body is inlined twice: with `w == V::N` known, so that `get`/`put`
-/// become plain loads and stores in the main loop, and once for the tail.
-#[inline(always)]
-pub fn for_lanes<V: Vf32>(n: usize, mut body: impl FnMut(Lanes)) {
-    let mut i = 0;
-    while i + V::N <= n {
-        body(Lanes { i, w: V::N });
-        i += V::N;
-    }
-    if i < n {
-        body(Lanes { i, w: n - i });
-    }
+/// Runs `body` over a row of `n` lanes, `V::N` at a time, then the tail:
+/// `lanes!(V, n, l => { ... })` binds `l: Lanes`. The body is pasted twice,
+/// with `l.w == V::N` known in the main loop, so that `get`/`put` become
+/// plain loads and stores there. A macro, not a closure: a closure is its
+/// own function, compiled without the caller's `#[target_feature]`s, and
+/// the intrinsics in it would stay calls.
+#[macro_export]
+macro_rules! lanes {
+    ($V:ty, $n:expr, $l:ident => $body:block) => {{
+        let n = $n;
+        let mut i = 0usize;
+        while i + <$V as $crate::vec_math::Vf32>::N <= n {
+            let $l = $crate::vec_math::Lanes { i, w: <$V as $crate::vec_math::Vf32>::N };
+            $body
+            i += <$V as $crate::vec_math::Vf32>::N;
+        }
+        if i < n {
+            let $l = $crate::vec_math::Lanes { i, w: n - i };
+            $body
+        }
+    }};
 }
 
 /// `max_i scale * x[i]`; `-inf` for an empty row.
@@ -126,58 +137,31 @@ pub fn for_lanes<V: Vf32>(n: usize, mut body: impl FnMut(Lanes)) {
 pub fn max_scaled<V: Vf32>(x: &[f32], scale: f32) -> f32 {
     let s = V::splat(scale);
     let mut m = V::splat(f32::NEG_INFINITY);
-    for_lanes::<V>(x.len(), |l| {
+    lanes!(V, x.len(), l => {
         m = m.max((V::get(x, l, 0.0) * s).pad(l, f32::NEG_INFINITY));
     });
     m.reduce_max()
 }
 
-/// `sum_i f(a[i])`, lanes accumulated in f32.
+/// `sum_i a[i]`, lanes accumulated in f32.
 #[inline(always)]
-pub fn sum_map<V: Vf32>(a: &[f32], f: impl Fn(V) -> V) -> f32 {
+pub fn sum<V: Vf32>(a: &[f32]) -> f32 {
     let mut acc = V::zero();
-    for_lanes::<V>(a.len(), |l| {
-        acc = acc + f(V::get(a, l, 0.0)).pad(l, 0.0);
+    lanes!(V, a.len(), l => {
+        acc = acc + V::get(a, l, 0.0);
     });
     acc.reduce_sum()
 }
 
-/// `sum_i f(a[i], b[i])`, lanes accumulated in f32.
+/// `sum_i a[i] b[i]`, lanes accumulated in f32; `b` at least as long as `a`.
 #[inline(always)]
-pub fn sum_map2<V: Vf32>(a: &[f32], b: &[f32], f: impl Fn(V, V) -> V) -> f32 {
-    let n = a.len();
-    let b = &b[..n];
+pub fn dot<V: Vf32>(a: &[f32], b: &[f32]) -> f32 {
+    let b = &b[..a.len()];
     let mut acc = V::zero();
-    for_lanes::<V>(n, |l| {
-        acc = acc + f(V::get(a, l, 0.0), V::get(b, l, 0.0)).pad(l, 0.0);
+    lanes!(V, a.len(), l => {
+        acc = V::get(a, l, 0.0).mul_add(V::get(b, l, 0.0), acc);
     });
     acc.reduce_sum()
-}
-
-/// `y[i] = f(a[i])`.
-#[inline(always)]
-pub fn map<V: Vf32>(a: &[f32], y: &mut [f32], f: impl Fn(V) -> V) {
-    let n = a.len();
-    let y = &mut y[..n];
-    for_lanes::<V>(n, |l| f(V::get(a, l, 0.0)).put(y, l));
-}
-
-/// `y[i] = f(a[i], b[i])`.
-#[inline(always)]
-pub fn map2<V: Vf32>(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(V, V) -> V) {
-    let n = a.len();
-    let (b, y) = (&b[..n], &mut y[..n]);
-    for_lanes::<V>(n, |l| f(V::get(a, l, 0.0), V::get(b, l, 0.0)).put(y, l));
-}
-
-/// `y[i] = f(a[i], b[i], c[i])`.
-#[inline(always)]
-pub fn map3<V: Vf32>(a: &[f32], b: &[f32], c: &[f32], y: &mut [f32], f: impl Fn(V, V, V) -> V) {
-    let n = a.len();
-    let (b, c, y) = (&b[..n], &c[..n], &mut y[..n]);
-    for_lanes::<V>(n, |l| {
-        f(V::get(a, l, 0.0), V::get(b, l, 0.0), V::get(c, l, 0.0)).put(y, l)
-    });
 }
 
 /// Below this `exp` returns exactly 0 (the smallest normal is `exp(-87.34)`).
@@ -370,7 +354,7 @@ mod tests {
         assert_eq!(V::load(&src).reduce_max(), (V::N - 1) as f32);
         let row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
         let want: f32 = row.iter().map(|v| v * v).sum();
-        let got = sum_map::<V>(&row, |v| v * v);
+        let got = dot::<V>(&row, &row);
         assert!((got - want).abs() < 1e-5);
         let m = max_scaled::<V>(&row, -2.0);
         let want = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(-2.0 * v));
