@@ -308,7 +308,7 @@ macro_rules! simd_dispatch {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn check_level<V: Vf32>() {
