@@ -155,7 +155,13 @@ simd_dispatch!(fn swiglu_chunk = swiglu_v(gate: &[f32], up: &[f32], h: &mut [f32
 
 /// `dgate = dh * up * silu'(gate)`, `dup = dh * silu(gate)` over one chunk.
 #[inline(always)]
-fn swiglu_backward_v<V: Vf32>(dh: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+fn swiglu_backward_v<V: Vf32>(
+    dh: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    dgate: &mut [f32],
+    dup: &mut [f32],
+) {
     let n = gate.len();
     let (dh, up, dgate, dup) = (&dh[..n], &up[..n], &mut dgate[..n], &mut dup[..n]);
     let one = V::splat(1.0);
@@ -186,7 +192,14 @@ fn forward_at(level: Level, op: Unary, name: &str, x: &[f32], y: &mut [f32]) -> 
     Ok(())
 }
 
-fn backward_at(level: Level, op: Unary, name: &str, dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
+fn backward_at(
+    level: Level,
+    op: Unary,
+    name: &str,
+    dy: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+) -> Result<()> {
     check_same(name, &["x", "dy", "dx"], &[x.len(), dy.len(), dx.len()])?;
     dx.par_chunks_mut(CHUNK_ELEMS)
         .zip(dy.par_chunks(CHUNK_ELEMS).zip(x.par_chunks(CHUNK_ELEMS)))
@@ -209,7 +222,14 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32], approximate: Gelu) -> Result<()> {
 
 /// `dx = dy * gelu'(x)`; all `(n,)`.
 pub fn gelu_backward(dy: &[f32], x: &[f32], dx: &mut [f32], approximate: Gelu) -> Result<()> {
-    backward_at(simd::level(), gelu_op(approximate), "gelu_backward", dy, x, dx)
+    backward_at(
+        simd::level(),
+        gelu_op(approximate),
+        "gelu_backward",
+        dy,
+        x,
+        dx,
+    )
 }
 
 /// `y = max(x, 0)`; `x, y (n,)`.
@@ -238,7 +258,11 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], h: &mut [f32]) -> Result<()> {
 }
 
 fn swiglu_forward_at(level: Level, gate: &[f32], up: &[f32], h: &mut [f32]) -> Result<()> {
-    check_same("swiglu_forward", &["gate", "up", "h"], &[gate.len(), up.len(), h.len()])?;
+    check_same(
+        "swiglu_forward",
+        &["gate", "up", "h"],
+        &[gate.len(), up.len(), h.len()],
+    )?;
     h.par_chunks_mut(CHUNK_ELEMS)
         .zip(gate.par_chunks(CHUNK_ELEMS).zip(up.par_chunks(CHUNK_ELEMS)))
         .for_each(|(hc, (gc, uc))| swiglu_chunk(level, gc, uc, hc));
@@ -275,7 +299,9 @@ fn swiglu_backward_at(
         .zip(dup.par_chunks_mut(CHUNK_ELEMS))
         .zip(dh.par_chunks(CHUNK_ELEMS).zip(gate.par_chunks(CHUNK_ELEMS)))
         .zip(up.par_chunks(CHUNK_ELEMS))
-        .for_each(|(((dgc, duc), (dhc, gc)), uc)| swiglu_backward_chunk(level, dhc, gc, uc, dgc, duc));
+        .for_each(|(((dgc, duc), (dhc, gc)), uc)| {
+            swiglu_backward_chunk(level, dhc, gc, uc, dgc, duc)
+        });
     Ok(())
 }
 
@@ -339,8 +365,11 @@ mod tests {
                     forward_at(level, op, "t", &x, &mut y).unwrap();
                     backward_at(level, op, "t", &dy, &x, &mut dx).unwrap();
                     let want_y: Vec<f64> = x.iter().map(|&v| reference(op, v as f64).0).collect();
-                    let want_dx: Vec<f64> =
-                        x.iter().zip(&dy).map(|(&v, &g)| g as f64 * reference(op, v as f64).1).collect();
+                    let want_dx: Vec<f64> = x
+                        .iter()
+                        .zip(&dy)
+                        .map(|(&v, &g)| g as f64 * reference(op, v as f64).1)
+                        .collect();
                     let what = format!("{level:?} {op:?} n {n}");
                     assert_close(&format!("{what} y"), &y, &want_y, 2e-5, 1e-30);
                     assert_close(&format!("{what} dx"), &dx, &want_dx, 2e-5, 1e-7);
@@ -354,7 +383,11 @@ mod tests {
         let mut rng = Rng::new(21);
         for level in levels() {
             for &n in &SIZES {
-                let (g, u, dh) = (rng.vec(n, -8.0, 8.0), rng.vec(n, -2.0, 2.0), rng.vec(n, -1.0, 1.0));
+                let (g, u, dh) = (
+                    rng.vec(n, -8.0, 8.0),
+                    rng.vec(n, -2.0, 2.0),
+                    rng.vec(n, -1.0, 1.0),
+                );
                 let mut h = vec![0.0; n];
                 let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
                 swiglu_forward_at(level, &g, &u, &mut h).unwrap();

@@ -108,7 +108,9 @@ fn check_smoothing(op: &str, smoothing: f32) -> Result<()> {
     if (0.0..=1.0).contains(&smoothing) {
         Ok(())
     } else {
-        Err(Error::Value(format!("{op}: label_smoothing must be in [0, 1], got {smoothing}")))
+        Err(Error::Value(format!(
+            "{op}: label_smoothing must be in [0, 1], got {smoothing}"
+        )))
     }
 }
 
@@ -124,7 +126,16 @@ pub fn cross_entropy_forward(
     rows: usize,
     vocab: usize,
 ) -> Result<f64> {
-    forward_at(simd::level(), logits, targets, ignore_index, label_smoothing, lse, rows, vocab)
+    forward_at(
+        simd::level(),
+        logits,
+        targets,
+        ignore_index,
+        label_smoothing,
+        lse,
+        rows,
+        vocab,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -144,7 +155,9 @@ fn forward_at(
     check_len(OP, "lse", lse.len(), &[rows])?;
     check_smoothing(OP, smoothing)?;
     if rows > 0 && vocab == 0 {
-        return Err(Error::Shape(format!("{OP}: logits have no classes (shape [{rows}, 0])")));
+        return Err(Error::Shape(format!(
+            "{OP}: logits have no classes (shape [{rows}, 0])"
+        )));
     }
     let count = count_targets(OP, targets, vocab, ignore_index)?;
     if rows == 0 {
@@ -177,7 +190,18 @@ pub fn cross_entropy_backward(
     rows: usize,
     vocab: usize,
 ) -> Result<()> {
-    backward_at(simd::level(), logits, targets, lse, ignore_index, label_smoothing, grad, dlogits, rows, vocab)
+    backward_at(
+        simd::level(),
+        logits,
+        targets,
+        lse,
+        ignore_index,
+        label_smoothing,
+        grad,
+        dlogits,
+        rows,
+        vocab,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,7 +233,9 @@ fn backward_at(
         .par_chunks_mut(cr * vocab)
         .zip(logits.par_chunks(cr * vocab))
         .zip(targets.par_chunks(cr).zip(lse.par_chunks(cr)))
-        .for_each(|((dc, zc), (tc, lc))| backward_rows(level, zc, tc, lc, ignore_index, smoothing, g, dc));
+        .for_each(|((dc, zc), (tc, lc))| {
+            backward_rows(level, zc, tc, lc, ignore_index, smoothing, g, dc)
+        });
     Ok(())
 }
 
@@ -220,7 +246,14 @@ mod tests {
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
     /// (loss, lse, dlogits) in f64.
-    fn naive(z: &[f32], t: &[i64], vocab: usize, ignore: i64, eps: f64, grad: f64) -> (f64, Vec<f64>, Vec<f64>) {
+    fn naive(
+        z: &[f32],
+        t: &[i64],
+        vocab: usize,
+        ignore: i64,
+        eps: f64,
+        grad: f64,
+    ) -> (f64, Vec<f64>, Vec<f64>) {
         let rows = t.len();
         let count = t.iter().filter(|&&v| v != ignore).count();
         let (mut loss, mut lse, mut dz) = (0.0, vec![0.0; rows], vec![0.0; rows * vocab]);
@@ -238,7 +271,8 @@ mod tests {
             let g = grad / count as f64;
             for j in 0..vocab {
                 let onehot = if j == ti { 1.0 } else { 0.0 };
-                dz[r * vocab + j] = g * ((zr[j] - l).exp() - (1.0 - eps) * onehot - eps / vocab as f64);
+                dz[r * vocab + j] =
+                    g * ((zr[j] - l).exp() - (1.0 - eps) * onehot - eps / vocab as f64);
             }
         }
         (if count == 0 { 0.0 } else { loss / count as f64 }, lse, dz)
@@ -252,14 +286,27 @@ mod tests {
                 for (eps, ignore) in [(0.0f32, -100i64), (0.1, 0)] {
                     let rows = 9;
                     let z = rng.vec(rows * vocab, -6.0, 6.0);
-                    let t: Vec<i64> = (0..rows).map(|r| if r == 4 { ignore } else { (r * 7 % vocab) as i64 }).collect();
+                    let t: Vec<i64> = (0..rows)
+                        .map(|r| {
+                            if r == 4 {
+                                ignore
+                            } else {
+                                (r * 7 % vocab) as i64
+                            }
+                        })
+                        .collect();
                     let mut lse = vec![0.0; rows];
-                    let loss = forward_at(level, &z, &t, ignore, eps, &mut lse, rows, vocab).unwrap();
+                    let loss =
+                        forward_at(level, &z, &t, ignore, eps, &mut lse, rows, vocab).unwrap();
                     let mut dz = vec![f32::NAN; rows * vocab];
-                    backward_at(level, &z, &t, &lse, ignore, eps, 2.0, &mut dz, rows, vocab).unwrap();
+                    backward_at(level, &z, &t, &lse, ignore, eps, 2.0, &mut dz, rows, vocab)
+                        .unwrap();
                     let (wl, wlse, wdz) = naive(&z, &t, vocab, ignore, eps as f64, 2.0);
                     let what = format!("{level:?} vocab {vocab} eps {eps}");
-                    assert!((loss - wl).abs() <= 1e-5 * wl.abs() + 1e-6, "{what}: loss {loss} want {wl}");
+                    assert!(
+                        (loss - wl).abs() <= 1e-5 * wl.abs() + 1e-6,
+                        "{what}: loss {loss} want {wl}"
+                    );
                     assert_close(&format!("{what} lse"), &lse, &wlse, 1e-6, 1e-6);
                     assert_close(&format!("{what} dlogits"), &dz, &wdz, 1e-5, 1e-7);
                 }
@@ -277,7 +324,9 @@ mod tests {
         cross_entropy_backward(&z, &[-100, -100], &lse, -100, 0.0, 1.0, &mut dz, 2, 3).unwrap();
         assert_eq!(dz, vec![0.0; 6]);
         match cross_entropy_forward(&z, &[1, 3], -100, 0.0, &mut lse, 2, 3) {
-            Err(Error::Index(m)) => assert!(m.contains("cross_entropy_forward") && m.contains("row 1") && m.contains('3')),
+            Err(Error::Index(m)) => assert!(
+                m.contains("cross_entropy_forward") && m.contains("row 1") && m.contains('3')
+            ),
             other => panic!("expected an index error, got {other:?}"),
         }
         assert!(matches!(

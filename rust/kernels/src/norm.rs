@@ -72,7 +72,10 @@ fn layernorm_backward_rows_v<V: Vf32>(
     let cols = gamma.len();
     let inv_c = 1.0 / cols as f32;
     let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
-    for (((dyr, xr), dxr), (&mu, &rs)) in rows.zip(dx.chunks_exact_mut(cols)).zip(mean.iter().zip(rstd)) {
+    for (((dyr, xr), dxr), (&mu, &rs)) in rows
+        .zip(dx.chunks_exact_mut(cols))
+        .zip(mean.iter().zip(rstd))
+    {
         let (m, r) = (V::splat(mu), V::splat(rs));
         let (mut sg, mut sgx) = (V::zero(), V::zero());
         lanes!(V, cols, l => {
@@ -168,7 +171,9 @@ fn check_eps(op: &str, eps: f32) -> Result<()> {
     if eps.is_finite() && eps >= 0.0 {
         Ok(())
     } else {
-        Err(Error::Value(format!("{op}: eps must be finite and >= 0, got {eps}")))
+        Err(Error::Value(format!(
+            "{op}: eps must be finite and >= 0, got {eps}"
+        )))
     }
 }
 
@@ -186,7 +191,18 @@ pub fn layernorm_forward(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    layernorm_forward_at(simd::level(), x, gamma, beta, eps, y, mean, rstd, rows, cols)
+    layernorm_forward_at(
+        simd::level(),
+        x,
+        gamma,
+        beta,
+        eps,
+        y,
+        mean,
+        rstd,
+        rows,
+        cols,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -238,7 +254,19 @@ pub fn layernorm_backward(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    layernorm_backward_at(simd::level(), dy, x, gamma, mean, rstd, dx, dgamma, dbeta, rows, cols)
+    layernorm_backward_at(
+        simd::level(),
+        dy,
+        x,
+        gamma,
+        mean,
+        rstd,
+        dx,
+        dgamma,
+        dbeta,
+        rows,
+        cols,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -259,7 +287,11 @@ fn layernorm_backward_at(
     for (name, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
         check_len(OP, name, len, &[rows, cols])?;
     }
-    for (name, len) in [("gamma", gamma.len()), ("dgamma", dgamma.len()), ("dbeta", dbeta.len())] {
+    for (name, len) in [
+        ("gamma", gamma.len()),
+        ("dgamma", dgamma.len()),
+        ("dbeta", dbeta.len()),
+    ] {
         check_len(OP, name, len, &[cols])?;
     }
     check_len(OP, "mean", mean.len(), &[rows])?;
@@ -276,7 +308,11 @@ fn layernorm_backward_at(
     dx.par_chunks_mut(cr * cols)
         .zip(dy.par_chunks(cr * cols).zip(x.par_chunks(cr * cols)))
         .zip(mean.par_chunks(cr).zip(rstd.par_chunks(cr)))
-        .zip(dg_parts.par_chunks_mut(cols).zip(db_parts.par_chunks_mut(cols)))
+        .zip(
+            dg_parts
+                .par_chunks_mut(cols)
+                .zip(db_parts.par_chunks_mut(cols)),
+        )
         .for_each(|(((dxc, (dyc, xc)), (mc, rc)), (dg, db))| {
             layernorm_backward_rows(level, dyc, xc, gamma, mc, rc, dxc, dg, db)
         });
@@ -397,20 +433,32 @@ mod tests {
             for &cols in &SIZES {
                 let rows = 6;
                 // An offset mean checks the two-pass variance.
-                let x: Vec<f32> = rng.vec(rows * cols, -2.0, 2.0).iter().map(|v| v + 30.0).collect();
+                let x: Vec<f32> = rng
+                    .vec(rows * cols, -2.0, 2.0)
+                    .iter()
+                    .map(|v| v + 30.0)
+                    .collect();
                 let (gamma, beta) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -1.0, 1.0));
                 let dy = rng.vec(rows * cols, -1.0, 1.0);
                 let eps = 1e-5;
-                let (mut y, mut mean, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
-                layernorm_forward_at(level, &x, &gamma, &beta, eps, &mut y, &mut mean, &mut rstd, rows, cols)
-                    .unwrap();
-                let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![9.0; cols], vec![9.0; cols]);
-                layernorm_backward_at(level, &dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db, rows, cols)
-                    .unwrap();
+                let (mut y, mut mean, mut rstd) =
+                    (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+                layernorm_forward_at(
+                    level, &x, &gamma, &beta, eps, &mut y, &mut mean, &mut rstd, rows, cols,
+                )
+                .unwrap();
+                let (mut dx, mut dg, mut db) =
+                    (vec![0.0; rows * cols], vec![9.0; cols], vec![9.0; cols]);
+                layernorm_backward_at(
+                    level, &dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db, rows, cols,
+                )
+                .unwrap();
 
                 let (xd, dyd) = (f64s(&x), f64s(&dy));
-                let (mut wy, mut wm, mut wr) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
-                let (mut wdx, mut wdg, mut wdb) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
+                let (mut wy, mut wm, mut wr) =
+                    (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+                let (mut wdx, mut wdg, mut wdb) =
+                    (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
                 for r in 0..rows {
                     let xr = &xd[r * cols..][..cols];
                     let g = &dyd[r * cols..][..cols];
@@ -454,7 +502,8 @@ mod tests {
                 let (mut y, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows]);
                 rmsnorm_forward_at(level, &x, &gamma, eps, &mut y, &mut rstd, rows, cols).unwrap();
                 let (mut dx, mut dg) = (vec![0.0; rows * cols], vec![9.0; cols]);
-                rmsnorm_backward_at(level, &dy, &x, &gamma, &rstd, &mut dx, &mut dg, rows, cols).unwrap();
+                rmsnorm_backward_at(level, &dy, &x, &gamma, &rstd, &mut dx, &mut dg, rows, cols)
+                    .unwrap();
 
                 let (xd, dyd) = (f64s(&x), f64s(&dy));
                 let (mut wy, mut wr) = (vec![0.0; rows * cols], vec![0.0; rows]);
@@ -462,8 +511,12 @@ mod tests {
                 for r in 0..rows {
                     let xr = &xd[r * cols..][..cols];
                     let g = &dyd[r * cols..][..cols];
-                    let rs = 1.0 / (xr.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps as f64).sqrt();
-                    let s = (0..cols).map(|j| g[j] * gamma[j] as f64 * xr[j]).sum::<f64>() / cols as f64;
+                    let rs = 1.0
+                        / (xr.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps as f64).sqrt();
+                    let s = (0..cols)
+                        .map(|j| g[j] * gamma[j] as f64 * xr[j])
+                        .sum::<f64>()
+                        / cols as f64;
                     for j in 0..cols {
                         wy[r * cols + j] = xr[j] * rs * gamma[j] as f64;
                         wdx[r * cols + j] = rs * (g[j] * gamma[j] as f64 - xr[j] * rs * rs * s);
@@ -484,15 +537,24 @@ mod tests {
     fn layernorm_backward_is_deterministic_across_threads() {
         let (rows, cols) = (333, 700);
         let mut rng = Rng::new(12);
-        let (x, dy) = (rng.vec(rows * cols, -1.0, 1.0), rng.vec(rows * cols, -1.0, 1.0));
+        let (x, dy) = (
+            rng.vec(rows * cols, -1.0, 1.0),
+            rng.vec(rows * cols, -1.0, 1.0),
+        );
         let gamma = rng.vec(cols, 0.5, 1.5);
         let (mean, rstd) = (vec![0.1; rows], vec![1.2; rows]);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
-                let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
-                layernorm_backward(&dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db, rows, cols)
-                    .unwrap();
+                let (mut dx, mut dg, mut db) =
+                    (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
+                layernorm_backward(
+                    &dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db, rows, cols,
+                )
+                .unwrap();
                 (dx, dg, db)
             })
         };
@@ -503,7 +565,10 @@ mod tests {
     fn norm_rejects_bad_lengths() {
         let mut y = vec![0.0; 6];
         let (mut m, mut r) = (vec![0.0; 2], vec![0.0; 2]);
-        assert!(layernorm_forward(&[0.0; 6], &[1.0; 3], &[0.0; 2], 1e-5, &mut y, &mut m, &mut r, 2, 3).is_err());
+        assert!(layernorm_forward(
+            &[0.0; 6], &[1.0; 3], &[0.0; 2], 1e-5, &mut y, &mut m, &mut r, 2, 3
+        )
+        .is_err());
         assert!(rmsnorm_forward(&[0.0; 5], &[1.0; 3], 1e-5, &mut y, &mut r, 2, 3).is_err());
         assert!(rmsnorm_forward(&[0.0; 6], &[1.0; 3], -1.0, &mut y, &mut r, 2, 3).is_err());
     }

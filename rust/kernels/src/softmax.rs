@@ -42,7 +42,11 @@ fn forward_rows_v<V: Vf32>(
     scale: f32,
     causal: Option<Causal>,
 ) {
-    for (r, (xr, yr)) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)).enumerate() {
+    for (r, (xr, yr)) in x
+        .chunks_exact(cols)
+        .zip(y.chunks_exact_mut(cols))
+        .enumerate()
+    {
         let n = visible(row0 + r, cols, causal);
         let (yv, masked) = yr.split_at_mut(n);
         masked.fill(0.0);
@@ -175,7 +179,13 @@ mod tests {
     use crate::vec_math::levels;
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
-    fn naive_forward(x: &[f32], rows: usize, cols: usize, scale: f64, tq: Option<usize>) -> Vec<f64> {
+    fn naive_forward(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        scale: f64,
+        tq: Option<usize>,
+    ) -> Vec<f64> {
         let mut y = vec![0.0; rows * cols];
         for r in 0..rows {
             let n = match tq {
@@ -183,7 +193,10 @@ mod tests {
                 Some(tq) => ((r % tq) as isize + cols as isize - tq as isize + 1)
                     .clamp(0, cols as isize) as usize,
             };
-            let row: Vec<f64> = x[r * cols..r * cols + n].iter().map(|&v| v as f64 * scale).collect();
+            let row: Vec<f64> = x[r * cols..r * cols + n]
+                .iter()
+                .map(|&v| v as f64 * scale)
+                .collect();
             let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
             for j in 0..n {
@@ -203,7 +216,13 @@ mod tests {
                     let mut y = vec![f32::NAN; rows * cols];
                     forward_at(level, &x, &mut y, rows, cols, scale, tq).unwrap();
                     let want = naive_forward(&x, rows, cols, scale as f64, tq);
-                    assert_close(&format!("{level:?} cols {cols} tq {tq:?}"), &y, &want, 1e-5, 1e-7);
+                    assert_close(
+                        &format!("{level:?} cols {cols} tq {tq:?}"),
+                        &y,
+                        &want,
+                        1e-5,
+                        1e-7,
+                    );
                 }
             }
         }

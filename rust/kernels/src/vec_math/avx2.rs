@@ -84,7 +84,10 @@ impl Vf32 for F32x8 {
     #[inline(always)]
     fn reduce_sum(self) -> f32 {
         unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+            let s = _mm_add_ps(
+                _mm256_castps256_ps128(self.0),
+                _mm256_extractf128_ps::<1>(self.0),
+            );
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
             _mm_cvtss_f32(s)
@@ -93,7 +96,10 @@ impl Vf32 for F32x8 {
     #[inline(always)]
     fn reduce_max(self) -> f32 {
         unsafe {
-            let s = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+            let s = _mm_max_ps(
+                _mm256_castps256_ps128(self.0),
+                _mm256_extractf128_ps::<1>(self.0),
+            );
             let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s));
             _mm_cvtss_f32(s)

@@ -59,11 +59,23 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn max(self, o: Self) -> Self {
-        lanes(|i| if self.0[i] > o.0[i] { self.0[i] } else { o.0[i] })
+        lanes(|i| {
+            if self.0[i] > o.0[i] {
+                self.0[i]
+            } else {
+                o.0[i]
+            }
+        })
     }
     #[inline(always)]
     fn min(self, o: Self) -> Self {
-        lanes(|i| if self.0[i] < o.0[i] { self.0[i] } else { o.0[i] })
+        lanes(|i| {
+            if self.0[i] < o.0[i] {
+                self.0[i]
+            } else {
+                o.0[i]
+            }
+        })
     }
     #[inline(always)]
     fn sqrt(self) -> Self {
@@ -88,6 +100,8 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn reduce_max(self) -> f32 {
-        self.0.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+        self.0
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
     }
 }
