@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import ferroformer as ff  # noqa: E402
+import ferroformer as ff
 
 FAST_BACKENDS = [name for name in ff.available_backends() if name != "numpy"]
 
@@ -22,7 +22,7 @@ def ref():
     return ff.backend("numpy")
 
 
-@pytest.fixture(params=["numpy"] + FAST_BACKENDS)
+@pytest.fixture(params=["numpy", *FAST_BACKENDS])
 def backend(request):
     """Every backend that works here; the numpy one is checked in float32."""
     return ff.backend(request.param)

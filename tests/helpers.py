@@ -53,7 +53,7 @@ def noncontiguous(x):
     """The same values as ``x`` in a strided (non C-contiguous) layout."""
     if x.ndim == 0 or x.size == 0:
         return x
-    big = np.empty(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+    big = np.empty((*x.shape[:-1], 2 * x.shape[-1]), x.dtype)
     big[..., ::2] = x
     out = big[..., ::2]
     assert not out.flags.c_contiguous or x.shape[-1] == 1

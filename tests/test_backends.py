@@ -35,7 +35,7 @@ def test_default_is_fastest_available():
     env = {k: v for k, v in os.environ.items() if k != "FERROFORMER_BACKEND"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
-    want = [n for n in ("cupy", "rust", "numpy") if n in ff.available_backends()][0]
+    want = next(n for n in ("cupy", "rust", "numpy") if n in ff.available_backends())
     assert out == want
 
 

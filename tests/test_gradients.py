@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from helpers import assert_close, numerical_grad
 
 
@@ -142,7 +143,7 @@ def test_reference_forwards_match_definitions(ref, rng):
     x = rng.standard_normal((3, 4))
     e = np.exp(x - x.max(1, keepdims=True))
     assert_close(ref.softmax_forward(x), e / e.sum(1, keepdims=True))
-    y, mean, rstd = ref.layernorm_forward(x, np.ones(4), np.zeros(4), eps=0.0)
+    y, _mean, _rstd = ref.layernorm_forward(x, np.ones(4), np.zeros(4), eps=0.0)
     assert_close(y.mean(1), np.zeros(3), atol=1e-12)
     assert_close(y.std(1), np.ones(3))
     q, k, v = (rng.standard_normal((1, 1, 3, 2)) for _ in range(3))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from helpers import assert_close, noncontiguous
 
 ROW_SHAPES = [(1, 1), (1, 7), (7, 17), (3, 5, 65), (2, 257), (1031, 64)]
@@ -72,14 +73,14 @@ def test_linear(backend, ref, rng, shape, bias):
     x = rng.standard_normal(shape)
     w = rng.standard_normal((out_f, shape[-1]))
     b = rng.standard_normal(out_f) if bias else None
-    dy = rng.standard_normal(shape[:-1] + (out_f,))
+    dy = rng.standard_normal((*shape[:-1], out_f))
     compare(backend, ref, lambda o, x, w, *b: o.linear_forward(x, w, *b), [x, w] + ([b] if bias else []),
             atol=1e-4)
     compare(backend, ref, lambda o, dy, x, w: o.linear_backward(dy, x, w, has_bias=bias),
             [dy, x, w], atol=1e-3)
 
 
-@pytest.mark.parametrize("shape", ROW_SHAPES + [(2, 3, 7, 9), (4, 1), (1, 4)])
+@pytest.mark.parametrize("shape", [*ROW_SHAPES, (2, 3, 7, 9), (4, 1), (1, 4)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_softmax(backend, ref, rng, shape, causal, contiguous):
@@ -105,7 +106,7 @@ def test_softmax_extreme_values(backend):
     assert_close(y, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]])
 
 
-@pytest.mark.parametrize("shape", ROW_SHAPES + [(2048, 768)])
+@pytest.mark.parametrize("shape", [*ROW_SHAPES, (2048, 768)])
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_layernorm(backend, ref, rng, shape, contiguous):
     c = shape[-1]
@@ -186,7 +187,7 @@ def test_cross_entropy_all_ignored(backend):
 def test_embedding(backend, ref, rng, ids_shape, v, c):
     w = rng.standard_normal((v, c))
     ids = rng.integers(0, v, ids_shape)
-    dy = rng.standard_normal(ids_shape + (c,))
+    dy = rng.standard_normal((*ids_shape, c))
     compare(backend, ref, lambda o, w, i: o.embedding_forward(w, i), [w, ids])
     compare(backend, ref, lambda o, dy, i: o.embedding_backward(dy, i, v), [dy, ids])
 
@@ -251,7 +252,7 @@ def test_attention(backend, ref, rng, case, causal, masked):
         mask = rng.random((b, tk)) < 0.3
         mask[0, :] = True  # one sequence with every key masked: its rows are all zero
     kw = dict(causal=causal, key_padding_mask=mask)
-    o, lse = compare(backend, ref, lambda o_, q, k, v: o_.attention_forward(q, k, v, **kw),
+    o, _lse = compare(backend, ref, lambda o_, q, k, v: o_.attention_forward(q, k, v, **kw),
                      [q, k, v], rtol=1e-3, atol=1e-4)
     assert np.isfinite(o).all()
     o64, lse64 = ref.attention_forward(q, k, v, **kw)

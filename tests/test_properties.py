@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ferroformer as ff
+
+from helpers import assert_close
 
 BACKENDS = ff.available_backends()
 dims = st.integers(1, 40)

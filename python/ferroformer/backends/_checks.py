@@ -87,7 +87,7 @@ def matmul_shape(a: Shape, b: Shape, trans_a: bool, trans_b: bool) -> Shape:
             a=a,
             b=b,
         )
-    return broadcast_batch(op, a[:-2], b[:-2]) + (m, n)
+    return (*broadcast_batch(op, a[:-2], b[:-2]), m, n)
 
 
 def linear_shapes(x: Shape, w: Shape, b: Optional[Shape]) -> None:

@@ -9,7 +9,7 @@ module), ``float_dtypes`` and implements the ``_``-prefixed methods.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 from . import _checks as C
 

@@ -110,13 +110,13 @@ class NumpyBackend(Backend):
     def _gelu_forward(self, x, approximate):
         t = x.dtype.type
         if approximate == "tanh":
-            return t(0.5) * x * (t(1) + np.tanh(t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x**3)))
+            return t(0.5) * x * (t(1) + np.tanh(t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)))
         return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2.0))))
 
     def _gelu_backward(self, dy, x, approximate):
         t = x.dtype.type
         if approximate == "tanh":
-            u = t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x**3)
+            u = t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)
             th = np.tanh(u)
             du = t(_SQRT_2_OVER_PI) * (t(1) + t(3 * 0.044715) * x * x)
             return dy * (t(0.5) * (t(1) + th) + t(0.5) * x * (t(1) - th * th) * du)

@@ -33,7 +33,7 @@ class RustBackend(Backend):
 
     def _linear_forward(self, x, w, b):
         y = N.linear_forward(_rows(x), _c(w), _c(b))
-        return y.reshape(x.shape[:-1] + (w.shape[0],))
+        return y.reshape((*x.shape[:-1], w.shape[0]))
 
     def _linear_backward(self, dy, x, w, has_bias):
         dx, dw, db = N.linear_backward(_rows(dy), _rows(x), _c(w), has_bias)

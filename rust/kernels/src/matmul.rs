@@ -1,1 +1,0 @@
-//! matmul kernels (to be written).

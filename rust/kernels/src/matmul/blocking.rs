@@ -1,0 +1,70 @@
+//! Cache blocking of the GEMM loops: every size the loop nest in
+//! `gemm.rs` uses, in one place, with the reason for each.
+//!
+//! The loops follow BLIS (outermost first):
+//! - loop 5 `jc` steps over columns of C by `nc`; `pack_b` copies the whole
+//!   `k x nc` block of op(B) once into NR-wide micro-panels,
+//! - the parallel split hands each task a range of MR-row panels and of
+//!   NR-column panels,
+//! - loop 4 `pc` steps over k by `kc`; `pack_a` copies the task's `mc x kc`
+//!   block of op(A) into MR-tall micro-panels,
+//! - loop 2 `jr` over NR panels: one `kc x NR` micro-panel of B stays in L1,
+//! - loop 1 `ir` over MR panels: the task's A block streams from L2,
+//! - the micro-kernel updates one MR x NR tile of C held in registers.
+//!
+//! The machine these were tuned on (Xeon, Sapphire/Emerald Rapids class) has
+//! 48 KiB L1d and 2 MiB L2 per core; other x86-64 cores of the last decade
+//! have at least 32 KiB / 256 KiB, for which the AVX2 sizes are chosen.
+
+/// Block sizes of one micro-kernel. `mc` is a multiple of the kernel's MR.
+#[derive(Debug, Clone, Copy)]
+pub struct Blocking {
+    /// Depth of one packed block. The `kc x NR` B micro-panel is reused
+    /// across every MR panel of the task, so it should sit in L1 beside an
+    /// A micro-panel; the C tile is loaded and stored once per `kc`, which
+    /// a `kc` of a few hundred makes negligible.
+    pub kc: usize,
+    /// Most rows of A one task packs per `kc` step: the `mc x kc` block
+    /// stays in L2 while every B micro-panel of the task passes over it.
+    pub mc: usize,
+    /// Most columns of B packed at once. The packed block is `k x nc`
+    /// (shared by all threads, read from L3), so `nc` also bounds the
+    /// buffer; see [`nc_for`].
+    pub nc: usize,
+}
+
+/// AVX-512, 14 x 32 tile: B micro-panel 256 x 32 floats = 32 KiB (L1),
+/// A block 252 x 256 floats = 252 KiB (L2).
+pub const AVX512: Blocking = Blocking {
+    kc: 256,
+    mc: 252,
+    nc: 3072,
+};
+
+/// AVX2+FMA, 6 x 16 tile: B micro-panel 256 x 16 floats = 16 KiB (L1),
+/// A block 120 x 256 floats = 120 KiB (L2 of 256 KiB).
+pub const AVX2: Blocking = Blocking {
+    kc: 256,
+    mc: 120,
+    nc: 3072,
+};
+
+/// Portable 4 x 8 tile; sizes as for AVX2.
+pub const PORTABLE: Blocking = Blocking {
+    kc: 256,
+    mc: 128,
+    nc: 3072,
+};
+
+/// Packed B is `k x nc` floats; above this many floats the block narrows
+/// (16 MiB: well inside a server L3, and the buffer is reused per thread).
+const PACKED_B_MAX: usize = 4 << 20;
+
+/// Columns per `jc` block for depth `k`: `nc`, narrowed so that the packed
+/// `k x nc` block stays under [`PACKED_B_MAX`], never below `4 * nr`, and
+/// a multiple of `nr`.
+pub fn nc_for(blocking: &Blocking, k: usize, nr: usize) -> usize {
+    let fit = PACKED_B_MAX / k.max(1);
+    let nc = blocking.nc.min(fit).max(4 * nr);
+    nc / nr * nr
+}

@@ -1,0 +1,231 @@
+//! The GEMM loop nest (BLIS order, see `blocking.rs`), generic over the
+//! micro-kernel, with rayon splitting each packed B block's work into
+//! tasks of MR-row and NR-column panels.
+
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+use rayon::prelude::*;
+
+use super::blocking::nc_for;
+use super::kernel::{Epilogue, MicroKernel, MAX_TILE};
+use super::packing::{pack_a, pack_b, View};
+
+/// One product `C = alpha * op(A) op(B) + beta * C + bias`, as pointers.
+/// op(A) is `(m, k)`, op(B) `(k, n)`, C `(m, n)` row-major with row stride
+/// `ldc`; `bias` is null or `n` column biases.
+#[derive(Clone, Copy)]
+pub struct GemmArgs {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub a: View,
+    pub b: View,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub bias: *const f32,
+}
+
+// SAFETY: tasks read A, B and bias, and write disjoint tiles of C.
+unsafe impl Send for GemmArgs {}
+unsafe impl Sync for GemmArgs {}
+
+/// A 64-byte aligned line of floats: packed panels start on cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+thread_local! {
+    static PACKED_A: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+    static PACKED_B: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+}
+
+/// Lends `f` this thread's reusable buffer of at least `len` floats
+/// (contents unspecified). Taking the buffer out of the cell, rather than
+/// borrowing it, keeps a nested call on the same thread (rayon may run
+/// another job while this one waits) correct: it simply gets a fresh one.
+fn with_buffer<R>(
+    key: &'static LocalKey<Cell<Vec<Line>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = key.take();
+    let lines = len.div_ceil(16);
+    if buf.len() < lines {
+        buf = vec![Line([0.0; 16]); lines];
+    }
+    // SAFETY: `Line` is 16 plain floats, so `lines` of them are `16*lines` floats.
+    let floats = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), len) };
+    let out = f(floats);
+    key.set(buf);
+    out
+}
+
+/// How one `jc` block is split into tasks: `tm` row groups times `tn`
+/// column groups, each a contiguous range of micro-panels.
+struct Plan {
+    tm: usize,
+    tn: usize,
+    mp: usize,
+    np: usize,
+}
+
+impl Plan {
+    /// `mp` row panels and `np` column panels over `threads` threads, with
+    /// at most `max_mp` row panels per task (the `mc` limit). Row groups
+    /// come in multiples of `threads` so that each thread gets an equal
+    /// share; when there are too few row panels the columns are split too.
+    fn new(mp: usize, np: usize, max_mp: usize, threads: usize) -> Plan {
+        let mut tm = mp.div_ceil(max_mp.max(1));
+        if threads > 1 {
+            tm = tm.div_ceil(threads) * threads;
+        }
+        let tm = tm.clamp(1, mp.max(1));
+        let tn = if threads > tm {
+            threads.div_ceil(tm).min(np).max(1)
+        } else {
+            1
+        };
+        Plan { tm, tn, mp, np }
+    }
+
+    fn count(&self) -> usize {
+        self.tm * self.tn
+    }
+
+    /// Row-panel and column-panel ranges of task `t`.
+    fn task(&self, t: usize) -> (usize, usize, usize, usize) {
+        let (i, j) = (t / self.tn, t % self.tn);
+        (
+            i * self.mp / self.tm,
+            (i + 1) * self.mp / self.tm,
+            j * self.np / self.tn,
+            (j + 1) * self.np / self.tn,
+        )
+    }
+}
+
+/// Runs `f(i)` for `i < n`, on the pool when `threads > 1`.
+fn for_each_task(n: usize, threads: usize, f: impl Fn(usize) + Send + Sync) {
+    if threads > 1 {
+        (0..n).into_par_iter().for_each(f);
+    } else {
+        (0..n).for_each(f);
+    }
+}
+
+/// `C = alpha * op(A) op(B) + beta * C + bias` with micro-kernel `K`.
+///
+/// # Safety
+/// The views and `c` cover the shapes in `g`, `k > 0`, and the CPU runs `K`.
+pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
+    let (mr, nr) = (K::MR, K::NR);
+    let nc = nc_for(&K::BLOCKING, g.k, nr);
+    let np_max = nc.min(g.n).div_ceil(nr);
+    with_buffer(&PACKED_B, np_max * g.k * nr, |packed_b| {
+        for jc in (0..g.n).step_by(nc) {
+            let ncur = nc.min(g.n - jc);
+            let np = ncur.div_ceil(nr);
+            let panel_len = g.k * nr;
+            let packed_b = &mut packed_b[..np * panel_len];
+            let pack = |(jp, dst): (usize, &mut [f32])| {
+                // SAFETY: column panel `jp` lies inside B; `dst` is `k * nr`.
+                unsafe { pack_b(dst, g.b, nr, jc + jp * nr, nr.min(ncur - jp * nr), g.k) }
+            };
+            if threads > 1 {
+                packed_b
+                    .par_chunks_mut(panel_len)
+                    .enumerate()
+                    .for_each(pack);
+            } else {
+                packed_b.chunks_mut(panel_len).enumerate().for_each(pack);
+            }
+            let packed_b: &[f32] = packed_b;
+            let plan = Plan::new(g.m.div_ceil(mr), np, K::BLOCKING.mc / mr, threads);
+            for_each_task(plan.count(), threads, |t| {
+                let (pm0, pm1, pn0, pn1) = plan.task(t);
+                // SAFETY: each task owns the C tiles of its panel ranges.
+                unsafe { task::<K>(g, packed_b, jc, pm0..pm1, pn0..pn1) }
+            });
+        }
+    });
+}
+
+/// One task: row panels `pm` against column panels `pn` of the packed B
+/// block that starts at column `jc`, over the whole depth.
+unsafe fn task<K: MicroKernel>(
+    g: &GemmArgs,
+    packed_b: &[f32],
+    jc: usize,
+    pm: std::ops::Range<usize>,
+    pn: std::ops::Range<usize>,
+) {
+    let (mr, nr) = (K::MR, K::NR);
+    let kc_max = K::BLOCKING.kc;
+    let i0 = pm.start * mr;
+    let rows = (pm.end * mr).min(g.m) - i0;
+    with_buffer(&PACKED_A, pm.len() * mr * kc_max.min(g.k), |packed_a| {
+        for pc in (0..g.k).step_by(kc_max) {
+            let kc = kc_max.min(g.k - pc);
+            pack_a(packed_a, g.a, mr, i0, rows, pc, kc);
+            let first = pc == 0;
+            for jp in pn.clone() {
+                let j = jc + jp * nr;
+                let cols = nr.min(g.n - j);
+                let b = packed_b.as_ptr().add(jp * g.k * nr + pc * nr);
+                let ep = Epilogue {
+                    alpha: g.alpha,
+                    beta: if first { g.beta } else { 1.0 },
+                    bias: if first && !g.bias.is_null() {
+                        g.bias.add(j)
+                    } else {
+                        std::ptr::null()
+                    },
+                };
+                for ip in 0..pm.len() {
+                    let i = i0 + ip * mr;
+                    let a = packed_a.as_ptr().add(ip * kc * mr);
+                    let c = g.c.add(i * g.ldc + j);
+                    let r = mr.min(g.m - i);
+                    if r == mr && cols == nr {
+                        K::tile(kc, a, b, c, g.ldc, &ep);
+                    } else {
+                        edge_tile::<K>(kc, a, b, c, g.ldc, r, cols, &ep);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A tile cut by the edge of C: the kernel writes a scratch tile and only
+/// its `rows x cols` corner goes through the epilogue into C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge_tile<K: MicroKernel>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    ep: &Epilogue,
+) {
+    let mut scratch = [Line([0.0; 16]); MAX_TILE / 16];
+    let t = scratch.as_mut_ptr().cast::<f32>();
+    debug_assert!(K::MR * K::NR <= MAX_TILE);
+    K::tile(kc, a, b, t, K::NR, &Epilogue::STORE);
+    for i in 0..rows {
+        for j in 0..cols {
+            let cp = c.add(i * ldc + j);
+            let bias = if ep.bias.is_null() {
+                0.0
+            } else {
+                *ep.bias.add(j)
+            };
+            *cp = ep.apply(*t.add(i * K::NR + j), *cp, bias);
+        }
+    }
+}

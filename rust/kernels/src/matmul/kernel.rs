@@ -1,0 +1,63 @@
+//! The micro-kernel contract: one MR x NR tile of C from packed panels.
+//!
+//! Each instruction set has its own kernel (`kernel_avx512.rs`,
+//! `kernel_avx2.rs`, `kernel_portable.rs`); `gemm.rs` is generic over this
+//! trait and `mod.rs` picks the kernel from [`crate::simd::level`].
+
+use super::blocking::Blocking;
+
+/// What a tile does with its product: `c = alpha * (a·b) + beta * c + bias`.
+/// `beta == 0` overwrites C without reading it (so NaN in C cannot leak);
+/// `bias` is null or points at the tile's NR column biases.
+#[derive(Clone, Copy)]
+pub struct Epilogue {
+    pub alpha: f32,
+    pub beta: f32,
+    pub bias: *const f32,
+}
+
+impl Epilogue {
+    /// Plain product into scratch: `c = a·b`.
+    pub const STORE: Epilogue = Epilogue {
+        alpha: 1.0,
+        beta: 0.0,
+        bias: std::ptr::null(),
+    };
+
+    /// The epilogue applied to one element, for tile edges and the slow paths.
+    #[inline(always)]
+    pub fn apply(&self, ab: f32, c: f32, bias: f32) -> f32 {
+        let scaled = self.alpha * ab;
+        let kept = if self.beta == 0.0 {
+            scaled
+        } else {
+            scaled + self.beta * c
+        };
+        kept + bias
+    }
+}
+
+/// A register-tiled micro-kernel.
+pub trait MicroKernel {
+    /// Rows of the C tile (the height of an A micro-panel).
+    const MR: usize;
+    /// Columns of the C tile (the width of a B micro-panel).
+    const NR: usize;
+    /// Cache block sizes tuned for this kernel.
+    const BLOCKING: Blocking;
+
+    /// Computes one full tile.
+    ///
+    /// `a` is a packed A micro-panel `(kc, MR)` (k-major, MR floats per k),
+    /// `b` a packed B micro-panel `(kc, NR)`; `c` points at the tile's
+    /// top-left element of a row-major C with row stride `ldc`.
+    ///
+    /// # Safety
+    /// `a` and `b` hold `kc * MR` and `kc * NR` floats, `c` is writable
+    /// (and readable when `beta != 0`) for `MR` rows of `NR` floats, and the
+    /// CPU supports the kernel's instruction set.
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, ep: &Epilogue);
+}
+
+/// Scratch tile big enough for every kernel's MR x NR.
+pub const MAX_TILE: usize = 512;

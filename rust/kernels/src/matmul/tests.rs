@@ -1,0 +1,519 @@
+//! Every path of the matmul family against the naive oracle: each SIMD
+//! level the CPU runs, one thread and the pool, odd sizes across the
+//! MR/NR/KC/NC edges, all four transpose combinations, beta and bias.
+
+use super::gemm::GemmArgs;
+use super::*;
+use crate::simd::Level;
+
+/// Deterministic values in [-1, 1).
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Fails with the first differing values and the largest difference.
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        if !(d <= tol * (1.0 + w.abs())) && (d > worst.0 || d.is_nan()) {
+            worst = (if d.is_nan() { f32::INFINITY } else { d }, i);
+        }
+    }
+    assert!(
+        worst.0 == 0.0,
+        "{what}: max diff {} at {}: got {:?} want {:?} (first values got {:?} want {:?})",
+        worst.0,
+        worst.1,
+        got[worst.1],
+        want[worst.1],
+        &got[..got.len().min(4)],
+        &want[..want.len().min(4)],
+    );
+}
+
+/// Every SIMD level this CPU can run.
+fn levels() -> Vec<Level> {
+    [Level::Portable, Level::Avx2Fma, Level::Avx512]
+        .into_iter()
+        .filter(|&l| l <= simd::level())
+        .collect()
+}
+
+/// Inside a two-thread pool, so that the parallel splits run for real.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// One product at `level` on `threads` threads against the oracle, with
+/// padded leading dimensions so that strides differ from widths.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    level: Level,
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    beta: f32,
+) {
+    let pad = 3;
+    let (ar, ac) = if ta { (k, m) } else { (m, k) };
+    let (br, bc) = if tb { (n, k) } else { (k, n) };
+    let (lda, ldb, ldc) = (ac + pad, bc + pad, n + pad);
+    let a = data(ar * lda, 1);
+    let b = data(br * ldb, 2);
+    let c0 = data(m * ldc, 3);
+    let al = Layout { trans: ta, ld: lda };
+    let bl = Layout { trans: tb, ld: ldb };
+    let mut want = c0.clone();
+    sgemm_naive(m, n, k, alpha, &a, al, &b, bl, beta, &mut want, ldc).unwrap();
+    let mut got = c0.clone();
+    let (av, bv) = checked_views("test", m, n, k, &a, al, &b, bl, got.len(), ldc).unwrap();
+    let g = GemmArgs {
+        m,
+        n,
+        k,
+        alpha,
+        beta,
+        a: av,
+        b: bv,
+        c: got.as_mut_ptr(),
+        ldc,
+        bias: std::ptr::null(),
+    };
+    unsafe { run(level, &g, threads) };
+    let what =
+        format!("{level:?} x{threads} m={m} n={n} k={k} ta={ta} tb={tb} alpha={alpha} beta={beta}");
+    assert_close(&got, &want, 1e-5 * (k as f32).sqrt().max(1.0), &what);
+}
+
+#[test]
+fn odd_sizes_every_level_and_transpose() {
+    let sizes = [1, 7, 17, 65];
+    in_pool(|| {
+        for level in levels() {
+            for &m in &sizes {
+                for &n in &sizes {
+                    for &k in &sizes {
+                        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)]
+                        {
+                            check(level, 1, m, n, k, ta, tb, 1.0, 0.0);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn large_sizes_across_block_edges_threaded() {
+    // 257: one past KC; 300 x 70: partial tiles both ways; k = 20000 makes
+    // nc narrow enough that n = 500 spans several jc blocks.
+    let shapes = [
+        (257, 257, 257),
+        (300, 70, 600),
+        (29, 515, 301),
+        (20, 500, 20000),
+    ];
+    in_pool(|| {
+        for level in levels() {
+            for &(m, n, k) in &shapes {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    check(level, 2, m, n, k, ta, tb, 1.0, 0.0);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn vector_shapes_threaded() {
+    in_pool(|| {
+        for level in levels() {
+            for &(m, n, k) in &[
+                (1, 5000, 257),
+                (4100, 1, 65),
+                (1, 1, 1000),
+                (1, 300, 1),
+                (2, 3000, 300),
+            ] {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    check(level, 2, m, n, k, ta, tb, 1.0, 0.0);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn alpha_beta_accumulate() {
+    in_pool(|| {
+        for level in levels() {
+            for &(m, n, k) in &[(17, 65, 300), (65, 17, 7), (1, 65, 17), (65, 1, 17)] {
+                for threads in [1, 2] {
+                    check(level, threads, m, n, k, false, true, 1.0, 1.0);
+                    check(level, threads, m, n, k, true, false, 2.0, 0.5);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn beta_zero_ignores_nan_in_c() {
+    for level in levels() {
+        for &(m, n, k) in &[(20, 40, 30), (1, 40, 30), (20, 1, 30), (3, 3, 0)] {
+            let a = data(m * k, 4);
+            let b = data(k * n, 5);
+            let mut c = vec![f32::NAN; m * n];
+            let (av, bv) = checked_views(
+                "t",
+                m,
+                n,
+                k,
+                &a,
+                Layout::normal(k),
+                &b,
+                Layout::normal(n),
+                c.len(),
+                n,
+            )
+            .unwrap();
+            let g = GemmArgs {
+                m,
+                n,
+                k,
+                alpha: 1.0,
+                beta: 0.0,
+                a: av,
+                b: bv,
+                c: c.as_mut_ptr(),
+                ldc: n,
+                bias: std::ptr::null(),
+            };
+            unsafe { run(level, &g, 1) };
+            assert!(c.iter().all(|v| v.is_finite()), "{level:?} {m}x{n}x{k}");
+        }
+    }
+}
+
+#[test]
+fn k_zero_scales_c() {
+    let mut c = vec![2.0; 6];
+    sgemm(
+        2,
+        3,
+        0,
+        1.0,
+        &[],
+        Layout::normal(0),
+        &[],
+        Layout::normal(3),
+        0.5,
+        &mut c,
+        3,
+    )
+    .unwrap();
+    assert_eq!(c, vec![1.0; 6]);
+}
+
+#[test]
+fn sgemm_rejects_short_operands() {
+    let mut c = vec![0.0; 4];
+    let err = sgemm(
+        2,
+        2,
+        3,
+        1.0,
+        &[0.0; 5],
+        Layout::normal(3),
+        &[0.0; 6],
+        Layout::normal(2),
+        0.0,
+        &mut c,
+        2,
+    );
+    assert!(matches!(err, Err(Error::Shape(_))), "{err:?}");
+    let err = sgemm(
+        2,
+        2,
+        3,
+        1.0,
+        &[0.0; 6],
+        Layout::normal(2),
+        &[0.0; 6],
+        Layout::normal(2),
+        0.0,
+        &mut c,
+        2,
+    );
+    assert!(
+        matches!(err, Err(Error::Shape(_))),
+        "ld below width: {err:?}"
+    );
+}
+
+/// Naive batched product with explicit broadcasting, for the oracle.
+fn batched_naive(
+    a: &[f32],
+    ash: &[usize],
+    ta: bool,
+    b: &[f32],
+    bsh: &[usize],
+    tb: bool,
+) -> (Vec<f32>, Vec<usize>) {
+    let shape = matmul_shape(ash, ta, bsh, tb).unwrap();
+    let rank = shape.len() - 2;
+    let (m, n) = (shape[rank], shape[rank + 1]);
+    let k = if ta {
+        ash[ash.len() - 2]
+    } else {
+        ash[ash.len() - 1]
+    };
+    let count: usize = shape[..rank].iter().product();
+    let mut out = vec![0.0; count * m * n];
+    let offset = |t: usize, sh: &[usize], mat: usize| {
+        let bsh = &sh[..sh.len() - 2];
+        let (mut rest, mut off, mut step) = (t, 0, mat);
+        let mut idx = vec![0; rank];
+        for ax in (0..rank).rev() {
+            idx[ax] = rest % shape[ax];
+            rest /= shape[ax];
+        }
+        for (ax, &d) in bsh.iter().enumerate().rev() {
+            let i = idx[rank - bsh.len() + ax];
+            off += if d == 1 { 0 } else { i * step };
+            step *= d;
+        }
+        off
+    };
+    for t in 0..count {
+        let ao = offset(t, ash, m * k);
+        let bo = offset(t, bsh, k * n);
+        let al = if ta {
+            Layout::transposed(m)
+        } else {
+            Layout::normal(k)
+        };
+        let bl = if tb {
+            Layout::transposed(k)
+        } else {
+            Layout::normal(n)
+        };
+        sgemm_naive(
+            m,
+            n,
+            k,
+            1.0,
+            &a[ao..ao + m * k],
+            al,
+            &b[bo..bo + k * n],
+            bl,
+            0.0,
+            &mut out[t * m * n..(t + 1) * m * n],
+            n,
+        )
+        .unwrap();
+    }
+    (out, shape)
+}
+
+#[test]
+fn batched_broadcasting() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 17, 7], &[3, 7, 65]),
+        (&[2, 1, 17, 7], &[4, 7, 65]),
+        (&[17, 7], &[5, 7, 9]),
+        (&[5, 65, 7], &[7, 20]),
+        (&[2, 3, 1, 7], &[1, 3, 7, 1]),
+        (&[8, 33, 40], &[8, 40, 33]),
+        (&[0, 4, 5], &[5, 6]),
+        (&[2, 4, 0], &[1, 0, 6]),
+    ];
+    in_pool(|| {
+        for &(ash, bsh) in cases {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let swap = |sh: &[usize], t: bool| {
+                    let mut s = sh.to_vec();
+                    if t {
+                        let r = s.len();
+                        s.swap(r - 1, r - 2);
+                    }
+                    s
+                };
+                let (ash, bsh) = (swap(ash, ta), swap(bsh, tb));
+                let a = data(ash.iter().product(), 6);
+                let b = data(bsh.iter().product(), 7);
+                let (want, shape) = batched_naive(&a, &ash, ta, &b, &bsh, tb);
+                let mut got = vec![f32::NAN; want.len()];
+                matmul_batched(&a, &ash, ta, &b, &bsh, tb, &mut got).unwrap();
+                assert_close(
+                    &got,
+                    &want,
+                    1e-5,
+                    &format!("{ash:?} {ta} @ {bsh:?} {tb} -> {shape:?}"),
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn batched_rejects_bad_shapes() {
+    let mut c = vec![0.0; 100];
+    for (ash, bsh) in [
+        (&[2, 3][..], &[4, 5][..]),
+        (&[2, 3, 4][..], &[3, 4, 5][..]),
+        (&[3][..], &[3, 4][..]),
+    ] {
+        let a = vec![0.0; ash.iter().product()];
+        let b = vec![0.0; bsh.iter().product()];
+        let err = matmul_batched(&a, ash, false, &b, bsh, false, &mut c);
+        assert!(
+            matches!(err, Err(Error::Shape(ref s)) if s.starts_with("matmul")),
+            "{err:?}"
+        );
+    }
+    let err = matmul_batched(
+        &[0.0; 5],
+        &[2, 3],
+        false,
+        &[0.0; 12],
+        &[3, 4],
+        false,
+        &mut c[..8],
+    );
+    assert!(matches!(err, Err(Error::Shape(_))), "short a: {err:?}");
+}
+
+#[test]
+fn linear_forward_and_backward() {
+    in_pool(|| {
+        for &(rows, in_f, out_f) in &[
+            (1, 17, 65),
+            (65, 17, 7),
+            (257, 65, 300),
+            (7, 1, 1),
+            (0, 3, 4),
+        ] {
+            let x = data(rows * in_f, 8);
+            let w = data(out_f * in_f, 9);
+            let bias = data(out_f, 10);
+            let dy = data(rows * out_f, 11);
+
+            let mut y = vec![0.0; rows * out_f];
+            linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
+            let mut want = vec![0.0; rows * out_f];
+            sgemm_naive(
+                rows,
+                out_f,
+                in_f,
+                1.0,
+                &x,
+                Layout::normal(in_f),
+                &w,
+                Layout::transposed(in_f),
+                0.0,
+                &mut want,
+                out_f,
+            )
+            .unwrap();
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += bias[i % out_f];
+            }
+            assert_close(&y, &want, 1e-5, "linear_forward");
+
+            let (mut dx, mut dw, mut db) = (
+                vec![0.0; rows * in_f],
+                vec![1.0; out_f * in_f],
+                vec![1.0; out_f],
+            );
+            linear_backward(
+                &dy,
+                &x,
+                &w,
+                rows,
+                in_f,
+                out_f,
+                &mut dx,
+                &mut dw,
+                Some(&mut db),
+                false,
+            )
+            .unwrap();
+            let mut want_dx = vec![0.0; rows * in_f];
+            sgemm_naive(
+                rows,
+                in_f,
+                out_f,
+                1.0,
+                &dy,
+                Layout::normal(out_f),
+                &w,
+                Layout::normal(in_f),
+                0.0,
+                &mut want_dx,
+                in_f,
+            )
+            .unwrap();
+            let mut want_dw = vec![0.0; out_f * in_f];
+            sgemm_naive(
+                out_f,
+                in_f,
+                rows,
+                1.0,
+                &dy,
+                Layout::transposed(out_f),
+                &x,
+                Layout::normal(in_f),
+                0.0,
+                &mut want_dw,
+                in_f,
+            )
+            .unwrap();
+            let want_db: Vec<f32> = (0..out_f)
+                .map(|j| (0..rows).map(|i| dy[i * out_f + j]).sum())
+                .collect();
+            assert_close(&dx, &want_dx, 1e-5, "dx");
+            assert_close(&dw, &want_dw, 1e-4, "dw");
+            assert_close(&db, &want_db, 1e-4, "db");
+
+            // Accumulating adds the same gradients again.
+            linear_backward(
+                &dy,
+                &x,
+                &w,
+                rows,
+                in_f,
+                out_f,
+                &mut dx,
+                &mut dw,
+                Some(&mut db),
+                true,
+            )
+            .unwrap();
+            let twice = |v: &[f32]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
+            assert_close(&dw, &twice(&want_dw), 1e-4, "dw accumulated");
+            assert_close(&db, &twice(&want_db), 1e-4, "db accumulated");
+        }
+    });
+}
