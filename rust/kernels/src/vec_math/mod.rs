@@ -57,8 +57,8 @@ pub trait Vf32:
     fn max(self, o: Self) -> Self;
     fn min(self, o: Self) -> Self;
     fn sqrt(self) -> Self;
-    /// `2^n` for lanes holding integral values in `[-126, 127]`.
-    fn pow2i(self) -> Self;
+    /// `self * 2^n` for `n` holding integral values in `[-126, 127]`.
+    fn ldexp(self, n: Self) -> Self;
     /// Lane-wise `if self < o { a } else { b }`.
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self;
     /// Exchanges lanes `2k` and `2k + 1` (rope's adjacent pairs).
@@ -249,7 +249,7 @@ pub fn exp<V: Vf32>(x: V) -> V {
     p = p.mul_add(r, V::splat(0.166_666_65));
     p = p.mul_add(r, V::splat(0.5));
     let er = p.mul_add(r * r, r + V::splat(1.0));
-    let y = er * n.pow2i();
+    let y = er.ldexp(n);
     x.lt_select(V::splat(EXP_LO), V::zero(), y)
 }
 
