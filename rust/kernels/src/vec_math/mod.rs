@@ -184,7 +184,7 @@ pub fn sum_exp<V: Vf32>(x: &[f32], scale: f32, shift: f32, mut out: Option<&mut 
     for (k, p) in x[..pairs].chunks_exact(2 * V::N).enumerate() {
         let a = exp(V::load(p).mul_add(sc, sh));
         let b = exp(V::load(&p[V::N..]).mul_add(sc, sh));
-        if let Some(o) = out.as_deref_mut() {
+        if let Some(o) = &mut out {
             a.store(&mut o[k * 2 * V::N..]);
             b.store(&mut o[k * 2 * V::N + V::N..]);
         }
@@ -194,7 +194,7 @@ pub fn sum_exp<V: Vf32>(x: &[f32], scale: f32, shift: f32, mut out: Option<&mut 
     let rest = &x[pairs..];
     lanes!(V, rest.len(), l => {
         let e = exp(V::get(rest, l, 0.0).mul_add(sc, sh));
-        if let Some(o) = out.as_deref_mut() {
+        if let Some(o) = &mut out {
             e.put(&mut o[pairs..], l);
         }
         s0 = s0 + e.pad(l, 0.0);
@@ -274,7 +274,7 @@ pub fn erfc_nonneg<V: Vf32>(z: V) -> V {
     for c in [
         -0.822_152_23,
         1.488_515_9,
-        -1.135_203_98,
+        -1.135_204,
         0.278_868_07,
         -0.186_288_06,
         0.096_784_18,
@@ -406,8 +406,8 @@ pub(crate) mod tests {
         // swap_pairs, reductions, tails.
         let src: Vec<f32> = (0..V::N).map(|i| i as f32).collect();
         V::load(&src).swap_pairs().store(&mut out);
-        for i in 0..V::N {
-            assert_eq!(out[i], (i ^ 1) as f32);
+        for (i, &o) in out[..V::N].iter().enumerate() {
+            assert_eq!(o, (i ^ 1) as f32);
         }
         assert_eq!(V::load(&src).reduce_sum(), (V::N * (V::N - 1) / 2) as f32);
         assert_eq!(V::load(&src).reduce_max(), (V::N - 1) as f32);
