@@ -4,7 +4,7 @@
 
 // x, out (rows, P, D) with D = 2 * half; cosines, sines (P, half). Pair p of
 // the flattened x is (x[2p], x[2p + 1]), at position (p / half) % P and
-// frequency p % half, with c, s its cosine and sine times sin_sign (+1
+// frequency p % half, with c its cosine and s its sine times sin_sign (+1
 // forward, -1 backward):
 //   out[2p]     = x[2p] c - x[2p + 1] s
 //   out[2p + 1] = x[2p] s + x[2p + 1] c

@@ -5,6 +5,11 @@
 // The forward reads a row once for its online max / sum, then again to write
 // the probabilities; the second read hits L1/L2, so DRAM sees one read and
 // one write per element.
+//
+// scale * x is rounded as a product of its own (__fmul_rn is never fused
+// into an FMA) so that both reads see the same value: the row's maximum then
+// gives exp(0) = 1 exactly.
+__device__ __forceinline__ float scaled(float scale, float x) { return __fmul_rn(scale, x); }
 
 // x, y (rows, C) with rows = (..., Tq) flattened, so query i = row % Tq.
 // causal: key j is visible to query i when j <= i + C - Tq.
@@ -28,7 +33,7 @@ __global__ void softmax_forward(const T* x, T* y, float* lse, const bool* key_ma
     float m = neg_inf(), s = 0.0f;
     for (int j = threadIdx.x; j < visible; j += blockDim.x) {
         if (masked && masked[j]) continue;
-        online_lse_update(m, s, scale * to_float(xr[j]));
+        online_lse_update(m, s, scaled(scale, to_float(xr[j])));
     }
     float row_max;
     const float row_sum = online_lse_merge(m, s, row_max, scratch);
@@ -36,7 +41,7 @@ __global__ void softmax_forward(const T* x, T* y, float* lse, const bool* key_ma
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
         float p = 0.0f;
         if (j < visible && !(masked && masked[j]) && row_sum > 0.0f) {
-            p = expf(scale * to_float(xr[j]) - row_max) / row_sum;
+            p = expf(scaled(scale, to_float(xr[j])) - row_max) / row_sum;
         }
         yr[j] = from_float<T>(p);
     }
@@ -95,7 +100,7 @@ __global__ void attention_backward_scores(T* s_p, T* dp_ds, const T* d_out, cons
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
         float p = 0.0f;
         if (any_visible && j < visible && !(masked && masked[j])) {
-            p = expf(scale * to_float(sr[j]) - row_lse);
+            p = expf(scaled(scale, to_float(sr[j])) - row_lse);
         }
         sr[j] = from_float<T>(p);
         dr[j] = from_float<T>(scale * p * (to_float(dr[j]) - delta));
