@@ -242,7 +242,8 @@ class Backend:
         self._float("adamw_step", param=param, grad=grad, m=m, v=v)
         C.adamw_shapes(param.shape, grad.shape, m.shape, v.shape, int(step))
         for name, x in (("param", param), ("m", m), ("v", v)):
-            if not x.flags.c_contiguous or not x.flags.writeable:
+            # CuPy arrays are always writeable and have no flags.writeable
+            if not x.flags.c_contiguous or not getattr(x.flags, "writeable", True):
                 raise ValueError(f"adamw_step: {name} must be C-contiguous and writeable to update in place")
         self._adamw_step(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
                          float(weight_decay), int(step))

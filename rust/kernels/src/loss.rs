@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::simd::{self, Level};
-use crate::vec_math::{chunk_rows, exp, Vf32};
+use crate::vec_math::{chunk_rows, exp, max_and_sum, sum_exp, Vf32};
 use crate::{lanes, simd_dispatch};
 
 /// Per row: `lse` written, and returns the chunk's
@@ -27,22 +27,11 @@ fn forward_rows_v<V: Vf32>(
     let vocab = logits.len() / v;
     let mut loss = 0.0f64;
     for ((z, &t), out) in logits.chunks_exact(vocab).zip(targets).zip(lse.iter_mut()) {
-        let (mut m, mut s) = (V::splat(f32::NEG_INFINITY), V::zero());
-        lanes!(V, vocab, l => {
-            let zv = V::get(z, l, 0.0);
-            m = m.max(zv.pad(l, f32::NEG_INFINITY));
-            s = s + zv;
-        });
-        let m = m.reduce_max();
-        let neg_m = V::splat(-m);
-        let mut e = V::zero();
-        lanes!(V, vocab, l => {
-            e = e + exp(V::get(z, l, 0.0) + neg_m).pad(l, 0.0);
-        });
-        let row_lse = m as f64 + (e.reduce_sum() as f64).ln();
+        let (m, s) = max_and_sum::<V>(z);
+        let row_lse = m as f64 + (sum_exp::<V>(z, 1.0, -m, None) as f64).ln();
         *out = row_lse as f32;
         if t != ignore_index {
-            let mean_z = s.reduce_sum() as f64 / vocab as f64;
+            let mean_z = s as f64 / vocab as f64;
             let eps = smoothing as f64;
             loss += (1.0 - eps) * (row_lse - z[t as usize] as f64) + eps * (row_lse - mean_z);
         }

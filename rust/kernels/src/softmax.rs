@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::simd::{self, Level};
-use crate::vec_math::{chunk_rows, dot, exp, max_scaled, Vf32};
+use crate::vec_math::{chunk_rows, dot, max_scaled, sum_exp, Vf32};
 use crate::{lanes, simd_dispatch};
 
 /// The causal layout of the rows: each block of `tq` consecutive rows is
@@ -56,14 +56,7 @@ fn forward_rows_v<V: Vf32>(
             yv.fill(0.0);
             continue;
         }
-        let (s, neg_m) = (V::splat(scale), V::splat(-m));
-        let mut acc = V::zero();
-        lanes!(V, n, l => {
-            let e = exp(V::get(xv, l, 0.0).mul_add(s, neg_m));
-            e.put(yv, l);
-            acc = acc + e.pad(l, 0.0);
-        });
-        let inv = V::splat(1.0 / acc.reduce_sum());
+        let inv = V::splat(1.0 / sum_exp::<V>(xv, scale, -m, Some(&mut *yv)));
         lanes!(V, n, l => {
             (V::get(yv, l, 0.0) * inv).put(yv, l);
         });

@@ -63,11 +63,11 @@ impl Vf32 for F32x8 {
         unsafe { F32x8(_mm256_sqrt_ps(self.0)) }
     }
     #[inline(always)]
-    fn pow2i(self) -> Self {
+    fn ldexp(self, n: Self) -> Self {
         unsafe {
-            let n = _mm256_cvtps_epi32(self.0);
+            let n = _mm256_cvtps_epi32(n.0);
             let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
-            F32x8(_mm256_castsi256_ps(bits))
+            F32x8(_mm256_mul_ps(self.0, _mm256_castsi256_ps(bits)))
         }
     }
     #[inline(always)]

@@ -63,12 +63,9 @@ impl Vf32 for F32x16 {
         unsafe { F32x16(_mm512_sqrt_ps(self.0)) }
     }
     #[inline(always)]
-    fn pow2i(self) -> Self {
-        unsafe {
-            let n = _mm512_cvtps_epi32(self.0);
-            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
-            F32x16(_mm512_castsi512_ps(bits))
-        }
+    fn ldexp(self, n: Self) -> Self {
+        // One instruction where AVX2 needs convert, add, shift and multiply.
+        unsafe { F32x16(_mm512_scalef_ps(self.0, n.0)) }
     }
     #[inline(always)]
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self {

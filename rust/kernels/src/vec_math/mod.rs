@@ -57,8 +57,8 @@ pub trait Vf32:
     fn max(self, o: Self) -> Self;
     fn min(self, o: Self) -> Self;
     fn sqrt(self) -> Self;
-    /// `2^n` for lanes holding integral values in `[-126, 127]`.
-    fn pow2i(self) -> Self;
+    /// `self * 2^n` for `n` holding integral values in `[-126, 127]`.
+    fn ldexp(self, n: Self) -> Self;
     /// Lane-wise `if self < o { a } else { b }`.
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self;
     /// Exchanges lanes `2k` and `2k + 1` (rope's adjacent pairs).
@@ -132,15 +132,74 @@ macro_rules! lanes {
     }};
 }
 
+// The row reductions below keep two accumulators and take two registers
+// per step: one accumulator is a chain of dependent adds (4 cycles each),
+// two let the core overlap them. The tail goes through `lanes!`.
+
 /// `max_i scale * x[i]`; `-inf` for an empty row.
 #[inline(always)]
 pub fn max_scaled<V: Vf32>(x: &[f32], scale: f32) -> f32 {
     let s = V::splat(scale);
-    let mut m = V::splat(f32::NEG_INFINITY);
-    lanes!(V, x.len(), l => {
-        m = m.max((V::get(x, l, 0.0) * s).pad(l, f32::NEG_INFINITY));
+    let (mut m0, mut m1) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+    let pairs = x.len() / (2 * V::N) * (2 * V::N);
+    for p in x[..pairs].chunks_exact(2 * V::N) {
+        m0 = m0.max(V::load(p) * s);
+        m1 = m1.max(V::load(&p[V::N..]) * s);
+    }
+    let rest = &x[pairs..];
+    lanes!(V, rest.len(), l => {
+        m0 = m0.max((V::get(rest, l, 0.0) * s).pad(l, f32::NEG_INFINITY));
     });
-    m.reduce_max()
+    m0.max(m1).reduce_max()
+}
+
+/// `(max_i x[i], sum_i x[i])` in one pass; `(-inf, 0)` for an empty row.
+#[inline(always)]
+pub fn max_and_sum<V: Vf32>(x: &[f32]) -> (f32, f32) {
+    let (mut m0, mut m1) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+    let (mut s0, mut s1) = (V::zero(), V::zero());
+    let pairs = x.len() / (2 * V::N) * (2 * V::N);
+    for p in x[..pairs].chunks_exact(2 * V::N) {
+        let (a, b) = (V::load(p), V::load(&p[V::N..]));
+        m0 = m0.max(a);
+        m1 = m1.max(b);
+        s0 = s0 + a;
+        s1 = s1 + b;
+    }
+    let rest = &x[pairs..];
+    lanes!(V, rest.len(), l => {
+        let v = V::get(rest, l, 0.0);
+        m0 = m0.max(v.pad(l, f32::NEG_INFINITY));
+        s0 = s0 + v;
+    });
+    (m0.max(m1).reduce_max(), (s0 + s1).reduce_sum())
+}
+
+/// `sum_i e^(scale x[i] + shift)`; with `out`, each term is stored there too.
+#[inline(always)]
+pub fn sum_exp<V: Vf32>(x: &[f32], scale: f32, shift: f32, mut out: Option<&mut [f32]>) -> f32 {
+    let (sc, sh) = (V::splat(scale), V::splat(shift));
+    let (mut s0, mut s1) = (V::zero(), V::zero());
+    let pairs = x.len() / (2 * V::N) * (2 * V::N);
+    for (k, p) in x[..pairs].chunks_exact(2 * V::N).enumerate() {
+        let a = exp(V::load(p).mul_add(sc, sh));
+        let b = exp(V::load(&p[V::N..]).mul_add(sc, sh));
+        if let Some(o) = &mut out {
+            a.store(&mut o[k * 2 * V::N..]);
+            b.store(&mut o[k * 2 * V::N + V::N..]);
+        }
+        s0 = s0 + a;
+        s1 = s1 + b;
+    }
+    let rest = &x[pairs..];
+    lanes!(V, rest.len(), l => {
+        let e = exp(V::get(rest, l, 0.0).mul_add(sc, sh));
+        if let Some(o) = &mut out {
+            e.put(&mut o[pairs..], l);
+        }
+        s0 = s0 + e.pad(l, 0.0);
+    });
+    (s0 + s1).reduce_sum()
 }
 
 /// `sum_i a[i]`, lanes accumulated in f32.
@@ -190,7 +249,7 @@ pub fn exp<V: Vf32>(x: V) -> V {
     p = p.mul_add(r, V::splat(0.166_666_65));
     p = p.mul_add(r, V::splat(0.5));
     let er = p.mul_add(r * r, r + V::splat(1.0));
-    let y = er * n.pow2i();
+    let y = er.ldexp(n);
     x.lt_select(V::splat(EXP_LO), V::zero(), y)
 }
 
@@ -215,7 +274,7 @@ pub fn erfc_nonneg<V: Vf32>(z: V) -> V {
     for c in [
         -0.822_152_23,
         1.488_515_9,
-        -1.135_203_98,
+        -1.135_204,
         0.278_868_07,
         -0.186_288_06,
         0.096_784_18,
@@ -347,8 +406,8 @@ pub(crate) mod tests {
         // swap_pairs, reductions, tails.
         let src: Vec<f32> = (0..V::N).map(|i| i as f32).collect();
         V::load(&src).swap_pairs().store(&mut out);
-        for i in 0..V::N {
-            assert_eq!(out[i], (i ^ 1) as f32);
+        for (i, &o) in out[..V::N].iter().enumerate() {
+            assert_eq!(o, (i ^ 1) as f32);
         }
         assert_eq!(V::load(&src).reduce_sum(), (V::N * (V::N - 1) / 2) as f32);
         assert_eq!(V::load(&src).reduce_max(), (V::N - 1) as f32);

@@ -82,8 +82,8 @@ impl Vf32 for F32x8 {
         lanes(|i| self.0[i].sqrt())
     }
     #[inline(always)]
-    fn pow2i(self) -> Self {
-        lanes(|i| f32::from_bits(((self.0[i] as i32 + 127) << 23) as u32))
+    fn ldexp(self, n: Self) -> Self {
+        lanes(|i| self.0[i] * f32::from_bits(((n.0[i] as i32 + 127) << 23) as u32))
     }
     #[inline(always)]
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self {

@@ -32,6 +32,8 @@ impl Rng {
 /// Asserts `|got - want| <= atol + rtol |want|` element-wise, printing the
 /// first values and the worst miss on failure.
 #[track_caller]
+// `!(err <= tol)` on purpose: a NaN must count as a miss.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0usize, 0.0f64);
