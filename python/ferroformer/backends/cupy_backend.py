@@ -1,11 +1,20 @@
 """The cupy backend: the op contract on NVIDIA GPUs.
 
 Matrix products go to cuBLAS as one strided-batched GEMM, transposes passed
-as flags, never made as copies. Every other op is one fused CUDA kernel from
-``backends/cuda/`` (see its ``__init__``), compiled once per process by NVRTC
-through ``cupy.RawModule`` (CuPy also caches the binaries on disk).
-Attention is composed from GEMMs and the softmax kernels, on a grouped
-layout that needs no copies of k and v for GQA.
+as flags, never made as copies; float32 accumulation for every storage type.
+Every other op is one fused CUDA kernel from ``backends/cuda/`` (see its
+``__init__``), compiled by NVRTC through ``cupy.RawModule`` once per process
+and storage type (the float32 kernels at load, float16 / bfloat16 ones on
+first use; CuPy also caches the binaries on disk). Attention is flash
+attention (``flash_attention.cu``; ``flash_attention_mma.cu`` on tensor
+cores for float16 / bfloat16 on sm_80+): memory linear in T, GQA without
+copies of k and v, a split-K kernel for one query row against a KV cache.
+
+Storage types: float32, float16, and bfloat16 where ml_dtypes and CuPy >= 14
+provide it. An op takes inputs of one dtype and returns that dtype, with
+float32 statistics (mean, rstd, lse). ``with_dtype("bfloat16")`` gives the
+mixed-precision view of precision.py: float32 master weights, half-precision
+activations and products.
 
 CuPy is imported lazily, only in ``load_cupy_backend``, so that machines
 without it never pay for the import. Inputs may have any layout: a
@@ -18,6 +27,7 @@ import math
 
 import numpy as np
 
+from . import _checks as C
 from . import cuda as sources
 from .base import Backend
 
@@ -25,6 +35,18 @@ _FLAT_THREADS = 256
 _WARP_ROWS = 8  # rows per block when each row gets one warp
 _SHARED_LIMIT = 48 * 1024 - 256  # dynamic shared memory a block gets without opt-in, less the static scratch
 _NULL = np.uint64(0)  # a null pointer argument
+# cudaDataType of each storage dtype, for cuBLAS
+_CUDA_R = {"float32": 0, "float16": 2, "bfloat16": 14}
+_HALF_TYPES = ("float16", "bfloat16")
+
+
+def bfloat16_dtype():
+    """NumPy's bfloat16 dtype (from ml_dtypes), or None where it is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def load_cupy_backend():
@@ -83,39 +105,146 @@ def row_launch(rows: int, cols: int):
     return (rows,), (threads,)
 
 
-class _Kernels:
-    """Every kernel of backends/cuda/ for one storage type, compiled on the
-    current device; ``kernels(name, grid, block, *args)`` launches one on
-    CuPy's current stream."""
+# -- flash attention launch geometry (backends/cuda/flash_attention*.cu) --------
+FLASH_THREADS = 128  # every flash block: 4 warps
+SIMT_ROWS = 16       # query (or key) rows of a CUDA-core block: 8 lanes a row
+MMA_ROWS = 64        # query rows of a tensor-core forward / dQ block; keys of a dK/dV block
 
-    def __init__(self, cupy, dtype: str = "float32"):
+
+def simt_head_dim(d: int):
+    """D_MAX of the CUDA-core kernels for head dim d: the smallest instantiation >= d."""
+    return next((m for m in sources.SIMT_HEAD_DIMS if d <= m), None)
+
+
+def simt_shared_bytes(kernel: str, d_max: int) -> int:
+    """Dynamic shared memory of a CUDA-core flash kernel (SimtTiles in the .cu):
+    float K and V tiles and a key bias (forward, backward_q), or float Q and dO
+    tiles with their lse and delta (backward_kv)."""
+    tile = 32 if d_max <= 128 else 16
+    if kernel == "backward_kv":
+        return (2 * tile * d_max + 2 * tile) * 4
+    return (2 * tile * d_max + tile) * 4
+
+
+def mma_head_dim(d: int):
+    """HEAD_DIM of the tensor-core kernels for head dim d (d % 8 == 0, d <= 128), else None."""
+    if d % 8:
+        return None
+    return next((m for m in sources.MMA_HEAD_DIMS if d <= m), None)
+
+
+def mma_shared_bytes(kernel: str, head_dim: int) -> int:
+    """Dynamic shared memory of a tensor-core flash kernel (MmaTiles in the .cu):
+    16-bit tiles with rows head_dim + 8 apart, and float row terms."""
+    row = (head_dim + 8) * 2
+    if kernel == "forward":  # K and V (Q staged in V) tiles of 64 keys, key bias
+        return 2 * 64 * row + 64 * 4
+    if kernel == "backward_q":  # dO (64 rows), K and V tiles, key bias
+        keys = 64 if head_dim <= 64 else 32
+        return (64 + 2 * keys) * row + keys * 4
+    queries = 64 if head_dim <= 64 else 16  # backward_kv: K, V (64 keys), Q, dO tiles, lse, delta
+    return (2 * 64 + 2 * queries) * row + 2 * queries * 4
+
+
+def decode_split(rows: int, tk: int, sm_count: int):
+    """(splits, chunk) of the decode kernels: each of the rows query heads
+    gets ceil(tk / chunk) = splits blocks of chunk keys (at least 64), enough
+    blocks for about four per SM."""
+    if tk == 0:
+        return 1, 0
+    splits = max(1, min(_cdiv(4 * sm_count, rows), _cdiv(tk, 64)))
+    chunk = _cdiv(tk, splits)
+    return _cdiv(tk, chunk), chunk
+
+
+class _Kernels:
+    """Every kernel of backends/cuda/, compiled on the current device: the
+    float32 families at once (a compile error surfaces when the backend
+    loads), the others on first use. ``kernels(name, grid, block, *args)``
+    launches the kernel called ``name`` (a name expression such as
+    ``softmax_forward<__half>``) on CuPy's current stream."""
+
+    def __init__(self, cupy, include_dirs=()):
+        self.cupy = cupy
+        self.include_dirs = tuple(include_dirs)
         self.functions = {}
+        self.where = {}  # name expression -> (family, dtype)
+        families = [(f, d) for f in sources.FAMILIES for d in sources.STORAGE_TYPES]
+        families += [(f, d) for f in sources.TENSOR_CORE_FAMILIES for d in sources.TENSOR_CORE_DTYPES]
+        for family, dtype in families:
+            for name in sources.name_expressions(family, dtype):
+                self.where[name] = (family, dtype)
         for family in sources.FAMILIES:
-            names = sources.name_expressions(family, dtype)
-            module = cupy.RawModule(code=sources.source(family), options=sources.options(dtype),
-                                    name_expressions=names)
+            self._compile(family, "float32")
+
+    def _compile(self, family, dtype):
+        names = sources.name_expressions(family, dtype)
+        module = self.cupy.RawModule(code=sources.source(family),
+                                     options=sources.options(dtype, self.include_dirs),
+                                     name_expressions=names)
+        try:
             module.compile()
-            for name in names:
-                self.functions[name] = module.get_function(name)
+        except Exception as e:
+            if dtype != "float32" and not self.include_dirs:
+                raise RuntimeError(
+                    f"the cupy backend's {dtype} kernels need the CUDA half-precision headers "
+                    f"(cuda_fp16.h, cuda_bf16.h), found nowhere: pip install "
+                    f"nvidia-cuda-runtime-cu12 (or set CUDA_PATH); NVRTC said: {e}") from e
+            raise
+        for name in names:
+            self.functions[name] = module.get_function(name)
 
     def __call__(self, name, grid, block, *args, shared_mem=0):
-        self.functions[name](grid, block, args, shared_mem=shared_mem)
+        fn = self.functions.get(name)
+        if fn is None:
+            self._compile(*self.where[name])
+            fn = self.functions[name]
+        fn(grid, block, args, shared_mem=shared_mem)
 
 
 class CupyBackend(Backend):
     name = "cupy"
-    float_dtypes = (np.dtype(np.float32),)
+    compute_dtype = None  # ops compute in the dtype of their inputs (precision.py sets one)
 
     def __init__(self, cupy):
         self.xp = cupy
         self._cublas = cupy.cuda.cublas  # loads cuBLAS: fails here, not in the first op, without it
         cupy.cuda.get_cublas_handle()
-        self._sm_count = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        device = cupy.cuda.Device()
+        self._sm_count = device.attributes["MultiProcessorCount"]
+        self._tensor_cores = int(device.compute_capability) >= sources.TENSOR_CORE_MIN_ARCH
         self._max_flat_blocks = self._sm_count * (2048 // _FLAT_THREADS)
         # cuBLAS reads alpha and beta from host memory; these stay alive with the backend
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)
-        self._k = _Kernels(cupy)
+        get_cuda_path = getattr(cupy.cuda, "get_cuda_path", lambda: None)
+        self._k = _Kernels(cupy, sources.header_dirs(get_cuda_path()))
+        self.float_dtypes = (np.dtype(np.float32), np.dtype(np.float16), *self._bfloat16(cupy))
+        self._views = {}
+
+    @staticmethod
+    def _bfloat16(cupy):
+        """(bfloat16,) where ml_dtypes is installed and CuPy can hold it (CuPy >= 14), else ()."""
+        dtype = bfloat16_dtype()
+        if dtype is None:
+            return ()
+        try:
+            cupy.empty(0, dtype)
+        except Exception:
+            return ()
+        return (dtype,)
+
+    def with_dtype(self, dtype):
+        """This backend computing in ``dtype`` with float32 master weights
+        (precision.MixedPrecisionBackend); "float32" or None: this backend."""
+        from .precision import MixedPrecisionBackend, resolve_dtype
+
+        dtype = resolve_dtype(dtype, self)
+        if dtype == np.float32:
+            return self
+        if dtype.name not in self._views:
+            self._views[dtype.name] = MixedPrecisionBackend(self, dtype)
+        return self._views[dtype.name]
 
     # -- helpers -----------------------------------------------------------------
     def _c(self, x):
@@ -123,7 +252,23 @@ class CupyBackend(Backend):
 
     @staticmethod
     def _ctype(x) -> str:
-        return sources.STORAGE_TYPES[x.dtype.name]
+        """The C++ storage type of an array (or a dtype)."""
+        return sources.STORAGE_TYPES[np.dtype(getattr(x, "dtype", x)).name]
+
+    def _float(self, op: str, **arrays):
+        """The contract's dtype check, with the statistics the backward ops take
+        (mean, rstd: float32 whatever the storage type) checked apart."""
+        stats = {name: arrays.pop(name) for name in ("mean", "rstd") if name in arrays}
+        dtype = super()._float(op, **arrays)
+        for name, x in stats.items():
+            C.require_array(op, name, x, self.xp.ndarray)
+            if x.dtype != np.float32 and x.dtype != dtype:
+                raise TypeError(f"{op}: {name} has dtype {x.dtype}; statistics are float32")
+        return dtype
+
+    def _stats(self, x):
+        """A statistic (mean, rstd, lse) as the kernels read it: float32, C-contiguous."""
+        return self.xp.ascontiguousarray(x, dtype=np.float32)
 
     def _flat(self, name, n, *args):
         """Launches a flat kernel over n elements (grid-stride loop); args follow its pointers."""
@@ -153,16 +298,18 @@ class CupyBackend(Backend):
             x = xp.broadcast_to(x, (*batch, rows, cols))
         return self._c(x), trans, rows * cols
 
-    def _gemm(self, a, b, trans_a, trans_b):
-        """op(a) @ op(b) for a (..., m, k), b (..., k, n) (op swaps the last two
-        axes when its flag is set), batch dims broadcast: one cuBLAS
-        strided-batched SGEMM, pure float32 (no TF32)."""
+    def _gemm(self, a, b, trans_a, trans_b, out_dtype=None):
+        """op(a) @ op(b) for a (..., m, k), b (..., k, n) of one dtype (op swaps
+        the last two axes when its flag is set), batch dims broadcast: one
+        cuBLAS strided-batched GEMM with float32 accumulation (pure float32 for
+        float32 inputs: no TF32; tensor cores for float16 / bfloat16). The
+        result has a's dtype, or out_dtype (float32 from half inputs)."""
         xp, cublas = self.xp, self._cublas
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         m = a.shape[-1] if trans_a else a.shape[-2]
         k = a.shape[-2] if trans_a else a.shape[-1]
         n = b.shape[-2] if trans_b else b.shape[-1]
-        out = xp.empty((*batch, m, n), np.float32)
+        out = xp.empty((*batch, m, n), a.dtype if out_dtype is None else out_dtype)
         if out.size == 0:
             return out
         if k == 0:
@@ -173,14 +320,13 @@ class CupyBackend(Backend):
         # cuBLAS is column-major: a row-major (r, c) matrix is its (c, r) transpose
         # there, so row-major out = op(a) op(b) is column-major out^T = op(b)^T op(a)^T.
         op = {False: cublas.CUBLAS_OP_N, True: cublas.CUBLAS_OP_T}
-        r32f = 0  # CUDA_R_32F
         cublas.gemmStridedBatchedEx(
             xp.cuda.get_cublas_handle(), op[trans_b], op[trans_a], n, m, k,
             self._one.ctypes.data,
-            b.data.ptr, r32f, b.shape[-1], stride_b,
-            a.data.ptr, r32f, a.shape[-1], stride_a,
+            b.data.ptr, _CUDA_R[b.dtype.name], b.shape[-1], stride_b,
+            a.data.ptr, _CUDA_R[a.dtype.name], a.shape[-1], stride_a,
             self._zero.ctypes.data,
-            out.data.ptr, r32f, n, m * n,
+            out.data.ptr, _CUDA_R[out.dtype.name], n, m * n,
             math.prod(batch), cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT,
         )
         return out
@@ -199,12 +345,19 @@ class CupyBackend(Backend):
             y += b
         return y.reshape((*x.shape[:-1], w.shape[0]))
 
-    def _linear_backward(self, dy, x, w, has_bias):
+    def _linear_backward(self, dy, x, w, has_bias, grad_dtype=None):
+        """(dx, dw, db); dw and db in grad_dtype (default w's dtype)."""
+        grad_dtype = w.dtype if grad_dtype is None else grad_dtype
         dy2, x2 = self._matrix(dy), self._matrix(x)
         dx = self._gemm(dy2, w, False, False).reshape(x.shape)
-        dw = self._gemm(dy2, x2, True, False)
-        db = dy2.sum(axis=0) if has_bias else None
-        return dx, dw, db
+        dw = self._gemm(dy2, x2, True, False, grad_dtype)
+        return dx, dw, self._column_sums(dy2, grad_dtype) if has_bias else None
+
+    def _column_sums(self, x, out_dtype):
+        """x (rows, c) summed over rows, as ones (1, rows) @ x: cuBLAS adds in
+        float32 (and in a fixed order) whatever x's storage type."""
+        ones = self.xp.ones((1, x.shape[0]), x.dtype)
+        return self._gemm(ones, x, False, False, out_dtype).reshape(x.shape[1])
 
     # -- softmax -------------------------------------------------------------------
     def _softmax_rows(self, x, y, lse, mask, tq, rows_per_batch, scale, causal):
@@ -248,16 +401,18 @@ class CupyBackend(Backend):
                    np.int64(rows), np.int32(cols), np.float32(eps))
         return y, mean, rstd
 
-    def _norm_backward(self, dy, x, gamma, mean, rstd, centered):
-        """(dx, dgamma, dbeta): per-block partial sums of dgamma / dbeta, then
-        column_sum adds the blocks in a fixed order (deterministic)."""
+    def _norm_backward(self, dy, x, gamma, mean, rstd, centered, grad_dtype=None):
+        """(dx, dgamma, dbeta): per-block partial sums of dgamma / dbeta (float),
+        then column_sum adds the blocks in a fixed order (deterministic) into
+        grad_dtype (default x's dtype)."""
         xp = self.xp
-        dy, x, gamma, rstd = self._c(dy), self._c(x), self._c(gamma), self._c(rstd)
+        dy, x, gamma = self._c(dy), self._c(x), self._c(gamma)
         cols = x.shape[-1]
         rows = x.size // cols if cols else 0
         dx = xp.empty_like(x)
+        grad_dtype = x.dtype if grad_dtype is None else grad_dtype
         if rows == 0:
-            zeros = xp.zeros(cols, x.dtype)
+            zeros = xp.zeros(cols, grad_dtype)
             return dx, zeros, zeros.copy()
         threads = row_threads(cols)  # one block (not warp) per chunk of rows
         blocks_per_sm = 2048 // threads
@@ -268,11 +423,11 @@ class CupyBackend(Backend):
         in_shared = shared_bytes <= _SHARED_LIMIT
         kernel = f"norm_backward<{self._ctype(x)}, {'true' if centered else 'false'}>"
         self._k(kernel, (blocks,), (threads,),
-                dy, x, gamma, self._c(mean) if centered else _NULL, rstd, dx, partial,
+                dy, x, gamma, self._stats(mean) if centered else _NULL, self._stats(rstd), dx, partial,
                 np.int64(rows), np.int32(cols), np.int64(rows_per_block), np.int32(in_shared),
                 shared_mem=shared_bytes if in_shared else 0)
-        sums = xp.empty(2 * cols, x.dtype)
-        self._flat(f"column_sum<{self._ctype(x)}>", 2 * cols,
+        sums = xp.empty(2 * cols, grad_dtype)
+        self._flat(f"column_sum<{self._ctype(grad_dtype)}>", 2 * cols,
                    partial, sums, np.int32(blocks), np.int64(2 * cols))
         return dx, sums[:cols], sums[cols:]
 
@@ -341,16 +496,122 @@ class CupyBackend(Backend):
         return dgate, dup
 
     # -- attention -------------------------------------------------------------------
-    # Query heads sharing a key/value head are laid side by side:
-    # q (B, Hq, Tq, D) is read as (B, Hkv, G * Tq, D), G = Hq / Hkv (a free
-    # reshape), so every score matrix is one batched GEMM against k and v as
-    # they are, and row r of a group is query r % Tq.
+    # Flash attention (backends/cuda/flash_attention*.cu): o and lse from one
+    # pass over the keys, the backward recomputes P from lse; no (Tq, Tk)
+    # buffer. One query row (decode) goes to the split-K kernels. Head dims
+    # past 256 take the composed path below, which materialises the scores.
+    def _flash_kernels(self, dtype, d):
+        """"mma" (tensor cores), "simt" (CUDA cores) or None (composed) for head dim d."""
+        if d > sources.SIMT_HEAD_DIMS[-1]:
+            return None
+        if self._tensor_cores and dtype.name in sources.TENSOR_CORE_DTYPES and mma_head_dim(d):
+            return "mma"
+        return "simt"
+
+    def _flash_inputs(self, kind, *xs):
+        """C-contiguous; 16-byte aligned for the tensor-core kernels' cp.async."""
+        xs = [self._c(x) for x in xs]
+        if kind == "mma":
+            xs = [x if x.data.ptr % 16 == 0 else x.copy() for x in xs]
+        return xs
+
+    def _attention_forward(self, q, k, v, causal, scale, mask):
+        b, hq, tq, d = q.shape
+        hkv, tk = k.shape[1], k.shape[2]
+        kind = self._flash_kernels(q.dtype, d)
+        if kind is None:
+            return self._attention_forward_composed(q, k, v, causal, scale, mask)
+        q, k, v = self._flash_inputs(kind, q, k, v)
+        mask = _NULL if mask is None else self._c(mask)
+        o = self.xp.empty_like(q)
+        lse = self.xp.empty((b, hq, tq), np.float32)
+        if o.size == 0:
+            return o, lse
+        if tq == 1:
+            self._attention_decode(q, k, v, mask, o, lse, scale)
+            return o, lse
+        args = (q, k, v, mask, o, lse, *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal))
+        if kind == "mma":
+            head_dim = mma_head_dim(d)
+            self._k(f"attention_forward_mma<{self._ctype(q)}, {head_dim}>",
+                    (_cdiv(tq, MMA_ROWS) * b * hq,), (FLASH_THREADS,), *args,
+                    shared_mem=mma_shared_bytes("forward", head_dim))
+        else:
+            d_max = simt_head_dim(d)
+            self._k(f"attention_forward_simt<{self._ctype(q)}, {d_max}>",
+                    (_cdiv(tq, SIMT_ROWS) * b * hq,), (FLASH_THREADS,), *args,
+                    shared_mem=simt_shared_bytes("forward", d_max))
+        return o, lse
+
+    @staticmethod
+    def _flash_scalars(hq, hkv, tq, tk, d, scale, causal):
+        i = np.int32
+        return i(hq), i(hkv), i(tq), i(tk), i(d), np.float32(scale), i(causal)
+
+    def _attention_decode(self, q, k, v, mask, o, lse, scale):
+        """q (B, Hq, 1, D): each query head's keys split into chunks, one block
+        each, then merged per row in chunk order (the bottom-right causal mask
+        shows one query row every key)."""
+        b, hq, _, d = q.shape
+        hkv, tk = k.shape[1], k.shape[2]
+        rows, d_max = b * hq, simt_head_dim(d)
+        splits, chunk = decode_split(rows, tk, self._sm_count)
+        partial = self.xp.empty((splits, rows, d_max + 2), np.float32)
+        i = np.int32
+        self._k(f"attention_decode_partial<{self._ctype(q)}, {d_max}>", (splits * rows,),
+                (FLASH_THREADS,), q, k, v, mask, partial, i(hq), i(hkv), i(tk), i(d),
+                np.float32(scale), i(chunk), i(splits))
+        self._rows(f"attention_decode_merge<{self._ctype(q)}>", rows, d, partial, o, lse,
+                   np.int64(rows), i(d), i(d_max + 2), i(splits))
+
+    def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
+        xp = self.xp
+        b, hq, tq, d = q.shape
+        hkv, tk = k.shape[1], k.shape[2]
+        kind = self._flash_kernels(q.dtype, d)
+        if kind is None:
+            return self._attention_backward_composed(do, q, k, v, o, lse, causal, scale, mask)
+        q, k, v, do, o = self._flash_inputs(kind, q, k, v, do, o)
+        lse = self._stats(lse)
+        mask = _NULL if mask is None else self._c(mask)
+        dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
+        if d == 0:
+            return dq, dk, dv
+        rows = b * hq * tq
+        delta = xp.empty((b, hq, tq), np.float32)
+        self._rows(f"attention_backward_delta<{self._ctype(q)}>", rows, d,
+                   do, o, delta, np.int64(rows), np.int32(d))
+        scalars = self._flash_scalars(hq, hkv, tq, tk, d, scale, causal)
+        inputs = (q, k, v, do, lse, delta, mask)
+        if kind == "mma":
+            head_dim = mma_head_dim(d)
+            name = f"<{self._ctype(q)}, {head_dim}>"
+            kv_blocks, q_blocks = _cdiv(tk, MMA_ROWS) * b * hkv, _cdiv(tq, MMA_ROWS) * b * hq
+            kv_shared, q_shared = (mma_shared_bytes(kernel, head_dim) for kernel in ("backward_kv", "backward_q"))
+        else:
+            d_max = simt_head_dim(d)
+            name = f"<{self._ctype(q)}, {d_max}>"
+            kv_blocks, q_blocks = _cdiv(tk, SIMT_ROWS) * b * hkv, _cdiv(tq, SIMT_ROWS) * b * hq
+            kv_shared, q_shared = (simt_shared_bytes(kernel, d_max) for kernel in ("backward_kv", "backward_q"))
+        if kv_blocks:
+            self._k(f"attention_backward_kv_{kind}{name}", (kv_blocks,), (FLASH_THREADS,),
+                    *inputs, dk, dv, *scalars, shared_mem=kv_shared)
+        if q_blocks:
+            self._k(f"attention_backward_q_{kind}{name}", (q_blocks,), (FLASH_THREADS,),
+                    *inputs, dq, *scalars, shared_mem=q_shared)
+        return dq, dk, dv
+
+    # The composed twin, for head dims past 256: GEMMs and the softmax kernels
+    # on a grouped layout. Query heads sharing a key/value head are laid side by
+    # side: q (B, Hq, Tq, D) is read as (B, Hkv, G * Tq, D), G = Hq / Hkv (a
+    # free reshape), so every score matrix is one batched GEMM against k and v
+    # as they are, and row r of a group is query r % Tq.
     @staticmethod
     def _grouped(x, hkv):
         b, hq, t, d = x.shape
         return x.reshape(b, hkv, (hq // hkv) * t, d)
 
-    def _attention_forward(self, q, k, v, causal, scale, mask):
+    def _attention_forward_composed(self, q, k, v, causal, scale, mask):
         xp = self.xp
         b, hq, tq, d = q.shape
         hkv = k.shape[1]
@@ -364,8 +625,7 @@ class CupyBackend(Backend):
         o = self._gemm(s, v, False, False)
         return o.reshape(b, hq, tq, d), lse
 
-    def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
-        xp = self.xp
+    def _attention_backward_composed(self, do, q, k, v, o, lse, causal, scale, mask):
         b, hq, tq, d = q.shape
         hkv, tk = k.shape[1], k.shape[2]
         qg = self._grouped(self._c(q), hkv)
@@ -374,7 +634,7 @@ class CupyBackend(Backend):
         dp = self._gemm(dog, v, False, True)  # do . v, then ds
         rows = b * hq * tq
         self._rows(f"attention_backward_scores<{self._ctype(q)}>", rows, tk,
-                   s, dp, dog, self._c(o), xp.ascontiguousarray(lse, dtype=np.float32),
+                   s, dp, dog, self._c(o), self._stats(lse),
                    _NULL if mask is None else self._c(mask),
                    np.int64(rows), np.int32(tk), np.int32(tq), np.int64(hq * tq), np.int32(d),
                    np.float32(scale), np.int32(causal))
