@@ -7,6 +7,7 @@ kernels' real thread-level code, without a GPU.
 
     module = host_module("flash_attention", "float32")
     module.launch("attention_forward_simt<float, 64>", grid, block, shared_bytes, args)
+    HostModule(code, ["my_kernel<float>"]).launch(...)   # any source (the harness's own tests)
 
 Needs Linux on x86-64 and g++ (C++17, _Float16): ``unavailable()`` says why
 not. Libraries are cached by the hash of their source in the temp directory.
@@ -57,37 +58,37 @@ def kernel_index():
             for name in cuda.name_expressions(family, dtype)}
 
 
-def _program(family, names):
+def _program(code, names):
     launchers = "\n".join(
         f'extern "C" int ferro_launch_{i}(const unsigned* grid, const unsigned* block, size_t shared,\n'
         f"                               void** args, int order, char* error, size_t error_len) {{\n"
         f"    return ferro_host::launch(grid, block, shared, order,\n"
         f"        [args] {{ ferro_host::call_kernel(&{name}, args); }}, error, error_len);\n}}"
         for i, name in enumerate(names))
-    return f'#include "{SHIM}"\n{cuda.source(family)}\n{launchers}\n'
+    return f'#include "{SHIM}"\n{code}\n{launchers}\n'
 
 
 class HostModule:
-    """One family for one dtype, compiled for the host."""
+    """Kernels of CUDA C++ source ``code`` (compiled after the shim), named by
+    their name expressions, built for the host."""
 
-    def __init__(self, family, dtype):
-        self.names = cuda.name_expressions(family, dtype)
-        code = _program(family, self.names)
-        shim = SHIM.read_text()
-        key = hashlib.sha256("\0".join((code, shim, CXX, *FLAGS)).encode()).hexdigest()[:24]
+    def __init__(self, code, names, tag="kernels"):
+        self.names = list(names)
+        program = _program(code, self.names)
+        key = hashlib.sha256("\0".join((program, SHIM.read_text(), CXX, *FLAGS)).encode()).hexdigest()[:24]
         build = Path(tempfile.gettempdir()) / "ferroformer-cuda-host"
         build.mkdir(exist_ok=True)
-        library = build / f"{family}-{dtype}-{key}.so"
+        library = build / f"{tag}-{key}.so"
         if not library.exists():
             (build / "cuda_fp16.h").write_text("// host stand-in: the shim defines __half\n")
             (build / "cuda_bf16.h").write_text("// host stand-in: the shim defines __nv_bfloat16\n")
-            source = build / f"{family}-{dtype}-{key}.cpp"
-            source.write_text(code)
+            source = build / f"{tag}-{key}.cpp"
+            source.write_text(program)
             partial = library.with_suffix(f".{os.getpid()}.tmp")
             result = subprocess.run([CXX, *FLAGS, f"-I{build}", str(source), "-o", str(partial)],
                                     capture_output=True, text=True)
             if result.returncode:
-                raise RuntimeError(f"host build of {family} ({dtype}) failed:\n{result.stderr[-6000:]}")
+                raise RuntimeError(f"host build of {tag} failed:\n{result.stderr[-6000:]}")
             os.replace(partial, library)
         self.library = ctypes.CDLL(str(library))
         self.functions = {}
@@ -118,4 +119,5 @@ class HostModule:
 
 @functools.lru_cache(maxsize=None)
 def host_module(family, dtype):
-    return HostModule(family, dtype)
+    """The kernels of one family of backends/cuda/ for one storage type."""
+    return HostModule(cuda.source(family), cuda.name_expressions(family, dtype), f"{family}-{dtype}")

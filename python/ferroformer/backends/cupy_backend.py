@@ -148,11 +148,11 @@ def mma_shared_bytes(kernel: str, head_dim: int) -> int:
 
 def decode_split(rows: int, tk: int, sm_count: int):
     """(splits, chunk) of the decode kernels: each of the rows query heads
-    gets ceil(tk / chunk) = splits blocks of chunk keys (at least 64), enough
-    blocks for about four per SM."""
+    gets splits = ceil(tk / chunk) blocks of chunk keys (64 or more, or all
+    of them), up to about four blocks per SM in all."""
     if tk == 0:
         return 1, 0
-    splits = max(1, min(_cdiv(4 * sm_count, rows), _cdiv(tk, 64)))
+    splits = max(1, min(_cdiv(4 * sm_count, rows), tk // 64))
     chunk = _cdiv(tk, splits)
     return _cdiv(tk, chunk), chunk
 
