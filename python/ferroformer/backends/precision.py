@@ -31,8 +31,6 @@ The rules of ``MixedPrecisionBackend`` (the op contract is otherwise unchanged):
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from . import _checks as C
@@ -191,8 +189,13 @@ class MixedPrecisionBackend(CupyBackend):
                             weight_decay, step)
 
 
-def _array_module(x):
-    return sys.modules[type(x).__module__.split(".")[0]]
+def _all_finite(x):
+    """Whether every value of x (a NumPy or CuPy array) is finite, as a 0-d array."""
+    if isinstance(x, np.ndarray):
+        return np.isfinite(x).all()
+    import cupy
+
+    return cupy.isfinite(x).all()
 
 
 class DynamicLossScaler:
@@ -230,13 +233,12 @@ class DynamicLossScaler:
         if not grads:
             self.found_inf = False
             return True
-        xp = _array_module(grads[0])
         inverse = 1.0 / self.scale
-        finite = []
+        finite = True
         for g in grads:
             g *= g.dtype.type(inverse)
-            finite.append(xp.isfinite(g).all())
-        self.found_inf = not bool(xp.stack(finite).all())
+            finite = finite & _all_finite(g)  # stays on the device until bool()
+        self.found_inf = not bool(finite)
         return not self.found_inf
 
     def update(self, found_inf=None) -> None:
