@@ -337,7 +337,7 @@ def _probabilities(a, q, k, hidden, lse):
 
 def _attention_forward_flash(k, q, k_, v, key_mask, o, lse, **a):
     a.update(q=q, k=k_, v=v, key_mask=key_mask)
-    b, q4, k4, v4, hidden = _flash_arrays(a)
+    _, q4, k4, v4, hidden = _flash_arrays(a)
     s = np.where(hidden, -np.inf, a["scale"] * (q4 @ np.swapaxes(k4, -1, -2)))
     mx = s.max(axis=-1, keepdims=True, initial=-np.inf)
     e = np.exp(s - np.where(np.isfinite(mx), mx, 0.0))

@@ -37,7 +37,7 @@ FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-DFERRO_HOST", "-DFERRO_HALF_
 SCALAR_CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float32: ctypes.c_float}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unavailable():
     """None where kernels can run on the host, else why not."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
@@ -51,7 +51,7 @@ def family_dtypes(family):
     return cuda.TENSOR_CORE_DTYPES if family in cuda.TENSOR_CORE_FAMILIES else tuple(cuda.STORAGE_TYPES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_index():
     """name expression -> (family, dtype) for every kernel that runs on the host."""
     return {name: (family, dtype) for family in HOST_FAMILIES for dtype in family_dtypes(family)
@@ -117,7 +117,7 @@ class HostModule:
             raise AssertionError(f"{name} on the host: {error.value.decode(errors='replace')}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def host_module(family, dtype):
     """The kernels of one family of backends/cuda/ for one storage type."""
     return HostModule(cuda.source(family), cuda.name_expressions(family, dtype), f"{family}-{dtype}")

@@ -171,9 +171,12 @@ def test_strided_and_misaligned_inputs(rng):
     dk = cuda_emulator._wrap(k)
     assert dk.ctypes.data % 16
     o, lse = ops.attention_forward(dq, dk, dk, causal=True)
-    o_ref, _ = ref.attention_forward(*(x.astype(np.float64) for x in (q.transpose(0, 2, 1, 3), k, k)),
-                                     causal=True)
+    q64, k64 = q.transpose(0, 2, 1, 3).astype(np.float64), k.astype(np.float64)
+    o_ref, lse_ref = ref.attention_forward(q64, k64, k64, causal=True)
     assert_close(o, o_ref, rtol=1e-2, atol=1e-2)
+    grads = ops.attention_backward(dk, dq, dk, dk, o, lse, causal=True)  # dO misaligned too
+    for g, want in zip(grads, ref.attention_backward(k64, q64, k64, k64, o_ref, lse_ref, causal=True)):
+        assert_close(g, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
 
 
 @pytest.mark.skipif(HOST is not None, reason=str(HOST))
@@ -366,7 +369,7 @@ def gpu():
     return ff.backend("cupy")
 
 
-GPU_CASES = CASES + [(4, 12, 12, 1024, 1024, 64), (2, 8, 2, 333, 1000, 128), (1, 4, 4, 1, 4096, 128)]
+GPU_CASES = [*CASES, (4, 12, 12, 1024, 1024, 64), (2, 8, 2, 333, 1000, 128), (1, 4, 4, 1, 4096, 128)]
 
 
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
@@ -424,10 +427,11 @@ def test_gpu_backward_is_deterministic(gpu, dtype_name, rng):
     dtype = dtype_of(dtype_name)
     q, k, v, do, mask = make_inputs(rng, (2, 8, 2, 777, 777, 64), True)
     q, k, v, do = (gpu.xp.asarray(x.astype(dtype)) for x in (q, k, v, do))
-    o, lse = gpu.attention_forward(q, k, v, causal=True)
-    first = gpu.attention_backward(do, q, k, v, o, lse, causal=True)
+    kw = dict(causal=True, key_padding_mask=gpu.xp.asarray(mask))
+    o, lse = gpu.attention_forward(q, k, v, **kw)
+    first = gpu.attention_backward(do, q, k, v, o, lse, **kw)
     for _ in range(3):
-        again = gpu.attention_backward(do, q, k, v, o, lse, causal=True)
+        again = gpu.attention_backward(do, q, k, v, o, lse, **kw)
         for a, b in zip(first, again):
             assert bool((a.view(np.uint16 if a.itemsize == 2 else np.uint32) ==
                          b.view(np.uint16 if b.itemsize == 2 else np.uint32)).all())
