@@ -307,10 +307,12 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 // Split-K, first pass: grid (splits * B * Hq), block 128 (4 warps), no shared
 // memory beyond the static merge buffer. Block x takes keys
 // [s * chunk, min(Tk, (s + 1) * chunk)) of query head bh (s = x % splits);
-// warp w takes the keys w, w + 4, ... of the chunk, lane l the columns
+// warp w takes the groups of DECODE_KEYS consecutive keys w, w + 4, ... of the
+// chunk (their loads independent, in flight together), lane l the columns
 // l, l + 32, ... < D. q (B, Hq, 1, D). The warps' states merge in warp order
 // into partial (splits, B * Hq, D_MAX + 2): the unnormalised output, then the
 // running max m (log2 domain, -inf when no key was seen) and sum l.
+#define DECODE_KEYS 4
 template <typename T, int D_MAX>
 __global__ void attention_decode_partial(const T* q, const T* k, const T* v, const bool* key_mask,
                                          float* partial, int Hq, int Hkv, int Tk, int D,
@@ -337,21 +339,35 @@ __global__ void attention_decode_partial(const T* q, const T* k, const T* v, con
     const int begin = split * chunk;
     const int end = min(Tk, begin + chunk);
     float m = neg_inf(), l = 0.0f;
-    for (int j = begin + warp; j < end; j += WARPS) {
-        float part = 0.0f;
-        for (int c = 0; c < COLS; ++c) {
-            const int d = lane + 32 * c;
-            if (d < D) part += q_reg[c] * to_float(k_head[(i64)j * D + d]);
+    for (int j0 = begin + warp * DECODE_KEYS; j0 < end; j0 += WARPS * DECODE_KEYS) {
+        float s[DECODE_KEYS];
+#pragma unroll
+        for (int u = 0; u < DECODE_KEYS; ++u) {
+            const int j = j0 + u;  // warp-uniform: every lane reads the same keys
+            float part = 0.0f;
+            for (int c = 0; c < COLS; ++c) {
+                const int d = lane + 32 * c;
+                if (j < end && d < D) part += q_reg[c] * to_float(k_head[(i64)j * D + d]);
+            }
+            s[u] = warp_reduce<SumOp>(part);
+            if (j >= end || (mask_row && mask_row[j])) s[u] = neg_inf();
         }
-        const float s = warp_reduce<SumOp>(part);
-        if (mask_row && mask_row[j]) continue;  // warp-uniform: every lane reads the same j
-        const float m_new = fmaxf(m, s);
-        const float alpha = exp2f(m - m_new);
-        const float p = exp2f(s - m_new);
-        l = l * alpha + p;
-        for (int c = 0; c < COLS; ++c) {
-            const int d = lane + 32 * c;
-            acc[c] = acc[c] * alpha + (d < D ? p * to_float(v_head[(i64)j * D + d]) : 0.0f);
+        float m_new = m;
+#pragma unroll
+        for (int u = 0; u < DECODE_KEYS; ++u) m_new = fmaxf(m_new, s[u]);
+        const float m_use = m_new == neg_inf() ? 0.0f : m_new;  // no key seen yet: every p is 0
+        const float alpha = exp2f(m - m_use);
+        l *= alpha;
+        for (int c = 0; c < COLS; ++c) acc[c] *= alpha;
+#pragma unroll
+        for (int u = 0; u < DECODE_KEYS; ++u) {
+            const float p = exp2f(s[u] - m_use);
+            l += p;
+            if (p == 0.0f) continue;  // warp-uniform, and skips the rows past end
+            for (int c = 0; c < COLS; ++c) {
+                const int d = lane + 32 * c;
+                if (d < D) acc[c] += p * to_float(v_head[(i64)(j0 + u) * D + d]);
+            }
         }
         m = m_new;
     }
