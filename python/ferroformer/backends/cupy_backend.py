@@ -37,7 +37,6 @@ _SHARED_LIMIT = 48 * 1024 - 256  # dynamic shared memory a block gets without op
 _NULL = np.uint64(0)  # a null pointer argument
 # cudaDataType of each storage dtype, for cuBLAS
 _CUDA_R = {"float32": 0, "float16": 2, "bfloat16": 14}
-_HALF_TYPES = ("float16", "bfloat16")
 
 
 def bfloat16_dtype():
@@ -499,10 +498,10 @@ class CupyBackend(Backend):
     # Flash attention (backends/cuda/flash_attention*.cu): o and lse from one
     # pass over the keys, the backward recomputes P from lse; no (Tq, Tk)
     # buffer. One query row (decode) goes to the split-K kernels. Head dims
-    # past 256 take the composed path below, which materialises the scores.
+    # past 256 (and 0) take the composed path below, which materialises the scores.
     def _flash_kernels(self, dtype, d):
         """"mma" (tensor cores), "simt" (CUDA cores) or None (composed) for head dim d."""
-        if d > sources.SIMT_HEAD_DIMS[-1]:
+        if not 0 < d <= sources.SIMT_HEAD_DIMS[-1]:
             return None
         if self._tensor_cores and dtype.name in sources.TENSOR_CORE_DTYPES and mma_head_dim(d):
             return "mma"
@@ -575,8 +574,6 @@ class CupyBackend(Backend):
         lse = self._stats(lse)
         mask = _NULL if mask is None else self._c(mask)
         dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
-        if d == 0:
-            return dq, dk, dv
         rows = b * hq * tq
         delta = xp.empty((b, hq, tq), np.float32)
         self._rows(f"attention_backward_delta<{self._ctype(q)}>", rows, d,
@@ -584,15 +581,13 @@ class CupyBackend(Backend):
         scalars = self._flash_scalars(hq, hkv, tq, tk, d, scale, causal)
         inputs = (q, k, v, do, lse, delta, mask)
         if kind == "mma":
-            head_dim = mma_head_dim(d)
-            name = f"<{self._ctype(q)}, {head_dim}>"
-            kv_blocks, q_blocks = _cdiv(tk, MMA_ROWS) * b * hkv, _cdiv(tq, MMA_ROWS) * b * hq
-            kv_shared, q_shared = (mma_shared_bytes(kernel, head_dim) for kernel in ("backward_kv", "backward_q"))
+            dim, rows_per_block, shared = mma_head_dim(d), MMA_ROWS, mma_shared_bytes
         else:
-            d_max = simt_head_dim(d)
-            name = f"<{self._ctype(q)}, {d_max}>"
-            kv_blocks, q_blocks = _cdiv(tk, SIMT_ROWS) * b * hkv, _cdiv(tq, SIMT_ROWS) * b * hq
-            kv_shared, q_shared = (simt_shared_bytes(kernel, d_max) for kernel in ("backward_kv", "backward_q"))
+            dim, rows_per_block, shared = simt_head_dim(d), SIMT_ROWS, simt_shared_bytes
+        name = f"<{self._ctype(q)}, {dim}>"
+        kv_blocks = _cdiv(tk, rows_per_block) * b * hkv
+        q_blocks = _cdiv(tq, rows_per_block) * b * hq
+        kv_shared, q_shared = shared("backward_kv", dim), shared("backward_q", dim)
         if kv_blocks:
             self._k(f"attention_backward_kv_{kind}{name}", (kv_blocks,), (FLASH_THREADS,),
                     *inputs, dk, dv, *scalars, shared_mem=kv_shared)
