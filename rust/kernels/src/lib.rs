@@ -21,5 +21,6 @@ pub mod norm;
 pub mod optim;
 pub mod rope;
 pub mod softmax;
+pub mod vec_math;
 
 pub use error::{Error, Result};

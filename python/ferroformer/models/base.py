@@ -1,0 +1,74 @@
+"""What every model shares: a ``config`` dict that rebuilds it, ``from_config``,
+and the GPT-2 style initialisation used by the decoder-only models.
+
+    model = GPT(vocab_size=256, n_layers=2, d_model=64, n_heads=4, max_seq_len=128, rng=0)
+    same = GPT.from_config(model.config, rng=0)      # same architecture (and weights, same rng)
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from .. import backends
+from ..nn import init
+from ..nn.module import Module
+
+_CONFIG_TYPES = (bool, int, float, str, type(None))
+_LIMIT = 1 << 24  # no size in a sane config is larger; keeps a hostile config from allocating
+
+
+class Model(Module):
+    """A top-level model: ``forward(...)`` returns logits, ``backward(dlogits)`` returns None."""
+
+    config: dict
+
+    def _setup(self, config: dict, backend, dtype) -> None:
+        """Records the constructor arguments; called first by each model's __init__."""
+        self.config = {k: v for k, v in config.items()
+                       if k not in ("self", "backend", "dtype", "rng", "__class__")}
+        self._backend_request = backend
+        self._dtype = np.dtype(dtype)
+
+    def _finish(self) -> None:
+        """Moves the freshly built (host) parameters to the requested backend."""
+        self.to(backends.backend(self._backend_request))
+
+    @classmethod
+    def config_keys(cls):
+        sig = inspect.signature(cls.__init__)
+        return [n for n in sig.parameters if n not in ("self", "backend", "dtype", "rng")]
+
+    @classmethod
+    def validate_config(cls, config) -> dict:
+        """A ValueError for unknown keys, odd types or absurd sizes (e.g. from a damaged checkpoint)."""
+        if not isinstance(config, dict):
+            raise ValueError(f"{cls.__name__} config must be a dict, got {type(config).__name__}")
+        unknown = sorted(set(config) - set(cls.config_keys()))
+        if unknown:
+            raise ValueError(f"{cls.__name__} config has unknown keys {unknown}")
+        for k, v in config.items():
+            if not isinstance(v, _CONFIG_TYPES):
+                raise ValueError(f"{cls.__name__} config {k!r} has type {type(v).__name__}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (-_LIMIT <= v <= _LIMIT):
+                raise ValueError(f"{cls.__name__} config {k!r} = {v} is out of range")
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, *, backend=None, dtype=np.float32, rng=None):
+        return cls(**cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng)
+
+
+def init_gpt_style(model: Module, n_layers: int, rng, std: float = 0.02,
+                   residual_names=("attn.proj.weight", "ff.fc2.weight")) -> None:
+    """Matrices N(0, std); projections into the residual stream N(0, std/sqrt(2 L)); biases 0.
+    Norm weights and embeddings keep their own initialisation."""
+    rng = np.random.default_rng(rng)
+    for name, p in model.named_parameters():
+        if p.data.ndim != 2 or "emb" in name or name.startswith("wte") or name.startswith("wpe"):
+            continue
+        if name.endswith(residual_names):
+            p.data = init.scaled_normal(p.data.shape, n_layers, std, rng, p.data.dtype)
+        else:
+            p.data = init.normal(p.data.shape, std, rng, p.data.dtype)

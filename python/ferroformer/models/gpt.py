@@ -1,0 +1,64 @@
+"""``GPT``: a decoder-only transformer (GPT-2 layout): learned positions,
+pre-norm blocks with GELU, a final LayerNorm and an output head tied to the
+token embedding.
+
+    model = GPT(vocab_size=256, max_seq_len=256, d_model=384, n_heads=6, n_layers=6, rng=0)
+    logits = model(input_ids)              # input_ids (B, T) int -> (B, T, vocab_size)
+    model.backward(dlogits)                # adds into every param.grad
+
+Parameters (V vocab_size, C d_model, F d_ff (default 4 C), L n_layers, i < L):
+  wte.weight                 (V, C)      token embedding; also the output head
+  wpe.weight                 (max_seq_len, C)
+  blocks.i.ln1.weight, .bias (C,)
+  blocks.i.attn.qkv.weight   (3C, C)     rows [q | k | v];  .bias (3C,)
+  blocks.i.attn.proj.weight  (C, C);     .bias (C,)
+  blocks.i.ln2.weight, .bias (C,)
+  blocks.i.ff.fc1.weight     (F, C);     .bias (F,)
+  blocks.i.ff.fc2.weight     (C, F);     .bias (C,)
+  ln_f.weight, .bias         (C,)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..nn import DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear
+from ..nn.module import ModuleList
+from .base import Model, init_gpt_style
+
+
+class GPT(Model):
+    def __init__(self, vocab_size: int, max_seq_len: int = 1024, d_model: int = 768,
+                 n_heads: int = 12, n_layers: int = 12, d_ff=None, dropout: float = 0.0,
+                 bias: bool = True, checkpoint: bool = False, *, backend=None,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        self._setup(dict(locals()), backend, dtype)
+        rng = np.random.default_rng(rng)
+        d_ff = 4 * d_model if d_ff is None else d_ff
+        self.wte = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
+        self.wpe = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
+        self.drop = Dropout(dropout, rng=int(rng.integers(2**63)))
+        self.blocks = ModuleList(
+            DecoderBlock(d_model, n_heads, d_ff, cross_attention=False, dropout=dropout,
+                         activation="gelu", bias=bias, checkpoint=checkpoint, rng=rng, dtype=dtype)
+            for _ in range(n_layers))
+        self.ln_f = LayerNorm(d_model, dtype=dtype)
+        self.head = Linear(d_model, vocab_size, bias=False, weight=np.zeros((vocab_size, d_model)),
+                           dtype=dtype)
+        self.head.weight = self.wte.weight
+        init_gpt_style(self, n_layers, rng)
+        self._finish()
+
+    def forward(self, input_ids, offset: int = 0):
+        """input_ids (B, T) int; offset: position of the first token -> logits (B, T, V)."""
+        x = self.drop(self.wpe(self.wte(input_ids), offset))
+        for blk in self.blocks:
+            x = blk(x, offset=offset)
+        return self.head(self.ln_f(x))
+
+    def backward(self, dlogits):
+        dx = self.ln_f.backward(self.head.backward(dlogits))
+        for blk in reversed(self.blocks._list):
+            dx = blk.backward(dx)
+        self.wte.backward(self.wpe.backward(self.drop.backward(dx)))

@@ -1,0 +1,111 @@
+"""``Transformer``: the encoder-decoder of "Attention Is All You Need": token
+embeddings scaled by sqrt(d_model) plus sinusoidal positions, an encoder of
+self-attention blocks, a decoder of causal self-attention + cross-attention
+blocks, and a linear output head (tied to the target embedding by default).
+
+    model = Transformer(src_vocab_size=16, tgt_vocab_size=16, d_model=64, n_heads=4,
+                        n_encoder_layers=2, n_decoder_layers=2, d_ff=256, dropout=0.0, rng=0)
+    logits = model(src, tgt, src_key_padding_mask=pad)   # (B, Ts), (B, Tt) -> (B, Tt, V_tgt)
+    model.backward(dlogits)
+    memory = model.encode(src, pad); logits = model.decode(tgt, memory, pad)   # for decoding
+
+With ``pad_id`` set, source positions equal to it are masked automatically.
+``norm_first=False`` is the paper's post-norm; ``norm_first=True`` adds a final
+LayerNorm to the encoder and to the decoder (enc_norm, dec_norm).
+
+Parameters (Vs, Vt vocab sizes, C d_model, F d_ff, Le / Ld layers):
+  src_emb.weight (Vs, C); tgt_emb.weight (Vt, C) (the output head too when tied)
+  encoder.i.{ln1, attn.qkv (3C, C), attn.proj (C, C), ln2, ff.fc1 (F, C), ff.fc2 (C, F)}
+  decoder.i.{ln1, attn.qkv, attn.proj, ln_cross, cross_attn.q (C, C), cross_attn.kv (2C, C),
+             cross_attn.proj (C, C), ln2, ff.fc1, ff.fc2}   (each .weight and .bias)
+  enc_norm, dec_norm (C,) when norm_first; head.weight (Vt, C) when not tied
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, LayerNorm, Linear,
+                  SinusoidalPositionalEncoding)
+from ..nn.module import ModuleList
+from .base import Model
+
+
+class Transformer(Model):
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512,
+                 n_heads: int = 8, n_encoder_layers: int = 6, n_decoder_layers: int = 6,
+                 d_ff: int = 2048, dropout: float = 0.1, max_seq_len: int = 512,
+                 norm_first: bool = False, activation: str = "relu", tie_embeddings: bool = True,
+                 pad_id=None, checkpoint: bool = False, *, backend=None, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        self._setup(dict(locals()), backend, dtype)
+        rng = np.random.default_rng(rng)
+        self.pad_id = pad_id
+        std = 1.0 / math.sqrt(d_model)  # unit variance after the sqrt(d_model) scale
+        self.src_emb = Embedding(src_vocab_size, d_model, scale=True, std=std, rng=rng, dtype=dtype)
+        self.tgt_emb = Embedding(tgt_vocab_size, d_model, scale=True, std=std, rng=rng, dtype=dtype)
+        self.pe = SinusoidalPositionalEncoding(d_model, max_seq_len, dtype=dtype)
+        self.src_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
+        self.tgt_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
+        kw = dict(dropout=dropout, norm_first=norm_first, activation=activation,
+                  checkpoint=checkpoint, dtype=dtype)
+        self.encoder = ModuleList(EncoderBlock(d_model, n_heads, d_ff, rng=rng, **kw)
+                                  for _ in range(n_encoder_layers))
+        self.decoder = ModuleList(DecoderBlock(d_model, n_heads, d_ff, rng=rng, **kw)
+                                  for _ in range(n_decoder_layers))
+        self.enc_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
+        self.dec_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
+        if tie_embeddings:
+            self.head = Linear(d_model, tgt_vocab_size, bias=False,
+                               weight=np.zeros((tgt_vocab_size, d_model)), dtype=dtype)
+            self.head.weight = self.tgt_emb.weight
+        else:
+            self.head = Linear(d_model, tgt_vocab_size, bias=False, rng=rng, dtype=dtype)
+        self._finish()
+
+    def source_mask(self, src, src_key_padding_mask=None):
+        """The (B, Ts) bool padding mask: the one given, else src == pad_id, else None."""
+        if src_key_padding_mask is None and self.pad_id is not None:
+            return src == self.pad_id
+        return src_key_padding_mask
+
+    def encode(self, src, src_key_padding_mask=None):
+        """src (B, Ts) int -> memory (B, Ts, C)."""
+        mask = self.source_mask(src, src_key_padding_mask)
+        x = self.src_drop(self.pe(self.src_emb(src)))
+        for blk in self.encoder:
+            x = blk(x, key_padding_mask=mask)
+        return x if self.enc_norm is None else self.enc_norm(x)
+
+    def decode(self, tgt, memory, src_key_padding_mask=None, src=None, offset: int = 0):
+        """tgt (B, Tt) int, memory (B, Ts, C) -> logits (B, Tt, Vt). Pass ``src`` (or the
+        mask) so that padded source positions stay masked."""
+        mask = src_key_padding_mask if src is None else self.source_mask(src, src_key_padding_mask)
+        y = self.tgt_drop(self.pe(self.tgt_emb(tgt), offset))
+        for blk in self.decoder:
+            y = blk(y, memory=memory, memory_key_padding_mask=mask, offset=offset)
+        if self.dec_norm is not None:
+            y = self.dec_norm(y)
+        return self.head(y)
+
+    def forward(self, src, tgt, src_key_padding_mask=None):
+        """src (B, Ts), tgt (B, Tt) int; src_key_padding_mask (B, Ts) bool -> (B, Tt, Vt)."""
+        mask = self.source_mask(src, src_key_padding_mask)
+        return self.decode(tgt, self.encode(src, mask), mask)
+
+    def backward(self, dlogits):
+        dy = self.head.backward(dlogits)
+        if self.dec_norm is not None:
+            dy = self.dec_norm.backward(dy)
+        dmemory = None
+        for blk in reversed(self.decoder._list):
+            dy, dm = blk.backward(dy)
+            dmemory = dm if dmemory is None else dmemory + dm
+        self.tgt_emb.backward(self.pe.backward(self.tgt_drop.backward(dy)))
+        dx = dmemory if self.enc_norm is None else self.enc_norm.backward(dmemory)
+        for blk in reversed(self.encoder._list):
+            dx = blk.backward(dx)
+        self.src_emb.backward(self.pe.backward(self.src_drop.backward(dx)))

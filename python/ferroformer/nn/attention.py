@@ -1,0 +1,162 @@
+"""``MultiHeadAttention``: self- or cross-attention with MHA, GQA or MQA heads.
+
+    attn = MultiHeadAttention(64, n_heads=8, n_kv_heads=2, causal=True)   # GQA
+    y = attn(x, key_padding_mask=None)          # x (B, T, 64); mask (B, Tk) bool, True = padded
+    dx = attn.backward(dy)
+    xattn = MultiHeadAttention(64, 8, cross=True)
+    y = xattn(x, memory=m, key_padding_mask=src_pad)
+    dx, dm = xattn.backward(dy)                 # cross-attention also returns d memory
+
+Parameters (D = d_model // n_heads, Hkv = n_kv_heads):
+  self:  qkv.weight ((n_heads + 2 Hkv) D, d_model), rows [q | k | v]; qkv.bias
+  cross: q.weight (n_heads D, d_model); kv.weight (2 Hkv D, d_model), rows [k | v]
+  both:  proj.weight (d_model, n_heads D); proj.bias
+
+The fused ``ops.attention_forward/backward`` (flash attention on rust) does the
+work on (B, H, T, D) arrays; ALiBi, which adds a bias to the scores, takes the
+unfused path: matmul, softmax, matmul.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .linear import Linear
+from .module import Module
+from .positional import RotaryEmbedding, alibi_bias, alibi_slopes
+
+_MASKED = -1e9  # a finite "minus infinity" for masked scores in the unfused path
+
+
+class MultiHeadAttention(Module):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads=None, *, causal: bool = False,
+                 cross: bool = False, bias: bool = True, rope: RotaryEmbedding = None,
+                 alibi: bool = False, rng=None, dtype=np.float32):
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if d_model % n_heads:
+            raise ValueError(f"MultiHeadAttention: d_model {d_model} is not divisible by n_heads {n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"MultiHeadAttention: n_heads {n_heads} is not a multiple of "
+                             f"n_kv_heads {n_kv_heads}")
+        if rope is not None and alibi:
+            raise ValueError("MultiHeadAttention: choose RoPE or ALiBi, not both")
+        rng = np.random.default_rng(rng)
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = d = d_model // n_heads
+        self.causal, self.cross = causal, cross
+        if cross:
+            self.q = Linear(d_model, n_heads * d, bias, rng=rng, dtype=dtype)
+            self.kv = Linear(d_model, 2 * n_kv_heads * d, bias, rng=rng, dtype=dtype)
+        else:
+            self.qkv = Linear(d_model, (n_heads + 2 * n_kv_heads) * d, bias, rng=rng, dtype=dtype)
+        self.proj = Linear(n_heads * d, d_model, bias, rng=rng, dtype=dtype)
+        self.rope = rope
+        if alibi:
+            self.register_buffer("slopes", alibi_slopes(n_heads))
+        self.alibi = alibi
+
+    # -- layout: (B, T, h D) <-> (B, h, T, D), one copy each way ----------------
+    def _heads(self, x, h):
+        b, t = x.shape[0], x.shape[1]
+        return self.ops.xp.ascontiguousarray(x.reshape(b, t, h, self.head_dim).transpose(0, 2, 1, 3))
+
+    def _merge(self, x):
+        b, h, t, d = x.shape
+        return self.ops.xp.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, t, h * d)
+
+    def _put_heads(self, out4, start, g):
+        """Writes g (B, h, T, D) into out4 (B, T, heads, D) at heads [start, start + h)."""
+        out4[:, :, start:start + g.shape[1]] = g.transpose(0, 2, 1, 3)
+
+    # -- forward / backward ----------------------------------------------------
+    def forward(self, x, memory=None, key_padding_mask=None, offset: int = 0):
+        """x (B, Tq, d_model); memory (B, Tk, d_model) for cross-attention;
+        key_padding_mask (B, Tk) bool; offset: position of x[:, 0] (RoPE / ALiBi)."""
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.cross:
+            if memory is None:
+                raise ValueError("MultiHeadAttention(cross=True) needs memory")
+            q = self._heads(self.q(x), h)
+            kv = self.kv(memory)
+            k, v = self._heads(kv[..., : hkv * d], hkv), self._heads(kv[..., hkv * d:], hkv)
+        else:
+            qkv = self.qkv(x)
+            q = self._heads(qkv[..., : h * d], h)
+            k = self._heads(qkv[..., h * d:(h + hkv) * d], hkv)
+            v = self._heads(qkv[..., (h + hkv) * d:], hkv)
+        if self.rope is not None:
+            q = self.rope.forward(q, offset)
+            k = self.rope.forward(k, offset)
+        if self.alibi:
+            o, extra = self._unfused_forward(q, k, v, key_padding_mask)
+        else:
+            o, extra = self.ops.attention_forward(q, k, v, causal=self.causal,
+                                                  key_padding_mask=key_padding_mask)
+        if self.training:
+            self.cache = (q, k, v, o, extra, key_padding_mask, offset)
+        return self.proj(self._merge(o))
+
+    def backward(self, dy):
+        """dy (B, Tq, d_model) -> dx, or (dx, dmemory) for cross-attention."""
+        q, k, v, o, extra, mask, offset = self.take_cache()
+        h, hkv = self.n_heads, self.n_kv_heads
+        do = self._heads(self.proj.backward(dy), h)
+        if self.alibi:
+            dq, dk, dv = self._unfused_backward(do, q, k, v, extra)
+        else:
+            dq, dk, dv = self.ops.attention_backward(do, q, k, v, o, extra, causal=self.causal,
+                                                     key_padding_mask=mask)
+        if self.rope is not None:
+            dq = self.rope.backward(dq, offset)
+            dk = self.rope.backward(dk, offset)
+        xp = self.ops.xp
+        b, tq, tk, d = q.shape[0], q.shape[2], k.shape[2], self.head_dim
+        if self.cross:
+            dx = self.q.backward(self._merge(dq))
+            dkv = xp.empty((b, tk, 2 * hkv, d), dtype=dk.dtype)
+            self._put_heads(dkv, 0, dk)
+            self._put_heads(dkv, hkv, dv)
+            return dx, self.kv.backward(dkv.reshape(b, tk, 2 * hkv * d))
+        dqkv = xp.empty((b, tq, h + 2 * hkv, d), dtype=dq.dtype)
+        self._put_heads(dqkv, 0, dq)
+        self._put_heads(dqkv, h, dk)
+        self._put_heads(dqkv, h + hkv, dv)
+        return self.qkv.backward(dqkv.reshape(b, tq, (h + 2 * hkv) * d))
+
+    # -- the unfused path (ALiBi): scores materialised as (B, H, Tq, Tk) ---------
+    def _repeat_kv(self, x):
+        g = self.n_heads // self.n_kv_heads
+        return x if g == 1 else self.ops.xp.repeat(x, g, axis=1)
+
+    def _sum_kv(self, dx):
+        g = self.n_heads // self.n_kv_heads
+        if g == 1:
+            return dx
+        b, _, t, d = dx.shape
+        return dx.reshape(b, self.n_kv_heads, g, t, d).sum(axis=2)
+
+    def _unfused_forward(self, q, k, v, mask):
+        ops, xp = self.ops, self.ops.xp
+        tq, tk = q.shape[2], k.shape[2]
+        scale = q.dtype.type(1.0 / np.sqrt(self.head_dim))
+        s = ops.matmul(q, self._repeat_kv(k), trans_b=True) * scale
+        s += xp.asarray(alibi_bias(self.slopes, tq, tk, dtype=q.dtype))
+        if mask is not None:
+            s = xp.where(mask[:, None, None, :], q.dtype.type(_MASKED), s)
+        p = ops.softmax_forward(s, causal=self.causal)
+        return ops.matmul(p, self._repeat_kv(v)), p
+
+    def _unfused_backward(self, do, q, k, v, p):
+        ops = self.ops
+        scale = q.dtype.type(1.0 / np.sqrt(self.head_dim))
+        kr, vr = self._repeat_kv(k), self._repeat_kv(v)
+        dv = ops.matmul(p, do, trans_a=True)
+        ds = ops.softmax_backward(ops.matmul(do, vr, trans_b=True), p) * scale
+        dq = ops.matmul(ds, kr)
+        dk = ops.matmul(ds, q, trans_a=True)
+        return dq, self._sum_kv(dk), self._sum_kv(dv)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"causal={self.causal}, cross={self.cross}, alibi={self.alibi}")

@@ -1,0 +1,128 @@
+"""Transformer blocks: self-attention (+ cross-attention) + feed-forward, each
+sublayer in a residual with pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x))).
+
+    blk = EncoderBlock(64, 4, 256)                        # BERT / encoder layer
+    blk = DecoderBlock(64, 4, 256)                        # causal self + cross-attention
+    blk = DecoderBlock(64, 4, 256, cross_attention=False) # GPT / Llama layer
+    y = blk(x, memory=m, memory_key_padding_mask=src_pad)
+    dx = blk.backward(dy)          # cross-attention blocks return (dx, dmemory)
+
+Parameter names inside a block: ln1.*, attn.*, [ln_cross.*, cross_attn.*], ln2.*, ff.*.
+
+``checkpoint=True`` (activation recomputation): forward keeps only the block's
+inputs and the states of its dropout generators; backward runs forward again
+(same masks) before going back through it, so the gradients are the same and
+the activations of the block are held only during its own backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .attention import MultiHeadAttention
+from .dropout import Dropout
+from .feedforward import FeedForward
+from .module import Module
+from .norm import make_norm
+
+
+class TransformerBlock(Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, n_kv_heads=None,
+                 dropout: float = 0.0, causal: bool = False, cross_attention: bool = False,
+                 norm_first: bool = True, norm: str = "layer", norm_eps=None,
+                 activation: str = "gelu", bias: bool = True, rope=None, alibi: bool = False,
+                 checkpoint: bool = False, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = np.random.default_rng(rng)
+        self.norm_first, self.checkpoint = norm_first, checkpoint
+        self.cross_attention = cross_attention
+
+        def drop():
+            return Dropout(dropout, rng=int(rng.integers(2**63)))
+
+        self.ln1 = make_norm(norm, d_model, norm_eps, dtype)
+        self.attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, causal=causal, bias=bias,
+                                       rope=rope, alibi=alibi, rng=rng, dtype=dtype)
+        self.drop1 = drop()
+        if cross_attention:
+            self.ln_cross = make_norm(norm, d_model, norm_eps, dtype)
+            self.cross_attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, cross=True,
+                                                 bias=bias, rng=rng, dtype=dtype)
+            self.drop_cross = drop()
+        self.ln2 = make_norm(norm, d_model, norm_eps, dtype)
+        self.ff = FeedForward(d_model, d_ff, activation, bias=bias, rng=rng, dtype=dtype)
+        self.drop2 = drop()
+
+    # -- one residual sublayer ---------------------------------------------------
+    def _sub_forward(self, norm, layer, drop, x, **kw):
+        if self.norm_first:
+            out = drop(layer(norm(x), **kw))
+            out += x
+            return out
+        out = drop(layer(x, **kw))
+        out += x
+        return norm(out)
+
+    def _sub_backward(self, norm, layer, drop, dy):
+        """-> (dx, dmemory or None)."""
+        if self.norm_first:
+            g = layer.backward(drop.backward(dy))
+            dh, dmem = g if isinstance(g, tuple) else (g, None)
+            dx = norm.backward(dh)
+            dx += dy
+            return dx, dmem
+        dz = norm.backward(dy)
+        g = layer.backward(drop.backward(dz))
+        dh, dmem = g if isinstance(g, tuple) else (g, None)
+        dh += dz
+        return dh, dmem
+
+    # -- the block ------------------------------------------------------------------
+    def _forward(self, x, memory, key_padding_mask, memory_key_padding_mask, offset):
+        x = self._sub_forward(self.ln1, self.attn, self.drop1, x,
+                              key_padding_mask=key_padding_mask, offset=offset)
+        if self.cross_attention:
+            x = self._sub_forward(self.ln_cross, self.cross_attn, self.drop_cross, x,
+                                  memory=memory, key_padding_mask=memory_key_padding_mask)
+        return self._sub_forward(self.ln2, self.ff, self.drop2, x)
+
+    def forward(self, x, memory=None, key_padding_mask=None, memory_key_padding_mask=None,
+                offset: int = 0):
+        """x (B, T, d_model); memory (B, Tm, d_model) for cross-attention; key_padding_mask
+        (B, T) and memory_key_padding_mask (B, Tm) bool, True = padding."""
+        args = (x, memory, key_padding_mask, memory_key_padding_mask, offset)
+        if not (self.checkpoint and self.training):
+            return self._forward(*args)
+        states = self.rng_states()
+        y = self._forward(*args)
+        self.clear_cache()
+        self.cache = (args, states)
+        return y
+
+    def backward(self, dy):
+        """dy (B, T, d_model) -> dx, or (dx, dmemory) with cross-attention."""
+        if self.checkpoint:
+            args, states = self.take_cache()
+            self.set_rng_states(states)
+            self._forward(*args)
+        dx, _ = self._sub_backward(self.ln2, self.ff, self.drop2, dy)
+        dmem = None
+        if self.cross_attention:
+            dx, dmem = self._sub_backward(self.ln_cross, self.cross_attn, self.drop_cross, dx)
+        dx, _ = self._sub_backward(self.ln1, self.attn, self.drop1, dx)
+        return (dx, dmem) if self.cross_attention else dx
+
+
+class EncoderBlock(TransformerBlock):
+    """Bidirectional self-attention + feed-forward (the encoder layer; BERT's layer)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, **kw):
+        super().__init__(d_model, n_heads, d_ff, causal=False, cross_attention=False, **kw)
+
+
+class DecoderBlock(TransformerBlock):
+    """Causal self-attention, cross-attention over ``memory`` (unless
+    ``cross_attention=False``, the GPT / Llama layer), feed-forward."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, cross_attention: bool = True, **kw):
+        super().__init__(d_model, n_heads, d_ff, causal=True, cross_attention=cross_attention, **kw)

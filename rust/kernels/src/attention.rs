@@ -1,1 +1,0 @@
-//! attention kernels (to be written).

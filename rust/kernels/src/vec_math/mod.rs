@@ -1,0 +1,472 @@
+//! Vector math shared by the row-wise kernels (softmax, norms, activations,
+//! losses, rope, optimizers): one trait, [`Vf32`], over a SIMD register of
+//! f32 lanes, implemented for AVX-512 (16 lanes), AVX2+FMA (8 lanes) and a
+//! portable `[f32; 8]` that LLVM autovectorises; lane-wise `exp`,
+//! `sigmoid` and `erfc` written once on top of it; the [`simd_dispatch!`]
+//! macro that compiles a generic kernel once per level inside a
+//! `#[target_feature]` function; and the fixed row chunking that keeps
+//! every parallel reduction deterministic.
+//!
+//! A kernel is written as an `#[inline(always)]` function generic over
+//! `V: Vf32`; every trait method is `#[inline(always)]` too, so the whole
+//! body is inlined into the `#[target_feature]` wrapper and the intrinsics
+//! compile to plain instructions there.
+
+use std::ops::{Add, Div, Mul, Sub};
+
+use crate::simd::Level;
+
+pub mod portable;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+/// A window of one row handed to a loop body by [`lanes!`]: lanes
+/// `i .. i + w`, with `w == V::N` except in the tail.
+#[derive(Clone, Copy, Debug)]
+pub struct Lanes {
+    pub i: usize,
+    pub w: usize,
+}
+
+/// The widest register any level uses, for stack buffers.
+pub const MAX_LANES: usize = 16;
+
+/// A register of `N` f32 lanes.
+///
+/// # Safety
+/// Implementations for an instruction set may only be used inside code
+/// compiled for it, which [`simd_dispatch!`] guarantees.
+pub trait Vf32:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
+{
+    const N: usize;
+
+    fn splat(x: f32) -> Self;
+    /// Loads `N` lanes from `s[..N]`; `s` must hold at least `N`.
+    fn load(s: &[f32]) -> Self;
+    /// Stores the `N` lanes into `s[..N]`; `s` must hold at least `N`.
+    fn store(self, s: &mut [f32]);
+    /// `self * b + c`, fused where the level has FMA.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    fn max(self, o: Self) -> Self;
+    fn min(self, o: Self) -> Self;
+    fn sqrt(self) -> Self;
+    /// `self * 2^n` for `n` holding integral values in `[-126, 127]`.
+    fn ldexp(self, n: Self) -> Self;
+    /// Lane-wise `if self < o { a } else { b }`.
+    fn lt_select(self, o: Self, a: Self, b: Self) -> Self;
+    /// Exchanges lanes `2k` and `2k + 1` (rope's adjacent pairs).
+    fn swap_pairs(self) -> Self;
+    fn reduce_sum(self) -> f32;
+    fn reduce_max(self) -> f32;
+
+    fn zero() -> Self {
+        Self::splat(0.0)
+    }
+
+    /// Loads `s[l.i .. l.i + l.w]`, lanes past `l.w` filled with `fill`.
+    #[inline(always)]
+    fn get(s: &[f32], l: Lanes, fill: f32) -> Self {
+        if l.w == Self::N {
+            Self::load(&s[l.i..l.i + Self::N])
+        } else {
+            let mut buf = [fill; MAX_LANES];
+            buf[..l.w].copy_from_slice(&s[l.i..l.i + l.w]);
+            Self::load(&buf)
+        }
+    }
+
+    /// Stores the first `l.w` lanes into `s[l.i ..]`.
+    #[inline(always)]
+    fn put(self, s: &mut [f32], l: Lanes) {
+        if l.w == Self::N {
+            self.store(&mut s[l.i..l.i + Self::N]);
+        } else {
+            let mut buf = [0.0; MAX_LANES];
+            self.store(&mut buf);
+            s[l.i..l.i + l.w].copy_from_slice(&buf[..l.w]);
+        }
+    }
+
+    /// Sets the lanes past `l.w` to `v`, so that a tail adds nothing to a
+    /// reduction (0 for sums, -inf for maxima).
+    #[inline(always)]
+    fn pad(self, l: Lanes, v: f32) -> Self {
+        if l.w == Self::N {
+            self
+        } else {
+            let mut buf = [0.0; MAX_LANES];
+            self.store(&mut buf);
+            buf[l.w..].fill(v);
+            Self::load(&buf)
+        }
+    }
+}
+
+/// Runs `body` over a row of `n` lanes, `V::N` at a time, then the tail:
+/// `lanes!(V, n, l => { ... })` binds `l: Lanes`. The body is pasted twice,
+/// with `l.w == V::N` known in the main loop, so that `get`/`put` become
+/// plain loads and stores there. A macro, not a closure: a closure is its
+/// own function, compiled without the caller's `#[target_feature]`s, and
+/// the intrinsics in it would stay calls.
+#[macro_export]
+macro_rules! lanes {
+    ($V:ty, $n:expr, $l:ident => $body:block) => {{
+        let n = $n;
+        let mut i = 0usize;
+        while i + <$V as $crate::vec_math::Vf32>::N <= n {
+            let $l = $crate::vec_math::Lanes { i, w: <$V as $crate::vec_math::Vf32>::N };
+            $body
+            i += <$V as $crate::vec_math::Vf32>::N;
+        }
+        if i < n {
+            let $l = $crate::vec_math::Lanes { i, w: n - i };
+            $body
+        }
+    }};
+}
+
+// The row reductions below keep two accumulators and take two registers
+// per step: one accumulator is a chain of dependent adds (4 cycles each),
+// two let the core overlap them. The tail goes through `lanes!`.
+
+/// `max_i scale * x[i]`; `-inf` for an empty row.
+#[inline(always)]
+pub fn max_scaled<V: Vf32>(x: &[f32], scale: f32) -> f32 {
+    let s = V::splat(scale);
+    let (mut m0, mut m1) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+    let pairs = x.len() / (2 * V::N) * (2 * V::N);
+    for p in x[..pairs].chunks_exact(2 * V::N) {
+        m0 = m0.max(V::load(p) * s);
+        m1 = m1.max(V::load(&p[V::N..]) * s);
+    }
+    let rest = &x[pairs..];
+    lanes!(V, rest.len(), l => {
+        m0 = m0.max((V::get(rest, l, 0.0) * s).pad(l, f32::NEG_INFINITY));
+    });
+    m0.max(m1).reduce_max()
+}
+
+/// `(max_i x[i], sum_i x[i])` in one pass; `(-inf, 0)` for an empty row.
+#[inline(always)]
+pub fn max_and_sum<V: Vf32>(x: &[f32]) -> (f32, f32) {
+    let (mut m0, mut m1) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
+    let (mut s0, mut s1) = (V::zero(), V::zero());
+    let pairs = x.len() / (2 * V::N) * (2 * V::N);
+    for p in x[..pairs].chunks_exact(2 * V::N) {
+        let (a, b) = (V::load(p), V::load(&p[V::N..]));
+        m0 = m0.max(a);
+        m1 = m1.max(b);
+        s0 = s0 + a;
+        s1 = s1 + b;
+    }
+    let rest = &x[pairs..];
+    lanes!(V, rest.len(), l => {
+        let v = V::get(rest, l, 0.0);
+        m0 = m0.max(v.pad(l, f32::NEG_INFINITY));
+        s0 = s0 + v;
+    });
+    (m0.max(m1).reduce_max(), (s0 + s1).reduce_sum())
+}
+
+/// `sum_i e^(scale x[i] + shift)`; with `out`, each term is stored there too.
+#[inline(always)]
+pub fn sum_exp<V: Vf32>(x: &[f32], scale: f32, shift: f32, mut out: Option<&mut [f32]>) -> f32 {
+    let (sc, sh) = (V::splat(scale), V::splat(shift));
+    let (mut s0, mut s1) = (V::zero(), V::zero());
+    let pairs = x.len() / (2 * V::N) * (2 * V::N);
+    for (k, p) in x[..pairs].chunks_exact(2 * V::N).enumerate() {
+        let a = exp(V::load(p).mul_add(sc, sh));
+        let b = exp(V::load(&p[V::N..]).mul_add(sc, sh));
+        if let Some(o) = &mut out {
+            a.store(&mut o[k * 2 * V::N..]);
+            b.store(&mut o[k * 2 * V::N + V::N..]);
+        }
+        s0 = s0 + a;
+        s1 = s1 + b;
+    }
+    let rest = &x[pairs..];
+    lanes!(V, rest.len(), l => {
+        let e = exp(V::get(rest, l, 0.0).mul_add(sc, sh));
+        if let Some(o) = &mut out {
+            e.put(&mut o[pairs..], l);
+        }
+        s0 = s0 + e.pad(l, 0.0);
+    });
+    (s0 + s1).reduce_sum()
+}
+
+/// `sum_i a[i]`, lanes accumulated in f32.
+#[inline(always)]
+pub fn sum<V: Vf32>(a: &[f32]) -> f32 {
+    let mut acc = V::zero();
+    lanes!(V, a.len(), l => {
+        acc = acc + V::get(a, l, 0.0);
+    });
+    acc.reduce_sum()
+}
+
+/// `sum_i a[i] b[i]`, lanes accumulated in f32; `b` at least as long as `a`.
+#[inline(always)]
+pub fn dot<V: Vf32>(a: &[f32], b: &[f32]) -> f32 {
+    let b = &b[..a.len()];
+    let mut acc = V::zero();
+    lanes!(V, a.len(), l => {
+        acc = V::get(a, l, 0.0).mul_add(V::get(b, l, 0.0), acc);
+    });
+    acc.reduce_sum()
+}
+
+/// Below this `exp` returns exactly 0 (the smallest normal is `exp(-87.34)`).
+const EXP_LO: f32 = -87.336_54;
+/// Above this `exp` saturates at `exp(88.376)` ≈ 2.4e38 instead of overflowing.
+const EXP_HI: f32 = 88.376_26;
+
+/// Lane-wise `e^x`, relative error about 1e-7 (1-2 ulp).
+///
+/// `x = n ln2 + r` with `n` an integer and `|r| <= ln2 / 2`; `e^r` is a
+/// degree-6 polynomial (Cephes' `expf` coefficients) and `2^n` is built in
+/// the exponent bits. `ln2` is split in two (Cody-Waite) so that `r` keeps
+/// its low bits. Lanes below [`EXP_LO`] give 0, so `-inf` logits vanish.
+#[inline(always)]
+pub fn exp<V: Vf32>(x: V) -> V {
+    let xc = x.max(V::splat(EXP_LO)).min(V::splat(EXP_HI));
+    // Adding 1.5 * 2^23 rounds to the nearest integer in the low bits.
+    let magic = V::splat(12_582_912.0);
+    let n = xc.mul_add(V::splat(std::f32::consts::LOG2_E), magic) - magic;
+    let r = n.mul_add(V::splat(-0.693_359_4), xc);
+    let r = n.mul_add(V::splat(2.121_944_4e-4), r);
+    let mut p = V::splat(1.987_569_1e-4);
+    p = p.mul_add(r, V::splat(1.398_2e-3));
+    p = p.mul_add(r, V::splat(8.333_452e-3));
+    p = p.mul_add(r, V::splat(4.166_579_6e-2));
+    p = p.mul_add(r, V::splat(0.166_666_65));
+    p = p.mul_add(r, V::splat(0.5));
+    let er = p.mul_add(r * r, r + V::splat(1.0));
+    let y = er.ldexp(n);
+    x.lt_select(V::splat(EXP_LO), V::zero(), y)
+}
+
+/// Lane-wise `1 / (1 + e^-x)`; exact 0 and 1 at the far ends, no NaN.
+#[inline(always)]
+pub fn sigmoid<V: Vf32>(x: V) -> V {
+    let one = V::splat(1.0);
+    one / (one + exp(V::zero() - x))
+}
+
+/// Lane-wise `erfc(z)` for `z >= 0`, relative error below 4e-7 × (1 + z²)
+/// (the f32 rounding of `z²` inside the exponent dominates far out).
+///
+/// The Chebyshev fit `t e^(-z² + P(t))`, `t = 1 / (1 + z/2)`, from
+/// Numerical Recipes (`erfcc`): unlike `1 - erf`, it keeps its relative
+/// accuracy in the far tail, which exact GELU needs for large negative x.
+#[inline(always)]
+pub fn erfc_nonneg<V: Vf32>(z: V) -> V {
+    let one = V::splat(1.0);
+    let t = one / z.mul_add(V::splat(0.5), one);
+    let mut p = V::splat(0.170_872_77);
+    for c in [
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+        -1.265_512_2,
+    ] {
+        p = p.mul_add(t, V::splat(c));
+    }
+    t * exp(p - z * z)
+}
+
+/// Rows per parallel task: about 32K elements, so that rayon's per-task
+/// cost vanishes and an input of one task runs on the calling thread. It
+/// depends on the sizes alone, never on the thread count, so chunked
+/// reductions give the same bits on any pool.
+pub fn chunk_rows(rows: usize, cols: usize) -> usize {
+    const TARGET: usize = 1 << 15;
+    (TARGET / cols.max(1)).clamp(1, rows.max(1))
+}
+
+/// Elements per parallel task for element-wise ops.
+pub const CHUNK_ELEMS: usize = 1 << 15;
+
+/// Whether this CPU runs code compiled for `level`.
+pub fn supported(level: Level) -> bool {
+    match level {
+        Level::Portable => true,
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => false,
+    }
+}
+
+/// Every level this CPU runs, for tests that exercise each path.
+pub fn levels() -> Vec<Level> {
+    [Level::Portable, Level::Avx2Fma, Level::Avx512]
+        .into_iter()
+        .filter(|&l| supported(l))
+        .collect()
+}
+
+/// Defines `$vis fn $name(level: Level, args...) -> R` that runs the generic
+/// `$generic::<V>(args...)` for the register type of `level`, each one
+/// compiled inside a `#[target_feature]` function so that the inlined
+/// intrinsics become instructions. A level the CPU lacks falls back to the
+/// portable path, so the function is safe for any `level`.
+#[macro_export]
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident = $generic:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)?) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(level: $crate::simd::Level, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn with_avx512($($arg: $ty),*) $(-> $ret)? {
+                $generic::<$crate::vec_math::avx512::F32x16>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn with_avx2($($arg: $ty),*) $(-> $ret)? {
+                $generic::<$crate::vec_math::avx2::F32x8>($($arg),*)
+            }
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                $crate::simd::Level::Avx512 if $crate::vec_math::supported(level) => {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+                    unsafe { with_avx512($($arg),*) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                $crate::simd::Level::Avx2Fma | $crate::simd::Level::Avx512
+                    if $crate::vec_math::supported($crate::simd::Level::Avx2Fma) =>
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    unsafe { with_avx2($($arg),*) }
+                }
+                _ => $generic::<$crate::vec_math::portable::F32x8>($($arg),*),
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn check_level<V: Vf32>() {
+        // exp against f64 over the whole useful range.
+        let mut worst: f64 = 0.0;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let mut out = [0.0f32; MAX_LANES];
+            exp(V::splat(x)).store(&mut out);
+            let want = (x as f64).exp();
+            worst = worst.max(((out[0] as f64 - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "exp worst rel err {worst}");
+        let mut out = [1.0f32; MAX_LANES];
+        exp(V::splat(f32::NEG_INFINITY)).store(&mut out);
+        assert_eq!(out[0], 0.0);
+        exp(V::splat(-100.0)).store(&mut out);
+        assert_eq!(out[0], 0.0);
+
+        // erfc against a series-free f64 reference: erfc(z) = 1 - erf(z) with
+        // erf from its Taylor series (converges fast for z <= 3), and the far
+        // tail through the continued fraction.
+        let mut worst: f64 = 0.0;
+        let mut z = 0.0f32;
+        while z < 9.0 {
+            erfc_nonneg(V::splat(z)).store(&mut out);
+            let want = erfc_f64(z as f64);
+            // The f32 rounding of z² alone costs z² * 6e-8 relative.
+            let rel = ((out[0] as f64 - want) / want).abs() / (1.0 + (z * z) as f64);
+            worst = worst.max(rel);
+            z += 0.011;
+        }
+        assert!(worst < 4e-7, "erfc worst rel err / (1 + z²) {worst}");
+
+        // swap_pairs, reductions, tails.
+        let src: Vec<f32> = (0..V::N).map(|i| i as f32).collect();
+        V::load(&src).swap_pairs().store(&mut out);
+        for (i, &o) in out[..V::N].iter().enumerate() {
+            assert_eq!(o, (i ^ 1) as f32);
+        }
+        assert_eq!(V::load(&src).reduce_sum(), (V::N * (V::N - 1) / 2) as f32);
+        assert_eq!(V::load(&src).reduce_max(), (V::N - 1) as f32);
+        let row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let want: f32 = row.iter().map(|v| v * v).sum();
+        let got = dot::<V>(&row, &row);
+        assert!((got - want).abs() < 1e-5);
+        let m = max_scaled::<V>(&row, -2.0);
+        let want = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(-2.0 * v));
+        assert_eq!(m, want);
+    }
+
+    pub fn erfc_f64(z: f64) -> f64 {
+        if z < 3.0 {
+            let mut term = z;
+            let mut sum = z;
+            for n in 1..200 {
+                term *= -z * z / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            1.0 - sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // Lentz-free continued fraction, evaluated backwards.
+            let mut f = 0.0;
+            for k in (1..100).rev() {
+                f = (k as f64 / 2.0) / (z + f);
+            }
+            (-z * z).exp() / std::f64::consts::PI.sqrt() / (z + f)
+        }
+    }
+
+    fn check(level: Level) {
+        match level {
+            Level::Portable => check_level::<portable::F32x8>(),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2Fma => {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn run() {
+                    check_level::<avx2::F32x8>()
+                }
+                unsafe { run() }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn run() {
+                    check_level::<avx512::F32x16>()
+                }
+                unsafe { run() }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn vec_math_every_level() {
+        for level in levels() {
+            check(level);
+        }
+    }
+}

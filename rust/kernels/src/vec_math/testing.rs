@@ -1,0 +1,61 @@
+//! Test helpers shared by the row-wise kernels' tests: a seeded generator
+//! and one `assert_close` that prints where and by how much a kernel
+//! missed its f64 reference.
+
+/// Sizes every row-wise test sweeps: one lane, below, across and well past
+/// each register width, and a long row.
+pub const SIZES: [usize; 7] = [1, 7, 16, 17, 65, 257, 1029];
+
+/// xorshift64*: deterministic, dependency-free test data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// Asserts `|got - want| <= atol + rtol |want|` element-wise, printing the
+/// first values and the worst miss on failure.
+#[track_caller]
+// `!(err <= tol)` on purpose: a NaN must count as a miss.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f64);
+    let mut bad = 0usize;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        if !(err <= atol + rtol * w.abs()) {
+            bad += 1;
+            if !(err <= worst.1) {
+                worst = (i, err);
+            }
+        }
+    }
+    if bad > 0 {
+        let head: Vec<_> = got.iter().zip(want).take(6).collect();
+        panic!(
+            "{what}: {bad} of {} elements off; worst at {} got {} want {} (|diff| {:e}); first {head:?}",
+            got.len(),
+            worst.0,
+            got[worst.0],
+            want[worst.0],
+            worst.1
+        );
+    }
+}

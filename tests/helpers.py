@@ -1,0 +1,60 @@
+"""Test helpers: one ``assert_close`` for every comparison, and central
+finite differences for the gradient checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
+    """Compares arrays (or tuples of arrays); on failure prints the shapes,
+    the first values and the largest difference, as llm.c's checks do."""
+    if isinstance(actual, (tuple, list)):
+        assert len(actual) == len(expected), f"{name}: {len(actual)} outputs, expected {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, rtol=rtol, atol=atol, name=f"{name}[{i}]")
+        return
+    if expected is None:
+        assert actual is None, f"{name}: expected None"
+        return
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, f"{name}: shape {a.shape} != expected {e.shape}"
+    both_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
+    a_f, e_f = np.where(both_inf, 0, a), np.where(both_inf, 0, e)
+    err = np.abs(a_f - e_f)
+    tol = atol + rtol * np.abs(e_f)
+    bad = ~(err <= tol)
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(bad, err - tol, -np.inf)), a.shape)
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {a.size} values differ; max abs diff "
+            f"{np.nanmax(err):.3g} at {i}: got {a[i]!r}, expected {e[i]!r}\n"
+            f"first got      {a.ravel()[:5]}\nfirst expected {e.ravel()[:5]}"
+        )
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """d f(x) / dx for a scalar function f of a float64 array, by central differences."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        hi = f()
+        flat[i] = old - eps
+        lo = f()
+        flat[i] = old
+        gflat[i] = (hi - lo) / (2 * eps)
+    return g
+
+
+def noncontiguous(x):
+    """The same values as ``x`` in a strided (non C-contiguous) layout."""
+    if x.ndim == 0 or x.size == 0:
+        return x
+    big = np.empty((*x.shape[:-1], 2 * x.shape[-1]), x.dtype)
+    big[..., ::2] = x
+    out = big[..., ::2]
+    assert not out.flags.c_contiguous or x.shape[-1] == 1
+    return out
