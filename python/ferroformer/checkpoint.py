@@ -22,7 +22,7 @@ import math
 import os
 import struct
 import tempfile
-from typing import Dict, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 

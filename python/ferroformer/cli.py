@@ -21,6 +21,14 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(backend=args.backend, n_digits=args.digits, steps=args.steps, seed=args.seed,
+             progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ferroformer", description=__doc__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -31,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0, help="rust thread pool size (default: all cores)")
     b.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     b.set_defaults(func=_cmd_bench)
+    d = sub.add_parser("demo", help="train a small GPT on addition, then generate (about a minute)")
+    d.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None,
+                   help="backend to train on (default: the fastest available)")
+    d.add_argument("--digits", type=int, default=3, help="digits per operand")
+    d.add_argument("--steps", type=int, default=1800, help="training steps")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_demo)
     return p
 
 

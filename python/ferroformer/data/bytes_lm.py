@@ -11,7 +11,6 @@ time, never shipped).
 from __future__ import annotations
 
 import glob
-import math
 import os
 import sysconfig
 from typing import List, Optional, Sequence

@@ -13,5 +13,13 @@ from .transformer import Transformer
 
 MODELS = {cls.__name__: cls for cls in (Transformer, GPT, BERT, Llama)}
 
-__all__ = ["BERT", "GPT", "Llama", "MODELS", "Model", "Transformer", "greedy_complete",
-           "greedy_decode"]
+__all__ = [
+           "BERT",
+           "GPT",
+           "MODELS",
+           "Llama",
+           "Model",
+           "Transformer",
+           "greedy_complete",
+           "greedy_decode",
+]

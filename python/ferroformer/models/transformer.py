@@ -27,8 +27,15 @@ import math
 
 import numpy as np
 
-from ..nn import (DecoderBlock, Dropout, Embedding, EncoderBlock, LayerNorm, Linear,
-                  SinusoidalPositionalEncoding)
+from ..nn import (
+    DecoderBlock,
+    Dropout,
+    Embedding,
+    EncoderBlock,
+    LayerNorm,
+    Linear,
+    SinusoidalPositionalEncoding,
+)
 from ..nn.module import ModuleList
 from .base import Model
 

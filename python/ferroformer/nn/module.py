@@ -83,12 +83,12 @@ class Module:
         raise NotImplementedError
 
     # -- traversal -----------------------------------------------------------
-    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, Module]]:
         yield prefix, self
         for name, m in self._modules.items():
             yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def modules(self) -> Iterator["Module"]:
+    def modules(self) -> Iterator[Module]:
         for _, m in self.named_modules():
             yield m
 
@@ -113,14 +113,14 @@ class Module:
             p.grad = None
 
     # -- modes -----------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         for m in self.modules():
             m.training = mode
         if not mode:
             self.clear_cache()
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
     def take_cache(self):
@@ -169,7 +169,7 @@ class Module:
             p.data = self.ops.asarray(value, dtype=p.data.dtype).copy()
             p.grad = None
 
-    def to(self, backend=None, dtype=None) -> "Module":
+    def to(self, backend=None, dtype=None) -> Module:
         """Moves parameters and buffers onto ``backend`` (name or Backend), optionally casting."""
         ops = backends.backend(backend)
         for m in self.modules():

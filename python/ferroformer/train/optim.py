@@ -195,7 +195,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     """Scales all gradients so that their global L2 norm is at most max_norm; returns the
     norm before clipping."""
     grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(float((g.reshape(-1) @ g.reshape(-1))) for g in grads))
+    total = math.sqrt(sum(float(g.reshape(-1) @ g.reshape(-1)) for g in grads))
     if total > max_norm > 0:
         scale = max_norm / (total + 1e-6)
         for g in grads:
