@@ -5,7 +5,7 @@ use ferroformer_kernels::activation::{self as k, Gelu};
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::softmax::{empty, same_shape};
+use crate::softmax::same_shape;
 use crate::util;
 
 type Array<'py> = Bound<'py, PyArrayDyn<f32>>;
@@ -17,7 +17,7 @@ fn unary<'py>(
     f: impl FnOnce(&[f32], &mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
     let xs = util::slice(op, "x", x)?;
-    util::fill(py, empty(py, x.shape()), |y| f(xs, y))
+    util::fill(py, util::uninit(py, x.shape()), |y| f(xs, y))
 }
 
 fn binary<'py>(
@@ -29,7 +29,7 @@ fn binary<'py>(
 ) -> PyResult<Array<'py>> {
     same_shape(op, (an, a.shape()), (bn, b.shape()))?;
     let (sa, sb) = (util::slice(op, an, a)?, util::slice(op, bn, b)?);
-    util::fill(py, empty(py, a.shape()), |y| f(sa, sb, y))
+    util::fill(py, util::uninit(py, a.shape()), |y| f(sa, sb, y))
 }
 
 /// `approximate` is `"tanh"` or `"none"` (exact erf).
@@ -130,7 +130,7 @@ fn swiglu_backward<'py>(
         util::slice(OP, "gate", &gate)?,
         util::slice(OP, "up", &up)?,
     );
-    let (dg, du) = (empty(py, &shape), empty(py, &shape));
+    let (dg, du) = (util::uninit(py, &shape), util::uninit(py, &shape));
     {
         let (mut dgw, mut duw) = (dg.readwrite(), du.readwrite());
         let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");

@@ -142,9 +142,10 @@ fn attention_backward<'py>(
         scale,
         key_padding_mask: mask,
     };
-    let dq = util::zeros(py, &q_dims);
-    let dk = util::zeros(py, &kv_dims);
-    let dv = util::zeros(py, &kv_dims);
+    // the kernel zero-fills its gradients itself before accumulating
+    let dq = util::uninit(py, &q_dims);
+    let dk = util::uninit(py, &kv_dims);
+    let dv = util::uninit(py, &kv_dims);
     {
         let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());
         let dqs = a.as_slice_mut().expect("fresh arrays are contiguous");

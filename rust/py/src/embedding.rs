@@ -6,7 +6,6 @@ use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::softmax::empty;
 use crate::util;
 
 /// `weight[ids]`; an id outside `[0, V)` raises IndexError.
@@ -31,7 +30,7 @@ fn embedding_forward<'py>(
         util::slice(OP, "weight", &weight)?,
         util::slice(OP, "ids", &ids)?,
     );
-    util::fill(py, empty(py, &shape), |out| {
+    util::fill(py, util::uninit(py, &shape), |out| {
         k::embedding_forward(ws, is, out, vocab, dim)
     })
 }
@@ -56,7 +55,7 @@ fn embedding_backward<'py>(
         }
     };
     let (dys, is) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "ids", &ids)?);
-    util::fill(py, empty(py, &[num_embeddings, dim]), |dw| {
+    util::fill(py, util::uninit(py, &[num_embeddings, dim]), |dw| {
         k::embedding_backward(dys, is, dw, num_embeddings, dim)
     })
 }

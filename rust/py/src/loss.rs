@@ -6,7 +6,6 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethod
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::softmax::empty;
 use crate::util;
 
 fn dims(op: &str, logits: &[usize], targets: &[usize]) -> PyResult<(usize, usize)> {
@@ -34,7 +33,7 @@ fn cross_entropy_forward<'py>(
         util::slice(OP, "logits", &logits)?,
         util::slice(OP, "targets", &targets)?,
     );
-    let lse = empty(py, &[n]);
+    let lse = util::uninit(py, &[n]);
     let loss = {
         let mut lw = lse.readwrite();
         let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
@@ -69,7 +68,7 @@ fn cross_entropy_backward<'py>(
         util::slice(OP, "targets", &targets)?,
     );
     let ls = util::slice(OP, "lse", &lse)?;
-    util::fill(py, empty(py, &[n, v]), |dz| {
+    util::fill(py, util::uninit(py, &[n, v]), |dz| {
         k::cross_entropy_backward(zs, ts, ls, ignore_index, label_smoothing, grad, dz, n, v)
     })
 }

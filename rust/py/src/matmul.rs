@@ -16,13 +16,6 @@ use crate::util;
 /// uninitialized arrays with `malloc` and asks for huge pages on them,
 /// which the GEMM's scattered tile writes need (a zeroed array comes from
 /// `calloc` on 4 KiB pages, and the TLB misses cost ~15%).
-fn output<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
-    // SAFETY: every caller hands the array to a kernel that writes each
-    // element before anything reads it (GEMM with beta = 0, or the k = 0
-    // epilogue, which also writes).
-    unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
-}
-
 /// `op(a) @ op(b)` over broadcast leading dims; `op` swaps the last two
 /// axes when its flag is set. a `(..., m, k)` or `(..., k, m)`, b
 /// `(..., k, n)` or `(..., n, k)` -> `(batch..., m, n)`.
@@ -39,7 +32,7 @@ fn matmul<'py>(
     let shape = matmul_shape(&a_shape, trans_a, &b_shape, trans_b).map_err(util::to_pyerr)?;
     let a = util::slice("matmul", "a", &a)?;
     let b = util::slice("matmul", "b", &b)?;
-    util::fill(py, output(py, &shape), move |c| {
+    util::fill(py, util::uninit(py, &shape), move |c| {
         matmul_batched(a, &a_shape, trans_a, b, &b_shape, trans_b, c)
     })
 }
@@ -83,7 +76,7 @@ fn linear_forward<'py>(
     let b = b.as_ref().map(|b| util::slice(op, "b", b)).transpose()?;
     let mut shape = x_shape;
     *shape.last_mut().expect("x is at least 1-D") = out_f;
-    util::fill(py, output(py, &shape), move |y| {
+    util::fill(py, util::uninit(py, &shape), move |y| {
         linear_fwd(x, w, b, y, rows, in_f, out_f)
     })
 }
@@ -117,8 +110,8 @@ fn linear_backward<'py>(
     let dy = util::slice(op, "dy", &dy)?;
     let x = util::slice(op, "x", &x)?;
     let w = util::slice(op, "w", &w)?;
-    let dx = output(py, &x_shape);
-    let dw = output(py, &w_shape);
+    let dx = util::uninit(py, &x_shape);
+    let dw = util::uninit(py, &w_shape);
     let db = has_bias.then(|| util::zeros(py, &[out_f]));
     {
         let (mut dx_rw, mut dw_rw) = (dx.readwrite(), dw.readwrite());

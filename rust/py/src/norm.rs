@@ -5,7 +5,7 @@ use ferroformer_kernels::norm as k;
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::softmax::{empty, rows_cols, same_shape};
+use crate::softmax::{rows_cols, same_shape};
 use crate::util;
 
 type Array<'py> = Bound<'py, PyArrayDyn<f32>>;
@@ -30,9 +30,9 @@ fn layernorm_forward<'py>(
         util::slice(OP, "beta", &beta)?,
     );
     let (y, mean, rstd) = (
-        empty(py, &shape),
-        empty(py, &shape[..shape.len() - 1]),
-        empty(py, &shape[..shape.len() - 1]),
+        util::uninit(py, &shape),
+        util::uninit(py, &shape[..shape.len() - 1]),
+        util::uninit(py, &shape[..shape.len() - 1]),
     );
     {
         let (mut yw, mut mw, mut rw) = (y.readwrite(), mean.readwrite(), rstd.readwrite());
@@ -78,7 +78,11 @@ fn layernorm_backward<'py>(
         util::slice(OP, "mean", &mean)?,
         util::slice(OP, "rstd", &rstd)?,
     );
-    let (dx, dg, db) = (empty(py, &shape), empty(py, &[cols]), empty(py, &[cols]));
+    let (dx, dg, db) = (
+        util::uninit(py, &shape),
+        util::uninit(py, &[cols]),
+        util::uninit(py, &[cols]),
+    );
     {
         let (mut dxw, mut dgw, mut dbw) = (dx.readwrite(), dg.readwrite(), db.readwrite());
         let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
@@ -104,7 +108,10 @@ fn rmsnorm_forward<'py>(
     let (rows, cols) = rows_cols(OP, "x", &shape)?;
     same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
     let (xs, gs) = (util::slice(OP, "x", &x)?, util::slice(OP, "gamma", &gamma)?);
-    let (y, rstd) = (empty(py, &shape), empty(py, &shape[..shape.len() - 1]));
+    let (y, rstd) = (
+        util::uninit(py, &shape),
+        util::uninit(py, &shape[..shape.len() - 1]),
+    );
     {
         let (mut yw, mut rw) = (y.readwrite(), rstd.readwrite());
         let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
@@ -138,7 +145,7 @@ fn rmsnorm_backward<'py>(
         util::slice(OP, "gamma", &gamma)?,
         util::slice(OP, "rstd", &rstd)?,
     );
-    let (dx, dg) = (empty(py, &shape), empty(py, &[cols]));
+    let (dx, dg) = (util::uninit(py, &shape), util::uninit(py, &[cols]));
     {
         let (mut dxw, mut dgw) = (dx.readwrite(), dg.readwrite());
         let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");

@@ -6,7 +6,6 @@ use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::softmax::empty;
 use crate::util;
 
 type Kernel =
@@ -44,7 +43,9 @@ fn rotate<'py>(
     if rows == 0 {
         return Ok(util::zeros(py, &shape));
     }
-    util::fill(py, empty(py, &shape), |y| kernel(xs, cs, ss, y, rows, t, d))
+    util::fill(py, util::uninit(py, &shape), |y| {
+        kernel(xs, cs, ss, y, rows, t, d)
+    })
 }
 
 /// `(x0, x1) -> (x0 c - x1 s, x0 s + x1 c)` per adjacent pair.

@@ -19,16 +19,6 @@ pub(crate) fn rows_cols(op: &str, name: &str, shape: &[usize]) -> PyResult<(usiz
     }
 }
 
-/// A fresh float32 array left uninitialised, for outputs that the row
-/// kernels overwrite completely: `np.zeros` costs a page-zeroing pass that
-/// is a third of a memory-bound kernel's time at GPT-2 sizes.
-pub(crate) fn empty<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
-    // SAFETY: f32 has no invalid bit patterns, and every kernel that fills
-    // an array from here writes each of its elements before returning Ok;
-    // on an error the array is dropped unseen.
-    unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
-}
-
 /// Raises ValueError unless two arrays have the same shape.
 pub(crate) fn same_shape(op: &str, a: (&str, &[usize]), b: (&str, &[usize])) -> PyResult<()> {
     if a.1 == b.1 {
@@ -64,7 +54,7 @@ fn softmax_forward<'py>(
         None
     };
     let xs = util::slice(OP, "x", &x)?;
-    util::fill(py, empty(py, &shape), |y| {
+    util::fill(py, util::uninit(py, &shape), |y| {
         k::softmax_forward(xs, y, rows, cols, scale, tq)
     })
 }
@@ -82,7 +72,7 @@ fn softmax_backward<'py>(
     same_shape(OP, ("dy", &shape), ("y", y.shape()))?;
     let (rows, cols) = rows_cols(OP, "dy", &shape)?;
     let (dys, ys) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "y", &y)?);
-    util::fill(py, empty(py, &shape), |dx| {
+    util::fill(py, util::uninit(py, &shape), |dx| {
         k::softmax_backward(dys, ys, dx, rows, cols, scale)
     })
 }

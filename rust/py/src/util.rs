@@ -37,6 +37,17 @@ pub fn shape<T: numpy::Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {
     a.shape().to_vec()
 }
 
+/// A fresh float32 array whose contents are left unwritten: no zero-fill
+/// pass, and NumPy's allocator hands large ones huge pages.
+///
+/// # Safety contract
+/// Only for outputs that the kernel writes in full before returning Ok (f32
+/// has no invalid bit patterns; on an error the array is dropped unseen).
+pub fn uninit<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
+    // SAFETY: see the contract above; every caller's kernel writes each element.
+    unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
+}
+
 /// A fresh zero-filled float32 array of the given shape.
 pub fn zeros<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
     PyArrayDyn::<f32>::zeros(py, shape, false)
