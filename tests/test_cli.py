@@ -1,0 +1,36 @@
+"""The command line, run as a subprocess the way users run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ferroformer", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "bench" in out.stdout and "demo" in out.stdout
+
+
+def test_no_command_prints_help_and_fails():
+    out = run()
+    assert out.returncode == 2 and "usage" in out.stdout
+
+
+def test_bad_argument_is_one_clear_line():
+    out = run("demo", "--steps", "many")
+    assert out.returncode == 2
+    assert "invalid int value" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_trains_reports_and_generates():
+    out = run("demo", "--digits", "1", "--steps", "150", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "tokens/s" in out.stdout
+    assert "exact match on 1000 held-out sums" in out.stdout
+    assert out.stdout.count(" = ") == 8  # eight generated answers shown
