@@ -26,11 +26,12 @@ import re
 import types
 import weakref
 
-import cuda_host
 import numpy as np
 
 from ferroformer.backends import cuda as sources
 from ferroformer.backends.cupy_backend import CupyBackend, bfloat16_dtype
+
+import cuda_host
 
 SM_COUNT = 4
 SHARED_DEFAULT_LIMIT = 48 * 1024

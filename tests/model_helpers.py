@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ferroformer as ff
+
 from helpers import assert_close, numerical_grad
 
 # every native function the rust backend calls for a whole model's training step

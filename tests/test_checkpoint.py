@@ -14,6 +14,7 @@ from ferroformer.checkpoint import load_checkpoint, read_checkpoint, save_checkp
 from ferroformer.data import CopyTask
 from ferroformer.models import GPT, Transformer
 from ferroformer.train import SGD, AdamW, LRSchedule, Trainer
+
 from helpers import assert_close
 
 TASK = CopyTask(n_symbols=6, max_len=5)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import re
 
-import cuda_emulator
-import cuda_host
 import numpy as np
 import pytest
 from test_cupy import NO_GPU, OnDevice
@@ -41,6 +39,8 @@ from ferroformer.backends.cupy_backend import (
 )
 from ferroformer.backends.numpy_backend import NumpyBackend
 
+import cuda_emulator
+import cuda_host
 from helpers import assert_close
 
 BF16 = bfloat16_dtype()

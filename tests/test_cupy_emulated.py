@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 
-import cuda_emulator
 import pytest
 import test_errors
 import test_ops
 from test_cupy import OnDevice
 
 from ferroformer.backends.cupy_backend import CupyBackend, load_cupy_backend
+
+import cuda_emulator
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ trained in bfloat16 within 2% of the float32 loss.
 
 from __future__ import annotations
 
-import cuda_emulator
 import numpy as np
 import pytest
 from test_cupy import NO_GPU
@@ -23,6 +22,7 @@ from ferroformer.backends.precision import (
     with_dtype,
 )
 
+import cuda_emulator
 from helpers import assert_close
 
 HALF = ["float16"] + (["bfloat16"] if bfloat16_dtype() is not None else [])

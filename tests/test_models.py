@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ferroformer.models import BERT, GPT, MODELS, Llama, Transformer, greedy_complete, greedy_decode
+
 from helpers import assert_close
 from model_helpers import check_grads, rust_or_skip
 

@@ -10,6 +10,7 @@ import pytest
 
 import ferroformer as ff
 from ferroformer import nn
+
 from helpers import assert_close
 from model_helpers import check_grads, rust_or_skip
 
@@ -125,7 +126,7 @@ def test_sinusoidal_table():
 
 
 def test_rope_tables_and_grad(rng):
-    cos, sin = nn.rope_tables(10, 8, dtype=np.float64)
+    cos, _sin = nn.rope_tables(10, 8, dtype=np.float64)
     assert_close(cos[3, 1], math.cos(3 * 10000 ** (-2 / 8)))
     rope = f64(nn.RotaryEmbedding(8, 10))
     x = rng.standard_normal((1, 2, 3, 8))

@@ -8,11 +8,30 @@ import math
 import numpy as np
 import pytest
 
-from ferroformer.data import (BOS, EOS, IGNORE, PAD, SEP, AdditionTask, ByteLMDataset, CopyTask,
-                              ReverseTask, stdlib_sources)
+from ferroformer.data import (
+    BOS,
+    EOS,
+    IGNORE,
+    PAD,
+    SEP,
+    AdditionTask,
+    ByteLMDataset,
+    CopyTask,
+    ReverseTask,
+    stdlib_sources,
+)
 from ferroformer.models import GPT, Transformer
 from ferroformer.nn import Linear
-from ferroformer.train import SGD, Adam, AdamW, CrossEntropyLoss, LRSchedule, Trainer, clip_grad_norm
+from ferroformer.train import (
+    SGD,
+    Adam,
+    AdamW,
+    CrossEntropyLoss,
+    LRSchedule,
+    Trainer,
+    clip_grad_norm,
+)
+
 from helpers import assert_close
 from model_helpers import rust_or_skip
 
@@ -159,7 +178,7 @@ def test_trainer_progress_eval_and_history(capsys):
 
 # -- data ------------------------------------------------------------------------------------
 def test_task_formats(rng):
-    x, y = AdditionTask(3).encode(123, 989)
+    _x, y = AdditionTask(3).encode(123, 989)
     assert y == [4 + d for d in (2, 1, 1, 1)]                       # 1112 reversed
     assert AdditionTask(3, reverse_answer=False).encode(5, 7)[1] == [4, 4, 5, 6]   # 0012
     assert ReverseTask(5, 2, 2).transform([7, 8]) == [8, 7]
@@ -170,7 +189,7 @@ def test_task_formats(rng):
         n = int((ids[i] != PAD).sum())                              # BOS x SEP x (EOS not input)
         k = (n - 2) // 2 + 1
         assert ids[i, 0] == BOS and ids[i, k] == SEP
-        assert list(t[i, k:k + k]) == list(ids[i, 1:k]) + [EOS]
+        assert list(t[i, k:k + k]) == [*list(ids[i, 1:k]), EOS]
         assert (t[i, :k] == IGNORE).all()
     s = task.seq2seq_batch(3, rng)
     assert (s["tgt"][:, 0] == BOS).all() and (s["src_key_padding_mask"] == (s["src"] == PAD)).all()

@@ -127,7 +127,7 @@ def _check_header(path, data: bytes) -> dict:
                              f"{math.prod(shape) * _DTYPES[dtype]} bytes, the offsets hold {offs[1] - offs[0]}")
         spans.append(tuple(offs))
     spans.sort()
-    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+    for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise _bad(path, "tensor data overlap")
     meta = header.get("__metadata__")

