@@ -34,7 +34,8 @@ from .base import Model, init_gpt_style
 class BERT(Model):
     def __init__(self, vocab_size: int, max_seq_len: int = 512, d_model: int = 768,
                  n_heads: int = 12, n_layers: int = 12, d_ff=None, n_segments: int = 2,
-                 dropout: float = 0.1, checkpoint: bool = False, *, backend=None,
+                 dropout: float = 0.1, checkpoint: bool = False, norm_eps: float = 1e-12,
+                 gelu_approximate: str = "tanh", *, backend=None,
                  dtype=np.float32, rng=None):
         super().__init__()
         self._setup(dict(locals()), backend, dtype)
@@ -43,22 +44,34 @@ class BERT(Model):
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.pos_emb = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
         self.seg_emb = Embedding(n_segments, d_model, rng=rng, dtype=dtype) if n_segments else None
-        self.emb_ln = LayerNorm(d_model, 1e-12, dtype=dtype)
+        self.emb_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
         self.emb_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.blocks = ModuleList(
-            EncoderBlock(d_model, n_heads, d_ff, dropout=dropout, norm_first=False, norm_eps=1e-12,
+            EncoderBlock(d_model, n_heads, d_ff, dropout=dropout, norm_first=False, norm_eps=norm_eps,
                          activation="gelu", checkpoint=checkpoint, rng=rng, dtype=dtype)
             for _ in range(n_layers))
         self.head_dense = Linear(d_model, d_model, rng=rng, dtype=dtype)
-        self.head_ln = LayerNorm(d_model, 1e-12, dtype=dtype)
+        self.head_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
         self.decoder = Linear(d_model, vocab_size, weight=np.zeros((vocab_size, d_model)), dtype=dtype)
         self.decoder.weight = self.tok_emb.weight
+        self.gelu_approximate = gelu_approximate
+        for blk in self.blocks:
+            blk.ff.gelu_approximate = gelu_approximate
         init_gpt_style(self, n_layers, rng, residual_names=())
         self._finish()
 
     def forward(self, input_ids, segment_ids=None, key_padding_mask=None):
         """input_ids (B, T) int; segment_ids (B, T) int (zeros when None);
         key_padding_mask (B, T) bool, True = padding -> logits (B, T, V)."""
+        x = self.encode(input_ids, segment_ids, key_padding_mask)
+        h = self.head_dense(x)
+        a = self.ops.gelu_forward(h, approximate=self.gelu_approximate)
+        if self.training:
+            self.cache = h
+        return self.decoder(self.head_ln(a))
+
+    def encode(self, input_ids, segment_ids=None, key_padding_mask=None):
+        """The encoder's last hidden states (B, T, C), without the MLM head."""
         x = self.pos_emb(self.tok_emb(input_ids))
         if self.seg_emb is not None:
             seg = self.ops.xp.zeros_like(input_ids) if segment_ids is None else segment_ids
@@ -66,16 +79,12 @@ class BERT(Model):
         x = self.emb_drop(self.emb_ln(x))
         for blk in self.blocks:
             x = blk(x, key_padding_mask=key_padding_mask)
-        h = self.head_dense(x)
-        a = self.ops.gelu_forward(h)
-        if self.training:
-            self.cache = h
-        return self.decoder(self.head_ln(a))
+        return x
 
     def backward(self, dlogits):
         h = self.take_cache()
         da = self.head_ln.backward(self.decoder.backward(dlogits))
-        dx = self.head_dense.backward(self.ops.gelu_backward(da, h))
+        dx = self.head_dense.backward(self.ops.gelu_backward(da, h, approximate=self.gelu_approximate))
         for blk in reversed(self.blocks._list):
             dx = blk.backward(dx)
         dx = self.emb_ln.backward(self.emb_drop.backward(dx))
