@@ -110,11 +110,8 @@ def make_step(name):
 
 @pytest.mark.parametrize("name", _peers())
 def test_train_step_throughput(benchmark, name):
-    try:
-        step = make_step(name)
-        step()                                                  # warm-up (allocations, pools)
-    except AttributeError as e:                                 # a rust kernel not merged yet
-        pytest.skip(f"{name}: {e}")
+    step = make_step(name)
+    step()                                                      # warm-up (allocations, pools)
     benchmark.extra_info["tokens_per_step"] = TOKENS
     benchmark.pedantic(step, rounds=3, iterations=1)
     benchmark.extra_info["tokens_per_s"] = TOKENS / benchmark.stats.stats.mean
@@ -123,12 +120,8 @@ def test_train_step_throughput(benchmark, name):
 def main(rounds: int = 3):
     rates = {}
     for name in _peers():
-        try:
-            step = make_step(name)
-            step()
-        except AttributeError as e:
-            print(f"{name}: skipped ({e})")
-            continue
+        step = make_step(name)
+        step()
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()

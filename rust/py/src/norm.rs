@@ -62,16 +62,8 @@ fn layernorm_backward<'py>(
     same_shape(OP, ("dy", dy.shape()), ("x", &shape))?;
     let (rows, cols) = rows_cols(OP, "x", &shape)?;
     same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
-    same_shape(
-        OP,
-        ("mean", mean.shape()),
-        ("x.shape[:-1]", &shape[..shape.len() - 1]),
-    )?;
-    same_shape(
-        OP,
-        ("rstd", rstd.shape()),
-        ("x.shape[:-1]", &shape[..shape.len() - 1]),
-    )?;
+    row_stats(OP, "mean", mean.shape(), &shape)?;
+    row_stats(OP, "rstd", rstd.shape(), &shape)?;
     let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
     let gs = util::slice(OP, "gamma", &gamma)?;
     let (ms, rs) = (
@@ -135,11 +127,7 @@ fn rmsnorm_backward<'py>(
     same_shape(OP, ("dy", dy.shape()), ("x", &shape))?;
     let (rows, cols) = rows_cols(OP, "x", &shape)?;
     same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
-    same_shape(
-        OP,
-        ("rstd", rstd.shape()),
-        ("x.shape[:-1]", &shape[..shape.len() - 1]),
-    )?;
+    row_stats(OP, "rstd", rstd.shape(), &shape)?;
     let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
     let (gs, rs) = (
         util::slice(OP, "gamma", &gamma)?,
@@ -163,4 +151,13 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rmsnorm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(rmsnorm_backward, m)?)?;
     Ok(())
+}
+
+/// Raises ValueError unless a per-row statistic has shape `x.shape[:-1]`.
+fn row_stats(op: &str, name: &str, stats: &[usize], x_shape: &[usize]) -> PyResult<()> {
+    same_shape(
+        op,
+        (name, stats),
+        ("x.shape[:-1]", &x_shape[..x_shape.len() - 1]),
+    )
 }
