@@ -7,6 +7,10 @@
     y = xattn(x, memory=m, key_padding_mask=src_pad)
     dx, dm = xattn.backward(dy)                 # cross-attention also returns d memory
 
+Set ``attn.keep_weights = True`` to keep the attention probabilities of the
+last forward as ``attn.weights``, a host array (B, H, Tq, Tk) (computed apart
+from the fused kernel, so only for inspection).
+
 Parameters (D = d_model // n_heads, Hkv = n_kv_heads):
   self:  qkv.weight ((n_heads + 2 Hkv) D, d_model), rows [q | k | v]; qkv.bias
   cross: q.weight (n_heads D, d_model); kv.weight (2 Hkv D, d_model), rows [k | v]
@@ -55,6 +59,8 @@ class MultiHeadAttention(Module):
         if alibi:
             self.register_buffer("slopes", alibi_slopes(n_heads))
         self.alibi = alibi
+        self.keep_weights = False
+        self.weights = None
 
     # -- layout: (B, T, h D) <-> (B, h, T, D), one copy each way ----------------
     def _heads(self, x, h):
@@ -93,6 +99,8 @@ class MultiHeadAttention(Module):
         else:
             o, extra = self.ops.attention_forward(q, k, v, causal=self.causal,
                                                   key_padding_mask=key_padding_mask)
+        if self.keep_weights:
+            self.weights = self._weights(q, k, key_padding_mask)
         if self.training:
             self.cache = (q, k, v, o, extra, key_padding_mask, offset)
         return self.proj(self._merge(o))
@@ -136,16 +144,31 @@ class MultiHeadAttention(Module):
         b, _, t, d = dx.shape
         return dx.reshape(b, self.n_kv_heads, g, t, d).sum(axis=2)
 
-    def _unfused_forward(self, q, k, v, mask):
+    def _probabilities(self, q, k, mask):
+        """softmax(scale q k^T + ALiBi bias, masked): (B, H, Tq, Tk)."""
         ops, xp = self.ops, self.ops.xp
         tq, tk = q.shape[2], k.shape[2]
         scale = q.dtype.type(1.0 / np.sqrt(self.head_dim))
         s = ops.matmul(q, self._repeat_kv(k), trans_b=True) * scale
-        s += xp.asarray(alibi_bias(self.slopes, tq, tk, dtype=q.dtype))
+        if self.alibi:
+            s += xp.asarray(alibi_bias(self.slopes, tq, tk, dtype=q.dtype))
         if mask is not None:
             s = xp.where(mask[:, None, None, :], q.dtype.type(_MASKED), s)
-        p = ops.softmax_forward(s, causal=self.causal)
-        return ops.matmul(p, self._repeat_kv(v)), p
+        if self.causal and tq != tk:
+            # bottom-right aligned: query i sits at position i + tk - tq
+            hidden = np.arange(tk)[None, :] > np.arange(tq)[:, None] + (tk - tq)
+            s = xp.where(xp.asarray(hidden), q.dtype.type(_MASKED), s)
+            return ops.softmax_forward(s)
+        return ops.softmax_forward(s, causal=self.causal)
+
+    def _weights(self, q, k, mask):
+        """The attention probabilities as a host float32 array, for inspection."""
+        p = self._probabilities(q, k, mask)
+        return np.asarray(p.get() if hasattr(p, "get") else p, dtype=np.float32)
+
+    def _unfused_forward(self, q, k, v, mask):
+        p = self._probabilities(q, k, mask)
+        return self.ops.matmul(p, self._repeat_kv(v)), p
 
     def _unfused_backward(self, do, q, k, v, p):
         ops = self.ops
