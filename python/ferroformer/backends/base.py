@@ -155,14 +155,30 @@ class Backend:
             raise TypeError(f"{op}: key_padding_mask must be bool, got {key_padding_mask.dtype}")
         return key_padding_mask
 
-    def attention_forward(self, q, k, v, *, causal: bool = False, scale=None, key_padding_mask=None):
-        """q (B, Hq, Tq, D), k, v (B, Hkv, Tk, D) → (o (B, Hq, Tq, D), lse (B, Hq, Tq))."""
+    def attention_forward(self, q, k, v, *, causal: bool = False, scale=None, key_padding_mask=None,
+                          kv_len=None):
+        """q (B, Hq, Tq, D), k, v (B, Hkv, Tk, D) → (o (B, Hq, Tq, D), lse (B, Hq, Tq)).
+
+        ``kv_len``: k, v (and the mask, (B, Tk)) are KV-cache buffers of which only
+        positions ``[0, kv_len)`` take part; the causal mask then aligns the queries
+        with the last Tq of those positions. A backend reads the used part in place."""
         op = "attention_forward"
         self._float(op, q=q, k=k, v=v)
         mask = self._mask(op, key_padding_mask)
         C.attention_shapes(op, q.shape, k.shape, v.shape, None if mask is None else mask.shape)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        return self._attention_forward(q, k, v, bool(causal), scale, mask)
+        if kv_len is None:
+            return self._attention_forward(q, k, v, bool(causal), scale, mask)
+        kv_len = int(kv_len)
+        if not 0 < kv_len <= k.shape[2]:
+            raise ValueError(f"{op}: kv_len must be in [1, {k.shape[2]}] for k {tuple(k.shape)}, "
+                             f"got {kv_len}")
+        return self._attention_forward_cached(q, k, v, bool(causal), scale, mask, kv_len)
+
+    def _attention_forward_cached(self, q, k, v, causal, scale, mask, kv_len):
+        """Default: attention over the used slices (a backend may read them in place)."""
+        mask = None if mask is None else mask[:, :kv_len]
+        return self._attention_forward(q, k[:, :, :kv_len], v[:, :, :kv_len], causal, scale, mask)
 
     def attention_backward(self, do, q, k, v, o, lse, *, causal: bool = False, scale=None,
                            key_padding_mask=None):

@@ -84,6 +84,10 @@ class RustBackend(Backend):
     def _attention_forward(self, q, k, v, causal, scale, mask):
         return N.attention_forward(_c(q), _c(k), _c(v), causal, scale, _c(mask))
 
+    def _attention_forward_cached(self, q, k, v, causal, scale, mask, kv_len):
+        # the kernel reads rows [0, kv_len) of each head straight from the cache buffers
+        return N.attention_forward(_c(q), _c(k), _c(v), causal, scale, _c(mask), kv_len)
+
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         lse = np.ascontiguousarray(lse, dtype=np.float32)
         return N.attention_backward(_c(do), _c(q), _c(k), _c(v), _c(o), lse, causal, scale, _c(mask))

@@ -60,6 +60,37 @@ class Model(Module):
         return cls(**cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng)
 
 
+class CausalLM:
+    """Generation and scoring for the decoder-only models (GPT, Llama), whose
+    ``blocks`` each hold a self-attention ``attn``. See ``generate/decoding.py``."""
+
+    def new_cache(self, batch: int, capacity: int, pad=None):
+        """A preallocated ``KVCache`` for ``batch`` rows of up to ``capacity`` positions;
+        pad: left-padding columns per row."""
+        from ..generate.decoding import new_cache
+
+        return new_cache(self, [blk.attn for blk in self.blocks], batch, capacity, pad)
+
+    def generate(self, prompt_ids, max_new_tokens: int = 32, *, temperature: float = 0.0,
+                 top_k=None, top_p=None, eos_id=None, seed=None, use_cache: bool = True,
+                 pad_id: int = 0, progress: bool = False):
+        """New tokens (B, n <= max_new_tokens) int64 after each prompt: prompt_ids is a
+        (B, T) int array or a list of 1-D sequences of different lengths. Greedy at
+        temperature 0, else sampled (top-k, top-p) from a generator seeded by seed;
+        rows stop at eos_id (filled with it after)."""
+        from ..generate.decoding import generate
+
+        return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache,
+                        pad_id=pad_id, progress=progress)
+
+    def score(self, prompt_ids, target_ids):
+        """Teacher-forced log p of each target token, (B, Tt) float64."""
+        from ..generate.decoding import score
+
+        return score(self, prompt_ids, target_ids)
+
+
 def init_gpt_style(model: Module, n_layers: int, rng, std: float = 0.02,
                    residual_names=("attn.proj.weight", "ff.fc2.weight")) -> None:
     """Matrices N(0, std); projections into the residual stream N(0, std/sqrt(2 L)); biases 0.

@@ -24,10 +24,10 @@ import numpy as np
 
 from ..nn import DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear
 from ..nn.module import ModuleList
-from .base import Model, init_gpt_style
+from .base import CausalLM, Model, init_gpt_style
 
 
-class GPT(Model):
+class GPT(CausalLM, Model):
     def __init__(self, vocab_size: int, max_seq_len: int = 1024, d_model: int = 768,
                  n_heads: int = 12, n_layers: int = 12, d_ff=None, dropout: float = 0.0,
                  bias: bool = True, checkpoint: bool = False, *, backend=None,
@@ -50,11 +50,20 @@ class GPT(Model):
         init_gpt_style(self, n_layers, rng)
         self._finish()
 
-    def forward(self, input_ids, offset: int = 0):
-        """input_ids (B, T) int; offset: position of the first token -> logits (B, T, V)."""
-        x = self.drop(self.wpe(self.wte(input_ids), offset))
-        for blk in self.blocks:
-            x = blk(x, offset=offset)
+    def forward(self, input_ids, offset: int = 0, cache=None, last_only: bool = False):
+        """input_ids (B, T) int; offset: position of the first token -> logits (B, T, V).
+        cache: a ``KVCache`` from ``new_cache`` (decoding; offset then comes from it);
+        last_only: logits of the last position only, (B, 1, V)."""
+        positions = None
+        if cache is not None:
+            offset, positions = cache.length, cache.positions(input_ids.shape[1])
+        x = self.drop(self.wpe(self.wte(input_ids), offset, positions=positions))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.ln_f(x))
 
     def backward(self, dlogits):

@@ -25,10 +25,10 @@ import numpy as np
 
 from ..nn import DecoderBlock, Embedding, Linear, RMSNorm, RotaryEmbedding
 from ..nn.module import ModuleList
-from .base import Model, init_gpt_style
+from .base import CausalLM, Model, init_gpt_style
 
 
-class Llama(Model):
+class Llama(CausalLM, Model):
     def __init__(self, vocab_size: int, max_seq_len: int = 2048, d_model: int = 512,
                  n_heads: int = 8, n_kv_heads=None, n_layers: int = 8, d_ff=None,
                  rope_base: float = 10000.0, norm_eps: float = 1e-6, tie_embeddings: bool = False,
@@ -52,11 +52,20 @@ class Llama(Model):
         init_gpt_style(self, n_layers, rng)
         self._finish()
 
-    def forward(self, input_ids, offset: int = 0):
-        """input_ids (B, T) int; offset: position of the first token -> logits (B, T, V)."""
+    def forward(self, input_ids, offset: int = 0, cache=None, last_only: bool = False):
+        """input_ids (B, T) int; offset: position of the first token -> logits (B, T, V).
+        cache: a ``KVCache`` from ``new_cache`` (decoding; offset then comes from it);
+        last_only: logits of the last position only, (B, 1, V)."""
+        positions = None
+        if cache is not None:
+            offset, positions = cache.length, cache.positions(input_ids.shape[1])
         x = self.tok_emb(input_ids)
-        for blk in self.blocks:
-            x = blk(x, offset=offset)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
     def backward(self, dlogits):

@@ -87,16 +87,53 @@ class Transformer(Model):
             x = blk(x, key_padding_mask=mask)
         return x if self.enc_norm is None else self.enc_norm(x)
 
-    def decode(self, tgt, memory, src_key_padding_mask=None, src=None, offset: int = 0):
+    def decode(self, tgt, memory, src_key_padding_mask=None, src=None, offset: int = 0,
+               cache=None, last_only: bool = False):
         """tgt (B, Tt) int, memory (B, Ts, C) -> logits (B, Tt, Vt). Pass ``src`` (or the
-        mask) so that padded source positions stay masked."""
+        mask) so that padded source positions stay masked. cache: a ``KVCache`` from
+        ``new_cache`` (decoding: tgt holds only the new tokens; the cross-attention keys
+        and values of memory are computed on the first call and kept); last_only: logits
+        of the last position only."""
         mask = src_key_padding_mask if src is None else self.source_mask(src, src_key_padding_mask)
+        if cache is not None:
+            offset = cache.length
         y = self.tgt_drop(self.pe(self.tgt_emb(tgt), offset))
-        for blk in self.decoder:
-            y = blk(y, memory=memory, memory_key_padding_mask=mask, offset=offset)
+        for i, blk in enumerate(self.decoder):
+            y = blk(y, memory=memory, memory_key_padding_mask=mask, offset=offset,
+                    cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(tgt.shape[1])
+        if last_only:
+            y = y[:, -1:]
         if self.dec_norm is not None:
             y = self.dec_norm(y)
         return self.head(y)
+
+    def new_cache(self, batch: int, capacity: int):
+        """A preallocated ``KVCache`` for the decoder: self-attention keys and values of
+        up to ``capacity`` target positions, and room for the cross-attention ones."""
+        from ..generate.decoding import new_cache
+
+        return new_cache(self, [blk.attn for blk in self.decoder], batch, capacity)
+
+    def generate(self, src, max_len: int = 32, *, bos_id: int, eos_id=None,
+                 temperature: float = 0.0, top_k=None, top_p=None, seed=None,
+                 use_cache: bool = True, src_key_padding_mask=None, progress: bool = False):
+        """Target tokens after BOS, (B, n <= max_len) int64; rows stop at eos_id (filled
+        with it after). Greedy at temperature 0, else seeded top-k / top-p sampling."""
+        from ..generate.decoding import generate_seq2seq
+
+        return generate_seq2seq(self, src, max_len=max_len, bos_id=bos_id, eos_id=eos_id,
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                use_cache=use_cache, src_key_padding_mask=src_key_padding_mask,
+                                progress=progress)
+
+    def score(self, src, tgt, *, bos_id: int, src_key_padding_mask=None):
+        """Teacher-forced log p(tgt[:, i] | src, BOS, tgt[:, :i]), (B, Tt) float64."""
+        from ..generate.decoding import score_seq2seq
+
+        return score_seq2seq(self, src, tgt, bos_id=bos_id,
+                             src_key_padding_mask=src_key_padding_mask)
 
     def forward(self, src, tgt, src_key_padding_mask=None):
         """src (B, Ts), tgt (B, Tt) int; src_key_padding_mask (B, Ts) bool -> (B, Tt, Vt)."""

@@ -76,9 +76,12 @@ class MultiHeadAttention(Module):
         out4[:, :, start:start + g.shape[1]] = g.transpose(0, 2, 1, 3)
 
     # -- forward / backward ----------------------------------------------------
-    def forward(self, x, memory=None, key_padding_mask=None, offset: int = 0):
+    def forward(self, x, memory=None, key_padding_mask=None, offset: int = 0, cache=None):
         """x (B, Tq, d_model); memory (B, Tk, d_model) for cross-attention;
-        key_padding_mask (B, Tk) bool; offset: position of x[:, 0] (RoPE / ALiBi)."""
+        key_padding_mask (B, Tk) bool; offset: position of x[:, 0] (RoPE / ALiBi);
+        cache: this layer's ``LayerCache`` when decoding (see generate/cache.py)."""
+        if cache is not None:
+            return self._cached_forward(x, memory, key_padding_mask, cache)
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         if self.cross:
             if memory is None:
@@ -103,6 +106,45 @@ class MultiHeadAttention(Module):
             self.weights = self._weights(q, k, key_padding_mask)
         if self.training:
             self.cache = (q, k, v, o, extra, key_padding_mask, offset)
+        return self.proj(self._merge(o))
+
+    # -- decoding with a KV cache (inference only) ------------------------------------
+    def _cached_forward(self, x, memory, key_padding_mask, cache):
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        b, t = x.shape[0], x.shape[1]
+        if self.cross:
+            if cache.cross_k is None:  # the encoder output's keys and values, once per source
+                if memory is None:
+                    raise ValueError("MultiHeadAttention(cross=True) needs memory")
+                kv = self.kv(memory)
+                cache.cross_k = self._heads(kv[..., : hkv * d], hkv)
+                cache.cross_v = self._heads(kv[..., hkv * d:], hkv)
+            q, k, v = self._heads(self.q(x), h), cache.cross_k, cache.cross_v
+            if self.keep_weights:
+                self.weights = self._weights(q, k, key_padding_mask)
+            o, _ = self.ops.attention_forward(q, k, v, key_padding_mask=key_padding_mask)
+            return self.proj(self._merge(o))
+        state = cache.state
+        start = state.length
+        qkv = self.qkv(x)
+        q = self._heads(qkv[..., : h * d], h)
+        k = qkv[..., h * d:(h + hkv) * d].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
+        v = qkv[..., (h + hkv) * d:].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
+        if self.rope is not None:
+            positions = state.positions(t)
+            q = self.rope.forward(q, start, positions=positions)
+            k = self.rope.forward(self.ops.xp.ascontiguousarray(k), start, positions=positions)
+        end = cache.write(k, v)
+        if self.alibi or self.keep_weights:
+            ks, vs = cache.k[:, :, :end], cache.v[:, :, :end]
+            mask = None if state.mask is None else state.mask[:, :end]
+            p = self._probabilities(q, ks, mask)
+            if self.keep_weights:
+                self.weights = np.asarray(p.get() if hasattr(p, "get") else p, dtype=np.float32)
+            if self.alibi:
+                return self.proj(self._merge(self.ops.matmul(p, self._repeat_kv(vs))))
+        o, _ = self.ops.attention_forward(q, cache.k, cache.v, causal=self.causal,
+                                          key_padding_mask=state.mask, kv_len=end)
         return self.proj(self._merge(o))
 
     def backward(self, dy):

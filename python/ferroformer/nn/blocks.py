@@ -78,18 +78,25 @@ class TransformerBlock(Module):
         return dh, dmem
 
     # -- the block ------------------------------------------------------------------
-    def _forward(self, x, memory, key_padding_mask, memory_key_padding_mask, offset):
+    def _forward(self, x, memory, key_padding_mask, memory_key_padding_mask, offset, cache=None):
         x = self._sub_forward(self.ln1, self.attn, self.drop1, x,
-                              key_padding_mask=key_padding_mask, offset=offset)
+                              key_padding_mask=key_padding_mask, offset=offset, cache=cache)
         if self.cross_attention:
             x = self._sub_forward(self.ln_cross, self.cross_attn, self.drop_cross, x,
-                                  memory=memory, key_padding_mask=memory_key_padding_mask)
+                                  memory=memory, key_padding_mask=memory_key_padding_mask,
+                                  cache=cache)
         return self._sub_forward(self.ln2, self.ff, self.drop2, x)
 
     def forward(self, x, memory=None, key_padding_mask=None, memory_key_padding_mask=None,
-                offset: int = 0):
+                offset: int = 0, cache=None):
         """x (B, T, d_model); memory (B, Tm, d_model) for cross-attention; key_padding_mask
-        (B, T) and memory_key_padding_mask (B, Tm) bool, True = padding."""
+        (B, T) and memory_key_padding_mask (B, Tm) bool, True = padding; cache: this
+        block's ``LayerCache`` when decoding (inference only: the self-attention mask
+        and positions then come from the cache)."""
+        if cache is not None:
+            if self.training:
+                raise ValueError("TransformerBlock: a KV cache is for inference; call model.eval()")
+            return self._forward(x, memory, None, memory_key_padding_mask, offset, cache)
         args = (x, memory, key_padding_mask, memory_key_padding_mask, offset)
         if not (self.checkpoint and self.training):
             return self._forward(*args)

@@ -37,6 +37,16 @@ def _check_len(name, offset, t, max_len):
         raise ValueError(f"{name}: positions {offset}..{offset + t - 1} exceed max_len {max_len}")
 
 
+def _rows_at(table, positions, x, name, max_len, xp):
+    positions = np.asarray(positions)
+    if positions.shape != tuple(x.shape[:2]):
+        raise ValueError(f"{name}: positions {positions.shape} do not match x {tuple(x.shape)}")
+    if positions.size and (positions.min() < 0 or positions.max() >= max_len):
+        raise ValueError(f"{name}: positions {positions.min()}..{positions.max()} exceed "
+                         f"max_len {max_len}")
+    return table[xp.asarray(positions)]
+
+
 class SinusoidalPositionalEncoding(Module):
     """Adds the fixed sinusoidal table of "Attention Is All You Need"; no parameters."""
 
@@ -45,8 +55,12 @@ class SinusoidalPositionalEncoding(Module):
         self.dim, self.max_len = dim, max_len
         self.register_buffer("table", sinusoidal_table(max_len, dim, dtype))
 
-    def forward(self, x, offset: int = 0):
-        """x (B, T, dim) -> x + table[offset:offset+T]."""
+    def forward(self, x, offset: int = 0, positions=None):
+        """x (B, T, dim) -> x + table[offset:offset+T]; positions (B, T) host ints
+        (one row per sequence, for decoding only) instead of offset."""
+        if positions is not None:
+            return x + _rows_at(self.table, positions, x, "SinusoidalPositionalEncoding",
+                                self.max_len, self.ops.xp)
         t = x.shape[-2]
         _check_len("SinusoidalPositionalEncoding", offset, t, self.max_len)
         return x + self.table[offset:offset + t]
@@ -63,8 +77,12 @@ class LearnedPositionalEmbedding(Module):
         self.dim, self.max_len = dim, max_len
         self.weight = Parameter(init.normal((max_len, dim), std, rng, dtype))
 
-    def forward(self, x, offset: int = 0):
-        """x (B, T, dim) -> x + weight[offset:offset+T]."""
+    def forward(self, x, offset: int = 0, positions=None):
+        """x (B, T, dim) -> x + weight[offset:offset+T]; positions (B, T) host ints
+        (one row per sequence, for decoding only) instead of offset."""
+        if positions is not None:
+            return x + _rows_at(self.weight.data, positions, x, "LearnedPositionalEmbedding",
+                                self.max_len, self.ops.xp)
         t = x.shape[-2]
         _check_len("LearnedPositionalEmbedding", offset, t, self.max_len)
         if self.training:
@@ -105,9 +123,25 @@ class RotaryEmbedding(Module):
         _check_len("RotaryEmbedding", offset, t, self.max_seq_len)
         return self.cos[offset:offset + t], self.sin[offset:offset + t]
 
-    def forward(self, x, offset: int = 0):
+    def forward(self, x, offset: int = 0, positions=None):
+        """x (B, H, T, D); positions (B, T) host ints, one row of positions per
+        sequence (decoding left-padded prompts), instead of offset."""
+        if positions is not None:
+            return self._forward_rows(x, positions)
         cos, sin = self._tables(x.shape[-2], offset)
         return self.ops.rope_forward(x, cos, sin)
+
+    def _forward_rows(self, x, positions):
+        positions = np.asarray(positions)
+        if positions.shape != (x.shape[0], x.shape[-2]):
+            raise ValueError(f"RotaryEmbedding: positions {positions.shape} do not match "
+                             f"x {tuple(x.shape)} (want (B, T))")
+        _check_len("RotaryEmbedding", int(positions.min()), int(positions.max() - positions.min()) + 1,
+                   self.max_seq_len)
+        xp = self.ops.xp
+        idx = xp.asarray(positions)
+        cos, sin = self.cos[idx], self.sin[idx]
+        return xp.stack([self.ops.rope_forward(x[i], cos[i], sin[i]) for i in range(x.shape[0])])
 
     def backward(self, dy, offset: int = 0):
         cos, sin = self._tables(dy.shape[-2], offset)

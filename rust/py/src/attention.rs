@@ -65,9 +65,12 @@ fn same_shape(
 }
 
 /// `(o (B, Hq, Tq, D), lse (B, Hq, Tq))` of softmax(scale·q·k^T)·v over
-/// the visible keys.
+/// the visible keys. With `kv_len`, k and v are KV-cache buffers
+/// `(B, Hkv, capacity, D)` (mask `(B, capacity)`) of which only the first
+/// `kv_len` positions are used.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, causal, scale, key_padding_mask=None))]
+#[pyo3(signature = (q, k, v, causal, scale, key_padding_mask=None, kv_len=None))]
+#[allow(clippy::too_many_arguments)]
 fn attention_forward<'py>(
     py: Python<'py>,
     q: PyReadonlyArrayDyn<'py, f32>,
@@ -76,9 +79,20 @@ fn attention_forward<'py>(
     causal: bool,
     scale: f32,
     key_padding_mask: Option<PyReadonlyArrayDyn<'py, bool>>,
+    kv_len: Option<usize>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "attention_forward";
-    let s = shape_of(OP, &q, &k, &v, key_padding_mask.as_ref())?;
+    let mut s = shape_of(OP, &q, &k, &v, key_padding_mask.as_ref())?;
+    let capacity = s.kv_len;
+    if let Some(n) = kv_len {
+        if n > capacity {
+            return Err(PyValueError::new_err(format!(
+                "{OP}: kv_len {n} exceeds the {capacity} positions of k {:?}",
+                k.shape()
+            )));
+        }
+        s.kv_len = n;
+    }
     let (qs, ks, vs) = (
         util::slice(OP, "q", &q)?,
         util::slice(OP, "k", &k)?,
@@ -100,7 +114,7 @@ fn attention_forward<'py>(
         let os = ow.as_slice_mut().expect("fresh arrays are contiguous");
         let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
         util::run(py, || {
-            attention::attention_forward(qs, ks, vs, s, opts, os, ls)
+            attention::attention_forward_cached(qs, ks, vs, s, capacity, opts, os, ls)
         })?;
     }
     Ok((o, lse))

@@ -93,8 +93,8 @@ pub(super) fn backward(
             let head = Head {
                 q: &q[rows.start * dp..rows.end * dp],
                 d_o: &d_o[rows.start * dp..rows.end * dp],
-                k: &k[kv * tk * dp..(kv + 1) * tk * dp],
-                v: &v[kv * tk * dp..(kv + 1) * tk * dp],
+                k: p.kv_rows(k, kv),
+                v: p.kv_rows(v, kv),
                 lse2: &lse2[rows.clone()],
                 delta: &delta[rows],
                 pad: p.padding(bh / s.q_heads),

@@ -62,8 +62,8 @@ pub(super) fn forward(
             let kv = p.kv_index(bh);
             let head = Head {
                 q: &q[bh * tq * dp..(bh + 1) * tq * dp],
-                k: &k[kv * tk * dp..(kv + 1) * tk * dp],
-                v: &v[kv * tk * dp..(kv + 1) * tk * dp],
+                k: p.kv_rows(k, kv),
+                v: p.kv_rows(v, kv),
                 pad: p.padding(bh / p.shape.q_heads),
             };
             o_h.par_chunks_mut(BLOCK_Q * dp)

@@ -95,7 +95,32 @@ pub fn attention_forward(
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<()> {
-    forward_at(simd::level(), q, k, v, shape, opts, o, lse)
+    forward_at(simd::level(), q, k, v, shape, shape.kv_len, opts, o, lse)
+}
+
+/// Forward attention over the first `shape.kv_len` keys of a KV cache:
+/// `k, v (B, Hkv, capacity, D)` and the padding mask `(B, capacity)` are
+/// whole preallocated buffers, of which only positions `0..kv_len` are
+/// read, so a growing cache is never copied. The causal mask aligns the
+/// queries with the last `q_len` of those `kv_len` positions.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_cached(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    capacity: usize,
+    opts: AttentionOptions<'_>,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Result<()> {
+    if capacity < shape.kv_len {
+        return Err(Error::Shape(format!(
+            "attention_forward: kv_len {} exceeds the cache capacity {capacity}",
+            shape.kv_len
+        )));
+    }
+    forward_at(simd::level(), q, k, v, shape, capacity, opts, o, lse)
 }
 
 /// Backward attention: from `d_o (B, Hq, Tq, D)` and the forward's `o`
@@ -120,18 +145,20 @@ pub fn attention_backward(
 /// [`attention_forward`] at a chosen SIMD level (lowered to what the CPU
 /// has), so that the tests can run every path.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_at(
     level: Level,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     shape: AttentionShape,
+    capacity: usize,
     opts: AttentionOptions<'_>,
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "attention_forward";
-    check_inputs(OP, q, k, v, shape, opts)?;
+    check_inputs(OP, q, k, v, shape, capacity, opts)?;
     let s = shape;
     check_len(OP, "o", o.len(), &[s.batch, s.q_heads, s.q_len, s.head_dim])?;
     check_len(OP, "lse", lse.len(), &[s.batch, s.q_heads, s.q_len])?;
@@ -152,6 +179,7 @@ pub(crate) fn forward_at(
         shape,
         opts,
         dp,
+        capacity,
     };
     if s.q_len <= DECODE_MAX_Q {
         decode::forward(&problem, &q, &k, &v, o_target, lse);
@@ -181,7 +209,7 @@ pub(crate) fn backward_at(
     dv: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    check_inputs(OP, q, k, v, shape, opts)?;
+    check_inputs(OP, q, k, v, shape, shape.kv_len, opts)?;
     let s = shape;
     let q_dims = [s.batch, s.q_heads, s.q_len, s.head_dim];
     let kv_dims = [s.batch, s.kv_heads, s.kv_len, s.head_dim];
@@ -211,6 +239,7 @@ pub(crate) fn backward_at(
         shape,
         opts,
         dp,
+        capacity: shape.kv_len,
     };
     let mut dq_pad = Vec::new();
     let mut dk_pad = Vec::new();
@@ -242,6 +271,9 @@ struct Problem<'a> {
     shape: AttentionShape,
     opts: AttentionOptions<'a>,
     dp: usize,
+    /// Rows per (batch, kv head) slab of k and v, and columns per mask
+    /// row: `kv_len`, or a KV cache's capacity.
+    capacity: usize,
 }
 
 impl Problem<'_> {
@@ -258,8 +290,16 @@ impl Problem<'_> {
 
     /// Key padding row `(Tk,)` of batch b, if any.
     fn padding(&self, b: usize) -> Option<&[bool]> {
-        let tk = self.shape.kv_len;
-        self.opts.key_padding_mask.map(|m| &m[b * tk..(b + 1) * tk])
+        let (tk, cap) = (self.shape.kv_len, self.capacity);
+        self.opts
+            .key_padding_mask
+            .map(|m| &m[b * cap..b * cap + tk])
+    }
+
+    /// The used rows `(Tk, dp)` of flat (batch, kv head) `kv` in k or v.
+    fn kv_rows<'k>(&self, x: &'k [f32], kv: usize) -> &'k [f32] {
+        let start = kv * self.capacity * self.dp;
+        &x[start..start + self.shape.kv_len * self.dp]
     }
 
     /// How many keys query row i may see counting from key 0, before the
@@ -307,6 +347,7 @@ fn check_inputs(
     k: &[f32],
     v: &[f32],
     s: AttentionShape,
+    capacity: usize,
     opts: AttentionOptions<'_>,
 ) -> Result<()> {
     if s.head_dim == 0 || s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 {
@@ -325,16 +366,16 @@ fn check_inputs(
         op,
         "k",
         k.len(),
-        &[s.batch, s.kv_heads, s.kv_len, s.head_dim],
+        &[s.batch, s.kv_heads, capacity, s.head_dim],
     )?;
     check_len(
         op,
         "v",
         v.len(),
-        &[s.batch, s.kv_heads, s.kv_len, s.head_dim],
+        &[s.batch, s.kv_heads, capacity, s.head_dim],
     )?;
     if let Some(m) = opts.key_padding_mask {
-        check_len(op, "key_padding_mask", m.len(), &[s.batch, s.kv_len])?;
+        check_len(op, "key_padding_mask", m.len(), &[s.batch, capacity])?;
     }
     Ok(())
 }

@@ -185,11 +185,43 @@ impl Case {
             &self.k,
             &self.v,
             self.shape,
+            self.shape.kv_len,
             self.opts(),
             &mut o,
             &mut lse,
         )
         .unwrap();
+        (o, lse)
+    }
+
+    /// The forward through a KV cache of `capacity >= kv_len` rows per
+    /// head whose unused rows (and mask columns) hold NaN / true, which
+    /// must not be read.
+    fn forward_cached(&self, capacity: usize) -> (Vec<f32>, Vec<f32>) {
+        let s = self.shape;
+        let (tk, d) = (s.kv_len, s.head_dim);
+        let spread = |x: &[f32]| {
+            let mut out = vec![f32::NAN; s.batch * s.kv_heads * capacity * d];
+            for (slab, rows) in x.chunks(tk * d).enumerate() {
+                out[slab * capacity * d..slab * capacity * d + tk * d].copy_from_slice(rows);
+            }
+            out
+        };
+        let (k, v) = (spread(&self.k), spread(&self.v));
+        let mask: Option<Vec<bool>> = self.mask.as_ref().map(|m| {
+            let mut out = vec![true; s.batch * capacity];
+            for b in 0..s.batch {
+                out[b * capacity..b * capacity + tk].copy_from_slice(&m[b * tk..(b + 1) * tk]);
+            }
+            out
+        });
+        let opts = AttentionOptions {
+            key_padding_mask: mask.as_deref(),
+            ..self.opts()
+        };
+        let mut o = vec![f32::NAN; self.q.len()];
+        let mut lse = vec![f32::NAN; self.q.len() / d];
+        attention_forward_cached(&self.q, &k, &v, s, capacity, opts, &mut o, &mut lse).unwrap();
         (o, lse)
     }
 
@@ -461,4 +493,36 @@ fn exp2_is_accurate_and_exactly_zero_far_below() {
         }
         assert!(s[s.len() - 16..].iter().all(|&y| y == 0.0));
     }
+}
+
+#[test]
+fn kv_cache_capacity_reads_only_the_used_rows() {
+    // decode (Tq = 1, 4) and prefill-after-prefix (Tq = 70) shapes, GQA, masks
+    for &(dims, causal, mask) in &[
+        ((2, 4, 2, 1, 37, 64), true, true),
+        ((1, 3, 1, 4, 130, 32), true, false),
+        ((2, 2, 2, 70, 101, 16), true, true),
+        ((1, 2, 1, 5, 9, 24), false, true),
+    ] {
+        let case = Case::new(dims, causal, mask, 7);
+        let (o, lse) = case.forward(simd::level());
+        for extra in [0, 1, 63] {
+            let (oc, lc) = case.forward_cached(case.shape.kv_len + extra);
+            assert_eq!(o, oc, "{dims:?} capacity +{extra}: o");
+            assert_eq!(lse, lc, "{dims:?} capacity +{extra}: lse");
+        }
+    }
+    let case = Case::new((1, 1, 1, 1, 8, 16), true, false, 1);
+    let (mut o, mut lse) = (vec![0.0; 16], vec![0.0; 1]);
+    let err = attention_forward_cached(
+        &case.q,
+        &case.k,
+        &case.v,
+        case.shape,
+        4,
+        case.opts(),
+        &mut o,
+        &mut lse,
+    );
+    assert!(err.is_err(), "kv_len beyond the capacity must be an error");
 }
