@@ -3,16 +3,16 @@ lengths, stopping, seeded sampling, teacher-forced scoring and the errors."""
 
 import numpy as np
 import pytest
+from conftest import FAST_BACKENDS
 
 from ferroformer import backend
 from ferroformer.generate import KVCache, left_pad
 from ferroformer.models import GPT, Llama, Transformer
 from ferroformer.nn import MultiHeadAttention, RotaryEmbedding
 
-from conftest import FAST_BACKENDS
 from helpers import assert_close
 
-BACKENDS = ["numpy"] + FAST_BACKENDS
+BACKENDS = ["numpy", *FAST_BACKENDS]
 
 
 def gpt(be, dtype=np.float32, **kw):
@@ -141,7 +141,7 @@ def test_left_padded_logits_match_unpadded(make):
     nxt = np.array([[3], [4], [5], [6]])
     after = m(nxt, cache=cache)
     for i, p in enumerate(PROMPTS):
-        alone = m(np.array([p + [int(nxt[i, 0])]]))
+        alone = m(np.array([[*p, int(nxt[i, 0])]]))
         assert_close(batched[i, -1], alone[0, -2], rtol=1e-10, atol=1e-10)
         assert_close(after[i, -1], alone[0, -1], rtol=1e-10, atol=1e-10)
 

@@ -30,9 +30,9 @@ class LayerCache:
     (None for a layer without self-attention) and, for a cross-attention
     layer, ``cross_k``, ``cross_v`` once computed. ``state`` is the KVCache."""
 
-    __slots__ = ("state", "k", "v", "cross_k", "cross_v")
+    __slots__ = ("cross_k", "cross_v", "k", "state", "v")
 
-    def __init__(self, state: "KVCache", k, v):
+    def __init__(self, state: KVCache, k, v):
         self.state, self.k, self.v = state, k, v
         self.cross_k = self.cross_v = None
 

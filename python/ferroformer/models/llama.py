@@ -56,9 +56,8 @@ class Llama(CausalLM, Model):
         """input_ids (B, T) int; offset: position of the first token -> logits (B, T, V).
         cache: a ``KVCache`` from ``new_cache`` (decoding; offset then comes from it);
         last_only: logits of the last position only, (B, 1, V)."""
-        positions = None
         if cache is not None:
-            offset, positions = cache.length, cache.positions(input_ids.shape[1])
+            offset = cache.length  # RoPE takes each row's positions from the cache
         x = self.tok_emb(input_ids)
         for i, blk in enumerate(self.blocks):
             x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))

@@ -66,16 +66,11 @@ def load_smollm(backend=None, max_seq_len: int = 2048):
     return model, bpe_from_gguf_metadata(meta)
 
 
-def chat(model, tok: Tokenizer, question: str, *, max_new_tokens: int = 48) -> str:
-    """Greedy answer to one user message (recomputes the prefix each token;
-    the KV-cache generator of the generation issue will replace this loop)."""
-    xp = model.ops.xp
+def chat(model, tok: Tokenizer, question: str, *, max_new_tokens: int = 48,
+         temperature: float = 0.0, top_p=None, seed=None) -> str:
+    """The model's answer to one user message, decoded with the KV cache
+    (greedy unless a temperature is given), stopping at the end-of-turn token."""
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": question}]))
-    out = []
-    for _ in range(max_new_tokens):
-        logits = model(xp.asarray(np.array([ids + out], np.int64)))[0, -1]
-        nxt = int(np.asarray(logits.get() if hasattr(logits, "get") else logits).argmax())
-        if nxt == tok.eos_id:
-            break
-        out.append(nxt)
-    return tok.decode(out)
+    out = model.generate([ids], max_new_tokens, eos_id=tok.eos_id, temperature=temperature,
+                         top_p=top_p, seed=seed)[0]
+    return tok.decode([int(t) for t in out if t != tok.eos_id])
