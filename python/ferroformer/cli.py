@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import re
 import sys
+import time
 from typing import List, Optional
 
 
@@ -52,6 +55,331 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+# -- train / generate: small models on the built-in tasks ---------------------------------
+TASKS = ("copy", "reverse", "addition", "bytes")
+ARCHS = ("gpt", "llama", "transformer")
+# the settings that define a run; stored in every checkpoint and checked on --resume
+RUN_DEFAULTS = {"task": "addition", "model": "gpt", "layers": 2, "d_model": 64, "heads": 4,
+                "batch_size": 64, "lr": 1e-2, "seed": 0, "digits": 2, "length": 8, "seq_len": 64,
+                "steps": 800}
+CHECKPOINT_NAME = re.compile(r"^step-(\d{8})\.safetensors$")
+KEEP_CHECKPOINTS = 3
+SYMBOLS = "0123456789"  # copy / reverse symbols as typed on the command line
+
+
+def _make_task(run):
+    from .data import AdditionTask, ByteLMDataset, CopyTask, ReverseTask
+
+    if run["task"] == "bytes":
+        return ByteLMDataset(max_bytes=1 << 20)
+    if run["task"] == "addition":
+        return AdditionTask(n_digits=run["digits"])
+    cls = CopyTask if run["task"] == "copy" else ReverseTask
+    return cls(n_symbols=len(SYMBOLS), max_len=run["length"])
+
+
+def _vocab_size(run) -> int:
+    from .data.tasks import N_SPECIAL
+
+    return {"bytes": 256, "addition": N_SPECIAL + 11}.get(run["task"], N_SPECIAL + len(SYMBOLS))
+
+
+def _seq_lens(run):
+    """(source length, target length) of a task's examples; bytes: (seq_len, 0)."""
+    if run["task"] == "bytes":
+        return run["seq_len"], 0
+    if run["task"] == "addition":
+        return 2 * run["digits"] + 1, run["digits"] + 1
+    return run["length"], run["length"]
+
+
+def _make_model(run, backend):
+    from .data.tasks import PAD
+    from .models import GPT, Llama, Transformer
+
+    src_len, tgt_len = _seq_lens(run)
+    v, d = _vocab_size(run), run["d_model"]
+    kw = dict(d_model=d, n_heads=run["heads"], backend=backend, rng=run["seed"])
+    if run["model"] == "transformer":
+        return Transformer(v, v, n_encoder_layers=run["layers"], n_decoder_layers=run["layers"],
+                           d_ff=4 * d, dropout=0.0, max_seq_len=max(src_len, tgt_len + 2),
+                           pad_id=PAD, **kw)
+    # BOS x SEP y EOS; one position more so that generation may also feed the final EOS
+    t = src_len if run["task"] == "bytes" else src_len + tgt_len + 4
+    return (GPT if run["model"] == "gpt" else Llama)(v, max_seq_len=t, n_layers=run["layers"], **kw)
+
+
+def _check_run(run) -> None:
+    if run["model"] == "transformer" and run["task"] == "bytes":
+        raise ValueError("--model transformer needs a seq2seq task (copy, reverse, addition); "
+                         "for --task bytes use gpt or llama")
+    for k in ("layers", "d_model", "heads", "batch_size", "digits", "length", "seq_len", "steps"):
+        if not isinstance(run[k], int) or run[k] < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be a positive integer, got {run[k]!r}")
+    if run["d_model"] % run["heads"]:
+        raise ValueError(f"--d-model {run['d_model']} is not divisible by --heads {run['heads']}")
+    if not run["lr"] > 0:
+        raise ValueError(f"--lr must be positive, got {run['lr']}")
+    if not 1 <= run["digits"] <= 9:
+        raise ValueError(f"--digits must be in 1..9, got {run['digits']}")
+
+
+def _checkpoints(directory):
+    """[(step, path)] of the run's checkpoints in ``directory``, oldest first."""
+    if not os.path.isdir(directory):
+        return []
+    found = [(int(m.group(1)), os.path.join(directory, name))
+             for name in os.listdir(directory) if (m := CHECKPOINT_NAME.match(name))]
+    return sorted(found)
+
+
+def _find_checkpoint(path) -> str:
+    """A checkpoint file, or the latest step-*.safetensors in a directory."""
+    if os.path.isdir(path):
+        found = _checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{path}: no checkpoint (step-*.safetensors) in this directory")
+        return found[-1][1]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    return path
+
+
+def _stored_run(extra, path) -> dict:
+    run = extra.get("run") if isinstance(extra, dict) else None
+    if not isinstance(run, dict) or set(run) != set(RUN_DEFAULTS) \
+            or run.get("task") not in TASKS or run.get("model") not in ARCHS:
+        raise ValueError(f"{path}: holds no valid `python -m ferroformer train` settings "
+                         "(was it written by something else?)")
+    _check_run(run)
+    return run
+
+
+def _run_trainer_class():
+    from .checkpoint import save_checkpoint
+    from .train import Trainer
+
+    class RunTrainer(Trainer):
+        """A Trainer whose checkpoint_path is a directory: each save writes
+        step-NNNNNNNN.safetensors there (keeping the last few) with the run's settings
+        and loss history beside the schedule, so that --resume and generate need
+        nothing else."""
+
+        run: dict = None
+
+        def save(self, directory) -> None:
+            path = os.path.join(directory, f"step-{self.step:08d}.safetensors")
+            history = [[int(s), float(v)] for s, v in self.history]
+            save_checkpoint(path, self.model, self.optimizer, step=self.step,
+                            rng_states={"trainer": self.rng.bit_generator.state},
+                            extra={"schedule": self.schedule.config, "run": self.run,
+                                   "history": history})
+            for _, old in _checkpoints(directory)[:-KEEP_CHECKPOINTS]:
+                os.unlink(old)
+
+    return RunTrainer
+
+
+def _cmd_train(args) -> int:
+    import numpy as np
+
+    from . import backend as get_backend
+    from .checkpoint import load_checkpoint
+    from .train import AdamW, LRSchedule
+
+    if args.plot:                            # fail before training, not after
+        from .plots import INSTALL_HINT
+
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError(INSTALL_HINT) from None
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"--plot {args.plot}: the directory {folder} does not exist")
+    ops = get_backend(args.backend)
+    directory = args.checkpoint_dir
+    if directory and os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"--checkpoint-dir {directory} is a file, not a directory")
+    existing = _checkpoints(directory) if directory else []
+    if args.resume:
+        if not directory:
+            raise ValueError("--resume needs --checkpoint-dir DIR")
+        if not existing:
+            raise FileNotFoundError(f"{directory}: no checkpoint (step-*.safetensors) to resume from")
+        path = existing[-1][1]
+        ckpt = load_checkpoint(path, backend=ops)
+        run = _stored_run(ckpt.extra, path)
+        for key, stored in run.items():
+            given = getattr(args, key)
+            if key != "steps" and given is not None and given != stored:
+                raise ValueError(f"--{key.replace('_', '-')} {given} differs from the run in "
+                                 f"{directory} ({stored}); leave it out to resume")
+        model = ckpt.model
+        schedule = LRSchedule(**ckpt.extra["schedule"])
+    else:
+        if existing:
+            raise ValueError(f"{directory} already holds checkpoints (up to step {existing[-1][0]}); "
+                             "add --resume to continue that run, or choose another directory")
+        run = {k: getattr(args, k) if getattr(args, k) is not None else v
+               for k, v in RUN_DEFAULTS.items()}
+        _check_run(run)
+        model = _make_model(run, ops)
+        schedule = LRSchedule(run["lr"], min(100, run["steps"] // 10), run["steps"], "cosine",
+                              run["lr"] / 20)
+    steps = run["steps"] if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {steps}")
+    task = _make_task(run)
+    if run["task"] == "bytes":
+        batch_fn = task.batch_fn(run["batch_size"], run["seq_len"])
+    elif run["model"] == "transformer":
+        batch_fn = task.seq2seq_batch_fn(run["batch_size"])
+    else:
+        batch_fn = task.lm_batch_fn(run["batch_size"])
+    tokens = [0]
+
+    def counted(rng):
+        batch = batch_fn(rng)
+        tokens[0] += int(batch["targets"].size)
+        return batch
+
+    optimizer = AdamW(model, lr=run["lr"], betas=(0.9, 0.98), weight_decay=0.1)
+    trainer = _run_trainer_class()(model, optimizer, counted, seed=run["seed"], grad_clip=1.0,
+                                   schedule=schedule, checkpoint_path=directory,
+                                   checkpoint_every=args.checkpoint_every if directory else 0,
+                                   progress=not args.no_progress)
+    trainer.run = run
+    if args.resume:
+        trainer.resume(path)
+        trainer.history = [(int(s), float(v)) for s, v in ckpt.extra.get("history", [])
+                           if s <= trainer.step]
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    start = trainer.step
+    print(f"ferroformer train: {type(model).__name__} ({model.num_parameters():,} parameters, "
+          f"{run['layers']} layers, d_model {run['d_model']}, {run['heads']} heads) on "
+          f"{run['task']}, {ops.name} backend, steps {start + 1}..{steps}", flush=True)
+    t0 = time.perf_counter()
+    trainer.fit(steps)
+    train_s = time.perf_counter() - t0
+    if directory and (not _checkpoints(directory) or _checkpoints(directory)[-1][0] != trainer.step):
+        trainer.save(directory)
+    if trainer.step > start:
+        print(f"trained {trainer.step - start} steps in {train_s:.1f} s: "
+              f"{tokens[0] / train_s:,.0f} tokens/s")
+    if trainer.history:
+        print(f"final loss {trainer.history[-1][1]:.4f} (step {trainer.history[-1][0]})")
+    rng = np.random.default_rng(run["seed"] + 1)
+    if run["task"] == "bytes":
+        print(f"validation loss {task.evaluate(model, run['seq_len']):.4f} nats/byte "
+              f"(unigram entropy {task.unigram_entropy():.4f})")
+    elif args.eval_examples:
+        test = task.test_examples(args.eval_examples, rng)
+        acc = (task.evaluate_seq2seq if run["model"] == "transformer" else task.evaluate_lm)(model, test)
+        print(f"exact match on {len(test)} held-out examples: {acc:.1%}")
+    if directory:
+        print(f"checkpoint: {_checkpoints(directory)[-1][1]}")
+    if args.plot:
+        from .plots import plot_loss
+
+        title = f"{run['task']} / {run['model']}: training loss"
+        print(f"loss curve: {plot_loss(trainer.history, args.plot, title=title)}")
+    return 0
+
+
+def _encode_prompt(run, text):
+    """The task's tokens for a prompt: bytes as UTF-8; addition "a+b"; copy/reverse digits."""
+    from .data import AdditionTask
+    from .data.tasks import N_SPECIAL
+
+    if run["task"] == "bytes":
+        ids = list(text.encode("utf-8"))
+        if not ids:
+            raise ValueError("--prompt is empty")
+        return ids
+    if run["task"] == "addition":
+        m = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", text)
+        n = run["digits"]
+        if not m or max(len(m.group(1)), len(m.group(2))) > n:
+            raise ValueError(f"--prompt must be a sum like '12+34' of numbers with at most {n} "
+                             f"digits (the checkpoint learned {n}-digit addition), got {text!r}")
+        return AdditionTask(n_digits=n).encode(int(m.group(1)), int(m.group(2)))[0]
+    chars = [c for c in text if not c.isspace()]
+    bad = sorted({c for c in chars if c not in SYMBOLS})
+    if bad or not 1 <= len(chars) <= run["length"]:
+        raise ValueError(f"--prompt must be 1 to {run['length']} of the symbols {SYMBOLS} for the "
+                         f"{run['task']} task, got {text!r}")
+    return [N_SPECIAL + SYMBOLS.index(c) for c in chars]
+
+
+def _decode_answer(run, prompt, ids):
+    from .data.tasks import N_SPECIAL
+
+    if run["task"] == "bytes":
+        return prompt + bytes(int(t) for t in ids).decode("utf-8", errors="replace")
+    text = "".join(SYMBOLS[t - N_SPECIAL] if 0 <= t - N_SPECIAL < len(SYMBOLS) else "?" for t in ids)
+    if run["task"] == "addition":
+        a, b = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", prompt).groups()
+        text = text[::-1]                    # the task writes sums least significant digit first
+        if "?" not in text:
+            text = text.lstrip("0") or "0"
+        return f"{int(a)} + {int(b)} = {text}"
+    return text
+
+
+def _cmd_generate(args) -> int:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .data.tasks import BOS, EOS, SEP
+    from .models.greedy import greedy_complete, greedy_decode
+
+    path = _find_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(path, backend=args.backend)
+    run = _stored_run(ckpt.extra, path)
+    model = ckpt.model
+    x = _encode_prompt(run, args.prompt)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    greedy_only = ("sampling (--temperature > 0, --top-k, --top-p) needs Model.generate, "
+                   "which this ferroformer lacks; use --temperature 0")
+    can_sample = hasattr(model, "generate")
+    if not can_sample and (args.temperature or args.top_k or args.top_p):
+        raise RuntimeError(greedy_only)
+    if run["model"] == "transformer":
+        n = args.max_new_tokens or _seq_lens(run)[1] + 1
+        src = np.asarray([x], np.int64)
+        if can_sample:
+            out = model.generate(src, max_len=n, bos_id=BOS, eos_id=EOS, **sampling)
+        else:
+            out = greedy_decode(model, model.ops.asarray(src), bos_id=BOS, eos_id=EOS, max_len=n)
+    else:
+        limit = int(model.config["max_seq_len"])
+        if run["task"] == "bytes":
+            n, eos, prompt = args.max_new_tokens or min(64, limit // 2), None, x
+            if n >= limit:
+                raise ValueError(f"--max-new-tokens {n} must be below the model's context of "
+                                 f"{limit} tokens")
+            prompt = prompt[-(limit - n):]       # the context holds the last bytes of the prompt
+        else:
+            n, eos, prompt = args.max_new_tokens or _seq_lens(run)[1] + 1, EOS, [BOS, *x, SEP]
+            if len(prompt) + n > limit:
+                raise ValueError(f"--max-new-tokens {n} exceeds the model's context of {limit} "
+                                 f"tokens after the {len(prompt)}-token prompt")
+        ids = np.asarray([prompt], np.int64)
+        if can_sample:
+            out = model.generate(ids, max_new_tokens=n, eos_id=eos, **sampling)
+        else:
+            out = greedy_complete(model, model.ops.asarray(ids), n_new=n)
+    row = [int(t) for t in np.asarray(out.get() if hasattr(out, "get") else out)[0]]
+    if EOS in row and run["task"] != "bytes":
+        row = row[: row.index(EOS)]
+    print(_decode_answer(run, args.prompt, row))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ferroformer", description=__doc__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -79,7 +407,83 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
     c.add_argument("--max-new-tokens", type=int, default=64)
     c.set_defaults(func=_cmd_chat)
+    _add_train_parser(sub)
+    _add_generate_parser(sub)
     return p
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid positive int value: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _add_train_parser(sub):
+    d = RUN_DEFAULTS
+    t = sub.add_parser(
+        "train", help="train a small model on a built-in task, with checkpoints and resume",
+        description="Train GPT, Llama or an encoder-decoder Transformer on a built-in task "
+                    "(generated on the fly; bytes: the Python standard library's sources). "
+                    "With --resume the run's settings come from its latest checkpoint; a "
+                    "setting given again must agree, and --steps may extend the run.")
+    t.add_argument("--task", choices=TASKS, default=None,
+                   help=f"copy, reverse, addition, or bytes (a byte-level LM) (default {d['task']})")
+    t.add_argument("--model", choices=ARCHS, default=None,
+                   help=f"architecture; transformer (encoder-decoder) for copy, reverse and "
+                        f"addition only (default {d['model']})")
+    t.add_argument("--layers", type=_positive_int, default=None,
+                   help=f"layers (per stack for transformer) (default {d['layers']})")
+    t.add_argument("--d-model", type=_positive_int, default=None, help=f"width (default {d['d_model']})")
+    t.add_argument("--heads", type=_positive_int, default=None, help=f"attention heads (default {d['heads']})")
+    t.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"optimizer steps in all (default {d['steps']}; with --resume: the run's)")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help=f"(default {d['batch_size']})")
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate, cosine decay to lr/20 (default {d['lr']})")
+    t.add_argument("--seed", type=int, default=None, help=f"(default {d['seed']})")
+    t.add_argument("--digits", type=_positive_int, default=None,
+                   help=f"addition: digits per operand (default {d['digits']})")
+    t.add_argument("--length", type=_positive_int, default=None,
+                   help=f"copy / reverse: longest sequence (default {d['length']})")
+    t.add_argument("--seq-len", type=_positive_int, default=None,
+                   help=f"bytes: training window and context length (default {d['seq_len']})")
+    t.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None,
+                   help="default: the fastest available")
+    t.add_argument("--checkpoint-dir", metavar="DIR", default=None,
+                   help="save step-NNNNNNNN.safetensors here (the last 3 are kept)")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="N",
+                   help="steps between checkpoints (default 100; one is always saved at the end)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --checkpoint-dir from its latest checkpoint")
+    t.add_argument("--plot", metavar="PATH", default=None,
+                   help='write the loss curve as a PNG (needs pip install "ferroformer[plot]")')
+    t.add_argument("--eval-examples", type=int, default=500, metavar="N",
+                   help="held-out examples for the exact-match score (0: skip)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+
+def _add_generate_parser(sub):
+    g = sub.add_parser(
+        "generate", help="continue a prompt with a model saved by `train`",
+        description="Load a checkpoint written by `python -m ferroformer train` and complete a "
+                    "prompt in the way its task reads text: bytes: any text; addition: "
+                    "'12+34'; copy / reverse: digits, e.g. '31415'.")
+    g.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a checkpoint file, or a --checkpoint-dir (its latest checkpoint)")
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="default: the task's answer length (bytes: half the context, at most 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    g.add_argument("--top-k", type=_positive_int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
+    g.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
+    g.set_defaults(func=_cmd_generate)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -93,6 +497,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
         return 1
