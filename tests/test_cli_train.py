@@ -5,6 +5,7 @@ errors (never a traceback) for bad arguments and bad checkpoints."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,24 @@ def test_generate_errors(copy_run, bytes_run, tmp_path):
     save_checkpoint(foreign, GPT(16, max_seq_len=8, d_model=8, n_heads=2, n_layers=1, rng=0))
     assert "holds no valid `python -m ferroformer train` settings" in fails(
         "generate", "--checkpoint", foreign, "--prompt", "1")
+
+
+# -- inspect -------------------------------------------------------------------------------------
+def test_inspect_prints_entropies_and_plots(copy_run, tmp_path):
+    needs_generate()
+    args = ["inspect", "--checkpoint", copy_run, "--prompt", "31415"]
+    try:
+        import matplotlib  # noqa: F401
+        args += ["--kind", "cross", "--plot", tmp_path / "cross.png"]
+    except ImportError:
+        pass
+    out = ok(*args).stdout
+    assert "encoder [3 1 4 1 5]" in out
+    for name in ("encoder self layer 0", "decoder self layer 0", "decoder cross layer 0"):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(name))
+        ents = [float(e) for e in re.findall(r"h\d+ (\d+\.\d+)", line)]
+        assert len(ents) == 2 and all(0 <= e <= np.log(6) + 1e-3 for e in ents), line
+    if "--plot" in args:
+        assert (tmp_path / "cross.png").read_bytes()[:8] == PNG
+        assert "layer 5 is out of range" in fails(*args[:5], "--layer", "5", "--plot",
+                                                  tmp_path / "x.png")
