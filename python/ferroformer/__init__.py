@@ -9,6 +9,7 @@ See DESIGN.md for the op contract every backend implements.
 
 from __future__ import annotations
 
+from ._malloc import tune_malloc
 from .backends import (
     Backend,
     BackendUnavailable,
@@ -18,6 +19,8 @@ from .backends import (
 )
 
 __version__ = "0.1.0"
+
+tune_malloc()  # see _malloc.py; FERROFORMER_MALLOC_TUNING=0 skips it
 
 
 def set_num_threads(n: int) -> None:
