@@ -42,11 +42,6 @@ def fails(*args, code=1):
     return lines[0]
 
 
-def needs_generate(model_cls=GPT):
-    if not hasattr(model_cls, "generate"):
-        pytest.skip("Model.generate is not in this ferroformer yet (sampling needs it)")
-
-
 @pytest.fixture(scope="module")
 def copy_run(tmp_path_factory):
     """A Transformer trained on copy (module-wide; the fixture every generate test shares)."""
@@ -198,7 +193,6 @@ def test_generate_addition_prints_the_sum(tmp_path):
 
 
 def test_sampling_is_seeded(bytes_run):
-    needs_generate()
     args = ["generate", "--checkpoint", bytes_run, "--prompt", "def ", "--temperature", "1.5",
             "--max-new-tokens", "16"]
     one = ok(*args, "--seed", "3").stdout
@@ -213,7 +207,6 @@ def test_sampling_is_seeded(bytes_run):
 
 
 def test_sampling_on_the_transformer(copy_run):
-    needs_generate()
     args = ["generate", "--checkpoint", copy_run, "--prompt", "2718", "--temperature", "1.0",
             "--top-k", "3", "--top-p", "0.9", "--seed", "1"]
     assert ok(*args).stdout == ok(*args).stdout
@@ -241,7 +234,6 @@ def test_generate_errors(copy_run, bytes_run, tmp_path):
 
 # -- inspect -------------------------------------------------------------------------------------
 def test_inspect_prints_entropies_and_plots(copy_run, tmp_path):
-    needs_generate()
     args = ["inspect", "--checkpoint", copy_run, "--prompt", "31415"]
     try:
         import matplotlib  # noqa: F401

@@ -333,7 +333,6 @@ def _cmd_generate(args) -> int:
 
     from .checkpoint import load_checkpoint
     from .data.tasks import BOS, EOS, SEP
-    from .models.greedy import greedy_complete, greedy_decode
 
     path = _find_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path, backend=args.backend)
@@ -343,18 +342,9 @@ def _cmd_generate(args) -> int:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    greedy_only = ("sampling (--temperature > 0, --top-k, --top-p) needs Model.generate, "
-                   "which this ferroformer lacks; use --temperature 0")
-    can_sample = hasattr(model, "generate")
-    if not can_sample and (args.temperature or args.top_k or args.top_p):
-        raise RuntimeError(greedy_only)
     if run["model"] == "transformer":
         n = args.max_new_tokens or _seq_lens(run)[1] + 1
-        src = np.asarray([x], np.int64)
-        if can_sample:
-            out = model.generate(src, max_len=n, bos_id=BOS, eos_id=EOS, **sampling)
-        else:
-            out = greedy_decode(model, model.ops.asarray(src), bos_id=BOS, eos_id=EOS, max_len=n)
+        out = model.generate(np.asarray([x], np.int64), max_len=n, bos_id=BOS, eos_id=EOS, **sampling)
     else:
         limit = int(model.config["max_seq_len"])
         if run["task"] == "bytes":
@@ -368,11 +358,7 @@ def _cmd_generate(args) -> int:
             if len(prompt) + n > limit:
                 raise ValueError(f"--max-new-tokens {n} exceeds the model's context of {limit} "
                                  f"tokens after the {len(prompt)}-token prompt")
-        ids = np.asarray([prompt], np.int64)
-        if can_sample:
-            out = model.generate(ids, max_new_tokens=n, eos_id=eos, **sampling)
-        else:
-            out = greedy_complete(model, model.ops.asarray(ids), n_new=n)
+        out = model.generate(np.asarray([prompt], np.int64), max_new_tokens=n, eos_id=eos, **sampling)
     row = [int(t) for t in np.asarray(out.get() if hasattr(out, "get") else out)[0]]
     if EOS in row and run["task"] != "bytes":
         row = row[: row.index(EOS)]
