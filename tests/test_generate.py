@@ -289,8 +289,9 @@ def test_attention_kv_len_reads_only_the_used_rows(be):
 # -- errors -------------------------------------------------------------------------------
 def test_generate_errors():
     m = gpt("numpy")
+    m.generate([[1] * 40], max_new_tokens=9)  # 48 positions fed: fits max_seq_len 48 exactly
     with pytest.raises(ValueError, match="max_seq_len"):
-        m.generate([[1] * 40], max_new_tokens=9)
+        m.generate([[1] * 40], max_new_tokens=10)
     with pytest.raises(ValueError, match="max_new_tokens"):
         m.generate([[1]], max_new_tokens=0)
     with pytest.raises(ValueError, match="at least one token"):
@@ -314,5 +315,6 @@ def test_generate_errors():
     with pytest.raises(ValueError, match="pad"):
         m.new_cache(2, 4, pad=[0, 4])
     s = seq2seq("numpy")
+    s.generate(np.array([[3, 4]]), max_len=40, bos_id=1)  # BOS + 39 fed: fits max_seq_len 40
     with pytest.raises(ValueError, match="max_seq_len"):
-        s.generate(np.array([[3, 4]]), max_len=40, bos_id=1)
+        s.generate(np.array([[3, 4]]), max_len=41, bos_id=1)

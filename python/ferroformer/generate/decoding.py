@@ -114,10 +114,10 @@ def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
     vocab = int(model.config["vocab_size"])
     if ids.min() < 0 or ids.max() >= vocab:
         raise IndexError(f"generate: prompt ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
-    total = t + max_new_tokens
+    total = t + max_new_tokens - 1  # the last new token is never fed back
     if total > _max_len(model):
-        raise ValueError(f"generate: prompt length {t} + max_new_tokens {max_new_tokens} = {total} "
-                         f"exceeds the model's max_seq_len {_max_len(model)}")
+        raise ValueError(f"generate: prompt length {t} + max_new_tokens {max_new_tokens} - 1 = "
+                         f"{total} positions exceed the model's max_seq_len {_max_len(model)}")
     picker = _Picker(b, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                      eos_id=eos_id, seed=seed)
     xp = model.ops.xp
@@ -154,8 +154,8 @@ def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[
     """Target tokens after BOS for each source row, (B, n) int64 with n <= max_len."""
     if max_len < 1:
         raise ValueError(f"generate: max_len must be >= 1, got {max_len}")
-    if max_len + 1 > _max_len(model):
-        raise ValueError(f"generate: max_len {max_len} + BOS exceeds the model's max_seq_len "
+    if max_len > _max_len(model):  # BOS and all but the last new token are fed
+        raise ValueError(f"generate: max_len {max_len} exceeds the model's max_seq_len "
                          f"{_max_len(model)}")
     xp = model.ops.xp
     src = xp.asarray(src)
@@ -169,7 +169,7 @@ def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[
         mask = model.source_mask(src, src_key_padding_mask)
         memory = model.encode(src, mask)
         tgt = np.full((b, 1), bos_id, dtype=np.int64)
-        cache = model.new_cache(b, max_len + 1) if use_cache else None
+        cache = model.new_cache(b, max_len) if use_cache else None
         step_in = tgt
         for _ in range(max_len):
             if use_cache:
