@@ -77,6 +77,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert_close(tensors["model/wte.weight"], gpt(seed=1).wte.weight.data, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_atomic_write_gives_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "p.safetensors", gpt())
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 # -- damaged and hostile files ------------------------------------------------------
 @pytest.fixture
 def saved(tmp_path):

@@ -62,11 +62,14 @@ def save_checkpoint(path, model, optimizer=None, *, step: int = 0, rng_states: O
 
 
 def atomic_write(path, data: bytes) -> None:
-    """Temp file in the target's directory, fsync, os.replace, fsync the directory."""
+    """Temp file in the target's directory, fsync, os.replace, fsync the directory.
+    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -86,6 +89,12 @@ def atomic_write(path, data: bytes) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- reading and checking ---------------------------------------------------------------

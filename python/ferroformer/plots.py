@@ -42,14 +42,7 @@ def _save(fig, path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt if fmt in ("png", "svg", "pdf") else "png", bbox_inches="tight")
     atomic_write(path, buf.getvalue())
-    os.chmod(path, 0o666 & ~_umask())   # the temporary file was private (0600)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _host(x) -> np.ndarray:
