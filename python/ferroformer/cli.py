@@ -156,7 +156,6 @@ def _stored_run(extra, path) -> dict:
 
 
 def _run_trainer_class():
-    from .checkpoint import save_checkpoint
     from .train import Trainer
 
     class RunTrainer(Trainer):
@@ -167,13 +166,12 @@ def _run_trainer_class():
 
         run: dict = None
 
-        def save(self, directory) -> None:
-            path = os.path.join(directory, f"step-{self.step:08d}.safetensors")
+        def checkpoint_extra(self) -> dict:
             history = [[int(s), float(v)] for s, v in self.history]
-            save_checkpoint(path, self.model, self.optimizer, step=self.step,
-                            rng_states={"trainer": self.rng.bit_generator.state},
-                            extra={"schedule": self.schedule.config, "run": self.run,
-                                   "history": history})
+            return {**super().checkpoint_extra(), "run": self.run, "history": history}
+
+        def save(self, directory) -> None:
+            super().save(os.path.join(directory, f"step-{self.step:08d}.safetensors"))
             for _, old in _checkpoints(directory)[:-KEEP_CHECKPOINTS]:
                 os.unlink(old)
 

@@ -102,10 +102,14 @@ class Trainer:
                 bar.close()
         return self.history
 
+    def checkpoint_extra(self) -> dict:
+        """JSON-able metadata stored with each checkpoint (a subclass may add to it)."""
+        return {"schedule": None if self.schedule is None else self.schedule.config}
+
     def save(self, path) -> None:
         ckpt.save_checkpoint(path, self.model, self.optimizer, step=self.step,
                              rng_states={"trainer": self.rng.bit_generator.state},
-                             extra={"schedule": None if self.schedule is None else self.schedule.config})
+                             extra=self.checkpoint_extra())
 
     def resume(self, path) -> None:
         """Loads model, optimizer, step and generator states saved by ``save``."""
