@@ -36,6 +36,15 @@ def test_demo_trains_reports_and_generates():
     assert out.stdout.count(" = ") == 8  # eight generated answers shown
 
 
+def test_bench_prints_op_and_training_tables():
+    out = run("bench", "--backends", "rust", "--repeat", "1", "--no-torch", "--train-steps", "1")
+    assert out.returncode == 0, out.stderr
+    assert "| matmul |" in out.stdout and "| softmax fwd+bwd |" in out.stdout
+    assert "training throughput" in out.stdout
+    row = [line for line in out.stdout.splitlines() if line.startswith("| rust |")]
+    assert len(row) == 1 and float(row[0].split("|")[2].replace(",", "")) > 0
+
+
 def test_embed_prints_similarity_matrix():
     import importlib.util
 

@@ -21,6 +21,13 @@ def _cmd_bench(args) -> int:
     print(f"ferroformer op benchmark on {platform.processor() or platform.machine()}, "
           f"backends {', '.join(backends)} (best of {args.repeat})", flush=True)
     print(format_table(run_table(backends, repeat=args.repeat, with_torch=not args.no_torch)))
+    if args.no_train:
+        return 0
+    from .bench_train import SIZE, format_train_table, run_train_table, torch_available
+
+    names = backends + (["torch"] if not args.no_torch and torch_available() else [])
+    print(f"\ntraining throughput, {SIZE} (mean of {args.train_steps} steps)", flush=True)
+    print(format_train_table(run_train_table(names, rounds=args.train_steps)))
     return 0
 
 
@@ -441,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=5, help="timings per op; the best is kept")
     b.add_argument("--threads", type=int, default=0, help="rust thread pool size (default: all cores)")
     b.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    b.add_argument("--no-train", action="store_true", help="skip the training-throughput table")
+    b.add_argument("--train-steps", type=_positive_int, default=3,
+                   help="timed training steps per backend (after one warm-up step)")
     b.set_defaults(func=_cmd_bench)
     d = sub.add_parser("demo", help="train a small GPT on addition, then generate (about a minute)")
     d.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None,
