@@ -335,12 +335,18 @@ class TorchDecoder(Decoder):
 
 # -- where a rust decode step spends its time ---------------------------------------------
 
-def profile_gpt_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
-    """Wall time of single-token steps split into the vocabulary head, the per-layer
-    linears, attention (cache write + kernel + head reshapes), norms + GELU, and
-    the rest (embeddings, residual adds, Python dispatch), by timing the forwards
-    of this model's own module instances (the timers add a little overhead)."""
+def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
+    """Wall time of single-token steps of a ferroformer GPT or Llama split into the
+    vocabulary head, the per-layer linears, attention (cache write, RoPE, kernel,
+    head reshapes), norms + activation, and the rest (embeddings, residual adds,
+    argmax, Python dispatch), by timing the forwards of this model's own module
+    instances (the timers add a little overhead of their own)."""
     spent: Dict[str, float] = {}
+    head = model.head if hasattr(model, "head") else model.lm_head
+    final_norm = model.ln_f if hasattr(model, "ln_f") else model.norm
+    lin_key, head_key, attn_key, act_key = ("per-layer linears", "vocabulary head (GEMV)",
+                                            "attention (cache write, rope, kernel, reshapes)",
+                                            "norms + activation")
 
     def wrap(module, key, inner_keys=()):
         inner = module.forward
@@ -350,21 +356,23 @@ def profile_gpt_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
             t0 = time.perf_counter()
             out = inner(*a, **kw)
             dt = time.perf_counter() - t0
-            # time of nested timed modules is theirs, not this one's
+            # the time of nested timed modules is theirs, not this one's
             dt -= sum(spent.get(k, 0.0) - before[k] for k in inner_keys)
             spent[key] = spent.get(key, 0.0) + dt
             return out
         object.__setattr__(module, "forward", timed_forward)
 
-    wrap(model.head, "vocabulary head (GEMV)")
-    wrap(model.ln_f, "norms + GELU")
+    wrap(head, head_key)
+    wrap(final_norm, act_key)
+    linears = []
     for blk in model.blocks:
-        for lin in (blk.attn.qkv, blk.attn.proj, blk.ff.fc1, blk.ff.fc2):
-            wrap(lin, "per-layer linears")
-        wrap(blk.attn, "attention (cache write, kernel, reshapes)", ("per-layer linears",))
-        wrap(blk.ff, "norms + GELU", ("per-layer linears",))
-        wrap(blk.ln1, "norms + GELU")
-        wrap(blk.ln2, "norms + GELU")
+        linears += [blk.attn.qkv, blk.attn.proj, blk.ff.fc1, blk.ff.fc2]
+        for lin in linears[-4:]:
+            wrap(lin, lin_key)
+        wrap(blk.attn, attn_key, (lin_key,))
+        wrap(blk.ff, act_key, (lin_key,))
+        wrap(blk.ln1, act_key)
+        wrap(blk.ln2, act_key)
     dec = FerroDecoder(model)
     try:
         greedy(dec, prompt, 4)                      # warm-up
@@ -372,7 +380,7 @@ def profile_gpt_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
         dec.prefill(np.asarray(prompt, np.int64))
         spent.clear()
         t0 = time.perf_counter()
-        tok = 0
+        tok = int(prompt[-1])
         for _ in range(n_steps):
             tok = int(np.argmax(dec.step(tok)))
         total = time.perf_counter() - t0
@@ -380,18 +388,16 @@ def profile_gpt_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
         for m in model.modules():
             m.__dict__.pop("forward", None)
     spent["rest (embeddings, residuals, argmax, Python)"] = total - sum(spent.values())
-    lines = [f"rust decode step, mean of {n_steps} steps: {total / n_steps * 1e3:.2f} ms",
+    lines = [f"rust decode step ({type(model).__name__}), mean of {n_steps} steps: "
+             f"{total / n_steps * 1e3:.2f} ms",
              "| part | ms/step | share |", "|---|---:|---:|"]
     for k, v in sorted(spent.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v / n_steps * 1e3:.2f} | {v / total:.0%} |")
-    c, v_, layers = model.config["d_model"], model.config["vocab_size"], model.config["n_layers"]
-    d_ff = model.config.get("d_ff") or 4 * c
-    head_mb = v_ * c * 4 / 1e6
-    layers_mb = layers * (3 * c * c + c * c + 2 * c * d_ff) * 4 / 1e6
-    lines.append(f"weights read per token: head {head_mb:.0f} MB, per-layer linears {layers_mb:.0f} MB")
-    for k, mb in (("vocabulary head (GEMV)", head_mb), ("per-layer linears", layers_mb)):
-        if spent.get(k):
-            lines.append(f"  {k}: {mb / 1e3 / (spent[k] / n_steps):.1f} GB/s")
+    mb = {head_key: head.weight.data.nbytes / 1e6,
+          lin_key: sum(lin.weight.data.nbytes for lin in linears) / 1e6}
+    lines.append(f"weights read per token: head {mb[head_key]:.0f} MB, per-layer linears "
+                 f"{mb[lin_key]:.0f} MB; effective bandwidth: "
+                 + ", ".join(f"{k} {mb[k] / 1e3 / (spent[k] / n_steps):.1f} GB/s" for k in mb if spent.get(k)))
     return "\n".join(lines)
 
 
@@ -450,7 +456,7 @@ def main(argv=None) -> None:
     print(table(runs, "torch" if "torch" in by else None))
     if args.profile:
         print()
-        print(profile_gpt_step(model, prompt))
+        print(profile_decode_step(model, prompt))
 
 
 if __name__ == "__main__":

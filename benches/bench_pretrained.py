@@ -13,7 +13,7 @@ ferroformer model's ``state_dict()``) when ``torch`` imports:
 
     python benches/bench_pretrained.py                     # both models, all contenders
     python benches/bench_pretrained.py --only minilm --small
-    python benches/bench_pretrained.py --only smollm --new-tokens 32 --threads 2
+    python benches/bench_pretrained.py --only smollm --new-tokens 32 --threads 2 --profile
 
 In a torch-only venv without ferroformer installed:
 
@@ -50,6 +50,7 @@ from bench_decode import (
     import_torch,
     machine_info,
     measure,
+    profile_decode_step,
     set_threads,
     table,
 )
@@ -348,6 +349,9 @@ def bench_smollm(args, torch) -> None:
             print(compare_tokens(r, ref))
     print()
     print(table(runs, "torch" if "torch" in by else None))
+    if args.profile:
+        print()
+        print(profile_decode_step(model, prompt))
     print(flush=True)
 
 
@@ -372,6 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    help="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens")
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
+    p.add_argument("--profile", action="store_true",
+                   help="also split a rust SmolLM2 decode step into head / linears / attention / rest")
     args = p.parse_args(argv)
     if args.small:
         args.sentences, args.numpy_sentences = 64, 32

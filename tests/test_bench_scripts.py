@@ -86,3 +86,15 @@ def test_sentences_are_mixed_and_deterministic():
     assert a == b
     lens = [len(s.split()) for s in a]
     assert min(lens) < 31 and max(lens) > 30
+
+
+@pytest.mark.parametrize("cls, cfg", [(GPT, bd.TINY), (Llama, TINY_LLAMA)])
+def test_profile_splits_a_step_and_unwraps(cls, cfg):
+    model = cls(**cfg, backend="rust", rng=0)
+    prompt = _prompt(10, cfg["vocab_size"])
+    before = model.generate([prompt], 4)[0].tolist()
+    report = bd.profile_decode_step(model, prompt, n_steps=3)
+    for part in ("vocabulary head", "per-layer linears", "attention", "rest"):
+        assert part in report
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert model.generate([prompt], 4)[0].tolist() == before
