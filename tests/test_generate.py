@@ -189,6 +189,17 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
                                   m.generate(PROMPTS, max_new_tokens=8))
 
 
+def test_callback_sees_each_step():
+    m = gpt("numpy")
+    seen = []
+    out = m.generate(PROMPTS, max_new_tokens=6, callback=seen.append)
+    assert len(seen) == 6
+    np.testing.assert_array_equal(np.stack(seen, axis=1), out)
+    s2s, steps = seq2seq("numpy"), []
+    out = s2s.generate(np.array([[3, 4, 5]]), max_len=4, bos_id=1, callback=steps.append)
+    np.testing.assert_array_equal(np.stack(steps, axis=1), out)
+
+
 def test_generate_restores_training_mode():
     m = gpt("numpy")
     m.train()

@@ -74,7 +74,11 @@ def test_smollm_answers_paris(smollm):
     from ferroformer.pretrained.smollm import chat
 
     model, tok = smollm
-    assert "Paris" in chat(model, tok, "What is the capital of France?", max_new_tokens=16)
+    pieces = []
+    answer = chat(model, tok, "What is the capital of France?", max_new_tokens=16,
+                  stream=pieces.append)
+    assert "Paris" in answer
+    assert "".join(pieces) == answer and len(pieces) > 1  # streamed piece by piece
 
 
 def test_smollm_logits_agree_between_rust_and_numpy(smollm):

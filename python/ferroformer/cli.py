@@ -58,7 +58,12 @@ def _cmd_chat(args) -> int:
     from .pretrained.smollm import chat
 
     model, tok = load("SmolLM2-135M-Instruct", backend=args.backend)
-    print(chat(model, tok, args.question, max_new_tokens=args.max_new_tokens))
+    t0 = time.perf_counter()
+    chat(model, tok, args.question, max_new_tokens=args.max_new_tokens,
+         stream=lambda piece: print(piece, end="", flush=True))
+    print()
+    if args.verbose:
+        print(f"({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
     return 0
 
 
@@ -467,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="answer a question with SmolLM2-135M-Instruct (greedy)")
     c.add_argument("question")
     c.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
-    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    c.add_argument("--verbose", action="store_true", help="print the time taken to stderr")
     c.set_defaults(func=_cmd_chat)
     _add_train_parser(sub)
     _add_generate_parser(sub)

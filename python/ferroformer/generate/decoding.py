@@ -79,8 +79,9 @@ def _max_len(model) -> int:
 class _Picker:
     """Chooses each step's tokens, tracks finished rows and collects the output."""
 
-    def __init__(self, batch, n, *, temperature, top_k, top_p, eos_id, seed):
+    def __init__(self, batch, n, *, temperature, top_k, top_p, eos_id, seed, callback=None):
         check_sampling_args(temperature, top_k, top_p)
+        self.callback = callback
         self.kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.rng = np.random.default_rng(seed)
         self.eos_id = eos_id
@@ -96,6 +97,8 @@ class _Picker:
             self.done |= nxt == self.eos_id
         self.out[:, self.n] = nxt
         self.n += 1
+        if self.callback is not None:
+            self.callback(nxt.copy())
         return nxt, bool(self.done.all()) if self.eos_id is not None else False
 
     def result(self):
@@ -105,8 +108,9 @@ class _Picker:
 def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None,
              eos_id: Optional[int] = None, seed=None, use_cache: bool = True,
-             pad_id: int = 0, progress: bool = False):
-    """New tokens after each prompt, (B, n) int64 with n <= max_new_tokens."""
+             pad_id: int = 0, progress: bool = False, callback=None):
+    """New tokens after each prompt, (B, n) int64 with n <= max_new_tokens.
+    callback(ids (B,) int64) sees each step's tokens as they come (for streaming)."""
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
     ids, pad = left_pad(prompts, pad_id)
@@ -119,7 +123,7 @@ def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
         raise ValueError(f"generate: prompt length {t} + max_new_tokens {max_new_tokens} - 1 = "
                          f"{total} positions exceed the model's max_seq_len {_max_len(model)}")
     picker = _Picker(b, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eos_id=eos_id, seed=seed)
+                     eos_id=eos_id, seed=seed, callback=callback)
     xp = model.ops.xp
     bar = _bar(progress, max_new_tokens)
     with _eval(model):
@@ -150,8 +154,9 @@ def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
 def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[int] = None,
                      temperature: float = 0.0, top_k: Optional[int] = None,
                      top_p: Optional[float] = None, seed=None, use_cache: bool = True,
-                     src_key_padding_mask=None, progress: bool = False):
-    """Target tokens after BOS for each source row, (B, n) int64 with n <= max_len."""
+                     src_key_padding_mask=None, progress: bool = False, callback=None):
+    """Target tokens after BOS for each source row, (B, n) int64 with n <= max_len;
+    callback(ids (B,)) sees each step's tokens as they come."""
     if max_len < 1:
         raise ValueError(f"generate: max_len must be >= 1, got {max_len}")
     if max_len > _max_len(model):  # BOS and all but the last new token are fed
@@ -163,7 +168,7 @@ def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[
         raise ValueError(f"generate: src must be (B, Ts) token ids, got shape {tuple(src.shape)}")
     b = src.shape[0]
     picker = _Picker(b, max_len, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eos_id=eos_id, seed=seed)
+                     eos_id=eos_id, seed=seed, callback=callback)
     bar = _bar(progress, max_len)
     with _eval(model):
         mask = model.source_mask(src, src_key_padding_mask)

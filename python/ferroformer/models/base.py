@@ -73,16 +73,17 @@ class CausalLM:
 
     def generate(self, prompt_ids, max_new_tokens: int = 32, *, temperature: float = 0.0,
                  top_k=None, top_p=None, eos_id=None, seed=None, use_cache: bool = True,
-                 pad_id: int = 0, progress: bool = False):
+                 pad_id: int = 0, progress: bool = False, callback=None):
         """New tokens (B, n <= max_new_tokens) int64 after each prompt: prompt_ids is a
         (B, T) int array or a list of 1-D sequences of different lengths. Greedy at
         temperature 0, else sampled (top-k, top-p) from a generator seeded by seed;
-        rows stop at eos_id (filled with it after)."""
+        rows stop at eos_id (filled with it after). callback(ids (B,)) sees each
+        step's tokens as they come (streaming)."""
         from ..generate.decoding import generate
 
         return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache,
-                        pad_id=pad_id, progress=progress)
+                        pad_id=pad_id, progress=progress, callback=callback)
 
     def score(self, prompt_ids, target_ids):
         """Teacher-forced log p of each target token, (B, Tt) float64."""

@@ -118,7 +118,8 @@ class Transformer(Model):
 
     def generate(self, src, max_len: int = 32, *, bos_id: int, eos_id=None,
                  temperature: float = 0.0, top_k=None, top_p=None, seed=None,
-                 use_cache: bool = True, src_key_padding_mask=None, progress: bool = False):
+                 use_cache: bool = True, src_key_padding_mask=None, progress: bool = False,
+                 callback=None):
         """Target tokens after BOS, (B, n <= max_len) int64; rows stop at eos_id (filled
         with it after). Greedy at temperature 0, else seeded top-k / top-p sampling."""
         from ..generate.decoding import generate_seq2seq
@@ -126,7 +127,7 @@ class Transformer(Model):
         return generate_seq2seq(self, src, max_len=max_len, bos_id=bos_id, eos_id=eos_id,
                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                 use_cache=use_cache, src_key_padding_mask=src_key_padding_mask,
-                                progress=progress)
+                                progress=progress, callback=callback)
 
     def score(self, src, tgt, *, bos_id: int, src_key_padding_mask=None):
         """Teacher-forced log p(tgt[:, i] | src, BOS, tgt[:, :i]), (B, Tt) float64."""

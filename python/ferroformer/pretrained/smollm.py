@@ -67,10 +67,26 @@ def load_smollm(backend=None, max_seq_len: int = 2048):
 
 
 def chat(model, tok: Tokenizer, question: str, *, max_new_tokens: int = 48,
-         temperature: float = 0.0, top_p=None, seed=None) -> str:
+         temperature: float = 0.0, top_p=None, seed=None, stream=None) -> str:
     """The model's answer to one user message, decoded with the KV cache
-    (greedy unless a temperature is given), stopping at the end-of-turn token."""
+    (greedy unless a temperature is given), stopping at the end-of-turn token.
+    stream(text) receives the answer piece by piece as it is generated."""
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": question}]))
-    out = model.generate([ids], max_new_tokens, eos_id=tok.eos_id, temperature=temperature,
-                         top_p=top_p, seed=seed)[0]
-    return tok.decode([int(t) for t in out if t != tok.eos_id])
+    got, shown = [], [""]
+
+    def on_token(nxt):
+        if int(nxt[0]) == tok.eos_id:
+            return
+        got.append(int(nxt[0]))
+        text = tok.decode(got)
+        # print only once a piece decodes cleanly (a character may span tokens)
+        if stream is not None and not text.endswith("\ufffd") and len(text) > len(shown[0]):
+            stream(text[len(shown[0]):])
+            shown[0] = text
+
+    model.generate([ids], max_new_tokens, eos_id=tok.eos_id, temperature=temperature,
+                   top_p=top_p, seed=seed, callback=on_token)
+    answer = tok.decode(got)
+    if stream is not None and len(answer) > len(shown[0]):
+        stream(answer[len(shown[0]):])
+    return answer
