@@ -200,13 +200,13 @@ def _cmd_train(args) -> int:
     if args.plot:                            # fail before training, not after
         from .plots import INSTALL_HINT
 
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"--plot {args.plot}: the directory {folder} does not exist")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ImportError(INSTALL_HINT) from None
-        folder = os.path.dirname(os.path.abspath(args.plot))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"--plot {args.plot}: the directory {folder} does not exist")
     ops = get_backend(args.backend)
     directory = args.checkpoint_dir
     if directory and os.path.exists(directory) and not os.path.isdir(directory):
