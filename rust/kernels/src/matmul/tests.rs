@@ -165,6 +165,63 @@ fn vector_shapes_threaded() {
 }
 
 #[test]
+fn small_m_every_level() {
+    // m up to past small_m::MAX_M; k across the 16- and 8-lane tails; n
+    // across the 4-row steps and the task split.
+    let ks = [1, 7, 8, 15, 16, 17, 33, 100];
+    let ns = [2, 3, 4, 5, 7, 65, 301];
+    in_pool(|| {
+        for level in levels() {
+            for m in 1..=small_m::MAX_M + 1 {
+                for &n in &ns {
+                    for &k in &ks {
+                        for ta in [false, true] {
+                            let threads = if n > 64 { 2 } else { 1 };
+                            check(level, threads, m, n, k, ta, true, 1.0, 0.0);
+                        }
+                    }
+                }
+                check(level, 2, m, 1000, 768, false, true, 0.5, 1.0);
+                check(level, 2, m, 333, 77, true, true, 2.0, 0.5);
+            }
+        }
+    });
+}
+
+#[test]
+fn small_m_linear_forward_bias() {
+    in_pool(|| {
+        for rows in 1..=small_m::MAX_M {
+            let (in_f, out_f) = (37, 203);
+            let x = data(rows * in_f, 12);
+            let w = data(out_f * in_f, 13);
+            let bias = data(out_f, 14);
+            let mut y = vec![f32::NAN; rows * out_f];
+            linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
+            let mut want = vec![0.0; rows * out_f];
+            sgemm_naive(
+                rows,
+                out_f,
+                in_f,
+                1.0,
+                &x,
+                Layout::normal(in_f),
+                &w,
+                Layout::transposed(in_f),
+                0.0,
+                &mut want,
+                out_f,
+            )
+            .unwrap();
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += bias[i % out_f];
+            }
+            assert_close(&y, &want, 1e-5, &format!("linear_forward rows={rows}"));
+        }
+    });
+}
+
+#[test]
 fn alpha_beta_accumulate() {
     in_pool(|| {
         for level in levels() {
