@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::blocking::{mc_panels_for, nc_for};
 use super::kernel::{Epilogue, MicroKernel, MAX_TILE};
-use super::packing::{pack_a, pack_b, View};
+use super::packing::View;
 
 /// One product `C = alpha * op(A) op(B) + beta * C + bias`, as pointers.
 /// op(A) is `(m, k)`, op(B) `(k, n)`, C `(m, n)` row-major with row stride
@@ -132,7 +132,7 @@ pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
             let packed_b = &mut packed_b[..np * panel_len];
             let pack = |(jp, dst): (usize, &mut [f32])| {
                 // SAFETY: column panel `jp` lies inside B; `dst` is `k * nr`.
-                unsafe { pack_b(dst, g.b, nr, jc + jp * nr, nr.min(ncur - jp * nr), g.k) }
+                unsafe { K::pack_b(dst, g.b, jc + jp * nr, nr.min(ncur - jp * nr), g.k) }
             };
             if threads > 1 {
                 packed_b
@@ -172,7 +172,7 @@ unsafe fn task<K: MicroKernel>(
         // each row of A keep the hardware prefetchers streaming, where
         // packing one `kc` slice at a time between kernels starts each row
         // cold.
-        pack_a(packed_a, g.a, mr, i0, rows, 0, g.k);
+        K::pack_a(packed_a, g.a, i0, rows, 0, g.k);
         for pc in (0..g.k).step_by(kc_max) {
             let kc = kc_max.min(g.k - pc);
             let first = pc == 0;
