@@ -164,58 +164,83 @@ unsafe fn task<K: MicroKernel>(
     pn: std::ops::Range<usize>,
 ) {
     let (mr, nr) = (K::MR, K::NR);
-    let kc_max = K::BLOCKING.kc;
+    // Depth blocks of equal size (k = 384 runs as 2 x 192, not 256 + 128:
+    // every block pays one load and store of the C tile).
+    let passes = g.k.div_ceil(K::BLOCKING.kc);
+    let kc_max = g.k.div_ceil(passes);
     let i0 = pm.start * mr;
     let rows = (pm.end * mr).min(g.m) - i0;
+    // Column panels per chunk: the task's C rows over one chunk stay in L2
+    // across the depth blocks, instead of going out to L3 and back once
+    // per block when the task's rows of C are wider than L2.
+    let chunk = if passes > 1 {
+        (C_CHUNK_FLOATS / (pm.len() * mr * nr)).max(1)
+    } else {
+        pn.len().max(1)
+    };
     with_buffer(&PACKED_A, pm.len() * mr * g.k, |packed_a| {
         // The task's rows over the whole depth in one pass: long runs along
         // each row of A keep the hardware prefetchers streaming, where
         // packing one `kc` slice at a time between kernels starts each row
         // cold.
         K::pack_a(packed_a, g.a, i0, rows, 0, g.k);
-        for pc in (0..g.k).step_by(kc_max) {
-            let kc = kc_max.min(g.k - pc);
-            let first = pc == 0;
-            // Cache lines of one B micro-panel, and how many of the next
-            // panel's to prefetch before each tile.
-            let b_lines = kc * nr / 16;
-            let per_tile = b_lines.div_ceil(pm.len());
-            for jp in pn.clone() {
-                // The next B micro-panel is pulled from L3 into L2 a slice
-                // per tile, so the next column of tiles starts warm.
-                let next_b = packed_b
-                    .as_ptr()
-                    .add((jp + 1).min(pn.end - 1) * g.k * nr + pc * nr);
-                let j = jc + jp * nr;
-                let cols = nr.min(g.n - j);
-                let b = packed_b.as_ptr().add(jp * g.k * nr + pc * nr);
-                let ep = Epilogue {
-                    alpha: g.alpha,
-                    beta: if first { g.beta } else { 1.0 },
-                    bias: if first && !g.bias.is_null() {
-                        g.bias.add(j)
+        for jc0 in pn.clone().step_by(chunk) {
+            let jc1 = (jc0 + chunk).min(pn.end);
+            for pc in (0..g.k).step_by(kc_max) {
+                let kc = kc_max.min(g.k - pc);
+                let first = pc == 0;
+                // Cache lines of one B micro-panel, and how many of the
+                // next panel's to prefetch before each tile.
+                let b_lines = kc * nr / 16;
+                let per_tile = b_lines.div_ceil(pm.len());
+                // After the chunk's last panel comes its first at the next
+                // depth block, or the next chunk.
+                let last = jc1 - 1;
+                for jp in jc0..jc1 {
+                    // The next B micro-panel is pulled from L3 into L2 a
+                    // slice per tile, so the next column of tiles starts warm.
+                    let next_b = packed_b.as_ptr().add(if jp < last {
+                        (jp + 1) * g.k * nr + pc * nr
+                    } else if pc + kc < g.k {
+                        jc0 * g.k * nr + (pc + kc) * nr
                     } else {
-                        std::ptr::null()
-                    },
-                };
-                for ip in 0..pm.len() {
-                    let i = i0 + ip * mr;
-                    let a = packed_a.as_ptr().add(ip * g.k * mr + pc * mr);
-                    let c = g.c.add(i * g.ldc + j);
-                    let r = mr.min(g.m - i);
-                    for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
-                        prefetch_l2(next_b.add(l * 16));
-                    }
-                    if r == mr && cols == nr {
-                        K::tile(kc, a, b, c, g.ldc, &ep);
-                    } else {
-                        edge_tile::<K>(kc, a, b, c, g.ldc, r, cols, &ep);
+                        jc1.min(pn.end - 1) * g.k * nr
+                    });
+                    let j = jc + jp * nr;
+                    let cols = nr.min(g.n - j);
+                    let b = packed_b.as_ptr().add(jp * g.k * nr + pc * nr);
+                    let ep = Epilogue {
+                        alpha: g.alpha,
+                        beta: if first { g.beta } else { 1.0 },
+                        bias: if first && !g.bias.is_null() {
+                            g.bias.add(j)
+                        } else {
+                            std::ptr::null()
+                        },
+                    };
+                    for ip in 0..pm.len() {
+                        let i = i0 + ip * mr;
+                        let a = packed_a.as_ptr().add(ip * g.k * mr + pc * mr);
+                        let c = g.c.add(i * g.ldc + j);
+                        let r = mr.min(g.m - i);
+                        for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
+                            prefetch_l2(next_b.add(l * 16));
+                        }
+                        if r == mr && cols == nr {
+                            K::tile(kc, a, b, c, g.ldc, &ep);
+                        } else {
+                            edge_tile::<K>(kc, a, b, c, g.ldc, r, cols, &ep);
+                        }
                     }
                 }
             }
         }
     });
 }
+
+/// Floats of C one task keeps in L2 across the depth blocks (384 KiB,
+/// beside the task's packed A and the streaming B panels).
+const C_CHUNK_FLOATS: usize = 96 * 1024;
 
 /// A tile cut by the edge of C: the kernel writes a scratch tile and only
 /// its `rows x cols` corner goes through the epilogue into C.
