@@ -76,15 +76,17 @@ impl Plan {
     /// `mp` row panels and `np` column panels over `threads` threads, with
     /// at most `max_mp` row panels per task (the `mc` limit). Row groups
     /// come in multiples of `threads` so that each thread gets an equal
-    /// share; when there are too few row panels the columns are split too.
+    /// share. With few row panels (a handful of rows of C: splitting them
+    /// would leave one thread a partial panel) only the columns are split,
+    /// in equal groups, every task packing the same few rows of A.
     fn new(mp: usize, np: usize, max_mp: usize, threads: usize) -> Plan {
         let mut tm = mp.div_ceil(max_mp.max(1));
-        if threads > 1 {
+        if threads > 1 && mp >= FEW_ROW_PANELS * threads {
             tm = tm.div_ceil(threads) * threads;
         }
         let tm = tm.clamp(1, mp.max(1));
-        let tn = if threads > tm {
-            threads.div_ceil(tm).min(np).max(1)
+        let tn = if threads > 1 && tm % threads != 0 {
+            (threads / gcd(tm, threads)).min(np).max(1)
         } else {
             1
         };
@@ -104,6 +106,17 @@ impl Plan {
             j * self.np / self.tn,
             (j + 1) * self.np / self.tn,
         )
+    }
+}
+
+/// Below this many row panels per thread, the columns are split instead.
+const FEW_ROW_PANELS: usize = 4;
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

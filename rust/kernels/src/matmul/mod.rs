@@ -192,7 +192,7 @@ unsafe fn run(level: Level, g: &GemmArgs, threads: usize) {
     }
     if g.k == 0 {
         epilogue_only(g);
-    } else if g.m <= small_m::MAX_M && g.n > 1 && g.b.rs == 1 {
+    } else if g.b.rs == 1 && small_m::wanted(g.m, g.n, g.k) {
         run_small_m(level, g, threads);
     } else if g.m == 1 || g.n == 1 {
         run_gemv(level, g, threads);

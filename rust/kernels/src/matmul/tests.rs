@@ -133,6 +133,11 @@ fn large_sizes_across_block_edges_threaded() {
         (300, 70, 600),
         (29, 515, 301),
         (20, 500, 20000),
+        // Several depth blocks and tasks wide enough for more than one
+        // column chunk of C on every kernel.
+        (300, 1600, 600),
+        // Few row panels: the threads split the columns.
+        (60, 333, 129),
     ];
     in_pool(|| {
         for level in levels() {
@@ -168,7 +173,7 @@ fn vector_shapes_threaded() {
 fn small_m_every_level() {
     // m up to past small_m::MAX_M; k across the 16- and 8-lane tails; n
     // across the 4-row steps and the task split.
-    let ks = [1, 7, 8, 15, 16, 17, 33, 100];
+    let ks = [1, 7, 8, 15, 16, 17, 33, 100, 257];
     let ns = [2, 3, 4, 5, 7, 65, 301];
     in_pool(|| {
         for level in levels() {
@@ -182,7 +187,7 @@ fn small_m_every_level() {
                     }
                 }
                 check(level, 2, m, 1000, 768, false, true, 0.5, 1.0);
-                check(level, 2, m, 333, 77, true, true, 2.0, 0.5);
+                check(level, 2, m, 333, 300, true, true, 2.0, 0.5);
             }
         }
     });
