@@ -3,9 +3,11 @@
 Run: python benches/bench_native_matmul.py [--threads 2] [--repeats 9]
      [--only square,train,decode]
 Not part of the test run. Each contender is timed in its own block of
-repeats (medians reported), with a pause before each: OpenBLAS's threads
+repeats (the block's median), with a pause before each: OpenBLAS's threads
 busy-wait for a while after each call, and interleaving the two would
-leave our threads sharing the cores with them.
+leave our threads sharing the cores with them. The blocks take turns for
+--rounds rounds and each contender's best round counts, since other jobs
+on the shared machine slow some rounds.
 
 Sections:
 - square: the issue's three GEMM sizes (plain and trans_b for ours);
@@ -35,18 +37,25 @@ DECODE_W = [(2304, 768), (768, 768), (3072, 768), (50257, 768)]
 DECODE_M = [1, 2, 4, 8]
 
 
+ROUNDS = 3
+
+
 def seconds(fns, repeats, pause):
-    """Median seconds of each function, each timed in its own block."""
-    out = []
-    for fn in fns:
-        time.sleep(pause)
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
+    """Seconds of each function: each is timed in its own block of
+    `repeats` calls (the block's median), the blocks of all functions
+    taking turns for ROUNDS rounds; the best round's median is kept, which
+    drops rounds slowed by other jobs on the shared cores."""
+    out = [float("inf")] * len(fns)
+    for _ in range(ROUNDS):
+        for i, fn in enumerate(fns):
+            time.sleep(pause)
             fn()
-            ts.append(time.perf_counter() - t)
-        out.append(median(ts))
+            ts = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            out[i] = min(out[i], median(ts))
     return out
 
 
@@ -132,9 +141,11 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--pause", type=float, default=2.0)
+    p.add_argument("--pause", type=float, default=1.0)
     p.add_argument("--only", default="square,train,decode")
+    p.add_argument("--rounds", type=int, default=ROUNDS)
     args = p.parse_args()
+    globals()["ROUNDS"] = args.rounds
     _native.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"simd={_native.simd_level()} threads={args.threads}")
