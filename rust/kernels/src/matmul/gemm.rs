@@ -3,6 +3,7 @@
 //! tasks of MR-row and NR-column panels.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::LocalKey;
 
 use rayon::prelude::*;
@@ -141,42 +142,114 @@ pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
         for jc in (0..g.n).step_by(nc) {
             let ncur = nc.min(g.n - jc);
             let np = ncur.div_ceil(nr);
-            let panel_len = g.k * nr;
-            let packed_b = &mut packed_b[..np * panel_len];
-            let pack = |(jp, dst): (usize, &mut [f32])| {
-                // SAFETY: column panel `jp` lies inside B; `dst` is `k * nr`.
-                unsafe { K::pack_b(dst, g.b, jc + jp * nr, nr.min(ncur - jp * nr), g.k) }
-            };
-            if threads > 1 {
-                packed_b
-                    .par_chunks_mut(panel_len)
-                    .enumerate()
-                    .for_each(pack);
-            } else {
-                packed_b.chunks_mut(panel_len).enumerate().for_each(pack);
-            }
-            let packed_b: &[f32] = packed_b;
+            let packed_b = &mut packed_b[..np * g.k * nr];
             let max_mp = mc_panels_for(&K::BLOCKING, g.k, mr);
             let plan = Plan::new(g.m.div_ceil(mr), np, max_mp, threads);
+            let shared = SharedB {
+                ptr: packed_b.as_mut_ptr(),
+                jc,
+                ncur,
+                state: if threads > 1 {
+                    (0..np).map(|_| AtomicU8::new(UNPACKED)).collect()
+                } else {
+                    Vec::new()
+                },
+            };
+            if threads <= 1 {
+                for jp in 0..np {
+                    shared.pack::<K>(g, jp);
+                }
+            }
+            // One parallel section per block: each B panel is packed by
+            // the first task to need it (tasks start their column walks at
+            // different panels, so the threads pack different ones), which
+            // saves a second fork-join and its wake-ups.
             for_each_task(plan.count(), threads, |t| {
                 let (pm0, pm1, pn0, pn1) = plan.task(t);
-                // SAFETY: each task owns the C tiles of its panel ranges.
-                unsafe { task::<K>(g, packed_b, jc, pm0..pm1, pn0..pn1) }
+                // SAFETY: each task owns the C tiles of its panel ranges;
+                // B panels are packed once before any task reads them.
+                unsafe { task::<K>(g, &shared, pm0..pm1, pn0..pn1, (t, plan.count())) }
             });
         }
     });
 }
 
+const UNPACKED: u8 = 0;
+const PACKING: u8 = 1;
+const PACKED: u8 = 2;
+
+/// The packed B block of columns `[jc, jc + ncur)`, `k x NR` per panel,
+/// and with several threads, each panel's packing state.
+struct SharedB {
+    ptr: *mut f32,
+    jc: usize,
+    ncur: usize,
+    state: Vec<AtomicU8>,
+}
+
+// SAFETY: a panel is written only by the one task that claims it, and
+// read only after its state says PACKED (release / acquire).
+unsafe impl Sync for SharedB {}
+
+impl SharedB {
+    /// Packs panel `jp`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes the panel meanwhile.
+    unsafe fn pack<K: MicroKernel>(&self, g: &GemmArgs, jp: usize) {
+        let nr = K::NR;
+        let dst = std::slice::from_raw_parts_mut(self.ptr.add(jp * g.k * nr), g.k * nr);
+        K::pack_b(
+            dst,
+            g.b,
+            self.jc + jp * nr,
+            nr.min(self.ncur - jp * nr),
+            g.k,
+        );
+    }
+
+    /// Makes sure panel `jp` is packed: packs it if no task has claimed it
+    /// yet, or waits for the task packing it (which waits on nothing).
+    ///
+    /// # Safety
+    /// As [`gemm`]'s.
+    unsafe fn ready<K: MicroKernel>(&self, g: &GemmArgs, jp: usize) {
+        let Some(state) = self.state.get(jp) else {
+            return; // one thread: packed up front
+        };
+        if state.load(Ordering::Acquire) == PACKED {
+            return;
+        }
+        if state
+            .compare_exchange(UNPACKED, PACKING, Ordering::Acquire, Ordering::Acquire)
+            .is_ok()
+        {
+            self.pack::<K>(g, jp);
+            state.store(PACKED, Ordering::Release);
+        } else {
+            while state.load(Ordering::Acquire) != PACKED {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    fn panel(&self, g: &GemmArgs, nr: usize, jp: usize, pc: usize) -> *const f32 {
+        self.ptr.wrapping_add(jp * g.k * nr + pc * nr)
+    }
+}
+
 /// One task: row panels `pm` against column panels `pn` of the packed B
-/// block that starts at column `jc`, over the whole depth.
+/// block, over the whole depth. Task `t` of `count` walks the columns
+/// starting a fraction `t / count` of the way along.
 unsafe fn task<K: MicroKernel>(
     g: &GemmArgs,
-    packed_b: &[f32],
-    jc: usize,
+    b_block: &SharedB,
     pm: std::ops::Range<usize>,
     pn: std::ops::Range<usize>,
+    (t, count): (usize, usize),
 ) {
     let (mr, nr) = (K::MR, K::NR);
+    let jc = b_block.jc;
     // Depth blocks of equal size (k = 384 runs as 2 x 192, not 256 + 128:
     // every block pays one load and store of the C tile).
     let passes = g.k.div_ceil(K::BLOCKING.kc);
@@ -191,14 +264,22 @@ unsafe fn task<K: MicroKernel>(
     } else {
         pn.len().max(1)
     };
+    let chunks = pn.len().div_ceil(chunk);
     with_buffer(&PACKED_A, pm.len() * mr * g.k, |packed_a| {
         // The task's rows over the whole depth in one pass: long runs along
         // each row of A keep the hardware prefetchers streaming, where
         // packing one `kc` slice at a time between kernels starts each row
         // cold.
         K::pack_a(packed_a, g.a, i0, rows, 0, g.k);
-        for jc0 in pn.clone().step_by(chunk) {
+        let chunk_rot = t * chunks / count;
+        for ci in 0..chunks {
+            let ci = (ci + chunk_rot) % chunks;
+            let jc0 = pn.start + ci * chunk;
             let jc1 = (jc0 + chunk).min(pn.end);
+            let len = jc1 - jc0;
+            // With one chunk, the rotation moves inside it.
+            let rot = if chunks == 1 { t * len / count } else { 0 };
+            let nth = |idx: usize| jc0 + (idx + rot) % len;
             for pc in (0..g.k).step_by(kc_max) {
                 let kc = kc_max.min(g.k - pc);
                 let first = pc == 0;
@@ -206,22 +287,24 @@ unsafe fn task<K: MicroKernel>(
                 // next panel's to prefetch before each tile.
                 let b_lines = kc * nr / 16;
                 let per_tile = b_lines.div_ceil(pm.len());
-                // After the chunk's last panel comes its first at the next
-                // depth block, or the next chunk.
-                let last = jc1 - 1;
-                for jp in jc0..jc1 {
+                for idx in 0..len {
+                    let jp = nth(idx);
+                    if first {
+                        b_block.ready::<K>(g, jp);
+                    }
                     // The next B micro-panel is pulled from L3 into L2 a
-                    // slice per tile, so the next column of tiles starts warm.
-                    let next_b = packed_b.as_ptr().add(if jp < last {
-                        (jp + 1) * g.k * nr + pc * nr
-                    } else if pc + kc < g.k {
-                        jc0 * g.k * nr + (pc + kc) * nr
+                    // slice per tile, so the next column of tiles starts
+                    // warm. After the chunk's last panel comes its first at
+                    // the next depth block. (A panel still being packed
+                    // elsewhere is prefetched stale: harmless.)
+                    let next_b = if idx + 1 < len {
+                        b_block.panel(g, nr, nth(idx + 1), pc)
                     } else {
-                        jc1.min(pn.end - 1) * g.k * nr
-                    });
+                        b_block.panel(g, nr, nth(0), (pc + kc).min(g.k - 1))
+                    };
                     let j = jc + jp * nr;
                     let cols = nr.min(g.n - j);
-                    let b = packed_b.as_ptr().add(jp * g.k * nr + pc * nr);
+                    let b = b_block.panel(g, nr, jp, pc);
                     let ep = Epilogue {
                         alpha: g.alpha,
                         beta: if first { g.beta } else { 1.0 },
@@ -237,7 +320,7 @@ unsafe fn task<K: MicroKernel>(
                         let c = g.c.add(i * g.ldc + j);
                         let r = mr.min(g.m - i);
                         for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
-                            prefetch_l2(next_b.add(l * 16));
+                            prefetch_l2(next_b.wrapping_add(l * 16));
                         }
                         if r == mr && cols == nr {
                             K::tile(kc, a, b, c, g.ldc, &ep);
