@@ -86,7 +86,7 @@ impl Plan {
             tm = tm.div_ceil(threads) * threads;
         }
         let tm = tm.clamp(1, mp.max(1));
-        let tn = if threads > 1 && tm % threads != 0 {
+        let tn = if threads > 1 && !tm.is_multiple_of(threads) {
             (threads / gcd(tm, threads)).min(np).max(1)
         } else {
             1
