@@ -35,6 +35,22 @@ impl View {
 /// Floats per cache line.
 const LINE: usize = 16;
 
+/// How many rows ahead a strided contiguous copy prefetches.
+const PREFETCH_ROWS: usize = 8;
+
+/// Asks for the cache line at `p` in L1; never faults.
+#[inline(always)]
+fn prefetch_l1(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Packs one micro-panel: `dst (kc, W)` with `dst[p*W + i] = src(i, p)`
 /// for `i < valid`, zero for `valid <= i < W`. `src(i, p)` is at
 /// `ptr + i*stride_w + p*stride_k`. `W` is the kernel's MR or NR, a
@@ -59,7 +75,14 @@ unsafe fn pack_panel<const W: usize>(
     if stride_w == 1 {
         // Each depth step is a contiguous run of `valid` floats.
         if valid == W {
+            // Rows a whole row of op(B) apart (often 2 KiB or more): the
+            // hardware prefetchers miss such strides, so ask for the lines
+            // a few rows ahead.
             for (p, row) in dst.chunks_exact_mut(W).enumerate() {
+                let ahead = src.wrapping_add((p + PREFETCH_ROWS) * stride_k);
+                for l in (0..W).step_by(LINE) {
+                    prefetch_l1(ahead.wrapping_add(l));
+                }
                 let s = &*src.add(p * stride_k).cast::<[f32; W]>();
                 row.copy_from_slice(s);
             }
