@@ -126,7 +126,7 @@ fn odd_sizes_every_level_and_transpose() {
 
 #[test]
 fn large_sizes_across_block_edges_threaded() {
-    // 257: one past KC; 300 x 70: partial tiles both ways; k = 20000 makes
+    // 257: one past the AVX2 KC; 300 x 70: partial tiles both ways; k = 20000 makes
     // nc narrow enough that n = 500 spans several jc blocks.
     let shapes = [
         (257, 257, 257),
@@ -138,6 +138,8 @@ fn large_sizes_across_block_edges_threaded() {
         (300, 1600, 600),
         // Few row panels: the threads split the columns.
         (60, 333, 129),
+        // Depth blocks of unequal length (1030 = 344 + 344 + 342 on AVX-512).
+        (57, 130, 1030),
     ];
     in_pool(|| {
         for level in levels() {
