@@ -290,7 +290,10 @@ unsafe fn columns(level: Level, s: &SmallArgs, j0: usize, j1: usize) {
 pub unsafe fn small_m(level: Level, s: &SmallArgs, threads: usize) {
     debug_assert!(s.m >= 1 && s.m <= MAX_M && s.k >= 1);
     // Two tasks per thread, in whole steps of R rows, so that a thread
-    // slowed by another job is helped out.
+    // slowed by another job, or slow to wake, is helped out. (One fixed
+    // range per thread, with rayon::broadcast, kept each thread's share of
+    // a small W in its L2 but measured no faster: it waits for every
+    // thread to wake.)
     let tasks = if threads > 1 {
         (2 * threads).min(s.n.div_ceil(MIN_TASK_ROWS)).max(1)
     } else {
@@ -309,17 +312,7 @@ pub unsafe fn small_m(level: Level, s: &SmallArgs, threads: usize) {
             }
         }
     };
-    if tasks > 1 && threads == rayon::current_num_threads() {
-        // One equal range per pool thread, the same thread for the same
-        // range on every call: a W that fits in the L2 caches stays split
-        // between them across calls (the same layer decoding token after
-        // token).
-        let per = s.n.div_ceil(threads).div_ceil(R) * R;
-        rayon::broadcast(|ctx| {
-            let t = ctx.index();
-            run_range((t * per).min(s.n), ((t + 1) * per).min(s.n));
-        });
-    } else if tasks > 1 {
+    if tasks > 1 {
         (0..tasks)
             .into_par_iter()
             .for_each(|t| run_range((t * per).min(s.n), ((t + 1) * per).min(s.n)));
