@@ -5,6 +5,7 @@
 //! trait and `mod.rs` picks the kernel from [`crate::simd::level`].
 
 use super::blocking::Blocking;
+use super::packing::View;
 
 /// What a tile does with its product: `c = alpha * (a·b) + beta * c + bias`.
 /// `beta == 0` overwrites C without reading it (so NaN in C cannot leak);
@@ -57,7 +58,48 @@ pub trait MicroKernel {
     /// (and readable when `beta != 0`) for `MR` rows of `NR` floats, and the
     /// CPU supports the kernel's instruction set.
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, ep: &Epilogue);
+
+    /// [`super::packing::pack_a`] with this kernel's MR (and its
+    /// instruction set where that helps).
+    ///
+    /// # Safety
+    /// As `pack_a`'s, and the CPU supports the kernel's instruction set.
+    unsafe fn pack_a(dst: &mut [f32], a: View, i0: usize, rows: usize, p0: usize, kc: usize);
+
+    /// [`super::packing::pack_b`] with this kernel's NR.
+    ///
+    /// # Safety
+    /// As `pack_b`'s, and the CPU supports the kernel's instruction set.
+    unsafe fn pack_b(dst: &mut [f32], b: View, j0: usize, valid: usize, k: usize);
 }
+
+/// The packing methods of a [`MicroKernel`] impl with constants `MR`,
+/// `NR` in scope, `$avx512` saying whether packing may use AVX-512.
+macro_rules! packing_methods {
+    ($avx512:expr) => {
+        unsafe fn pack_a(
+            dst: &mut [f32],
+            a: super::packing::View,
+            i0: usize,
+            rows: usize,
+            p0: usize,
+            kc: usize,
+        ) {
+            super::packing::pack_a::<MR>(dst, a, i0, rows, p0, kc, $avx512)
+        }
+
+        unsafe fn pack_b(
+            dst: &mut [f32],
+            b: super::packing::View,
+            j0: usize,
+            valid: usize,
+            k: usize,
+        ) {
+            super::packing::pack_b::<NR>(dst, b, j0, valid, k, $avx512)
+        }
+    };
+}
+pub(super) use packing_methods;
 
 /// Scratch tile big enough for every kernel's MR x NR.
 pub const MAX_TILE: usize = 512;

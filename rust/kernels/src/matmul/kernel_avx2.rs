@@ -16,6 +16,8 @@ impl MicroKernel for Avx2 {
     const NR: usize = NR;
     const BLOCKING: Blocking = blocking::AVX2;
 
+    super::kernel::packing_methods!(false);
+
     unsafe fn tile(
         kc: usize,
         a: *const f32,

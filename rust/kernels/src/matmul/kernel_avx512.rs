@@ -19,6 +19,8 @@ impl MicroKernel for Avx512 {
     const NR: usize = NR;
     const BLOCKING: Blocking = blocking::AVX512;
 
+    super::kernel::packing_methods!(true);
+
     unsafe fn tile(
         kc: usize,
         a: *const f32,

@@ -15,6 +15,8 @@ impl MicroKernel for Portable {
     const NR: usize = NR;
     const BLOCKING: Blocking = blocking::PORTABLE;
 
+    super::kernel::packing_methods!(false);
+
     unsafe fn tile(
         kc: usize,
         a: *const f32,

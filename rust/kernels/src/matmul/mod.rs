@@ -30,6 +30,7 @@ mod kernel_portable;
 mod linear;
 mod naive;
 mod packing;
+mod small_m;
 #[cfg(test)]
 mod tests;
 
@@ -191,6 +192,8 @@ unsafe fn run(level: Level, g: &GemmArgs, threads: usize) {
     }
     if g.k == 0 {
         epilogue_only(g);
+    } else if g.b.rs == 1 && small_m::wanted(g.m, g.n, g.k) {
+        run_small_m(level, g, threads);
     } else if g.m == 1 || g.n == 1 {
         run_gemv(level, g, threads);
     } else {
@@ -222,6 +225,39 @@ unsafe fn epilogue_only(g: &GemmArgs) {
             *cp = ep.apply(0.0, *cp, bias);
         }
     }
+}
+
+/// A few rows of A against a B stored as rows along k (`x @ W.T`):
+/// W streamed once, several of its rows at a time.
+unsafe fn run_small_m(level: Level, g: &GemmArgs, threads: usize) {
+    let copy: Vec<f32>;
+    let (x, ldx) = if g.a.cs == 1 {
+        (g.a.ptr, g.a.rs)
+    } else {
+        // Rows of op(A) strided along k (trans_a): gather them, m x k floats.
+        copy = (0..g.m)
+            .flat_map(|i| (0..g.k).map(move |p| (i, p)))
+            .map(|(i, p)| *g.a.at(i, p).ptr)
+            .collect();
+        (copy.as_ptr(), g.k)
+    };
+    let s = small_m::SmallArgs {
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        x,
+        ldx,
+        w: g.b.ptr,
+        ldw: g.b.cs,
+        c: g.c,
+        ldc: g.ldc,
+        ep: Epilogue {
+            alpha: g.alpha,
+            beta: g.beta,
+            bias: g.bias,
+        },
+    };
+    small_m::small_m(level, &s, threads);
 }
 
 /// One row or one column of C: a matrix-vector product over the other

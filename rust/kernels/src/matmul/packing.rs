@@ -35,55 +35,92 @@ impl View {
 /// Floats per cache line.
 const LINE: usize = 16;
 
-/// Packs one micro-panel: `dst (kc, width)` with `dst[p*width + i] =
-/// src(i, p)` for `i < valid`, zero for `valid <= i < width`. `src(i, p)`
-/// is at `ptr + i*stride_w + p*stride_k`.
+/// How many rows ahead a strided contiguous copy prefetches.
+const PREFETCH_ROWS: usize = 8;
+
+/// Asks for the cache line at `p` in L1; never faults.
+#[inline(always)]
+fn prefetch_l1(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Packs one micro-panel: `dst (kc, W)` with `dst[p*W + i] = src(i, p)`
+/// for `i < valid`, zero for `valid <= i < W`. `src(i, p)` is at
+/// `ptr + i*stride_w + p*stride_k`. `W` is the kernel's MR or NR, a
+/// constant, so that the copies below compile to fixed-width moves;
+/// `avx512` allows the AVX-512 transpose.
 ///
 /// # Safety
-/// `dst` holds `kc * width` floats; `src` is readable for `i < valid`,
-/// `p < kc`.
-#[inline]
-unsafe fn pack_panel(
+/// `dst` holds `kc * W` floats; `src` is readable for `i < valid`,
+/// `p < kc`; `avx512` only where the CPU has it.
+#[inline(always)]
+unsafe fn pack_panel<const W: usize>(
     dst: &mut [f32],
     src: *const f32,
     stride_w: usize,
     stride_k: usize,
-    width: usize,
     valid: usize,
     kc: usize,
+    avx512: bool,
 ) {
-    debug_assert!(dst.len() >= kc * width && valid <= width);
-    let dst = &mut dst[..kc * width];
+    debug_assert!(dst.len() >= kc * W && valid <= W);
+    let dst = &mut dst[..kc * W];
     if stride_w == 1 {
         // Each depth step is a contiguous run of `valid` floats.
-        for (p, row) in dst.chunks_exact_mut(width).enumerate() {
-            let s = std::slice::from_raw_parts(src.add(p * stride_k), valid);
-            row[..valid].copy_from_slice(s);
-            row[valid..].fill(0.0);
+        if valid == W {
+            // Rows a whole row of op(B) apart (often 2 KiB or more): the
+            // hardware prefetchers miss such strides, so ask for the lines
+            // a few rows ahead.
+            for (p, row) in dst.chunks_exact_mut(W).enumerate() {
+                let ahead = src.wrapping_add((p + PREFETCH_ROWS) * stride_k);
+                for l in (0..W).step_by(LINE) {
+                    prefetch_l1(ahead.wrapping_add(l));
+                }
+                let s = &*src.add(p * stride_k).cast::<[f32; W]>();
+                row.copy_from_slice(s);
+            }
+        } else {
+            for (p, row) in dst.chunks_exact_mut(W).enumerate() {
+                let s = std::slice::from_raw_parts(src.add(p * stride_k), valid);
+                row[..valid].copy_from_slice(s);
+                row[valid..].fill(0.0);
+            }
         }
     } else if stride_k == 1 {
+        #[cfg(target_arch = "x86_64")]
+        if avx512 && W <= 32 {
+            return x86::transpose_panel::<W>(dst.as_mut_ptr(), src, stride_w, valid, kc);
+        }
+        let _ = avx512;
         // Each of the `valid` lines is contiguous along depth: a transpose,
         // done one source cache line (16 floats) of every line at a time.
         // Lines of A or B often lie a multiple of 4 KiB apart and so share
         // an L1 set; consuming each loaded cache line at once keeps them
         // from evicting each other before use.
-        if valid < width {
-            for row in dst.chunks_exact_mut(width) {
+        if valid < W {
+            for row in dst.chunks_exact_mut(W) {
                 row[valid..].fill(0.0);
             }
         }
         for p0 in (0..kc).step_by(LINE) {
             let len = LINE.min(kc - p0);
-            let block = &mut dst[p0 * width..(p0 + len) * width];
+            let block = &mut dst[p0 * W..(p0 + len) * W];
             for i in 0..valid {
                 let s = std::slice::from_raw_parts(src.add(i * stride_w + p0), len);
-                for (row, &v) in block.chunks_exact_mut(width).zip(s) {
+                for (row, &v) in block.chunks_exact_mut(W).zip(s) {
                     row[i] = v;
                 }
             }
         }
     } else {
-        for (p, row) in dst.chunks_exact_mut(width).enumerate() {
+        for (p, row) in dst.chunks_exact_mut(W).enumerate() {
             for (i, d) in row.iter_mut().enumerate() {
                 *d = if i < valid {
                     *src.add(i * stride_w + p * stride_k)
@@ -95,38 +132,130 @@ unsafe fn pack_panel(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `out[j]` = column `j` of the 16 x 16 block whose rows are `r`.
+    #[inline(always)]
+    pub unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        let pd = _mm512_castps_pd;
+        let ps = _mm512_castpd_ps;
+        // Pairs of rows interleaved, then pairs of pairs.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // u[4q + {0,1,2,3}] from t[4q + {0,2}] and t[4q + {1,3}].
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let q = i / 4 * 4;
+            let (a, b) = match i % 4 {
+                0 | 1 => (t[q], t[q + 2]),
+                _ => (t[q + 1], t[q + 3]),
+            };
+            if i % 2 == 0 {
+                ps(_mm512_unpacklo_pd(pd(a), pd(b)))
+            } else {
+                ps(_mm512_unpackhi_pd(pd(a), pd(b)))
+            }
+        });
+        // 128-bit blocks: v[8h + j] for j < 4 from u[8h + j], u[8h + j + 4].
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (h, j) = (i / 8 * 8, i % 8);
+            let (a, b) = (u[h + j % 4], u[h + j % 4 + 4]);
+            if j < 4 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        });
+        std::array::from_fn(|j| {
+            let (a, b) = (v[j % 8], v[j % 8 + 8]);
+            if j < 8 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        })
+    }
+
+    /// The transposing case of `pack_panel` (`stride_k == 1`, `W <= 32`):
+    /// 16 x 16 blocks through registers, lines past `valid` read as zero.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transpose_panel<const W: usize>(
+        dst: *mut f32,
+        src: *const f32,
+        stride_w: usize,
+        valid: usize,
+        kc: usize,
+    ) {
+        for p0 in (0..kc).step_by(16) {
+            let len = 16.min(kc - p0);
+            let kmask: __mmask16 = if len == 16 { !0 } else { (1u16 << len) - 1 };
+            for i0 in (0..W).step_by(16) {
+                let rows: [__m512; 16] = std::array::from_fn(|i| {
+                    if i0 + i < valid {
+                        _mm512_maskz_loadu_ps(kmask, src.add((i0 + i) * stride_w + p0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                let cols = transpose16(rows);
+                let width = 16.min(W - i0);
+                let wmask: __mmask16 = if width == 16 { !0 } else { (1u16 << width) - 1 };
+                for (q, &c) in cols.iter().enumerate().take(len) {
+                    _mm512_mask_storeu_ps(dst.add((p0 + q) * W + i0), wmask, c);
+                }
+            }
+        }
+    }
+}
+
 /// Packs rows `[i0, i0 + rows)` and depth `[p0, p0 + kc)` of op(A) `a`
-/// into `ceil(rows / mr)` micro-panels `(kc, mr)`, one after another in
+/// into `ceil(rows / MR)` micro-panels `(kc, MR)`, one after another in
 /// `dst`; rows past the end are zero.
 ///
 /// # Safety
-/// The block lies inside `a`; `dst` holds `ceil(rows / mr) * kc * mr` floats.
-pub unsafe fn pack_a(
+/// The block lies inside `a`; `dst` holds `ceil(rows / MR) * kc * MR`
+/// floats; `avx512` only where the CPU has it.
+pub unsafe fn pack_a<const MR: usize>(
     dst: &mut [f32],
     a: View,
-    mr: usize,
     i0: usize,
     rows: usize,
     p0: usize,
     kc: usize,
+    avx512: bool,
 ) {
     for (r, panel) in dst
-        .chunks_exact_mut(kc * mr)
-        .take(rows.div_ceil(mr))
+        .chunks_exact_mut(kc * MR)
+        .take(rows.div_ceil(MR))
         .enumerate()
     {
-        let valid = mr.min(rows - r * mr);
-        let src = a.at(i0 + r * mr, p0);
-        pack_panel(panel, src.ptr, a.rs, a.cs, mr, valid, kc);
+        let valid = MR.min(rows - r * MR);
+        let src = a.at(i0 + r * MR, p0);
+        pack_panel::<MR>(panel, src.ptr, a.rs, a.cs, valid, kc, avx512);
     }
 }
 
-/// Packs columns `[j0, j0 + nr)` (fewer, `valid`, at the right edge) of
-/// op(B) `b` over the whole depth `k` into one micro-panel `dst (k, nr)`.
+/// Packs columns `[j0, j0 + NR)` (fewer, `valid`, at the right edge) of
+/// op(B) `b` over the whole depth `k` into one micro-panel `dst (k, NR)`.
 ///
 /// # Safety
-/// The columns lie inside `b`; `dst` holds `k * nr` floats.
-pub unsafe fn pack_b(dst: &mut [f32], b: View, nr: usize, j0: usize, valid: usize, k: usize) {
+/// The columns lie inside `b`; `dst` holds `k * NR` floats; `avx512` only
+/// where the CPU has it.
+pub unsafe fn pack_b<const NR: usize>(
+    dst: &mut [f32],
+    b: View,
+    j0: usize,
+    valid: usize,
+    k: usize,
+    avx512: bool,
+) {
     let src = b.at(0, j0);
-    pack_panel(dst, src.ptr, b.cs, b.rs, nr, valid, k);
+    pack_panel::<NR>(dst, src.ptr, b.cs, b.rs, valid, k, avx512);
 }

@@ -126,13 +126,20 @@ fn odd_sizes_every_level_and_transpose() {
 
 #[test]
 fn large_sizes_across_block_edges_threaded() {
-    // 257: one past KC; 300 x 70: partial tiles both ways; k = 20000 makes
+    // 257: one past the AVX2 KC; 300 x 70: partial tiles both ways; k = 20000 makes
     // nc narrow enough that n = 500 spans several jc blocks.
     let shapes = [
         (257, 257, 257),
         (300, 70, 600),
         (29, 515, 301),
         (20, 500, 20000),
+        // Several depth blocks and tasks wide enough for more than one
+        // column chunk of C on every kernel.
+        (300, 1600, 600),
+        // Few row panels: the threads split the columns.
+        (60, 333, 129),
+        // Depth blocks of unequal length (1030 = 344 + 344 + 342 on AVX-512).
+        (57, 130, 1030),
     ];
     in_pool(|| {
         for level in levels() {
@@ -160,6 +167,63 @@ fn vector_shapes_threaded() {
                     check(level, 2, m, n, k, ta, tb, 1.0, 0.0);
                 }
             }
+        }
+    });
+}
+
+#[test]
+fn small_m_every_level() {
+    // m up to past small_m::MAX_M; k across the 16- and 8-lane tails; n
+    // across the 4-row steps and the task split.
+    let ks = [1, 7, 8, 15, 16, 17, 33, 100, 257];
+    let ns = [2, 3, 4, 5, 7, 65, 301];
+    in_pool(|| {
+        for level in levels() {
+            for m in 1..=small_m::MAX_M + 1 {
+                for &n in &ns {
+                    for &k in &ks {
+                        for ta in [false, true] {
+                            let threads = if n > 64 { 2 } else { 1 };
+                            check(level, threads, m, n, k, ta, true, 1.0, 0.0);
+                        }
+                    }
+                }
+                check(level, 2, m, 1000, 768, false, true, 0.5, 1.0);
+                check(level, 2, m, 333, 300, true, true, 2.0, 0.5);
+            }
+        }
+    });
+}
+
+#[test]
+fn small_m_linear_forward_bias() {
+    in_pool(|| {
+        for rows in 1..=small_m::MAX_M {
+            let (in_f, out_f) = (37, 203);
+            let x = data(rows * in_f, 12);
+            let w = data(out_f * in_f, 13);
+            let bias = data(out_f, 14);
+            let mut y = vec![f32::NAN; rows * out_f];
+            linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
+            let mut want = vec![0.0; rows * out_f];
+            sgemm_naive(
+                rows,
+                out_f,
+                in_f,
+                1.0,
+                &x,
+                Layout::normal(in_f),
+                &w,
+                Layout::transposed(in_f),
+                0.0,
+                &mut want,
+                out_f,
+            )
+            .unwrap();
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += bias[i % out_f];
+            }
+            assert_close(&y, &want, 1e-5, &format!("linear_forward rows={rows}"));
         }
     });
 }
