@@ -54,7 +54,7 @@ pub(super) fn forward(
     o: &mut [f32],
     lse: &mut [f32],
 ) {
-    let (tq, tk, dp) = (p.shape.q_len, p.shape.kv_len, p.dp);
+    let (tq, dp) = (p.shape.q_len, p.dp);
     o.par_chunks_mut(tq * dp)
         .zip(lse.par_chunks_mut(tq))
         .enumerate()

@@ -145,7 +145,6 @@ pub fn attention_backward(
 /// [`attention_forward`] at a chosen SIMD level (lowered to what the CPU
 /// has), so that the tests can run every path.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_at(
     level: Level,
     q: &[f32],
