@@ -33,33 +33,16 @@ fn build(n: usize) -> ThreadPool {
     // the load balancer moves one, milliseconds later). More workers than
     // CPUs, or FERROFORMER_PIN=0, leaves placement to the scheduler.
     let pin = n <= cpus.len() && std::env::var("FERROFORMER_PIN").as_deref() != Ok("0");
-    let builder = || {
-        let cpus = cpus.clone();
-        ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("ferroformer-{i}"))
-            .start_handler(move |i| {
-                if pin {
-                    affinity::pin(cpus[i]);
-                }
-            })
-    };
-    // The thread that builds the first pool (normally Python's main thread)
-    // joins it as worker 0 (not pinned: it is the caller's thread), with
-    // n - 1 threads spawned beside it. A kernel it calls then starts right
-    // on it and only hands the halves it splits off to the others, instead
-    // of waking a sleeping worker and sleeping until that one is done,
-    // which costs more than the whole of a small call (a layernorm over
-    // one row, in decoding). rayon cannot take a thread out of a pool, so
-    // a pool rebuilt by set_num_threads is a plain one of n threads.
-    if rayon::current_thread_index().is_none()
-        && std::env::var("FERROFORMER_ANCHOR").as_deref() != Ok("0")
-    {
-        if let Ok(pool) = builder().use_current_thread().build() {
-            return pool;
-        }
-    }
-    builder().build().expect("building a rayon thread pool")
+    ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("ferroformer-{i}"))
+        .start_handler(move |i| {
+            if pin {
+                affinity::pin(cpus[i]);
+            }
+        })
+        .build()
+        .expect("building a rayon thread pool")
 }
 
 #[cfg(target_os = "linux")]
