@@ -45,7 +45,7 @@ fn rotate_at(
     t: usize,
     d: usize,
 ) -> Result<()> {
-    if d % 2 != 0 {
+    if !d.is_multiple_of(2) {
         return Err(Error::Shape(format!(
             "{op}: the last dim D must be even, got {d}"
         )));
@@ -54,7 +54,7 @@ fn rotate_at(
     check_len(op, "y", y.len(), &[rows, d])?;
     check_len(op, "cos", cos.len(), &[t, d / 2])?;
     check_len(op, "sin", sin.len(), &[t, d / 2])?;
-    if t == 0 || rows % t != 0 {
+    if t == 0 || !rows.is_multiple_of(t) {
         return Err(Error::Shape(format!(
             "{op}: {rows} rows are not a whole number of T = {t} positions"
         )));

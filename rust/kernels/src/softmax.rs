@@ -114,7 +114,7 @@ fn forward_at(
     check_len("softmax_forward", "y", y.len(), &[rows, cols])?;
     let causal = match causal {
         None => None,
-        Some(tq) if tq > 0 && rows % tq == 0 => Some(Causal { tq }),
+        Some(tq) if tq > 0 && rows.is_multiple_of(tq) => Some(Causal { tq }),
         Some(tq) => {
             return Err(Error::Shape(format!(
                 "softmax_forward: causal needs rows ({rows}) to be a multiple of Tq ({tq})"

@@ -349,7 +349,7 @@ fn check_inputs(
     capacity: usize,
     opts: AttentionOptions<'_>,
 ) -> Result<()> {
-    if s.head_dim == 0 || s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 {
+    if s.head_dim == 0 || s.kv_heads == 0 || !s.q_heads.is_multiple_of(s.kv_heads) {
         return Err(Error::Shape(format!(
             "{op}: need head_dim > 0 and q_heads a multiple of kv_heads, got {s:?}"
         )));

@@ -366,7 +366,7 @@ impl Tiles {
 
     /// `Σ a[i]·b[i]`; `a.len() == b.len()`, a multiple of 16.
     pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        assert!(a.len() == b.len() && a.len() % 16 == 0);
+        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         match self.level {
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => unsafe { super::avx512::dot(a.as_ptr(), b.as_ptr(), a.len()) },
