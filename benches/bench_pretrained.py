@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 import ferroformer as ff
+from ferroformer.nn.positional import rope_tables
 
 # the sibling script holds the shared timing, torch decoder and reporting
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -229,13 +230,6 @@ def bench_minilm(args, torch) -> None:
 
 # -- (b) SmolLM2-135M-Instruct ---------------------------------------------------------
 
-def rope_tables(max_len: int, head_dim: int, base: float):
-    """cos, sin (max_len, head_dim/2) float32 for adjacent pairs (x[2i], x[2i+1])."""
-    inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    ang = np.arange(max_len, dtype=np.float64)[:, None] * inv[None, :]
-    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
-
-
 def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
     """A PyTorch eager Llama (RMSNorm, RoPE on adjacent pairs, SwiGLU with fc1 rows
     [gate | up], grouped-query SDPA, tied or untied head) holding ferroformer
@@ -248,7 +242,7 @@ def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
     hkv = cfg.get("n_kv_heads") or h
     d, eps, n_layers = c // h, cfg["norm_eps"], cfg["n_layers"]
     d_ff = state["blocks.0.ff.fc1.weight"].shape[0] // 2  # the config may leave it to the default
-    cos, sin = (torch.from_numpy(a) for a in rope_tables(cfg["max_seq_len"], d, cfg["rope_base"]))
+    cos, sin = (torch.from_numpy(a) for a in rope_tables(cfg["max_seq_len"], d, cfg["rope_base"], np.float32))
 
     def rope(x, pos):
         t = x.shape[-2]

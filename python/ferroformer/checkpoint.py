@@ -26,6 +26,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .backends import to_host
+
 FORMAT = "ferroformer.checkpoint/1"
 MAX_HEADER = 64 << 20  # bytes of JSON header we are willing to parse
 _DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
@@ -41,7 +43,7 @@ class Checkpoint(NamedTuple):
 
 
 def _host(x):
-    return np.ascontiguousarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
+    return np.ascontiguousarray(to_host(x))
 
 
 # -- writing --------------------------------------------------------------------------

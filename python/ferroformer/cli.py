@@ -369,7 +369,7 @@ def _cmd_generate(args) -> int:
                 raise ValueError(f"--max-new-tokens {n} exceeds the model's context of {limit} "
                                  f"tokens after the {len(prompt)}-token prompt")
         out = model.generate(np.asarray([prompt], np.int64), max_new_tokens=n, eos_id=eos, **sampling)
-    row = [int(t) for t in np.asarray(out.get() if hasattr(out, "get") else out)[0]]
+    row = [int(t) for t in out[0]]  # generate returns host int64 arrays
     if EOS in row and run["task"] != "bytes":
         row = row[: row.index(EOS)]
     print(_decode_answer(run, args.prompt, row))

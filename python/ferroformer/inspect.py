@@ -19,13 +19,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .backends import to_host
+
 KINDS = ("self", "cross")
 STACKS = ("encoder", "decoder")
 METRICS = ("cosine", "dot", "euclidean")
-
-
-def _host(x) -> np.ndarray:
-    return np.asarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
 
 
 # -- which attention module --------------------------------------------------------------
@@ -104,7 +102,7 @@ def attention_weights(model, *inputs, layer: int, head: Optional[int] = None, ki
     finally:
         attn.keep_weights, attn.weights = old_keep, old_weights
         model.train(was_training)
-    w = np.asarray(_host(w), dtype=np.float32)
+    w = np.asarray(to_host(w), dtype=np.float32)
     return w if head is None else np.ascontiguousarray(w[:, int(head)])
 
 
@@ -114,7 +112,7 @@ def attention_entropy(weights) -> np.ndarray:
     (H, Tq, Tk) -> (H,). Rows that are all zero (fully masked) are left out of the
     mean; where every row is, the result is NaN. Uniform attention over Tk keys has
     entropy log(Tk); attention on one key, 0."""
-    p = np.asarray(_host(weights), dtype=np.float64)
+    p = np.asarray(to_host(weights), dtype=np.float64)
     if p.ndim < 2:
         raise ValueError(f"attention_entropy: weights must be (..., Tq, Tk), got shape {p.shape}")
     if (p < 0).any() or not np.isfinite(p).all():
@@ -147,7 +145,7 @@ def embedding_matrix(model, table: Optional[str] = None) -> np.ndarray:
         weight = model.weight.data
     else:
         weight = model
-    m = _host(weight)
+    m = to_host(weight)
     if m.ndim != 2 or m.dtype.kind != "f":
         raise ValueError(f"nearest_neighbours: expected a model or a (V, C) float embedding "
                          f"matrix, got {type(model).__name__} of shape {getattr(m, 'shape', None)}")

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .backends import to_host
 from .checkpoint import atomic_write
 
 INSTALL_HINT = 'plotting needs matplotlib: pip install "ferroformer[plot]"'
@@ -43,10 +44,6 @@ def _save(fig, path) -> str:
     fig.savefig(buf, format=fmt if fmt in ("png", "svg", "pdf") else "png", bbox_inches="tight")
     atomic_write(path, buf.getvalue())
     return path
-
-
-def _host(x) -> np.ndarray:
-    return np.asarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
 
 
 # -- training ----------------------------------------------------------------------------
@@ -107,7 +104,7 @@ def plot_attention(weights, path, tokens_q: Optional[Sequence] = None,
     """Heat map of attention probabilities (Tq, Tk), or one panel per head for
     (H, Tq, Tk) (e.g. ``attention_weights(...)[0]``); rows are queries, columns keys,
     labelled with ``tokens_q`` / ``tokens_k`` when given. Returns ``path``."""
-    w = np.asarray(_host(weights), dtype=np.float64)
+    w = np.asarray(to_host(weights), dtype=np.float64)
     if w.ndim == 2:
         w = w[None]
     if w.ndim != 3 or 0 in w.shape:
@@ -159,7 +156,7 @@ def positional_table(source) -> np.ndarray:
         table = source.weight.data
     else:
         table = source
-    t = np.asarray(_host(table), dtype=np.float64)
+    t = np.asarray(to_host(table), dtype=np.float64)
     if t.ndim != 2:
         raise ValueError(f"plot_positional_encoding: expected a model with positions or a "
                          f"(T, C) table, got {type(source).__name__} of shape {t.shape}")

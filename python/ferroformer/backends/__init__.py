@@ -25,6 +25,14 @@ class BackendUnavailable(RuntimeError):
     """The named backend cannot run here; the message says why."""
 
 
+def to_host(x):
+    """The array as a host NumPy array: a CuPy array is copied off the GPU, a
+    NumPy array is returned as it is."""
+    import numpy as np
+
+    return np.asarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
+
+
 def _load(name: str) -> Backend:
     if name == "numpy":
         from .numpy_backend import NumpyBackend

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..backends import to_host
 from .cache import KVCache
 from .sampling import check_sampling_args, sample_next
 
@@ -43,21 +44,17 @@ def _eval(model):
         model.train(was_training)
 
 
-def _host(x):
-    return np.asarray(x.get() if hasattr(x, "get") else x)
-
-
 def left_pad(prompts, pad_id: int = 0):
     """A (B, T) int array, or a sequence of 1-D int sequences of any lengths
     -> (ids (B, T) int64 left-padded with pad_id, pad (B,) padding counts)."""
     if hasattr(prompts, "ndim") and getattr(prompts, "ndim", 0) == 2:
-        ids = _host(prompts)
+        ids = to_host(prompts)
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"generate: prompt ids must be integers, got {ids.dtype}")
         if ids.shape[0] == 0 or ids.shape[1] == 0:
             raise ValueError(f"generate: empty prompt batch {ids.shape}")
         return ids.astype(np.int64, copy=False), np.zeros(ids.shape[0], np.int64)
-    rows = [np.asarray(_host(p)).reshape(-1) for p in prompts]
+    rows = [np.asarray(to_host(p)).reshape(-1) for p in prompts]
     if not rows or any(r.size == 0 for r in rows):
         raise ValueError("generate: every prompt needs at least one token")
     for r in rows:
@@ -91,7 +88,7 @@ class _Picker:
 
     def pick(self, logits):
         """logits (B, V) (any backend) -> next ids (B,) host int64; True when all rows are done."""
-        nxt = sample_next(_host(logits), rng=self.rng, **self.kw)
+        nxt = sample_next(to_host(logits), rng=self.rng, **self.kw)
         if self.eos_id is not None:
             nxt = np.where(self.done, self.eos_id, nxt)
             self.done |= nxt == self.eos_id
@@ -192,7 +189,7 @@ def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[
 
 
 def _log_softmax(logits):
-    z = _host(logits).astype(np.float64)
+    z = to_host(logits).astype(np.float64)
     z -= z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
@@ -200,7 +197,7 @@ def _log_softmax(logits):
 def score(model, prompt_ids, target_ids):
     """Teacher-forced log-probabilities (B, Tt) float64 of target_ids (B, Tt) following
     prompt_ids (B, Tp): entry [b, i] is log p(target[b, i] | prompt[b], target[b, :i])."""
-    prompt, target = _host(prompt_ids), _host(target_ids)
+    prompt, target = to_host(prompt_ids), to_host(target_ids)
     if prompt.ndim != 2 or target.ndim != 2 or prompt.shape[0] != target.shape[0] \
             or prompt.shape[1] == 0:
         raise ValueError(f"score: need prompt (B, Tp >= 1) and target (B, Tt) ids, got "
@@ -216,7 +213,7 @@ def score(model, prompt_ids, target_ids):
 def score_seq2seq(model, src, tgt, *, bos_id: int, src_key_padding_mask=None):
     """Teacher-forced log-probabilities (B, Tt) of tgt (B, Tt) given src under the
     encoder-decoder: entry [b, i] is log p(tgt[b, i] | src[b], BOS, tgt[b, :i])."""
-    tgt = _host(tgt).astype(np.int64)
+    tgt = to_host(tgt).astype(np.int64)
     if tgt.ndim != 2:
         raise ValueError(f"score: tgt must be (B, Tt) ids, got {tgt.shape}")
     inp = np.concatenate([np.full((tgt.shape[0], 1), bos_id, np.int64), tgt[:, :-1]], axis=1)

@@ -64,6 +64,15 @@ class CausalLM:
     """Generation and scoring for the decoder-only models (GPT, Llama), whose
     ``blocks`` each hold a self-attention ``attn``. See ``generate/decoding.py``."""
 
+    def _run_blocks(self, x, offset: int, cache, last_only: bool):
+        """The decoder stack over x (B, T, C), with this step's cache layers; advances
+        the cache by T; keeps only the last position when last_only."""
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return x[:, -1:] if last_only else x
+
     def new_cache(self, batch: int, capacity: int, pad=None):
         """A preallocated ``KVCache`` for ``batch`` rows of up to ``capacity`` positions;
         pad: left-padding columns per row."""

@@ -58,12 +58,7 @@ class GPT(CausalLM, Model):
         if cache is not None:
             offset, positions = cache.length, cache.positions(input_ids.shape[1])
         x = self.drop(self.wpe(self.wte(input_ids), offset, positions=positions))
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
-        if last_only:
-            x = x[:, -1:]
+        x = self._run_blocks(x, offset, cache, last_only)
         return self.head(self.ln_f(x))
 
     def backward(self, dlogits):

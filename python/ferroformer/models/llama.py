@@ -58,13 +58,7 @@ class Llama(CausalLM, Model):
         last_only: logits of the last position only, (B, 1, V)."""
         if cache is not None:
             offset = cache.length  # RoPE takes each row's positions from the cache
-        x = self.tok_emb(input_ids)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
-        if last_only:
-            x = x[:, -1:]
+        x = self._run_blocks(self.tok_emb(input_ids), offset, cache, last_only)
         return self.lm_head(self.norm(x))
 
     def backward(self, dlogits):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import to_host
 from .linear import Linear
 from .module import Module
 from .positional import RotaryEmbedding, alibi_bias, alibi_slopes
@@ -140,7 +141,7 @@ class MultiHeadAttention(Module):
             mask = None if state.mask is None else state.mask[:, :end]
             p = self._probabilities(q, ks, mask)
             if self.keep_weights:
-                self.weights = np.asarray(p.get() if hasattr(p, "get") else p, dtype=np.float32)
+                self.weights = to_host(p).astype(np.float32, copy=False)
             if self.alibi:
                 return self.proj(self._merge(self.ops.matmul(p, self._repeat_kv(vs))))
         o, _ = self.ops.attention_forward(q, cache.k, cache.v, causal=self.causal,
@@ -205,8 +206,7 @@ class MultiHeadAttention(Module):
 
     def _weights(self, q, k, mask):
         """The attention probabilities as a host float32 array, for inspection."""
-        p = self._probabilities(q, k, mask)
-        return np.asarray(p.get() if hasattr(p, "get") else p, dtype=np.float32)
+        return to_host(self._probabilities(q, k, mask)).astype(np.float32, copy=False)
 
     def _unfused_forward(self, q, k, v, mask):
         p = self._probabilities(q, k, mask)

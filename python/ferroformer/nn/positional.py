@@ -136,8 +136,9 @@ class RotaryEmbedding(Module):
         if positions.shape != (x.shape[0], x.shape[-2]):
             raise ValueError(f"RotaryEmbedding: positions {positions.shape} do not match "
                              f"x {tuple(x.shape)} (want (B, T))")
-        _check_len("RotaryEmbedding", int(positions.min()), int(positions.max() - positions.min()) + 1,
-                   self.max_seq_len)
+        if positions.min() < 0 or positions.max() >= self.max_seq_len:
+            raise ValueError(f"RotaryEmbedding: positions {positions.min()}..{positions.max()} "
+                             f"exceed max_len {self.max_seq_len}")
         xp = self.ops.xp
         idx = xp.asarray(positions)
         cos, sin = self.cos[idx], self.sin[idx]

@@ -16,6 +16,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from ..backends import to_host
 from ..models import BERT
 from .files import package_path
 from .tokenizer import Tokenizer, wordpiece_from_file
@@ -91,7 +92,7 @@ def embed(model, tok: Tokenizer, sentences: Sequence[str], *, batch_size: int = 
     for i in range(0, len(sentences), batch_size):
         ids, mask = tok.batch(sentences[i:i + batch_size], max_length=max_length)
         h = model.encode(xp.asarray(ids), key_padding_mask=xp.asarray(~mask))
-        h = np.asarray(h.get() if hasattr(h, "get") else h, np.float64)
+        h = to_host(h).astype(np.float64)
         m = mask[..., None].astype(np.float64)
         pooled = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         out.append(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12))

@@ -49,6 +49,24 @@ fn shape_of(
     })
 }
 
+/// The kernel options, the mask borrowed as a slice.
+fn options<'a>(
+    op: &str,
+    causal: bool,
+    scale: f32,
+    mask: &'a Option<PyReadonlyArrayDyn<'_, bool>>,
+) -> PyResult<AttentionOptions<'a>> {
+    let key_padding_mask = match mask {
+        Some(m) => Some(util::slice(op, "key_padding_mask", m)?),
+        None => None,
+    };
+    Ok(AttentionOptions {
+        causal,
+        scale,
+        key_padding_mask,
+    })
+}
+
 fn same_shape(
     op: &str,
     name: &str,
@@ -98,15 +116,7 @@ fn attention_forward<'py>(
         util::slice(OP, "k", &k)?,
         util::slice(OP, "v", &v)?,
     );
-    let mask = match &key_padding_mask {
-        Some(m) => Some(util::slice(OP, "key_padding_mask", m)?),
-        None => None,
-    };
-    let opts = AttentionOptions {
-        causal,
-        scale,
-        key_padding_mask: mask,
-    };
+    let opts = options(OP, causal, scale, &key_padding_mask)?;
     let o = util::zeros(py, &[s.batch, s.q_heads, s.q_len, s.head_dim]);
     let lse = util::zeros(py, &[s.batch, s.q_heads, s.q_len]);
     {
@@ -147,15 +157,7 @@ fn attention_backward<'py>(
     let (dos, qs) = (util::slice(OP, "do", &do_)?, util::slice(OP, "q", &q)?);
     let (ks, vs) = (util::slice(OP, "k", &k)?, util::slice(OP, "v", &v)?);
     let (os, lses) = (util::slice(OP, "o", &o)?, util::slice(OP, "lse", &lse)?);
-    let mask = match &key_padding_mask {
-        Some(m) => Some(util::slice(OP, "key_padding_mask", m)?),
-        None => None,
-    };
-    let opts = AttentionOptions {
-        causal,
-        scale,
-        key_padding_mask: mask,
-    };
+    let opts = options(OP, causal, scale, &key_padding_mask)?;
     // the kernel zero-fills its gradients itself before accumulating
     let dq = util::uninit(py, &q_dims);
     let dk = util::uninit(py, &kv_dims);
