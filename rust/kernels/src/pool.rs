@@ -102,3 +102,27 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let pool = slot().read().unwrap_or_else(|e| e.into_inner()).clone();
     pool.install(f)
 }
+
+/// Runs `f` on the calling thread, for work too small to repay the trip
+/// into the pool: handing a job to a sleeping worker and being woken when
+/// it is done costs 15-30 us on a VM (the idle vCPUs must be woken), while
+/// a LayerNorm of one 768-wide row takes well under a microsecond.
+///
+/// Only for work that the kernels do in a single task (their chunks are
+/// [`crate::vec_math::CHUNK_ELEMS`] elements, and a product below the
+/// parallel threshold runs on one thread): a rayon loop outside any pool
+/// belongs to rayon's global pool, which is therefore built here with one
+/// worker; a loop of one task runs inline and never wakes it, and one of
+/// several would still be right, only slower.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        // Fails only if another part of this library built it first,
+        // which it does not; either way the loops stay correct.
+        let _ = ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "ferroformer-serial".to_string())
+            .build_global();
+    });
+    f()
+}

@@ -135,7 +135,7 @@ fn swiglu_backward<'py>(
         let (mut dgw, mut duw) = (dg.readwrite(), du.readwrite());
         let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
         let dus = duw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || k::swiglu_backward(dhs, gs, us, dgs, dus))?;
+        util::run_sized(py, dhs.len(), || k::swiglu_backward(dhs, gs, us, dgs, dus))?;
     }
     Ok((dg, du))
 }

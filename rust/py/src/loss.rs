@@ -37,7 +37,7 @@ fn cross_entropy_forward<'py>(
     let loss = {
         let mut lw = lse.readwrite();
         let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || {
+        util::run_sized(py, zs.len(), || {
             k::cross_entropy_forward(zs, ts, ignore_index, label_smoothing, ls, n, v)
         })?
     };

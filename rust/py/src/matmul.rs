@@ -5,6 +5,7 @@
 
 use ferroformer_kernels::matmul::{
     linear_backward as linear_bwd, linear_forward as linear_fwd, matmul_batched, matmul_shape,
+    one_thread,
 };
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn};
 use pyo3::exceptions::PyValueError;
@@ -30,9 +31,15 @@ fn matmul<'py>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (a_shape, b_shape) = (util::shape(&a), util::shape(&b));
     let shape = matmul_shape(&a_shape, trans_a, &b_shape, trans_b).map_err(util::to_pyerr)?;
+    let depth = if trans_a {
+        a_shape[a_shape.len() - 2]
+    } else {
+        a_shape[a_shape.len() - 1]
+    };
+    let macs = shape.iter().fold(depth, |acc, &d| acc.saturating_mul(d));
     let a = util::slice("matmul", "a", &a)?;
     let b = util::slice("matmul", "b", &b)?;
-    util::fill(py, util::uninit(py, &shape), move |c| {
+    util::fill_on(py, util::uninit(py, &shape), one_thread(macs), move |c| {
         matmul_batched(a, &a_shape, trans_a, b, &b_shape, trans_b, c)
     })
 }
@@ -76,7 +83,8 @@ fn linear_forward<'py>(
     let b = b.as_ref().map(|b| util::slice(op, "b", b)).transpose()?;
     let mut shape = x_shape;
     *shape.last_mut().expect("x is at least 1-D") = out_f;
-    util::fill(py, util::uninit(py, &shape), move |y| {
+    let serial = one_thread(rows.saturating_mul(in_f).saturating_mul(out_f));
+    util::fill_on(py, util::uninit(py, &shape), serial, move |y| {
         linear_fwd(x, w, b, y, rows, in_f, out_f)
     })
 }

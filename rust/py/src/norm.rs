@@ -39,7 +39,7 @@ fn layernorm_forward<'py>(
         let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
         let ms = mw.as_slice_mut().expect("fresh arrays are contiguous");
         let rs = rw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || {
+        util::run_sized(py, rows * cols, || {
             k::layernorm_forward(xs, gs, bs, eps, ys, ms, rs, rows, cols)
         })?;
     }
@@ -80,7 +80,7 @@ fn layernorm_backward<'py>(
         let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
         let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
         let dbs = dbw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || {
+        util::run_sized(py, rows * cols, || {
             k::layernorm_backward(dys, xs, gs, ms, rs, dxs, dgs, dbs, rows, cols)
         })?;
     }
@@ -108,7 +108,9 @@ fn rmsnorm_forward<'py>(
         let (mut yw, mut rw) = (y.readwrite(), rstd.readwrite());
         let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
         let rs = rw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || k::rmsnorm_forward(xs, gs, eps, ys, rs, rows, cols))?;
+        util::run_sized(py, rows * cols, || {
+            k::rmsnorm_forward(xs, gs, eps, ys, rs, rows, cols)
+        })?;
     }
     Ok((y, rstd))
 }
@@ -138,7 +140,7 @@ fn rmsnorm_backward<'py>(
         let (mut dxw, mut dgw) = (dx.readwrite(), dg.readwrite());
         let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
         let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || {
+        util::run_sized(py, rows * cols, || {
             k::rmsnorm_backward(dys, xs, gs, rs, dxs, dgs, rows, cols)
         })?;
     }

@@ -53,7 +53,7 @@ fn adamw_step(
     let ps = slice_mut(OP, "param", &mut param)?;
     let ms = slice_mut(OP, "m", &mut m)?;
     let vs = slice_mut(OP, "v", &mut v)?;
-    util::run(py, || {
+    util::run_sized(py, gs.len(), || {
         k::adamw_step(
             ps,
             gs,

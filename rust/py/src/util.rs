@@ -22,6 +22,36 @@ pub fn run<T: Send>(
     py.detach(|| pool::install(f)).map_err(to_pyerr)
 }
 
+/// Elements up to which a row-wise or element-wise kernel runs as one task
+/// (its chunk size), and so gains nothing from the pool.
+pub const SERIAL_ELEMS: usize = ferroformer_kernels::vec_math::CHUNK_ELEMS;
+
+/// [`run`] for a kernel over `elems` elements: at most [`SERIAL_ELEMS`]
+/// run on the calling thread (see [`pool::serial`]), which spares small
+/// calls (one decoding step's norms and activations) the trip into the
+/// pool; more go to the pool.
+pub fn run_sized<T: Send>(
+    py: Python<'_>,
+    elems: usize,
+    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
+) -> PyResult<T> {
+    run_on(py, elems <= SERIAL_ELEMS, f)
+}
+
+/// [`run`] on the calling thread when `serial` (the caller knows the kernel
+/// will do the work as one task), else in the pool.
+pub fn run_on<T: Send>(
+    py: Python<'_>,
+    serial: bool,
+    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
+) -> PyResult<T> {
+    if serial {
+        py.detach(|| pool::serial(f)).map_err(to_pyerr)
+    } else {
+        run(py, f)
+    }
+}
+
 /// The array's data as a slice; the Python layer hands in C-contiguous
 /// arrays, so a strided one here is a caller bug reported as ValueError.
 pub fn slice<'a, T: numpy::Element>(
@@ -54,16 +84,29 @@ pub fn zeros<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32
 }
 
 /// Runs `f` with the output's data as a mutable slice while the GIL is
-/// released, then hands the output back.
+/// released, then hands the output back. The work is taken to be the
+/// output's size (element-wise and row-wise kernels): see [`run_sized`].
 pub fn fill<'py>(
     py: Python<'py>,
     out: Bound<'py, PyArrayDyn<f32>>,
     f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let serial = out.len() <= SERIAL_ELEMS;
+    fill_on(py, out, serial, f)
+}
+
+/// [`fill`] on the calling thread when `serial` (see [`run_on`]): for
+/// products, whose output says little about their cost.
+pub fn fill_on<'py>(
+    py: Python<'py>,
+    out: Bound<'py, PyArrayDyn<f32>>,
+    serial: bool,
+    f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     {
         let mut rw = out.readwrite();
         let dst = rw.as_slice_mut().expect("fresh arrays are contiguous");
-        run(py, move || f(dst))?;
+        run_on(py, serial, move || f(dst))?;
     }
     Ok(out)
 }

@@ -135,9 +135,16 @@ fn checked_views(
 /// costs more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
+/// Whether products of `macs` multiply-adds in all (every matrix of a
+/// batch together) run on one thread whatever the pool's size: a caller
+/// may then run them outside the pool ([`crate::pool::serial`]).
+pub fn one_thread(macs: usize) -> bool {
+    macs < PARALLEL_MIN_MACS
+}
+
 /// Threads worth using for an `(m, k) x (k, n)` product.
 fn threads_for(m: usize, n: usize, k: usize) -> usize {
-    if m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_MACS {
+    if one_thread(m.saturating_mul(n).saturating_mul(k)) {
         1
     } else {
         rayon::current_num_threads()

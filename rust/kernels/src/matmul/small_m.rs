@@ -36,6 +36,12 @@ pub fn wanted(m: usize, n: usize, k: usize) -> bool {
 const R: usize = 4;
 /// Rows of x per step.
 const XG: usize = 4;
+/// How far ahead of its loads each of the R row streams of W is
+/// prefetched (floats): 4 x 2 KiB in flight per thread. With W out of
+/// cache (decoding GPT-2-small reads 0.5 GB per token) this took one-row
+/// `x @ W.T` from about 0.8x to 0.95x NumPy's speed on 2 threads (20-26
+/// GB/s, the memory's limit); 256 to 2048 measured alike.
+const PREFETCH_FLOATS: usize = 512;
 /// W rows per parallel task, at least: 64 x k floats is enough work to
 /// cover a task's start.
 const MIN_TASK_ROWS: usize = 64;
@@ -66,7 +72,7 @@ type Dots<const M: usize> = [[f32; R]; M];
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Dots, R};
+    use super::{Dots, PREFETCH_FLOATS, R};
     use std::arch::x86_64::*;
 
     /// AVX-512: 16 lanes per step, the last partial step masked.
@@ -76,11 +82,19 @@ mod x86 {
         x: *const f32,
         ldx: usize,
         w: [*const f32; R],
+        ahead: usize,
     ) -> Dots<M> {
         let mut acc = [[_mm512_setzero_ps(); R]; M];
         let body = k / 16 * 16;
         let mut p = 0;
         while p < body {
+            // Each row's stream a fixed distance ahead, continuing into
+            // the same row of the next group once this row ends.
+            let q = p + PREFETCH_FLOATS;
+            let off = if q < k { q } else { q - k + ahead };
+            for &wr in &w {
+                _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(off).cast());
+            }
             let wv: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(w[r].add(p)));
             for (g, row) in acc.iter_mut().enumerate() {
                 let xv = _mm512_loadu_ps(x.add(g * ldx + p));
@@ -227,10 +241,11 @@ unsafe fn dots<const M: usize>(
     x: *const f32,
     ldx: usize,
     w: [*const f32; R],
+    ahead: usize,
 ) -> Dots<M> {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => x86::dots_avx512::<M>(k, x, ldx, w),
+        Level::Avx512 => x86::dots_avx512::<M>(k, x, ldx, w, ahead),
         #[cfg(target_arch = "x86_64")]
         Level::Avx2Fma => x86::dots_avx2::<M>(k, x, ldx, w),
         _ => dots_portable::<M>(k, x, ldx, w),
@@ -247,7 +262,7 @@ unsafe fn group<const M: usize>(
     rows: usize,
     w: [*const f32; R],
 ) {
-    let d = dots::<M>(level, s.k, s.x.add(g0 * s.ldx), s.ldx, w);
+    let d = dots::<M>(level, s.k, s.x.add(g0 * s.ldx), s.ldx, w, R * s.ldw);
     for (g, dg) in d.iter().enumerate() {
         for (r, &v) in dg.iter().enumerate().take(rows) {
             let cp = s.c.add((g0 + g) * s.ldc + j + r);
