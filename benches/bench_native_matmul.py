@@ -6,8 +6,11 @@ Not part of the test run. Each contender is timed in its own block of
 repeats (the block's median), with a pause before each: OpenBLAS's threads
 busy-wait for a while after each call, and interleaving the two would
 leave our threads sharing the cores with them. The blocks take turns for
---rounds rounds and each contender's best round counts, since other jobs
-on the shared machine slow some rounds.
+--rounds rounds (which goes first alternates). The square section reports
+both the best round of each contender and the median over rounds of the
+per-round ratio: the cores are shared and their speed drifts by up to 1.5x
+within minutes, so a ratio of two blocks taken seconds apart is steadier
+than a ratio of two bests (one lucky round decides those).
 
 Sections:
 - square: the issue's three GEMM sizes (plain and trans_b for ours);
@@ -40,14 +43,15 @@ DECODE_M = [1, 2, 4, 8]
 ROUNDS = 3
 
 
-def seconds(fns, repeats, pause):
-    """Seconds of each function: each is timed in its own block of
-    `repeats` calls (the block's median), the blocks of all functions
-    taking turns for ROUNDS rounds; the best round's median is kept, which
-    drops rounds slowed by other jobs on the shared cores."""
-    out = [float("inf")] * len(fns)
-    for _ in range(ROUNDS):
-        for i, fn in enumerate(fns):
+def rounds(fns, repeats, pause):
+    """Per-round seconds of each function: each is timed in its own block
+    of `repeats` calls (the block's median), the blocks of all functions
+    taking turns for ROUNDS rounds, the order reversed every other round."""
+    out = [[] for _ in fns]
+    for r in range(ROUNDS):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            fn = fns[i]
             time.sleep(pause)
             fn()
             ts = []
@@ -55,8 +59,20 @@ def seconds(fns, repeats, pause):
                 t = time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t)
-            out[i] = min(out[i], median(ts))
+            out[i].append(median(ts))
     return out
+
+
+def seconds(fns, repeats, pause):
+    """The best round of each function (see `rounds`), which drops rounds
+    slowed by other jobs on the shared cores."""
+    return [min(r) for r in rounds(fns, repeats, pause)]
+
+
+def paired_ratio(ref, ours):
+    """Median over rounds of ref time / our time, each round's two blocks
+    taken seconds apart."""
+    return median(a / b for a, b in zip(ref, ours))
 
 
 def square(rng, args):
@@ -65,7 +81,7 @@ def square(rng, args):
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((k, n), dtype=np.float32)
         w = np.ascontiguousarray(b.T)
-        t_ours, t_trans, t_np = seconds(
+        r_ours, r_trans, r_np = rounds(
             [
                 lambda: _native.matmul(a, b, False, False),
                 lambda: _native.matmul(a, w, False, True),
@@ -74,11 +90,14 @@ def square(rng, args):
             args.repeats,
             args.pause,
         )
+        t_ours, t_trans, t_np = min(r_ours), min(r_trans), min(r_np)
         g = 2.0 * m * n * k / 1e9
         print(
-            f"m={m} k={k} n={n}: ours {g / t_ours:.0f} (trans_b {g / t_trans:.0f}) "
+            f"m={m} k={k} n={n}: best rounds ours {g / t_ours:.0f} (trans_b {g / t_trans:.0f}) "
             f"numpy {g / t_np:.0f} GFLOP/s, ratio {t_np / t_ours:.2f} "
-            f"(trans_b {t_np / t_trans:.2f})"
+            f"(trans_b {t_np / t_trans:.2f}); median per-round ratio "
+            f"{paired_ratio(r_np, r_ours):.2f} (trans_b {paired_ratio(r_np, r_trans):.2f}) "
+            f"over {len(r_ours)} rounds"
         )
 
 
@@ -96,12 +115,14 @@ def train(rng, args):
             ("dW  dY.T@X ", lambda: _native.matmul(dy, x, True, False), lambda: dy.T @ x),
         ]
         for name, ours, ref in cases:
-            t_ours, t_np = seconds([ours, ref], args.repeats, args.pause)
+            r_ours, r_np = rounds([ours, ref], args.repeats, args.pause)
+            t_ours, t_np = min(r_ours), min(r_np)
             tot_ours += t_ours
             tot_np += t_np
             print(
                 f"{name} (out={out_f:4d}, in={in_f:4d}): ours {g / t_ours:4.0f} "
-                f"numpy {g / t_np:4.0f} GFLOP/s, ratio {t_np / t_ours:.2f}"
+                f"numpy {g / t_np:4.0f} GFLOP/s, ratio {t_np / t_ours:.2f} "
+                f"(median per-round {paired_ratio(r_np, r_ours):.2f})"
             )
         t_ours, t_np = seconds(
             [
