@@ -11,6 +11,10 @@ checks that both produce the same greedy tokens.
     python benches/bench_decode.py --new-tokens 128 --threads 2 --no-numpy
     python benches/bench_decode.py --profile          # + where one rust decode step spends its time
 
+After the table it prints the ceiling that memory bandwidth puts on any fp32
+decoder here (all weights read once per token at the best rate a one-row
+product streams a 400 MB matrix on this machine); --no-bound skips it.
+
 Without ferroformer installed in the environment (e.g. a torch-only venv):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=python \\
@@ -401,6 +405,39 @@ def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
     return "\n".join(lines)
 
 
+# -- the memory-bandwidth ceiling -------------------------------------------------------
+
+def bandwidth_bound(model, repeats: int = 5) -> str:
+    """The decode speed that reading every weight once per token allows at the
+    fastest rate at which this machine streams a matrix out of cache: a one-row
+    ``x @ W.T`` over a 400 MB W (several times any L3), by NumPy's BLAS and by
+    ferroformer, the faster of the two. The weights read per token are all of
+    the model's parameters but the position table (one row of it is read)."""
+    import ferroformer as ff_
+
+    k = 768
+    w = np.random.default_rng(1).standard_normal((400_000_000 // (4 * k), k), dtype=np.float32)
+    x = np.ones((1, k), np.float32)
+    rust = ff_.backend("rust")
+    rates = {}
+    for name, fn in (("numpy", lambda: x @ w.T), ("ferroformer", lambda: rust.matmul(x, w, trans_b=True))):
+        fn()
+        best = min(_timed(fn) for _ in range(repeats))
+        rates[name] = w.nbytes / best / 1e9
+    per_token = sum(p.data.nbytes for n, p in model.named_parameters() if not n.startswith("wpe."))
+    best_rate = max(rates.values())
+    return (f"memory bandwidth: one-row x @ W.T over a {w.nbytes / 1e6:.0f} MB W streams at "
+            + ", ".join(f"{n} {r:.1f} GB/s" for n, r in rates.items())
+            + f"; the weights read per token ({per_token / 1e6:.0f} MB) at {best_rate:.1f} GB/s "
+            f"bound decoding at {best_rate * 1e9 / per_token:.1f} tokens/s")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 # -- main -------------------------------------------------------------------------------
 
 def main(argv=None) -> None:
@@ -419,6 +456,8 @@ def main(argv=None) -> None:
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
     p.add_argument("--profile", action="store_true",
                    help="also split a rust decode step into head / linears / attention / rest")
+    p.add_argument("--no-bound", action="store_true",
+                   help="skip measuring the memory-bandwidth ceiling (a 400 MB matrix)")
     args = p.parse_args(argv)
     if args.new_tokens < 2:
         p.error("--new-tokens must be >= 2 (one from the prefill, the rest timed as decode)")
@@ -454,6 +493,9 @@ def main(argv=None) -> None:
             print(compare_tokens(r, ref))
     print()
     print(table(runs, "torch" if "torch" in by else None))
+    if not args.no_bound and not args.small:
+        print()
+        print(bandwidth_bound(model))
     if args.profile:
         print()
         print(profile_decode_step(model, prompt))
