@@ -136,51 +136,123 @@ unsafe fn pack_panel<const W: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// [`transpose_panel`] for a full panel (`valid == W`, W a multiple of
+    /// 16) over the first `kc` (a multiple of 16) depths: each group of 16
+    /// lines is walked along the depth as 16 streams, with no per-line
+    /// checks, and every store fills one whole cache line of `dst`.
+    #[inline(always)]
+    unsafe fn transpose_full<const W: usize>(
+        dst: *mut f32,
+        src: *const f32,
+        stride_w: usize,
+        kc: usize,
+    ) {
+        for i0 in (0..W).step_by(16) {
+            let base = src.add(i0 * stride_w);
+            for p0 in (0..kc).step_by(16) {
+                let rows: [__m512; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(base.add(i * stride_w + p0)));
+                let cols = transpose16(rows);
+                for (q, &c) in cols.iter().enumerate() {
+                    _mm512_storeu_ps(dst.add((p0 + q) * W + i0), c);
+                }
+            }
+        }
+    }
+
     /// `out[j]` = column `j` of the 16 x 16 block whose rows are `r`.
+    ///
+    /// Written out step by step: built with `array::from_fn` and a
+    /// `match` per element, the second stage compiled to a loop that
+    /// spilled every vector to the stack (packing ran at half speed).
     #[inline(always)]
     pub unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         let pd = _mm512_castps_pd;
         let ps = _mm512_castpd_ps;
-        // Pairs of rows interleaved, then pairs of pairs.
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
-        // u[4q + {0,1,2,3}] from t[4q + {0,2}] and t[4q + {1,3}].
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let q = i / 4 * 4;
-            let (a, b) = match i % 4 {
-                0 | 1 => (t[q], t[q + 2]),
-                _ => (t[q + 1], t[q + 3]),
-            };
-            if i % 2 == 0 {
-                ps(_mm512_unpacklo_pd(pd(a), pd(b)))
-            } else {
-                ps(_mm512_unpackhi_pd(pd(a), pd(b)))
-            }
-        });
-        // 128-bit blocks: v[8h + j] for j < 4 from u[8h + j], u[8h + j + 4].
-        let v: [__m512; 16] = std::array::from_fn(|i| {
-            let (h, j) = (i / 8 * 8, i % 8);
-            let (a, b) = (u[h + j % 4], u[h + j % 4 + 4]);
-            if j < 4 {
-                _mm512_shuffle_f32x4::<0x88>(a, b)
-            } else {
-                _mm512_shuffle_f32x4::<0xdd>(a, b)
-            }
-        });
-        std::array::from_fn(|j| {
-            let (a, b) = (v[j % 8], v[j % 8 + 8]);
-            if j < 8 {
-                _mm512_shuffle_f32x4::<0x88>(a, b)
-            } else {
-                _mm512_shuffle_f32x4::<0xdd>(a, b)
-            }
-        })
+        // Pairs of rows interleaved: t[2i], t[2i + 1] from r[2i], r[2i + 1].
+        let lo = |a, b| _mm512_unpacklo_ps(a, b);
+        let hi = |a, b| _mm512_unpackhi_ps(a, b);
+        let t = [
+            lo(r[0], r[1]),
+            hi(r[0], r[1]),
+            lo(r[2], r[3]),
+            hi(r[2], r[3]),
+            lo(r[4], r[5]),
+            hi(r[4], r[5]),
+            lo(r[6], r[7]),
+            hi(r[6], r[7]),
+            lo(r[8], r[9]),
+            hi(r[8], r[9]),
+            lo(r[10], r[11]),
+            hi(r[10], r[11]),
+            lo(r[12], r[13]),
+            hi(r[12], r[13]),
+            lo(r[14], r[15]),
+            hi(r[14], r[15]),
+        ];
+        // Pairs of pairs, as doubles: u[4q + {0,1}] from t[4q], t[4q + 2];
+        // u[4q + {2,3}] from t[4q + 1], t[4q + 3].
+        let dlo = |a, b| ps(_mm512_unpacklo_pd(pd(a), pd(b)));
+        let dhi = |a, b| ps(_mm512_unpackhi_pd(pd(a), pd(b)));
+        let u = [
+            dlo(t[0], t[2]),
+            dhi(t[0], t[2]),
+            dlo(t[1], t[3]),
+            dhi(t[1], t[3]),
+            dlo(t[4], t[6]),
+            dhi(t[4], t[6]),
+            dlo(t[5], t[7]),
+            dhi(t[5], t[7]),
+            dlo(t[8], t[10]),
+            dhi(t[8], t[10]),
+            dlo(t[9], t[11]),
+            dhi(t[9], t[11]),
+            dlo(t[12], t[14]),
+            dhi(t[12], t[14]),
+            dlo(t[13], t[15]),
+            dhi(t[13], t[15]),
+        ];
+        // 128-bit blocks: v[8h + j] (j < 4) from u[8h + j], u[8h + j + 4]
+        // (even blocks), v[8h + 4 + j] the odd blocks.
+        let ev = |a, b| _mm512_shuffle_f32x4::<0x88>(a, b);
+        let od = |a, b| _mm512_shuffle_f32x4::<0xdd>(a, b);
+        let v = [
+            ev(u[0], u[4]),
+            ev(u[1], u[5]),
+            ev(u[2], u[6]),
+            ev(u[3], u[7]),
+            od(u[0], u[4]),
+            od(u[1], u[5]),
+            od(u[2], u[6]),
+            od(u[3], u[7]),
+            ev(u[8], u[12]),
+            ev(u[9], u[13]),
+            ev(u[10], u[14]),
+            ev(u[11], u[15]),
+            od(u[8], u[12]),
+            od(u[9], u[13]),
+            od(u[10], u[14]),
+            od(u[11], u[15]),
+        ];
+        // out[j] (j < 8) from v[j], v[j + 8] (even blocks), out[8 + j] odd.
+        [
+            ev(v[0], v[8]),
+            ev(v[1], v[9]),
+            ev(v[2], v[10]),
+            ev(v[3], v[11]),
+            ev(v[4], v[12]),
+            ev(v[5], v[13]),
+            ev(v[6], v[14]),
+            ev(v[7], v[15]),
+            od(v[0], v[8]),
+            od(v[1], v[9]),
+            od(v[2], v[10]),
+            od(v[3], v[11]),
+            od(v[4], v[12]),
+            od(v[5], v[13]),
+            od(v[6], v[14]),
+            od(v[7], v[15]),
+        ]
     }
 
     /// The transposing case of `pack_panel` (`stride_k == 1`, `W <= 32`):
@@ -193,7 +265,12 @@ mod x86 {
         valid: usize,
         kc: usize,
     ) {
-        for p0 in (0..kc).step_by(16) {
+        let mut start = 0;
+        if valid == W && W.is_multiple_of(16) {
+            start = kc / 16 * 16;
+            transpose_full::<W>(dst, src, stride_w, start);
+        }
+        for p0 in (start..kc).step_by(16) {
             let len = 16.min(kc - p0);
             let kmask: __mmask16 = if len == 16 { !0 } else { (1u16 << len) - 1 };
             for i0 in (0..W).step_by(16) {
