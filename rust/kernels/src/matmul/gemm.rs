@@ -322,9 +322,9 @@ unsafe fn task<K: MicroKernel>(
                         for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
                             prefetch_l2(next_b.wrapping_add(l * 16));
                         }
-                        if r == mr && cols == nr {
+                        if cols == nr && r == mr {
                             K::tile(kc, a, b, c, g.ldc, &ep);
-                        } else {
+                        } else if cols < nr || !K::tile_partial(kc, a, b, c, g.ldc, r, &ep) {
                             edge_tile::<K>(kc, a, b, c, g.ldc, r, cols, &ep);
                         }
                     }

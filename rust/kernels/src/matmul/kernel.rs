@@ -59,6 +59,25 @@ pub trait MicroKernel {
     /// CPU supports the kernel's instruction set.
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, ep: &Epilogue);
 
+    /// The first `rows` (`< MR`) rows of a tile with all NR columns,
+    /// written straight into C, where the kernel has such a variant
+    /// (returns true); otherwise returns false and the caller goes through
+    /// a scratch tile.
+    ///
+    /// # Safety
+    /// As [`MicroKernel::tile`]'s, with C covering only `rows` rows.
+    unsafe fn tile_partial(
+        _kc: usize,
+        _a: *const f32,
+        _b: *const f32,
+        _c: *mut f32,
+        _ldc: usize,
+        _rows: usize,
+        _ep: &Epilogue,
+    ) -> bool {
+        false
+    }
+
     /// [`super::packing::pack_a`] with this kernel's MR (and its
     /// instruction set where that helps).
     ///

@@ -29,12 +29,46 @@ impl MicroKernel for Avx512 {
         ldc: usize,
         ep: &Epilogue,
     ) {
-        tile_14x32(kc, a, b, c, ldc, ep)
+        tile_rows::<MR>(kc, a, b, c, ldc, ep)
+    }
+
+    unsafe fn tile_partial(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        ep: &Epilogue,
+    ) -> bool {
+        // The last row panel of most products is partial (2048 = 146 x 14
+        // + 4, 128 = 9 x 14 + 2): its rows alone, straight into C, instead
+        // of a whole tile into scratch and an element-wise copy.
+        let f = match rows {
+            1 => tile_rows::<1>,
+            2 => tile_rows::<2>,
+            3 => tile_rows::<3>,
+            4 => tile_rows::<4>,
+            5 => tile_rows::<5>,
+            6 => tile_rows::<6>,
+            7 => tile_rows::<7>,
+            8 => tile_rows::<8>,
+            9 => tile_rows::<9>,
+            10 => tile_rows::<10>,
+            11 => tile_rows::<11>,
+            12 => tile_rows::<12>,
+            13 => tile_rows::<13>,
+            _ => return false,
+        };
+        f(kc, a, b, c, ldc, ep);
+        true
     }
 }
 
+/// The first `R` rows (`R <= MR`) of a tile: `a` is a packed A micro-panel
+/// (MR floats per depth step, whatever `R`), all NR columns.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_14x32(
+unsafe fn tile_rows<const R: usize>(
     kc: usize,
     mut a: *const f32,
     mut b: *const f32,
@@ -43,11 +77,11 @@ unsafe fn tile_14x32(
     ep: &Epilogue,
 ) {
     // C is touched only after the k loop; start pulling its lines in now.
-    for i in 0..MR {
+    for i in 0..R {
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
     }
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for _ in 0..kc {
         let b0 = _mm512_loadu_ps(b);
         let b1 = _mm512_loadu_ps(b.add(16));

@@ -22,6 +22,8 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Fails with the first differing values and the largest difference.
+// NaN must count as a mismatch: hence `!(d <= tol)`, not `d > tol`.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     let mut worst = (0.0f32, 0usize);
@@ -580,4 +582,39 @@ fn linear_forward_and_backward() {
             assert_close(&db, &twice(&want_db), 1e-4, "db accumulated");
         }
     });
+}
+
+#[test]
+fn every_partial_row_panel_with_epilogue() {
+    // m = 33..=46 leaves every remainder mod MR = 14 (AVX-512) and mod 6
+    // (AVX2) in the last row panel, on the GEMM path (m > small_m's
+    // MAX_M); n = 71 also has a partial column panel; both threads.
+    in_pool(|| {
+        for level in levels() {
+            for m in 33..=46 {
+                for (ta, tb) in [(false, false), (false, true), (true, false)] {
+                    check(level, 2, m, 71, 40, ta, tb, 0.5, 1.5);
+                }
+            }
+        }
+    });
+    // The bias epilogue on partial row panels, through linear_forward.
+    let (in_f, out_f) = (48, 64);
+    for rows in 33..=46 {
+        let x = data(rows * in_f, 4);
+        let w = data(out_f * in_f, 5);
+        let b = data(out_f, 6);
+        let mut y = vec![f32::NAN; rows * out_f];
+        in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
+        let mut want = vec![0.0f32; rows * out_f];
+        for i in 0..rows {
+            for j in 0..out_f {
+                let dot: f64 = (0..in_f)
+                    .map(|p| x[i * in_f + p] as f64 * w[j * in_f + p] as f64)
+                    .sum();
+                want[i * out_f + j] = (dot + b[j] as f64) as f32;
+            }
+        }
+        assert_close(&y, &want, 1e-4, &format!("linear_forward rows={rows}"));
+    }
 }
