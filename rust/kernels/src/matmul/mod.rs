@@ -14,7 +14,9 @@
 //! Files: `blocking.rs` (cache block sizes), `kernel.rs` (the micro-kernel
 //! trait) and one `kernel_*.rs` per instruction set, `packing.rs`
 //! (`pack_a`, `pack_b`), `gemm.rs` (the loop nest and its threads),
-//! `gemv.rs` (the one-row / one-column case), `batched.rs`, `linear.rs`,
+//! `gemv.rs` (the one-row / one-column case), `small_m.rs` (up to 32 rows
+//! of x against W read in place), `swapped.rs` (33 to 256 rows against W
+//! read in place, AVX-512), `batched.rs`, `linear.rs`,
 //! and `naive.rs`, the oracle.
 
 mod batched;
@@ -31,6 +33,8 @@ mod linear;
 mod naive;
 mod packing;
 mod small_m;
+#[cfg(target_arch = "x86_64")]
+mod swapped;
 #[cfg(test)]
 mod tests;
 
@@ -201,6 +205,8 @@ unsafe fn run(level: Level, g: &GemmArgs, threads: usize) {
         epilogue_only(g);
     } else if g.b.rs == 1 && small_m::wanted(g.m, g.n, g.k) {
         run_small_m(level, g, threads);
+    } else if g.b.rs == 1 && swapped_wanted(level, g) {
+        run_swapped(g, threads);
     } else if g.m == 1 || g.n == 1 {
         run_gemv(level, g, threads);
     } else {
@@ -212,6 +218,29 @@ unsafe fn run(level: Level, g: &GemmArgs, threads: usize) {
             _ => gemm::<kernel_portable::Portable>(g, threads),
         }
     }
+}
+
+/// Whether the product runs on `swapped` (W read in place, AVX-512).
+#[cfg(target_arch = "x86_64")]
+fn swapped_wanted(level: Level, g: &GemmArgs) -> bool {
+    level == Level::Avx512 && swapped::wanted(g.m, g.n, g.k)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn swapped_wanted(_level: Level, _g: &GemmArgs) -> bool {
+    false
+}
+
+/// # Safety
+/// As [`run`]'s, with `swapped_wanted` true.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_swapped(g: &GemmArgs, threads: usize) {
+    swapped::run(g, threads)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn run_swapped(_g: &GemmArgs, _threads: usize) {
+    unreachable!("swapped_wanted is false off x86-64")
 }
 
 /// `k == 0`: the product is zero, only `beta * C + bias` remains.

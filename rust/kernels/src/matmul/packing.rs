@@ -133,7 +133,7 @@ unsafe fn pack_panel<const W: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     /// [`transpose_panel`] for a full panel (`valid == W`, W a multiple of

@@ -618,3 +618,40 @@ fn every_partial_row_panel_with_epilogue() {
         assert_close(&y, &want, 1e-4, &format!("linear_forward rows={rows}"));
     }
 }
+
+#[test]
+fn few_rows_against_w_in_place() {
+    // The `swapped` path (AVX-512; 33..=256 rows of x against W (n, k)
+    // read in place): partial x panels and W blocks, strided x (trans_a),
+    // the epilogue, one and two threads; and the bias through linear_forward.
+    in_pool(|| {
+        for level in levels() {
+            for &m in &[33, 47, 64, 100, 128, 256] {
+                for &(n, k) in &[(28, 64), (71, 77), (300, 768)] {
+                    for threads in [1, 2] {
+                        check(level, threads, m, n, k, false, true, 1.0, 0.0);
+                        check(level, threads, m, n, k, true, true, 0.5, 1.5);
+                    }
+                }
+            }
+        }
+    });
+    let (in_f, out_f) = (96, 45);
+    for rows in [40, 128] {
+        let x = data(rows * in_f, 7);
+        let w = data(out_f * in_f, 8);
+        let b = data(out_f, 9);
+        let mut y = vec![f32::NAN; rows * out_f];
+        in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
+        let mut want = vec![0.0f32; rows * out_f];
+        for i in 0..rows {
+            for j in 0..out_f {
+                let dot: f64 = (0..in_f)
+                    .map(|p| x[i * in_f + p] as f64 * w[j * in_f + p] as f64)
+                    .sum();
+                want[i * out_f + j] = (dot + b[j] as f64) as f32;
+            }
+        }
+        assert_close(&y, &want, 1e-4, &format!("linear_forward rows={rows}"));
+    }
+}
