@@ -599,24 +599,33 @@ fn every_partial_row_panel_with_epilogue() {
         }
     });
     // The bias epilogue on partial row panels, through linear_forward.
-    let (in_f, out_f) = (48, 64);
     for rows in 33..=46 {
-        let x = data(rows * in_f, 4);
-        let w = data(out_f * in_f, 5);
-        let b = data(out_f, 6);
-        let mut y = vec![f32::NAN; rows * out_f];
-        in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
-        let mut want = vec![0.0f32; rows * out_f];
-        for i in 0..rows {
-            for j in 0..out_f {
-                let dot: f64 = (0..in_f)
-                    .map(|p| x[i * in_f + p] as f64 * w[j * in_f + p] as f64)
-                    .sum();
-                want[i * out_f + j] = (dot + b[j] as f64) as f32;
-            }
-        }
-        assert_close(&y, &want, 1e-4, &format!("linear_forward rows={rows}"));
+        check_linear_bias(rows, 48, 64);
     }
+}
+
+/// `linear_forward` with a bias, on the pool, against a float64 loop.
+fn check_linear_bias(rows: usize, in_f: usize, out_f: usize) {
+    let x = data(rows * in_f, 4);
+    let w = data(out_f * in_f, 5);
+    let b = data(out_f, 6);
+    let mut y = vec![f32::NAN; rows * out_f];
+    in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
+    let mut want = vec![0.0f32; rows * out_f];
+    for i in 0..rows {
+        for j in 0..out_f {
+            let dot: f64 = (0..in_f)
+                .map(|p| x[i * in_f + p] as f64 * w[j * in_f + p] as f64)
+                .sum();
+            want[i * out_f + j] = (dot + b[j] as f64) as f32;
+        }
+    }
+    assert_close(
+        &y,
+        &want,
+        1e-4,
+        &format!("linear_forward rows={rows} in={in_f} out={out_f}"),
+    );
 }
 
 #[test]
@@ -636,22 +645,7 @@ fn few_rows_against_w_in_place() {
             }
         }
     });
-    let (in_f, out_f) = (96, 45);
     for rows in [40, 128] {
-        let x = data(rows * in_f, 7);
-        let w = data(out_f * in_f, 8);
-        let b = data(out_f, 9);
-        let mut y = vec![f32::NAN; rows * out_f];
-        in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
-        let mut want = vec![0.0f32; rows * out_f];
-        for i in 0..rows {
-            for j in 0..out_f {
-                let dot: f64 = (0..in_f)
-                    .map(|p| x[i * in_f + p] as f64 * w[j * in_f + p] as f64)
-                    .sum();
-                want[i * out_f + j] = (dot + b[j] as f64) as f32;
-            }
-        }
-        assert_close(&y, &want, 1e-4, &format!("linear_forward rows={rows}"));
+        check_linear_bias(rows, 96, 45);
     }
 }
