@@ -89,7 +89,7 @@ def torch_step():
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
     return step
 
 
