@@ -36,18 +36,18 @@ unsafe impl Sync for GemmArgs {}
 /// A 64-byte aligned line of floats: packed panels start on cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([f32; 16]);
+pub(super) struct Line([f32; 16]);
 
 thread_local! {
     static PACKED_A: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
-    static PACKED_B: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+    pub(super) static PACKED_B: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
 }
 
 /// Lends `f` this thread's reusable buffer of at least `len` floats
 /// (contents unspecified). Taking the buffer out of the cell, rather than
 /// borrowing it, keeps a nested call on the same thread (rayon may run
 /// another job while this one waits) correct: it simply gets a fresh one.
-fn with_buffer<R>(
+pub(super) fn with_buffer<R>(
     key: &'static LocalKey<Cell<Vec<Line>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,

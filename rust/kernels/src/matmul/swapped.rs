@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::gemm::GemmArgs;
+use super::gemm::{with_buffer, GemmArgs, PACKED_B};
 use super::kernel::Epilogue;
 use super::packing::{pack_b, x86::transpose16, View};
 
@@ -50,55 +50,49 @@ pub unsafe fn run(g: &GemmArgs, threads: usize) {
         cs: g.a.rs,
     };
     let panels = m.div_ceil(IR);
-    let mut xp = vec![0.0f32; panels * k * IR];
-    for (ip, dst) in xp.chunks_exact_mut(k * IR).enumerate() {
-        pack_b::<IR>(dst, xt, ip * IR, IR.min(m - ip * IR), k, true);
-    }
     let blocks = n.div_ceil(JR);
     let tasks = if threads > 1 {
         (2 * threads).min(blocks.div_ceil(MIN_TASK_BLOCKS)).max(1)
     } else {
         1
     };
-    let xp = &xp;
-    let one = |t: usize| {
-        let (b0, b1) = (t * blocks / tasks, (t + 1) * blocks / tasks);
-        // The last block of W, when partial, is copied with zero rows.
-        let mut padded = Vec::new();
-        for jb in b0..b1 {
-            let j0 = jb * JR;
-            let rows = JR.min(n - j0);
-            let (w, ld) = if rows == JR {
-                (g.b.ptr.add(j0 * ldw), ldw)
-            } else {
-                padded.resize(JR * k, 0.0f32);
-                for r in 0..rows {
-                    let src = std::slice::from_raw_parts(g.b.ptr.add((j0 + r) * ldw), k);
-                    padded[r * k..(r + 1) * k].copy_from_slice(src);
-                }
-                (padded.as_ptr(), k)
-            };
-            for ip in 0..panels {
-                let i0 = ip * IR;
-                tile(
-                    g,
-                    k,
-                    w,
-                    ld,
-                    rows,
-                    xp.as_ptr().add(ip * k * IR),
-                    i0,
-                    IR.min(m - i0),
-                    j0,
-                );
-            }
+    // The packed x reuses the GEMM's per-thread buffer for packed B (every
+    // float is written by the packing, padding included).
+    with_buffer(&PACKED_B, panels * k * IR, |xp| {
+        for (ip, dst) in xp.chunks_exact_mut(k * IR).enumerate() {
+            pack_b::<IR>(dst, xt, ip * IR, IR.min(m - ip * IR), k, true);
         }
-    };
-    if tasks > 1 {
-        (0..tasks).into_par_iter().for_each(one);
-    } else {
-        one(0);
-    }
+        let xp: &[f32] = xp;
+        let one = |t: usize| {
+            let (b0, b1) = (t * blocks / tasks, (t + 1) * blocks / tasks);
+            // The last block of W, when partial, is copied with zero rows.
+            let mut padded = Vec::new();
+            for jb in b0..b1 {
+                let j0 = jb * JR;
+                let rows = JR.min(n - j0);
+                let (w, ld) = if rows == JR {
+                    (g.b.ptr.add(j0 * ldw), ldw)
+                } else {
+                    padded.resize(JR * k, 0.0f32);
+                    for r in 0..rows {
+                        let src = std::slice::from_raw_parts(g.b.ptr.add((j0 + r) * ldw), k);
+                        padded[r * k..(r + 1) * k].copy_from_slice(src);
+                    }
+                    (padded.as_ptr(), k)
+                };
+                for ip in 0..panels {
+                    let i0 = ip * IR;
+                    let panel = xp.as_ptr().add(ip * k * IR);
+                    tile(g, k, w, ld, rows, panel, i0, IR.min(m - i0), j0);
+                }
+            }
+        };
+        if tasks > 1 {
+            (0..tasks).into_par_iter().for_each(one);
+        } else {
+            one(0);
+        }
+    });
 }
 
 /// One 14 x 32 tile of C^T: W rows `j0..j0 + rows` (at `w`, row stride
