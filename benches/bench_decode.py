@@ -413,12 +413,10 @@ def bandwidth_bound(model, repeats: int = 5) -> str:
     ``x @ W.T`` over a 400 MB W (several times any L3), by NumPy's BLAS and by
     ferroformer, the faster of the two. The weights read per token are all of
     the model's parameters but the position table (one row of it is read)."""
-    import ferroformer as ff_
-
     k = 768
     w = np.random.default_rng(1).standard_normal((400_000_000 // (4 * k), k), dtype=np.float32)
     x = np.ones((1, k), np.float32)
-    rust = ff_.backend("rust")
+    rust = ff.backend("rust")
     rates = {}
     for name, fn in (("numpy", lambda: x @ w.T), ("ferroformer", lambda: rust.matmul(x, w, trans_b=True))):
         fn()
