@@ -1,12 +1,17 @@
-"""Key/value caches for autoregressive decoding.
+"""The decode cache: each layer's own state plus the per-row bookkeeping they share.
 
-A ``KVCache`` holds, for every self-attention layer of a model, key and value
-buffers of shape (B, Hkv, capacity, D), allocated once before the prompt is
-read. Each forward step writes the keys and values of its new tokens at
-positions [length, length + t) and attends over [0, length + t) in place:
-nothing already cached is copied again. Cross-attention layers (the
-encoder-decoder) keep the keys and values of the encoder output, computed
-on their first step and reused after.
+A ``KVCache`` is built from a model's layers (its blocks, or single mixing
+layers) before the prompt is read: it asks each for its state with
+``layer.new_state(batch, capacity, dtype)`` and keeps what it gets without
+looking inside. A self-attention layer answers with key and value buffers
+(B, Hkv, capacity, D) that each step writes its new tokens into, at
+positions [length, length + t), and attends over in place; a cross-attention
+layer with a slot for the encoder output's keys and values, filled on its
+first step; another mixing layer (a state-space one, say) with whatever it
+carries from step to step. The cache itself holds only what every layer
+shares: the number of positions filled (``length``), each row's left-padding
+count and the padding ``mask`` (B, capacity), and from them the positions of
+the next tokens. A layer receives its slot, a ``LayerCache``, as ``cache=``.
 
 Prompts of different lengths share one cache by left padding: a row with p
 padding columns has them hidden by the key padding mask for the whole
@@ -26,45 +31,37 @@ import numpy as np
 
 
 class LayerCache:
-    """The cache of one layer: self-attention ``k``, ``v`` (B, Hkv, capacity, D)
-    (None for a layer without self-attention) and, for a cross-attention
-    layer, ``cross_k``, ``cross_v`` once computed. ``state`` is the KVCache."""
+    """One layer's slot in a ``KVCache``: ``state``, what the layer's ``new_state``
+    made, and ``rows``, the KVCache, whose ``length``, ``positions(t)`` and ``mask``
+    every layer shares."""
 
-    __slots__ = ("cross_k", "cross_v", "k", "state", "v")
+    __slots__ = ("_parts", "rows", "state")
 
-    def __init__(self, state: KVCache, k, v):
-        self.state, self.k, self.v = state, k, v
-        self.cross_k = self.cross_v = None
+    def __init__(self, rows: KVCache, state):
+        self.rows, self.state = rows, state
+        self._parts = None
 
-    def write(self, k_new, v_new) -> int:
-        """Stores (B, Hkv, t, D) keys and values at the current length; returns
-        the number of positions in use after them."""
-        start = self.state.length
-        t = k_new.shape[2]
-        end = start + t
-        if end > self.state.capacity:
-            raise ValueError(f"KVCache: {end} positions exceed its capacity {self.state.capacity}")
-        self.k[:, :, start:end] = k_new
-        self.v[:, :, start:end] = v_new
-        return end
+    def parts(self) -> tuple:
+        """For a layer whose state is the tuple of its parts' states (a block with
+        self- and cross-attention): one slot per part, made once."""
+        if self._parts is None:
+            self._parts = tuple(LayerCache(self.rows, s) for s in self.state)
+        return self._parts
 
 
 class KVCache:
-    """Per-layer self-attention caches of a model, plus what the layers share:
-    the number of positions filled (``length``), the padding mask (B, capacity)
-    and each row's count of left-padding columns."""
+    """The decode states of a model's layers (``layers[i].state``), plus the per-row
+    bookkeeping they share: the number of positions filled (``length``), each
+    row's count of left-padding columns (``pad``) and the padding mask (B, capacity).
 
-    def __init__(self, ops, attentions: Sequence, batch: int, capacity: int, *,
+    ``layers``: the modules to hold states for, each with ``new_state(batch,
+    capacity, dtype)``; ``cache.layer(i)`` is the slot to pass to ``layers[i]``."""
+
+    def __init__(self, ops, layers: Sequence, batch: int, capacity: int, *,
                  pad: Optional[Sequence[int]] = None, dtype=np.float32):
         if batch < 1 or capacity < 1:
             raise ValueError(f"KVCache: batch and capacity must be >= 1, got {batch}, {capacity}")
-        xp = ops.xp
         self.ops, self.batch, self.capacity, self.length = ops, batch, capacity, 0
-        self.layers: List[LayerCache] = []
-        for attn in attentions:
-            shape = (batch, attn.n_kv_heads, capacity, attn.head_dim)
-            self.layers.append(LayerCache(self, xp.zeros(shape, dtype=dtype),
-                                          xp.zeros(shape, dtype=dtype)))
         self.pad = None
         self.mask = None
         if pad is not None:
@@ -73,8 +70,9 @@ class KVCache:
                 raise ValueError(f"KVCache: pad must hold {batch} counts in [0, {capacity}), got {pad}")
             if pad.any():
                 self.pad = pad
-                mask = np.arange(capacity)[None, :] < pad[:, None]
-                self.mask = xp.asarray(mask)
+                self.mask = ops.xp.asarray(np.arange(capacity)[None, :] < pad[:, None])
+        self.layers: List[LayerCache] = [LayerCache(self, m.new_state(batch, capacity, dtype))
+                                         for m in layers]
 
     def __len__(self) -> int:
         return self.length
@@ -96,8 +94,16 @@ class KVCache:
         self.length += t
 
     def nbytes(self) -> int:
-        return sum(int(c.k.nbytes) + int(c.v.nbytes) for c in self.layers)
+        """Bytes held by the layers' states (those that report ``nbytes()``)."""
+        return sum(_nbytes(c.state) for c in self.layers)
 
     def __repr__(self) -> str:
         return (f"KVCache(layers={len(self.layers)}, batch={self.batch}, "
                 f"length={self.length}/{self.capacity}, {self.nbytes() / 2**20:.1f} MiB)")
+
+
+def _nbytes(state) -> int:
+    if isinstance(state, (tuple, list)):
+        return sum(_nbytes(s) for s in state)
+    size = getattr(state, "nbytes", None)
+    return int(size()) if callable(size) else 0

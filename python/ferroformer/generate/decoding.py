@@ -239,6 +239,7 @@ def _bar(progress: bool, total: int):
     return tqdm(total=total, desc="generate", unit="tok", leave=False)
 
 
-def new_cache(model, attentions: Sequence, batch: int, capacity: int, pad=None) -> KVCache:
-    """A KVCache for the given self-attention modules on the model's backend."""
-    return KVCache(model.ops, attentions, batch, capacity, pad=pad, dtype=model._dtype)
+def new_cache(model, layers: Sequence, batch: int, capacity: int, pad=None) -> KVCache:
+    """A KVCache on the model's backend holding the decode states of ``layers`` (its
+    blocks, each with ``new_state``), in the model's dtype."""
+    return KVCache(model.ops, layers, batch, capacity, pad=pad, dtype=model._dtype)

@@ -62,10 +62,10 @@ class Model(Module):
 
 class CausalLM:
     """Generation and scoring for the decoder-only models (GPT, Llama), whose
-    ``blocks`` each hold a self-attention ``attn``. See ``generate/decoding.py``."""
+    ``blocks`` each make their decode state (``new_state``). See ``generate/decoding.py``."""
 
     def _run_blocks(self, x, offset: int, cache, last_only: bool):
-        """The decoder stack over x (B, T, C), with this step's cache layers; advances
+        """The decoder stack over x (B, T, C), each block with its cache slot; advances
         the cache by T; keeps only the last position when last_only."""
         for i, blk in enumerate(self.blocks):
             x = blk(x, offset=offset, cache=None if cache is None else cache.layer(i))
@@ -74,11 +74,11 @@ class CausalLM:
         return x[:, -1:] if last_only else x
 
     def new_cache(self, batch: int, capacity: int, pad=None):
-        """A preallocated ``KVCache`` for ``batch`` rows of up to ``capacity`` positions;
-        pad: left-padding columns per row."""
+        """A preallocated ``KVCache`` for ``batch`` rows of up to ``capacity`` positions,
+        holding each block's decode state; pad: left-padding columns per row."""
         from ..generate.decoding import new_cache
 
-        return new_cache(self, [blk.attn for blk in self.blocks], batch, capacity, pad)
+        return new_cache(self, list(self.blocks), batch, capacity, pad)
 
     def generate(self, prompt_ids, max_new_tokens: int = 32, *, temperature: float = 0.0,
                  top_k=None, top_p=None, eos_id=None, seed=None, use_cache: bool = True,

@@ -20,14 +20,29 @@ Parameters (V vocab_size, C d_model, F d_ff (default 4C), S n_segments, L n_laye
   head_dense.weight          (C, C);  .bias (C,)
   head_ln.weight, .bias      (C,)
   decoder.bias               (V,)
+
+The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
+the defaults give the layout above; they are not config, see models/_factories.py).
+The decoder is the token embedding's matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..nn import Dropout, Embedding, EncoderBlock, LayerNorm, LearnedPositionalEmbedding, Linear
+from ..nn import (
+    Dropout,
+    Embedding,
+    EncoderBlock,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    Linear,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
+)
 from ..nn.module import ModuleList
+from ._factories import split_factories
 from .base import Model, init_gpt_style
 
 
@@ -35,10 +50,11 @@ class BERT(Model):
     def __init__(self, vocab_size: int, max_seq_len: int = 512, d_model: int = 768,
                  n_heads: int = 12, n_layers: int = 12, d_ff=None, n_segments: int = 2,
                  dropout: float = 0.1, checkpoint: bool = False, norm_eps: float = 1e-12,
-                 gelu_approximate: str = "tanh", *, backend=None,
-                 dtype=np.float32, rng=None):
+                 gelu_approximate: str = "tanh", *, linear=make_linear, ff=make_feed_forward,
+                 mixer=make_self_attention, backend=None, dtype=np.float32, rng=None):
         super().__init__()
-        self._setup(dict(locals()), backend, dtype)
+        config, self.factories = split_factories("BERT", dict(locals()))
+        self._setup(config, backend, dtype)
         rng = np.random.default_rng(rng)
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
@@ -48,15 +64,15 @@ class BERT(Model):
         self.emb_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.blocks = ModuleList(
             EncoderBlock(d_model, n_heads, d_ff, dropout=dropout, norm_first=False, norm_eps=norm_eps,
-                         activation="gelu", checkpoint=checkpoint, rng=rng, dtype=dtype)
-            for _ in range(n_layers))
-        self.head_dense = Linear(d_model, d_model, rng=rng, dtype=dtype)
+                         activation="gelu", gelu_approximate=gelu_approximate,
+                         checkpoint=checkpoint, layer=i, name=f"blocks.{i}", linear=linear, ff=ff,
+                         mixer=mixer, rng=rng, dtype=dtype)
+            for i in range(n_layers))
+        self.head_dense = linear(d_model, d_model, True, rng=rng, dtype=dtype, name="head_dense")
         self.head_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
         self.decoder = Linear(d_model, vocab_size, weight=np.zeros((vocab_size, d_model)), dtype=dtype)
         self.decoder.weight = self.tok_emb.weight
         self.gelu_approximate = gelu_approximate
-        for blk in self.blocks:
-            blk.ff.gelu_approximate = gelu_approximate
         init_gpt_style(self, n_layers, rng, residual_names=())
         self._finish()
 

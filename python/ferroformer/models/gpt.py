@@ -16,24 +16,41 @@ Parameters (V vocab_size, C d_model, F d_ff (default 4 C), L n_layers, i < L):
   blocks.i.ff.fc1.weight     (F, C);     .bias (F,)
   blocks.i.ff.fc2.weight     (C, F);     .bias (C,)
   ln_f.weight, .bias         (C,)
+
+The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
+the defaults give the layout above; they are not config, see models/_factories.py).
+The head is the token embedding's matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..nn import DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear
+from ..nn import (
+    DecoderBlock,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    Linear,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
+)
 from ..nn.module import ModuleList
+from ._factories import split_factories
 from .base import CausalLM, Model, init_gpt_style
 
 
 class GPT(CausalLM, Model):
     def __init__(self, vocab_size: int, max_seq_len: int = 1024, d_model: int = 768,
                  n_heads: int = 12, n_layers: int = 12, d_ff=None, dropout: float = 0.0,
-                 bias: bool = True, checkpoint: bool = False, *, backend=None,
+                 bias: bool = True, checkpoint: bool = False, *, linear=make_linear,
+                 ff=make_feed_forward, mixer=make_self_attention, backend=None,
                  dtype=np.float32, rng=None):
         super().__init__()
-        self._setup(dict(locals()), backend, dtype)
+        config, self.factories = split_factories("GPT", dict(locals()))
+        self._setup(config, backend, dtype)
         rng = np.random.default_rng(rng)
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.wte = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
@@ -41,8 +58,10 @@ class GPT(CausalLM, Model):
         self.drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.blocks = ModuleList(
             DecoderBlock(d_model, n_heads, d_ff, cross_attention=False, dropout=dropout,
-                         activation="gelu", bias=bias, checkpoint=checkpoint, rng=rng, dtype=dtype)
-            for _ in range(n_layers))
+                         activation="gelu", bias=bias, checkpoint=checkpoint, layer=i,
+                         name=f"blocks.{i}", linear=linear, ff=ff, mixer=mixer, rng=rng,
+                         dtype=dtype)
+            for i in range(n_layers))
         self.ln_f = LayerNorm(d_model, dtype=dtype)
         self.head = Linear(d_model, vocab_size, bias=False, weight=np.zeros((vocab_size, d_model)),
                            dtype=dtype)

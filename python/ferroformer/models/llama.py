@@ -17,14 +17,28 @@ F d_ff (default: 8C/3 rounded up to a multiple of 32), L n_layers, i < L):
   blocks.i.ff.fc2.weight     (C, F)          the down projection
   norm.weight                (C,)
   lm_head.weight             (V, C)          absent when tie_embeddings
+
+The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
+the defaults give the layout above; they are not config, see models/_factories.py).
+A tied head is the token embedding's matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..nn import DecoderBlock, Embedding, Linear, RMSNorm, RotaryEmbedding
+from ..nn import (
+    DecoderBlock,
+    Embedding,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
+)
 from ..nn.module import ModuleList
+from ._factories import split_factories
 from .base import CausalLM, Model, init_gpt_style
 
 
@@ -32,9 +46,11 @@ class Llama(CausalLM, Model):
     def __init__(self, vocab_size: int, max_seq_len: int = 2048, d_model: int = 512,
                  n_heads: int = 8, n_kv_heads=None, n_layers: int = 8, d_ff=None,
                  rope_base: float = 10000.0, norm_eps: float = 1e-6, tie_embeddings: bool = False,
-                 checkpoint: bool = False, *, backend=None, dtype=np.float32, rng=None):
+                 checkpoint: bool = False, *, linear=make_linear, ff=make_feed_forward,
+                 mixer=make_self_attention, backend=None, dtype=np.float32, rng=None):
         super().__init__()
-        self._setup(dict(locals()), backend, dtype)
+        config, self.factories = split_factories("Llama", dict(locals()))
+        self._setup(config, backend, dtype)
         rng = np.random.default_rng(rng)
         if d_ff is None:
             d_ff = -(-(8 * d_model // 3) // 32) * 32
@@ -43,12 +59,15 @@ class Llama(CausalLM, Model):
         self.blocks = ModuleList(
             DecoderBlock(d_model, n_heads, d_ff, cross_attention=False, n_kv_heads=n_kv_heads,
                          norm="rms", norm_eps=norm_eps, activation="swiglu", bias=False,
-                         rope=self.rope, checkpoint=checkpoint, rng=rng, dtype=dtype)
-            for _ in range(n_layers))
+                         rope=self.rope, checkpoint=checkpoint, layer=i, name=f"blocks.{i}",
+                         linear=linear, ff=ff, mixer=mixer, rng=rng, dtype=dtype)
+            for i in range(n_layers))
         self.norm = RMSNorm(d_model, norm_eps, dtype=dtype)
-        self.lm_head = Linear(d_model, vocab_size, bias=False, rng=rng, dtype=dtype)
-        if tie_embeddings:
+        if tie_embeddings:  # drawn like an untied head, so that the rest of the weights agree
+            self.lm_head = Linear(d_model, vocab_size, bias=False, rng=rng, dtype=dtype)
             self.lm_head.weight = self.tok_emb.weight
+        else:
+            self.lm_head = linear(d_model, vocab_size, False, rng=rng, dtype=dtype, name="lm_head")
         init_gpt_style(self, n_layers, rng)
         self._finish()
 

@@ -19,6 +19,12 @@ Parameters (Vs, Vt vocab sizes, C d_model, F d_ff, Le / Ld layers):
   decoder.i.{ln1, attn.qkv, attn.proj, ln_cross, cross_attn.q (C, C), cross_attn.kv (2C, C),
              cross_attn.proj (C, C), ln2, ff.fc1, ff.fc2}   (each .weight and .bias)
   enc_norm, dec_norm (C,) when norm_first; head.weight (Vt, C) when not tied
+
+The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
+the defaults give the layout above; they are not config, see models/_factories.py).
+Factories see the encoder's blocks as "encoder.i", the decoder's as "decoder.i";
+cross-attention stays a ``MultiHeadAttention`` (with projections from ``linear``),
+and a tied head is the target embedding's matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
@@ -35,8 +41,12 @@ from ..nn import (
     LayerNorm,
     Linear,
     SinusoidalPositionalEncoding,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
 )
 from ..nn.module import ModuleList
+from ._factories import split_factories
 from .base import Model
 
 
@@ -45,10 +55,12 @@ class Transformer(Model):
                  n_heads: int = 8, n_encoder_layers: int = 6, n_decoder_layers: int = 6,
                  d_ff: int = 2048, dropout: float = 0.1, max_seq_len: int = 512,
                  norm_first: bool = False, activation: str = "relu", tie_embeddings: bool = True,
-                 pad_id=None, checkpoint: bool = False, *, backend=None, dtype=np.float32,
+                 pad_id=None, checkpoint: bool = False, *, linear=make_linear,
+                 ff=make_feed_forward, mixer=make_self_attention, backend=None, dtype=np.float32,
                  rng=None):
         super().__init__()
-        self._setup(dict(locals()), backend, dtype)
+        config, self.factories = split_factories("Transformer", dict(locals()))
+        self._setup(config, backend, dtype)
         rng = np.random.default_rng(rng)
         self.pad_id = pad_id
         std = 1.0 / math.sqrt(d_model)  # unit variance after the sqrt(d_model) scale
@@ -58,11 +70,13 @@ class Transformer(Model):
         self.src_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.tgt_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         kw = dict(dropout=dropout, norm_first=norm_first, activation=activation,
-                  checkpoint=checkpoint, dtype=dtype)
-        self.encoder = ModuleList(EncoderBlock(d_model, n_heads, d_ff, rng=rng, **kw)
-                                  for _ in range(n_encoder_layers))
-        self.decoder = ModuleList(DecoderBlock(d_model, n_heads, d_ff, rng=rng, **kw)
-                                  for _ in range(n_decoder_layers))
+                  checkpoint=checkpoint, linear=linear, ff=ff, mixer=mixer, dtype=dtype)
+        self.encoder = ModuleList(EncoderBlock(d_model, n_heads, d_ff, layer=i, name=f"encoder.{i}",
+                                               rng=rng, **kw)
+                                  for i in range(n_encoder_layers))
+        self.decoder = ModuleList(DecoderBlock(d_model, n_heads, d_ff, layer=i, name=f"decoder.{i}",
+                                               rng=rng, **kw)
+                                  for i in range(n_decoder_layers))
         self.enc_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
         self.dec_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
         if tie_embeddings:
@@ -70,7 +84,7 @@ class Transformer(Model):
                                weight=np.zeros((tgt_vocab_size, d_model)), dtype=dtype)
             self.head.weight = self.tgt_emb.weight
         else:
-            self.head = Linear(d_model, tgt_vocab_size, bias=False, rng=rng, dtype=dtype)
+            self.head = linear(d_model, tgt_vocab_size, False, rng=rng, dtype=dtype, name="head")
         self._finish()
 
     def source_mask(self, src, src_key_padding_mask=None):
@@ -114,7 +128,7 @@ class Transformer(Model):
         up to ``capacity`` target positions, and room for the cross-attention ones."""
         from ..generate.decoding import new_cache
 
-        return new_cache(self, [blk.attn for blk in self.decoder], batch, capacity)
+        return new_cache(self, list(self.decoder), batch, capacity)
 
     def generate(self, src, max_len: int = 32, *, bos_id: int, eos_id=None,
                  temperature: float = 0.0, top_k=None, top_p=None, seed=None,

@@ -1,16 +1,23 @@
 """Layers with explicit forward and backward passes (no autograd tape).
 
 Each module computes with its backend's ops (``self.ops``); ``Module.to(name)``
-moves it. See ``module.py`` for the conventions.
+moves it. See ``module.py`` for the conventions, and ``blocks.py`` for the
+factories (``linear=``, ``ff=``, ``mixer=``) through which blocks and models
+build their layers.
 """
 
 from . import init
-from .attention import MultiHeadAttention
+from .attention import (
+    AttentionState,
+    CrossAttentionState,
+    MultiHeadAttention,
+    make_self_attention,
+)
 from .blocks import DecoderBlock, EncoderBlock, TransformerBlock
 from .dropout import Dropout
 from .embedding import Embedding
-from .feedforward import FeedForward
-from .linear import Linear
+from .feedforward import FeedForward, make_feed_forward
+from .linear import Linear, make_linear, scoped
 from .module import Module, ModuleList, Parameter
 from .norm import LayerNorm, RMSNorm
 from .positional import (
@@ -24,8 +31,10 @@ from .positional import (
 )
 
 __all__ = [
-    "DecoderBlock", "Dropout", "Embedding", "EncoderBlock", "FeedForward", "LayerNorm",
-    "LearnedPositionalEmbedding", "Linear", "Module", "ModuleList", "MultiHeadAttention",
-    "Parameter", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding", "TransformerBlock",
-    "alibi_bias", "alibi_slopes", "init", "rope_tables", "sinusoidal_table",
+    "AttentionState", "CrossAttentionState", "DecoderBlock", "Dropout", "Embedding",
+    "EncoderBlock", "FeedForward", "LayerNorm", "LearnedPositionalEmbedding", "Linear", "Module",
+    "ModuleList", "MultiHeadAttention", "Parameter", "RMSNorm", "RotaryEmbedding",
+    "SinusoidalPositionalEncoding", "TransformerBlock", "alibi_bias", "alibi_slopes", "init",
+    "make_feed_forward", "make_linear", "make_self_attention", "rope_tables", "scoped",
+    "sinusoidal_table",
 ]

@@ -19,6 +19,15 @@ Parameters (D = d_model // n_heads, Hkv = n_kv_heads):
 The fused ``ops.attention_forward/backward`` (flash attention on rust) does the
 work on (B, H, T, D) arrays; ALiBi, which adds a bias to the scores, takes the
 unfused path: matmul, softmax, matmul.
+
+Every projection comes from the ``linear=`` factory (see linear.py). Self-
+attention is the blocks' default mixing layer (``make_self_attention``, the
+``mixer=`` factory described in blocks.py). For decoding each layer owns its
+state: ``attn.new_state(batch, capacity)`` is an ``AttentionState``, key and
+value buffers (B, Hkv, capacity, D) that each step writes its new positions
+into; for cross-attention it is a ``CrossAttentionState``, the memory's keys
+and values, computed on the first step and reused. The cache that holds the
+states (generate/cache.py) passes a layer its slot as ``cache=``.
 """
 
 from __future__ import annotations
@@ -26,17 +35,53 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import to_host
-from .linear import Linear
+from .linear import make_linear
 from .module import Module
 from .positional import RotaryEmbedding, alibi_bias, alibi_slopes
 
 _MASKED = -1e9  # a finite "minus infinity" for masked scores in the unfused path
 
 
+class AttentionState:
+    """A self-attention layer's decode state: keys ``k`` and values ``v``, each
+    (B, Hkv, capacity, D), of the positions decoded so far."""
+
+    __slots__ = ("k", "v")
+
+    def __init__(self, k, v):
+        self.k, self.v = k, v
+
+    def write(self, k_new, v_new, start: int) -> int:
+        """Stores (B, Hkv, t, D) keys and values at positions [start, start + t);
+        returns start + t, the number of positions in use after them."""
+        end, capacity = start + k_new.shape[2], self.k.shape[2]
+        if end > capacity:
+            raise ValueError(f"KVCache: {end} positions exceed its capacity {capacity}")
+        self.k[:, :, start:end] = k_new
+        self.v[:, :, start:end] = v_new
+        return end
+
+    def nbytes(self) -> int:
+        return int(self.k.nbytes) + int(self.v.nbytes)
+
+
+class CrossAttentionState:
+    """A cross-attention layer's decode state: the keys ``k`` and values ``v``
+    (B, Hkv, Tm, D) of the memory, None until the first step computes them."""
+
+    __slots__ = ("k", "v")
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else int(self.k.nbytes) + int(self.v.nbytes)
+
+
 class MultiHeadAttention(Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads=None, *, causal: bool = False,
                  cross: bool = False, bias: bool = True, rope: RotaryEmbedding = None,
-                 alibi: bool = False, rng=None, dtype=np.float32):
+                 alibi: bool = False, rng=None, dtype=np.float32, linear=make_linear):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads:
@@ -51,11 +96,12 @@ class MultiHeadAttention(Module):
         self.head_dim = d = d_model // n_heads
         self.causal, self.cross = causal, cross
         if cross:
-            self.q = Linear(d_model, n_heads * d, bias, rng=rng, dtype=dtype)
-            self.kv = Linear(d_model, 2 * n_kv_heads * d, bias, rng=rng, dtype=dtype)
+            self.q = linear(d_model, n_heads * d, bias, rng=rng, dtype=dtype, name="q")
+            self.kv = linear(d_model, 2 * n_kv_heads * d, bias, rng=rng, dtype=dtype, name="kv")
         else:
-            self.qkv = Linear(d_model, (n_heads + 2 * n_kv_heads) * d, bias, rng=rng, dtype=dtype)
-        self.proj = Linear(n_heads * d, d_model, bias, rng=rng, dtype=dtype)
+            self.qkv = linear(d_model, (n_heads + 2 * n_kv_heads) * d, bias, rng=rng, dtype=dtype,
+                              name="qkv")
+        self.proj = linear(n_heads * d, d_model, bias, rng=rng, dtype=dtype, name="proj")
         self.rope = rope
         if alibi:
             self.register_buffer("slopes", alibi_slopes(n_heads))
@@ -80,7 +126,9 @@ class MultiHeadAttention(Module):
     def forward(self, x, memory=None, key_padding_mask=None, offset: int = 0, cache=None):
         """x (B, Tq, d_model); memory (B, Tk, d_model) for cross-attention;
         key_padding_mask (B, Tk) bool; offset: position of x[:, 0] (RoPE / ALiBi);
-        cache: this layer's ``LayerCache`` when decoding (see generate/cache.py)."""
+        cache: this layer's ``LayerCache`` when decoding (see generate/cache.py): its
+        ``state`` comes from ``new_state``, and its ``rows`` give the positions and
+        the padding mask (key_padding_mask is then not used for self-attention)."""
         if cache is not None:
             return self._cached_forward(x, memory, key_padding_mask, cache)
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
@@ -110,42 +158,53 @@ class MultiHeadAttention(Module):
         return self.proj(self._merge(o))
 
     # -- decoding with a KV cache (inference only) ------------------------------------
+    def new_state(self, batch: int, capacity: int, dtype=np.float32):
+        """This layer's decode state for ``batch`` rows of up to ``capacity`` positions,
+        on its backend: zeroed key/value buffers for self-attention, an empty slot for
+        cross-attention (filled from memory on the first step)."""
+        if self.cross:
+            return CrossAttentionState()
+        xp = self.ops.xp
+        shape = (batch, self.n_kv_heads, capacity, self.head_dim)
+        return AttentionState(xp.zeros(shape, dtype=dtype), xp.zeros(shape, dtype=dtype))
+
     def _cached_forward(self, x, memory, key_padding_mask, cache):
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         b, t = x.shape[0], x.shape[1]
+        state = cache.state
         if self.cross:
-            if cache.cross_k is None:  # the encoder output's keys and values, once per source
+            if state.k is None:  # the encoder output's keys and values, once per source
                 if memory is None:
                     raise ValueError("MultiHeadAttention(cross=True) needs memory")
                 kv = self.kv(memory)
-                cache.cross_k = self._heads(kv[..., : hkv * d], hkv)
-                cache.cross_v = self._heads(kv[..., hkv * d:], hkv)
-            q, k, v = self._heads(self.q(x), h), cache.cross_k, cache.cross_v
+                state.k = self._heads(kv[..., : hkv * d], hkv)
+                state.v = self._heads(kv[..., hkv * d:], hkv)
+            q, k, v = self._heads(self.q(x), h), state.k, state.v
             if self.keep_weights:
                 self.weights = self._weights(q, k, key_padding_mask)
             o, _ = self.ops.attention_forward(q, k, v, key_padding_mask=key_padding_mask)
             return self.proj(self._merge(o))
-        state = cache.state
-        start = state.length
+        rows = cache.rows
+        start = rows.length
         qkv = self.qkv(x)
         q = self._heads(qkv[..., : h * d], h)
         k = qkv[..., h * d:(h + hkv) * d].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
         v = qkv[..., (h + hkv) * d:].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
         if self.rope is not None:
-            positions = state.positions(t)
+            positions = rows.positions(t)
             q = self.rope.forward(q, start, positions=positions)
             k = self.rope.forward(self.ops.xp.ascontiguousarray(k), start, positions=positions)
-        end = cache.write(k, v)
+        end = state.write(k, v, start)
         if self.alibi or self.keep_weights:
-            ks, vs = cache.k[:, :, :end], cache.v[:, :, :end]
-            mask = None if state.mask is None else state.mask[:, :end]
+            ks, vs = state.k[:, :, :end], state.v[:, :, :end]
+            mask = None if rows.mask is None else rows.mask[:, :end]
             p = self._probabilities(q, ks, mask)
             if self.keep_weights:
                 self.weights = to_host(p).astype(np.float32, copy=False)
             if self.alibi:
                 return self.proj(self._merge(self.ops.matmul(p, self._repeat_kv(vs))))
-        o, _ = self.ops.attention_forward(q, cache.k, cache.v, causal=self.causal,
-                                          key_padding_mask=state.mask, kv_len=end)
+        o, _ = self.ops.attention_forward(q, state.k, state.v, causal=self.causal,
+                                          key_padding_mask=rows.mask, kv_len=end)
         return self.proj(self._merge(o))
 
     def backward(self, dy):
@@ -225,3 +284,12 @@ class MultiHeadAttention(Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"causal={self.causal}, cross={self.cross}, alibi={self.alibi}")
+
+
+def make_self_attention(layer: int, d_model: int, n_heads: int, *, n_kv_heads=None,
+                        causal: bool = False, bias: bool = True, rope: RotaryEmbedding = None,
+                        alibi: bool = False, rng=None, dtype=np.float32, linear=make_linear,
+                        name: str = "") -> MultiHeadAttention:
+    """The default ``mixer=`` factory: multi-head self-attention in every block."""
+    return MultiHeadAttention(d_model, n_heads, n_kv_heads, causal=causal, bias=bias, rope=rope,
+                              alibi=alibi, rng=rng, dtype=dtype, linear=linear)

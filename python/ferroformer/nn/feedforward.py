@@ -6,13 +6,18 @@
 SwiGLU (Llama) fuses its gate and up projections into one ``fc1`` of shape
 (2 d_ff, d_model): rows [0, d_ff) are the gate, rows [d_ff, 2 d_ff) the up
 projection; ``fc2`` is (d_model, d_ff) as for the other activations.
+
+Both projections come from the ``linear=`` factory (see linear.py). Blocks
+build their feed-forward through the ``ff=`` factory, ``make_feed_forward`` by
+default, so that another layer (an expert layer, say) can take its place in
+any block; blocks.py describes the factories.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .linear import Linear
+from .linear import make_linear
 from .module import Module
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
@@ -20,15 +25,16 @@ ACTIVATIONS = ("relu", "gelu", "swiglu")
 
 class FeedForward(Module):
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", *, bias: bool = True,
-                 gelu_approximate: str = "tanh", rng=None, dtype=np.float32):
+                 gelu_approximate: str = "tanh", rng=None, dtype=np.float32,
+                 linear=make_linear):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}")
         rng = np.random.default_rng(rng)
         self.activation, self.d_ff, self.gelu_approximate = activation, d_ff, gelu_approximate
         width = 2 * d_ff if activation == "swiglu" else d_ff
-        self.fc1 = Linear(d_model, width, bias, rng=rng, dtype=dtype)
-        self.fc2 = Linear(d_ff, d_model, bias, rng=rng, dtype=dtype)
+        self.fc1 = linear(d_model, width, bias, rng=rng, dtype=dtype, name="fc1")
+        self.fc2 = linear(d_ff, d_model, bias, rng=rng, dtype=dtype, name="fc2")
 
     def forward(self, x):
         """x (..., d_model) -> (..., d_model)."""
@@ -59,3 +65,11 @@ class FeedForward(Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, d_ff={self.d_ff}"
+
+
+def make_feed_forward(layer: int, d_model: int, d_ff: int, *, activation: str = "gelu",
+                      bias: bool = True, gelu_approximate: str = "tanh", rng=None,
+                      dtype=np.float32, linear=make_linear, name: str = "") -> FeedForward:
+    """The default ``ff=`` factory: the same ``FeedForward`` in every block."""
+    return FeedForward(d_model, d_ff, activation, bias=bias, gelu_approximate=gelu_approximate,
+                       rng=rng, dtype=dtype, linear=linear)

@@ -3,6 +3,17 @@
     lin = Linear(4, 3, rng=0)
     y = lin(x)            # x (..., 4) -> y (..., 3)
     dx = lin.backward(dy) # adds dW, db into lin.weight.grad, lin.bias.grad
+
+Layers that hold projections (attention, feed-forward, blocks, models) build
+them through a ``linear=`` factory, ``make_linear`` by default, so that
+another linear layer (quantized, adapted) plugs in without a new class:
+
+    linear(in_features, out_features, bias, *, rng, dtype, name) -> Module
+
+``name`` is the projection's dotted name in the model as far as the caller
+knows it ("qkv" inside an attention, "blocks.3.attn.qkv" from a GPT): each
+owner hands its children ``scoped(linear, "child.")``. The module returned
+has ``forward(x (..., in)) -> (..., out)`` and ``backward(dy) -> dx``.
 """
 
 from __future__ import annotations
@@ -44,3 +55,17 @@ class Linear(Module):
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
+
+def make_linear(in_features: int, out_features: int, bias: bool = True, *, rng=None,
+                dtype=np.float32, name: str = "") -> Linear:
+    """The default ``linear=`` factory: a dense ``Linear`` (``name`` is not needed)."""
+    return Linear(in_features, out_features, bias, rng=rng, dtype=dtype)
+
+
+def scoped(factory, prefix: str):
+    """``factory`` with ``prefix`` put before the ``name`` it is called with, so that
+    a child's factories see names from the model's root: scoped(linear, "attn.")."""
+    def build(*args, name: str = "", **kw):
+        return factory(*args, name=prefix + name, **kw)
+
+    return build
