@@ -21,15 +21,34 @@ PROMPTS = [[5, 9, 3, 17, 2, 44, 8], [11, 4], [7], [30, 31, 32, 33, 34, 35, 36]]
 MODELS = {
     "gpt": lambda **kw: GPT(61, 48, d_model=32, n_heads=4, n_layers=3, **kw),
     "llama": lambda **kw: Llama(61, 48, d_model=48, n_heads=6, n_kv_heads=2, n_layers=3, **kw),
-    "llama-tied": lambda **kw: Llama(61, 48, d_model=48, n_heads=6, n_kv_heads=2, n_layers=2,
-                                     tie_embeddings=True, **kw),
+    "llama-tied": lambda **kw: Llama(
+        61, 48, d_model=48, n_heads=6, n_kv_heads=2, n_layers=2, tie_embeddings=True, **kw
+    ),
     "bert": lambda **kw: BERT(61, 32, d_model=32, n_heads=4, n_layers=3, dropout=0.0, **kw),
-    "transformer": lambda **kw: Transformer(23, 29, d_model=32, n_heads=4, n_encoder_layers=2,
-                                            n_decoder_layers=3, d_ff=64, dropout=0.0, **kw),
-    "transformer-untied": lambda **kw: Transformer(23, 29, d_model=32, n_heads=4,
-                                                   n_encoder_layers=1, n_decoder_layers=2,
-                                                   d_ff=64, dropout=0.0, norm_first=True,
-                                                   tie_embeddings=False, **kw),
+    "transformer": lambda **kw: Transformer(
+        23,
+        29,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_decoder_layers=3,
+        d_ff=64,
+        dropout=0.0,
+        **kw,
+    ),
+    "transformer-untied": lambda **kw: Transformer(
+        23,
+        29,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        norm_first=True,
+        tie_embeddings=False,
+        **kw,
+    ),
 }
 
 
@@ -92,8 +111,11 @@ def test_linear_factory_builds_every_projection(name):
     model = build(name, linear=counting_factory(built), rng=0)
     ref = build(name, rng=0)
     tied = {id(m.weight) for _, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    linears = {n: m for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and id(m.weight) not in tied}
+    linears = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and id(m.weight) not in tied
+    }
     assert linears and set(linears) == set(built)
     assert all(built[n] is m for n, m in linears.items())
     assert set(model.factories) == {"linear"} and ref.factories == {}
@@ -134,13 +156,17 @@ def half_every_second(seen):
 def test_ff_factory_every_second_block(name):
     seen = []
     model = build(name, ff=half_every_second(seen), rng=0)
-    stacks = {"blocks": model.blocks} if hasattr(model, "blocks") else \
-        {"encoder": model.encoder, "decoder": model.decoder}
+    stacks = (
+        {"blocks": model.blocks}
+        if hasattr(model, "blocks")
+        else {"encoder": model.encoder, "decoder": model.decoder}
+    )
     want = [(i, f"{stack}.{i}.ff") for stack, blocks in stacks.items() for i in range(len(blocks))]
     assert seen == want
     for blocks in stacks.values():
         assert [type(b.ff) for b in blocks] == [
-            HalfFeedForward if i % 2 else nn.FeedForward for i in range(len(blocks))]
+            HalfFeedForward if i % 2 else nn.FeedForward for i in range(len(blocks))
+        ]
     ref = build(name, rng=0)
     assert model.state_dict().keys() == ref.state_dict().keys()
     for n, p in model.state_dict().items():  # the same weights: a different computation
@@ -175,8 +201,9 @@ class CausalMean(nn.Module):
 
     def new_state(self, batch, capacity, dtype=np.float32):
         xp = self.ops.xp
-        return MeanState(xp.zeros((batch, self.proj.in_features), dtype),
-                         xp.zeros((batch, 1), dtype))
+        return MeanState(
+            xp.zeros((batch, self.proj.in_features), dtype), xp.zeros((batch, 1), dtype)
+        )
 
     def forward(self, x, *, key_padding_mask=None, offset=0, cache=None):
         xp = self.ops.xp
@@ -185,10 +212,13 @@ class CausalMean(nn.Module):
         if cache is not None:
             rows, state = cache.rows, cache.state
             start = rows.length
-            mask = None if rows.mask is None else rows.mask[:, start:start + x.shape[1]]
+            mask = None if rows.mask is None else rows.mask[:, start : start + x.shape[1]]
             total, count = state.total[:, None], state.count[:, None]
-        w = xp.ones((*x.shape[:2], 1), x.dtype) if mask is None else \
-            (~mask)[..., None].astype(x.dtype)
+        w = (
+            xp.ones((*x.shape[:2], 1), x.dtype)
+            if mask is None
+            else (~mask)[..., None].astype(x.dtype)
+        )
         s = total + xp.cumsum(x * w, axis=1)
         n = xp.maximum(count + xp.cumsum(w, axis=1), 1)
         if cache is not None:
@@ -209,8 +239,11 @@ def mean_mixer(layer, d_model, n_heads, *, linear, rng, dtype, **kw):
 
 def hybrid_mixer(layer, d_model, n_heads, **kw):
     """Attention in even blocks, the mean mixer in odd ones: states of two kinds."""
-    return mean_mixer(layer, d_model, n_heads, **kw) if layer % 2 else \
-        nn.make_self_attention(layer, d_model, n_heads, **kw)
+    return (
+        mean_mixer(layer, d_model, n_heads, **kw)
+        if layer % 2
+        else nn.make_self_attention(layer, d_model, n_heads, **kw)
+    )
 
 
 MIXERS = {"mean": mean_mixer, "hybrid": hybrid_mixer}
@@ -227,11 +260,12 @@ def test_mixer_cached_logits_match_full_forward(name, mixer):
     full = model(ids)
     cache = model.new_cache(3, 11)
     steps = [model(ids[:, :4], cache=cache)]
-    steps += [model(ids[:, t:t + 1], cache=cache) for t in range(4, 11)]
+    steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 11)]
     assert_close(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-10)
     states = [slot.state[0] for slot in cache.layers]
     assert [type(s) for s in states] == [
-        MeanState if isinstance(b.attn, CausalMean) else nn.AttentionState for b in model.blocks]
+        MeanState if isinstance(b.attn, CausalMean) else nn.AttentionState for b in model.blocks
+    ]
     assert cache.nbytes() == sum(s.nbytes() for s in states)
 
 
@@ -244,12 +278,14 @@ def test_mixer_generates_the_same_with_and_without_cache(be, name, mixer):
     model = build(name, mixer=MIXERS[mixer], backend=be, rng=0)
     for kw in ({}, {"temperature": 1.0, "top_k": 20, "seed": 7}):
         got = model.generate(PROMPTS, max_new_tokens=10, **kw)
-        np.testing.assert_array_equal(got, model.generate(PROMPTS, max_new_tokens=10,
-                                                          use_cache=False, **kw), err_msg=str(kw))
+        np.testing.assert_array_equal(
+            got, model.generate(PROMPTS, max_new_tokens=10, use_cache=False, **kw), err_msg=str(kw)
+        )
     got = model.generate(PROMPTS, max_new_tokens=10)
     for i, p in enumerate(PROMPTS):
-        np.testing.assert_array_equal(got[i], model.generate([p], max_new_tokens=10)[0],
-                                      err_msg=f"prompt {i}")
+        np.testing.assert_array_equal(
+            got[i], model.generate([p], max_new_tokens=10)[0], err_msg=f"prompt {i}"
+        )
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -274,11 +310,21 @@ def test_cache_holds_any_layer_state():
 # -- factories are not config --------------------------------------------------------------
 def test_factories_stay_out_of_config_and_checkpoints(tmp_path):
     built = {}
-    model = GPT(61, 16, d_model=16, n_heads=2, n_layers=1, linear=counting_factory(built),
-                mixer=mean_mixer, rng=0)
+    model = GPT(
+        61,
+        16,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        linear=counting_factory(built),
+        mixer=mean_mixer,
+        rng=0,
+    )
     assert set(model.factories) == {"linear", "mixer"}
-    assert json.loads(json.dumps(model.config)) == GPT(61, 16, d_model=16, n_heads=2,
-                                                       n_layers=1).config
+    assert (
+        json.loads(json.dumps(model.config))
+        == GPT(61, 16, d_model=16, n_heads=2, n_layers=1).config
+    )
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, model)
     again = GPT(**model.config, linear=counting_factory({}), mixer=mean_mixer, rng=1)

@@ -25,8 +25,9 @@ def split_factories(owner: str, args: dict):
     for key, default in DEFAULTS.items():
         factory = args[key]
         if not callable(factory):
-            raise TypeError(f"{owner}: {key}= must be a factory (a callable), "
-                            f"got {type(factory).__name__}")
+            raise TypeError(
+                f"{owner}: {key}= must be a factory (a callable), got {type(factory).__name__}"
+            )
         if factory is not default:
             given[key] = factory
     return {k: v for k, v in args.items() if k not in DEFAULTS}, given
