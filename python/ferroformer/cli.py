@@ -1,13 +1,21 @@
-"""The command line: ``python -m ferroformer <command>``; ``--help`` on each."""
+"""The command line: ``python -m ferroformer <command>``; ``--help`` on each.
+
+Every failure is one ``error:`` line on stderr: exit code 2 for a bad argument
+(argparse's usage errors), 1 for a failure while running, 130 for Ctrl-C;
+``--debug`` prints the traceback as well."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import re
+import stat
 import sys
+import tempfile
 import time
+import traceback
 from typing import List, Optional
 
 
@@ -105,66 +113,158 @@ def _seq_lens(run):
     return run["length"], run["length"]
 
 
-def _make_model(run, backend):
+def _model_spec(run):
+    """(model class, its constructor's keyword arguments) for a run's settings."""
     from .data.tasks import PAD
     from .models import GPT, Llama, Transformer
 
     src_len, tgt_len = _seq_lens(run)
     v, d = _vocab_size(run), run["d_model"]
-    kw = dict(d_model=d, n_heads=run["heads"], backend=backend, rng=run["seed"])
     if run["model"] == "transformer":
-        return Transformer(v, v, n_encoder_layers=run["layers"], n_decoder_layers=run["layers"],
-                           d_ff=4 * d, dropout=0.0, max_seq_len=max(src_len, tgt_len + 2),
-                           pad_id=PAD, **kw)
+        return Transformer, dict(src_vocab_size=v, tgt_vocab_size=v, d_model=d, n_heads=run["heads"],
+                                 n_encoder_layers=run["layers"], n_decoder_layers=run["layers"],
+                                 d_ff=4 * d, dropout=0.0, max_seq_len=max(src_len, tgt_len + 2),
+                                 pad_id=PAD)
     # BOS x SEP y EOS; one position more so that generation may also feed the final EOS
     t = src_len if run["task"] == "bytes" else src_len + tgt_len + 4
-    return (GPT if run["model"] == "gpt" else Llama)(v, max_seq_len=t, n_layers=run["layers"], **kw)
+    return (GPT if run["model"] == "gpt" else Llama), dict(
+        vocab_size=v, max_seq_len=t, d_model=d, n_heads=run["heads"], n_layers=run["layers"])
+
+
+def _make_model(run, backend):
+    cls, kw = _model_spec(run)
+    return cls(**kw, backend=backend, rng=run["seed"])
+
+
+def _training_bytes(run) -> int:
+    """A lower bound on the memory one training step of the run takes (float32):
+    weights, gradients and two AdamW moments per parameter, counting 12 d^2 per
+    layer and the embeddings, plus a small share of the activations backward keeps."""
+    src_len, tgt_len = _seq_lens(run)
+    d, v = run["d_model"], _vocab_size(run)
+    if run["model"] == "transformer":
+        layers, t = 2 * run["layers"], max(src_len, tgt_len + 1)
+    else:
+        layers, t = run["layers"], src_len if run["task"] == "bytes" else src_len + tgt_len + 2
+    params = layers * 12 * d * d + 2 * v * d + t * d
+    activations = run["batch_size"] * t * (layers * 8 * d + 2 * v)
+    return 4 * (4 * params + activations)
+
+
+def _check_memory(run) -> None:
+    """Refuses a run that cannot fit in this machine's memory, before allocating any of it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return                                # no sysconf (Windows): MemoryError will tell
+    need = _training_bytes(run)
+    if need > total:
+        raise MemoryError(f"this run needs at least {need / 2**30:,.1f} GiB to train, more than the "
+                          f"{total / 2**30:,.1f} GiB of memory here; choose a smaller --d-model, "
+                          "--layers, --batch-size or sequence length")
 
 
 def _check_run(run) -> None:
+    """The settings of a run (given or stored in a checkpoint) are of the right types
+    and ranges; ValueError naming the flag otherwise."""
+    for k in ("task", "model"):
+        choices = TASKS if k == "task" else ARCHS
+        if run[k] not in choices:
+            raise ValueError(f"--{k} must be one of {', '.join(choices)}, got {run[k]!r}")
     if run["model"] == "transformer" and run["task"] == "bytes":
         raise ValueError("--model transformer needs a seq2seq task (copy, reverse, addition); "
                          "for --task bytes use gpt or llama")
     for k in ("layers", "d_model", "heads", "batch_size", "digits", "length", "seq_len", "steps"):
-        if not isinstance(run[k], int) or run[k] < 1:
+        if type(run[k]) is not int or run[k] < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be a positive integer, got {run[k]!r}")
+    if type(run["seed"]) is not int or run["seed"] < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {run['seed']!r}")
     if run["d_model"] % run["heads"]:
         raise ValueError(f"--d-model {run['d_model']} is not divisible by --heads {run['heads']}")
-    if not run["lr"] > 0:
-        raise ValueError(f"--lr must be positive, got {run['lr']}")
+    if type(run["lr"]) not in (int, float) or not (math.isfinite(run["lr"]) and run["lr"] > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {run['lr']!r}")
     if not 1 <= run["digits"] <= 9:
         raise ValueError(f"--digits must be in 1..9, got {run['digits']}")
 
 
 def _checkpoints(directory):
-    """[(step, path)] of the run's checkpoints in ``directory``, oldest first."""
+    """[(step, path)] of the run's checkpoints in ``directory``, oldest first; entries
+    that are not regular files (a directory or FIFO of that name) do not count."""
     if not os.path.isdir(directory):
         return []
     found = [(int(m.group(1)), os.path.join(directory, name))
              for name in os.listdir(directory) if (m := CHECKPOINT_NAME.match(name))]
-    return sorted(found)
+    return sorted((step, path) for step, path in found if os.path.isfile(path))
 
 
 def _find_checkpoint(path) -> str:
-    """A checkpoint file, or the latest step-*.safetensors in a directory."""
-    if os.path.isdir(path):
+    """A checkpoint file, or the latest step-*.safetensors in a directory. Anything
+    else (FIFO, device) is refused without opening it, since reading one may block."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint file or directory") from None
+    if stat.S_ISDIR(mode):
         found = _checkpoints(path)
         if not found:
             raise FileNotFoundError(f"{path}: no checkpoint (step-*.safetensors) in this directory")
         return found[-1][1]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file (a FIFO, socket or device), so not a checkpoint")
     return path
 
 
-def _stored_run(extra, path) -> dict:
+def _stored_run(ckpt, path) -> dict:
+    """The `train` settings stored in a loaded checkpoint, checked against its model."""
+    extra = ckpt.extra
     run = extra.get("run") if isinstance(extra, dict) else None
-    if not isinstance(run, dict) or set(run) != set(RUN_DEFAULTS) \
-            or run.get("task") not in TASKS or run.get("model") not in ARCHS:
+    if not isinstance(run, dict) or set(run) != set(RUN_DEFAULTS):
         raise ValueError(f"{path}: holds no valid `python -m ferroformer train` settings "
                          "(was it written by something else?)")
-    _check_run(run)
+    try:
+        _check_run(run)
+    except ValueError as e:
+        raise ValueError(f"{path}: its stored `train` settings are invalid: {e}") from None
+    cls, kw = _model_spec(run)
+    model = ckpt.model
+    if type(model) is not cls or any(model.config.get(k) != v for k, v in kw.items()):
+        raise ValueError(f"{path}: its model ({type(model).__name__}) does not match the `train` "
+                         f"settings stored with it (--model {run['model']} --task {run['task']}); "
+                         "was it written by something else?")
     return run
+
+
+def _stored_schedule(extra, path):
+    from .train import LRSchedule
+
+    keys = {"base_lr", "warmup_steps", "total_steps", "decay", "min_lr"}
+    config = extra.get("schedule")
+    if not isinstance(config, dict) or set(config) != keys:
+        raise ValueError(f"{path}: holds no valid learning-rate schedule")
+    try:
+        return LRSchedule(**config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its learning-rate schedule is invalid: {e}") from None
+
+
+def _check_output(flag, path) -> None:
+    """An output file's folder exists and the path is not a directory: fail before the work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag} {path}: the directory {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path}: is a directory; give a file name")
+
+
+def _check_writable(directory) -> None:
+    """Creates the checkpoint directory and writes a scratch file there, so that an
+    unwritable one fails now rather than at the first save."""
+    os.makedirs(directory, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise OSError(f"--checkpoint-dir {directory}: cannot write there ({e.strerror or e})") from None
 
 
 def _run_trainer_class():
@@ -195,14 +295,12 @@ def _cmd_train(args) -> int:
 
     from . import backend as get_backend
     from .checkpoint import load_checkpoint
-    from .train import AdamW, LRSchedule
+    from .train import AdamW, LRSchedule, NonFiniteError
 
     if args.plot:                            # fail before training, not after
         from .plots import INSTALL_HINT
 
-        folder = os.path.dirname(os.path.abspath(args.plot))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"--plot {args.plot}: the directory {folder} does not exist")
+        _check_output("--plot", args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -219,14 +317,18 @@ def _cmd_train(args) -> int:
             raise FileNotFoundError(f"{directory}: no checkpoint (step-*.safetensors) to resume from")
         path = existing[-1][1]
         ckpt = load_checkpoint(path, backend=ops)
-        run = _stored_run(ckpt.extra, path)
+        run = _stored_run(ckpt, path)
         for key, stored in run.items():
             given = getattr(args, key)
             if key != "steps" and given is not None and given != stored:
                 raise ValueError(f"--{key.replace('_', '-')} {given} differs from the run in "
                                  f"{directory} ({stored}); leave it out to resume")
         model = ckpt.model
-        schedule = LRSchedule(**ckpt.extra["schedule"])
+        schedule = _stored_schedule(ckpt.extra, path)
+        if args.steps is not None and args.steps < ckpt.step:
+            raise ValueError(f"--steps {args.steps} is below step {ckpt.step}, which the run in "
+                             f"{directory} has reached")
+        _check_writable(directory)
     else:
         if existing:
             raise ValueError(f"{directory} already holds checkpoints (up to step {existing[-1][0]}); "
@@ -234,12 +336,13 @@ def _cmd_train(args) -> int:
         run = {k: getattr(args, k) if getattr(args, k) is not None else v
                for k, v in RUN_DEFAULTS.items()}
         _check_run(run)
+        _check_memory(run)
+        if directory:
+            _check_writable(directory)
         model = _make_model(run, ops)
         schedule = LRSchedule(run["lr"], min(100, run["steps"] // 10), run["steps"], "cosine",
                               run["lr"] / 20)
     steps = run["steps"] if args.steps is None else args.steps
-    if steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {steps}")
     task = _make_task(run)
     if run["task"] == "bytes":
         batch_fn = task.batch_fn(run["batch_size"], run["seq_len"])
@@ -264,14 +367,18 @@ def _cmd_train(args) -> int:
         trainer.resume(path)
         trainer.history = [(int(s), float(v)) for s, v in ckpt.extra.get("history", [])
                            if s <= trainer.step]
-    if directory:
-        os.makedirs(directory, exist_ok=True)
     start = trainer.step
     print(f"ferroformer train: {type(model).__name__} ({model.num_parameters():,} parameters, "
           f"{run['layers']} layers, d_model {run['d_model']}, {run['heads']} heads) on "
           f"{run['task']}, {ops.name} backend, steps {start + 1}..{steps}", flush=True)
     t0 = time.perf_counter()
-    trainer.fit(steps)
+    try:
+        trainer.fit(steps)
+    except NonFiniteError as e:
+        kept = _checkpoints(directory) if directory else []
+        where = f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written"
+        e.args = (f"{e.args[0]}; {where}",)
+        raise
     train_s = time.perf_counter() - t0
     if directory and (not _checkpoints(directory) or _checkpoints(directory)[-1][0] != trainer.step):
         trainer.save(directory)
@@ -344,14 +451,14 @@ def _cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
     from .data.tasks import BOS, EOS, SEP
 
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be >= 0 (and finite), got {args.temperature}")
     path = _find_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path, backend=args.backend)
-    run = _stored_run(ckpt.extra, path)
+    run = _stored_run(ckpt, path)
     model = ckpt.model
     x = _encode_prompt(run, args.prompt)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     if run["model"] == "transformer":
         n = args.max_new_tokens or _seq_lens(run)[1] + 1
         out = model.generate(np.asarray([x], np.int64), max_len=n, bos_id=BOS, eos_id=EOS, **sampling)
@@ -394,9 +501,11 @@ def _cmd_inspect(args) -> int:
     from .data.tasks import BOS, EOS, SEP
     from .inspect import attention_entropy, attention_weights
 
+    if args.plot:
+        _check_output("--plot", args.plot)
     path = _find_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path, backend=args.backend)
-    run = _stored_run(ckpt.extra, path)
+    run = _stored_run(ckpt, path)
     model = ckpt.model
     x = _encode_prompt(run, args.prompt)
     # the attention while the model writes its own (greedy) answer to the prompt
@@ -444,32 +553,46 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+MAX_THREADS = 1024  # a rust pool beyond this is a typo, and starting it takes minutes
+# --debug after the command too; SUPPRESS keeps a subcommand from resetting the global one
+_DEBUG = argparse.ArgumentParser(add_help=False)
+_DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="on failure, print the traceback too")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ferroformer", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ferroformer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    b = sub.add_parser("bench", help="time each op on every backend (and PyTorch, if installed)")
+    b = sub.add_parser("bench", help="time each op on every backend (and PyTorch, if installed)",
+                       parents=[_DEBUG])
     b.add_argument("--backends", nargs="+", choices=["numpy", "rust", "cupy"],
                    help="backends to time (default: every available one)")
-    b.add_argument("--repeat", type=int, default=5, help="timings per op; the best is kept")
-    b.add_argument("--threads", type=int, default=0, help="rust thread pool size (default: all cores)")
+    b.add_argument("--repeat", type=_positive_int, default=5, help="timings per op; the best is kept")
+    b.add_argument("--threads", type=_int_in(0, MAX_THREADS), default=0,
+                   help="rust thread pool size (default 0: all cores)")
     b.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     b.add_argument("--no-train", action="store_true", help="skip the training-throughput table")
     b.add_argument("--train-steps", type=_positive_int, default=3,
                    help="timed training steps per backend (after one warm-up step)")
     b.set_defaults(func=_cmd_bench)
-    d = sub.add_parser("demo", help="train a small GPT on addition, then generate (about a minute)")
+    d = sub.add_parser("demo", help="train a small GPT on addition, then generate (about a minute)",
+                       parents=[_DEBUG])
     d.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None,
                    help="backend to train on (default: the fastest available)")
-    d.add_argument("--digits", type=int, default=3, help="digits per operand")
-    d.add_argument("--steps", type=int, default=1800, help="training steps")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--digits", type=_int_in(1, 9), default=3, help="digits per operand (1-9)")
+    d.add_argument("--steps", type=_positive_int, default=1800, help="training steps")
+    d.add_argument("--seed", type=_non_negative_int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
-    e = sub.add_parser("embed", help="sentence embeddings with all-MiniLM-L6-v2: cosine similarities")
+    e = sub.add_parser("embed", help="sentence embeddings with all-MiniLM-L6-v2: cosine similarities",
+                       parents=[_DEBUG])
     e.add_argument("sentences", nargs="+", help="sentences to compare")
     e.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
     e.set_defaults(func=_cmd_embed)
-    c = sub.add_parser("chat", help="answer a question with SmolLM2-135M-Instruct (greedy)")
+    c = sub.add_parser("chat", help="answer a question with SmolLM2-135M-Instruct (greedy)",
+                       parents=[_DEBUG])
     c.add_argument("question")
     c.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
     c.add_argument("--max-new-tokens", type=_positive_int, default=64)
@@ -481,13 +604,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text):
+def _int_in(low, high=None):
+    """An argparse type: an integer in [low, high] (no upper bound when high is None)."""
+    kind = {0: "non-negative", 1: "positive"}.get(low, "") if high is None else ""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if v < low or (high is not None and v > high):
+            rule = f"a {kind} integer" if kind else f"an integer in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {v}")
+        return v
+
+    return parse
+
+
+_positive_int, _non_negative_int = _int_in(1), _int_in(0)
+
+
+def _positive_float(text):
     try:
-        v = int(text)
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid positive int value: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return v
 
 
@@ -495,6 +638,7 @@ def _add_train_parser(sub):
     d = RUN_DEFAULTS
     t = sub.add_parser(
         "train", help="train a small model on a built-in task, with checkpoints and resume",
+        parents=[_DEBUG],
         description="Train GPT, Llama or an encoder-decoder Transformer on a built-in task "
                     "(generated on the fly; bytes: the Python standard library's sources). "
                     "With --resume the run's settings come from its latest checkpoint; a "
@@ -511,11 +655,11 @@ def _add_train_parser(sub):
     t.add_argument("--steps", type=_positive_int, default=None,
                    help=f"optimizer steps in all (default {d['steps']}; with --resume: the run's)")
     t.add_argument("--batch-size", type=_positive_int, default=None, help=f"(default {d['batch_size']})")
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--lr", type=_positive_float, default=None,
                    help=f"peak learning rate, cosine decay to lr/20 (default {d['lr']})")
-    t.add_argument("--seed", type=int, default=None, help=f"(default {d['seed']})")
-    t.add_argument("--digits", type=_positive_int, default=None,
-                   help=f"addition: digits per operand (default {d['digits']})")
+    t.add_argument("--seed", type=_non_negative_int, default=None, help=f"(default {d['seed']})")
+    t.add_argument("--digits", type=_int_in(1, 9), default=None,
+                   help=f"addition: digits per operand, 1-9 (default {d['digits']})")
     t.add_argument("--length", type=_positive_int, default=None,
                    help=f"copy / reverse: longest sequence (default {d['length']})")
     t.add_argument("--seq-len", type=_positive_int, default=None,
@@ -530,7 +674,7 @@ def _add_train_parser(sub):
                    help="continue the run in --checkpoint-dir from its latest checkpoint")
     t.add_argument("--plot", metavar="PATH", default=None,
                    help='write the loss curve as a PNG (needs pip install "ferroformer[plot]")')
-    t.add_argument("--eval-examples", type=int, default=500, metavar="N",
+    t.add_argument("--eval-examples", type=_non_negative_int, default=500, metavar="N",
                    help="held-out examples for the exact-match score (0: skip)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
@@ -538,7 +682,7 @@ def _add_train_parser(sub):
 
 def _add_generate_parser(sub):
     g = sub.add_parser(
-        "generate", help="continue a prompt with a model saved by `train`",
+        "generate", help="continue a prompt with a model saved by `train`", parents=[_DEBUG],
         description="Load a checkpoint written by `python -m ferroformer train` and complete a "
                     "prompt in the way its task reads text: bytes: any text; addition: "
                     "'12+34'; copy / reverse: digits, e.g. '31415'.")
@@ -550,7 +694,8 @@ def _add_generate_parser(sub):
     g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     g.add_argument("--top-k", type=_positive_int, default=None)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
+    g.add_argument("--seed", type=_non_negative_int, default=None,
+                   help="seed for sampling (reproducible output)")
     g.add_argument("--backend", choices=["numpy", "rust", "cupy"], default=None)
     g.set_defaults(func=_cmd_generate)
 
@@ -559,6 +704,7 @@ def _add_generate_parser(sub):
 def _add_inspect_parser(sub):
     i = sub.add_parser(
         "inspect", help="attention entropy per head, and an attention map, for a `train` checkpoint",
+        parents=[_DEBUG],
         description="Runs the model of a `train` checkpoint on a prompt plus its own greedy "
                     "answer and prints the entropy of every attention head; --plot draws the "
                     "attention of one layer (all heads) as a PNG.")
@@ -576,6 +722,24 @@ def _add_inspect_parser(sub):
     i.set_defaults(func=_cmd_inspect)
 
 
+# failures whose message is meant for the user as it stands; any other exception is
+# a bug, reported with its type
+EXPECTED = (ValueError, OSError, RuntimeError, ImportError, IndexError, MemoryError)
+
+
+def error_line(e: BaseException) -> str:
+    """One line for stderr that says what went wrong."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, MemoryError):
+        text = f"out of memory: {text}" if str(e) else "out of memory"
+    elif not isinstance(e, EXPECTED) or isinstance(e, (RecursionError, NotImplementedError)):
+        text = f"unexpected {type(e).__name__}: {text} (--debug shows the traceback)"
+    return f"error: {text}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -585,11 +749,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, ImportError) as e:
-        if isinstance(e, OSError) and e.filename and e.strerror:
-            print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
-        else:
-            print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        print(error_line(e), file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ def run_demo(*, backend=None, n_digits: int = 3, steps: int = 1800, batch_size: 
           f"{n_digits}-digit addition on the {ops.name} backend", flush=True)
     trainer = Trainer(model, AdamW(model, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.1),
                       task.lm_batch_fn(batch_size), seed=seed, grad_clip=1.0, progress=progress,
-                      schedule=LRSchedule(1e-2, 100, steps, "cosine", 5e-4))
+                      schedule=LRSchedule(1e-2, min(100, steps), steps, "cosine", 5e-4))
     t0 = time.perf_counter()
     trainer.fit(steps)
     train_s = time.perf_counter() - t0

@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..train.checks import integer, real
+
 
 def stdlib_sources() -> List[str]:
     """The standard library's top-level .py files, sorted (so the data is reproducible)."""
@@ -36,6 +38,9 @@ class ByteLMDataset:
                  val_fraction: float = 0.1):
         """Reads ``paths`` (default: stdlib sources) in order up to ``max_bytes``; the last
         ``val_fraction`` of the bytes is the validation split."""
+        max_bytes = integer("ByteLMDataset", "max_bytes", max_bytes, low=1)
+        val_fraction = real("ByteLMDataset", "val_fraction", val_fraction, low=0, high=1,
+                            low_open=True, high_open=True)
         paths = list(paths) if paths is not None else stdlib_sources()
         chunks, total = [], 0
         for p in paths:
@@ -53,6 +58,10 @@ class ByteLMDataset:
         self.train, self.val = data[:-n_val], data[-n_val:]
 
     def batch(self, batch_size: int, seq_len: int, rng, split: str = "train") -> dict:
+        if split not in ("train", "val"):
+            raise ValueError(f"ByteLMDataset: split must be 'train' or 'val', got {split!r}")
+        batch_size = integer("ByteLMDataset", "batch_size", batch_size, low=1)
+        seq_len = integer("ByteLMDataset", "seq_len", seq_len, low=1)
         data = self.train if split == "train" else self.val
         if len(data) <= seq_len + 1:
             raise ValueError(f"ByteLMDataset: the {split} split is shorter than seq_len + 1")
@@ -62,6 +71,8 @@ class ByteLMDataset:
         return {"input_ids": window[:, :-1], "targets": window[:, 1:]}
 
     def batch_fn(self, batch_size: int, seq_len: int):
+        batch_size = integer("ByteLMDataset", "batch_size", batch_size, low=1)
+        seq_len = integer("ByteLMDataset", "seq_len", seq_len, low=1)
         return lambda rng: self.batch(batch_size, seq_len, rng)
 
     def unigram_entropy(self, split: str = "val") -> float:
@@ -75,6 +86,12 @@ class ByteLMDataset:
         """Mean cross-entropy (nats per byte) over evenly spaced validation windows."""
         from ..train.losses import CrossEntropyLoss
 
+        seq_len = integer("ByteLMDataset", "seq_len", seq_len, low=1)
+        batch_size = integer("ByteLMDataset", "batch_size", batch_size, low=1)
+        max_batches = integer("ByteLMDataset", "max_batches", max_batches, low=1)
+        if len(self.val) <= seq_len + 1:
+            raise ValueError(f"ByteLMDataset: the val split ({len(self.val)} bytes) is shorter "
+                             f"than seq_len + 1 ({seq_len + 1})")
         loss_fn = CrossEntropyLoss(ops=model.ops)
         n = min(batch_size * max_batches, (len(self.val) - 1) // seq_len)
         starts = np.linspace(0, len(self.val) - seq_len - 1, n).astype(np.int64)

@@ -20,6 +20,8 @@ from typing import List, Tuple
 
 import numpy as np
 
+from ..train.checks import integer, real
+
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 IGNORE = -100
 N_SPECIAL = 4
@@ -38,7 +40,7 @@ class Task:
         raise NotImplementedError
 
     def train_examples(self, n: int, rng) -> List[Example]:
-        return [self.sample(rng) for _ in range(n)]
+        return [self.sample(rng) for _ in range(integer(type(self).__name__, "n", n, low=0))]
 
     def test_examples(self, n: int, rng) -> List[Example]:
         return self.train_examples(n, rng)
@@ -67,24 +69,35 @@ class Task:
             targets[i, : len(y) + 1] = [*y, EOS]
         return {"src": src, "tgt": tgt, "src_key_padding_mask": src == PAD, "targets": targets}
 
+    def _batch_size(self, batch_size) -> int:
+        return integer(type(self).__name__, "batch_size", batch_size, low=1)
+
     def lm_batch(self, batch_size: int, rng) -> dict:
-        ids, targets = self.lm_arrays(self.train_examples(batch_size, rng))
+        ids, targets = self.lm_arrays(self.train_examples(self._batch_size(batch_size), rng))
         return {"input_ids": ids, "targets": targets}
 
     def seq2seq_batch(self, batch_size: int, rng) -> dict:
-        return self.seq2seq_arrays(self.train_examples(batch_size, rng))
+        return self.seq2seq_arrays(self.train_examples(self._batch_size(batch_size), rng))
 
     def lm_batch_fn(self, batch_size: int):
+        batch_size = self._batch_size(batch_size)
         return lambda rng: self.lm_batch(batch_size, rng)
 
     def seq2seq_batch_fn(self, batch_size: int):
+        batch_size = self._batch_size(batch_size)
         return lambda rng: self.seq2seq_batch(batch_size, rng)
+
+    def _eval_args(self, examples, batch_size) -> int:
+        if not len(examples):
+            raise ValueError(f"{type(self).__name__}: evaluation needs at least one example")
+        return self._batch_size(batch_size)
 
     # -- exact match under greedy decoding ----------------------------------------------
     def evaluate_lm(self, model, examples: List[Example], batch_size: int = 256) -> float:
         """Share of examples whose greedy continuation of ``BOS x SEP`` is exactly ``y EOS``."""
         from ..models.greedy import greedy_complete
 
+        batch_size = self._eval_args(examples, batch_size)
         by_len = {}
         for x, y in examples:
             by_len.setdefault((len(x), len(y)), []).append((x, y))
@@ -102,6 +115,7 @@ class Task:
         """Share of examples whose greedy decoding from ``src`` is exactly ``y EOS``."""
         from ..models.greedy import greedy_decode
 
+        batch_size = self._eval_args(examples, batch_size)
         right = 0
         for s in range(0, len(examples), batch_size):
             chunk = examples[s:s + batch_size]
@@ -119,8 +133,11 @@ class CopyTask(Task):
     """y = x, a random string of ``n_symbols`` symbols with length in [min_len, max_len]."""
 
     def __init__(self, n_symbols: int = 10, min_len: int = 1, max_len: int = 10):
+        cls = type(self).__name__
+        n_symbols = integer(cls, "n_symbols", n_symbols, low=1)
+        min_len, max_len = integer(cls, "min_len", min_len), integer(cls, "max_len", max_len)
         if not 1 <= min_len <= max_len:
-            raise ValueError(f"{type(self).__name__}: need 1 <= min_len <= max_len")
+            raise ValueError(f"{cls}: need 1 <= min_len <= max_len, got {min_len} and {max_len}")
         self.n_symbols, self.min_len, self.max_len = n_symbols, min_len, max_len
         self.vocab_size = N_SPECIAL + n_symbols
         self.max_src_len = self.max_tgt_len = max_len
@@ -149,8 +166,10 @@ class AdditionTask(Task):
     PLUS = N_SPECIAL + 10
 
     def __init__(self, n_digits: int = 3, reverse_answer: bool = True, holdout: float = 0.1):
-        if not 1 <= n_digits <= 9:
-            raise ValueError(f"AdditionTask: n_digits must be in [1, 9], got {n_digits}")
+        n_digits = integer("AdditionTask", "n_digits", n_digits, low=1, high=9)
+        # the hash has 10,000 buckets: both shares need at least one, or drawing from the
+        # empty one would never end
+        holdout = real("AdditionTask", "holdout", holdout, low=1e-4, high=1 - 1e-4)
         self.n_digits, self.reverse_answer, self.holdout = n_digits, reverse_answer, holdout
         self.vocab_size = N_SPECIAL + 11
         self.max_src_len, self.max_tgt_len = 2 * n_digits + 1, n_digits + 1
@@ -162,6 +181,7 @@ class AdditionTask(Task):
         return (h % np.uint64(10_000)) < np.uint64(round(self.holdout * 10_000))
 
     def _pairs(self, n, rng, test: bool):
+        n = integer("AdditionTask", "n", n, low=0)
         hi = 10 ** self.n_digits
         a, b = np.empty(0, np.int64), np.empty(0, np.int64)
         while len(a) < n:

@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 from .. import backends
+from .checks import integer, real
 
 
 class CrossEntropyLoss:
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, *, ops=None):
-        self.ignore_index, self.label_smoothing = int(ignore_index), float(label_smoothing)
+        self.ignore_index = integer("CrossEntropyLoss", "ignore_index", ignore_index)
+        self.label_smoothing = real("CrossEntropyLoss", "label_smoothing", label_smoothing,
+                                    low=0, high=1, high_open=True)
         self.ops = ops
         self.cache = None
 

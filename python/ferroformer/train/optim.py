@@ -1,5 +1,7 @@
 """Optimizers: ``SGD`` (momentum, optional Nesterov), ``Adam`` and ``AdamW``
-(both through the backend's fused ``adamw_step``), and ``clip_grad_norm``.
+(both through the backend's fused ``adamw_step``), ``grad_norm`` and ``clip_grad_norm``.
+Every hyper-parameter is checked when set: a non-finite or out-of-range value is
+a ``ValueError`` naming it.
 
     opt = AdamW(model, lr=3e-4, weight_decay=0.1)     # decays matrices only (ndim >= 2)
     norm = clip_grad_norm(model.parameters(), 1.0)
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import math
 from typing import Dict, List, Tuple
+
+from .checks import real
 
 
 def _named(params) -> List[Tuple[str, object]]:
@@ -36,9 +40,18 @@ class Optimizer:
         self.named = _named(params)
         if not self.named:
             raise ValueError(f"{type(self).__name__}: no parameters to optimise")
-        self.lr = float(lr)
+        self.lr = lr
         self.step_count = 0
         self.state: Dict[str, Dict[str, object]] = {slot: {} for slot in self.slots}
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        # checked on every assignment: a schedule or a checkpoint sets it too
+        self._lr = real(type(self).__name__, "lr", value, low=0)
 
     def zero_grad(self) -> None:
         for _, p in self.named:
@@ -102,7 +115,7 @@ class Optimizer:
         self._set_hyper(hyper)
 
     def _set_hyper(self, hyper: dict) -> None:
-        self.lr = float(hyper["lr"])
+        self.lr = hyper["lr"]
         self.step_count = int(hyper["step_count"])
 
 
@@ -114,7 +127,17 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, *, ops=None):
         super().__init__(params, lr, ops)
-        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), nesterov
+        self._set_sgd(momentum, weight_decay, nesterov)
+
+    def _set_sgd(self, momentum, weight_decay, nesterov) -> None:
+        cls = type(self).__name__
+        self.momentum = real(cls, "momentum", momentum, low=0, high=1, high_open=True)
+        self.weight_decay = real(cls, "weight_decay", weight_decay, low=0)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"{cls}: nesterov must be a bool, got {type(nesterov).__name__}")
+        if nesterov and not self.momentum:
+            raise ValueError(f"{cls}: nesterov needs a momentum > 0")
+        self.nesterov = nesterov
 
     def _update(self, name, p):
         g = p.grad
@@ -133,8 +156,7 @@ class SGD(Optimizer):
 
     def _set_hyper(self, hyper):
         super()._set_hyper(hyper)
-        self.momentum, self.weight_decay = float(hyper["momentum"]), float(hyper["weight_decay"])
-        self.nesterov = bool(hyper["nesterov"])
+        self._set_sgd(hyper["momentum"], hyper["weight_decay"], hyper["nesterov"])
 
 
 class AdamW(Optimizer):
@@ -147,9 +169,17 @@ class AdamW(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, decay=None, *, ops=None):
         super().__init__(params, lr, ops)
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
-        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self._set_adam(betas, eps, weight_decay)
         self.decay = decay or (lambda name, p: p.data.ndim >= 2)
+
+    def _set_adam(self, betas, eps, weight_decay) -> None:
+        cls = type(self).__name__
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"{cls}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.beta1, self.beta2 = (real(cls, f"betas[{i}]", b, low=0, high=1, high_open=True)
+                                  for i, b in enumerate(betas))
+        self.eps = real(cls, "eps", eps, low=0, low_open=True)
+        self.weight_decay = real(cls, "weight_decay", weight_decay, low=0)
 
     def _grad(self, p):
         return p.grad
@@ -168,11 +198,9 @@ class AdamW(Optimizer):
 
     def _set_hyper(self, hyper):
         super()._set_hyper(hyper)
-        b = hyper["betas"]
-        if not isinstance(b, list) or len(b) != 2:
-            raise ValueError(f"{type(self).__name__} state betas must be a pair, got {b!r}")
-        self.beta1, self.beta2 = float(b[0]), float(b[1])
-        self.eps, self.weight_decay = float(hyper["eps"]), float(hyper["weight_decay"])
+        if not isinstance(hyper["betas"], list):
+            raise ValueError(f"{type(self).__name__} state betas must be a pair, got {hyper['betas']!r}")
+        self._set_adam(hyper["betas"], hyper["eps"], hyper["weight_decay"])
 
 
 class Adam(AdamW):
@@ -191,12 +219,24 @@ class Adam(AdamW):
         return 0.0
 
 
+def grad_norm(params) -> float:
+    """The global L2 norm of all gradients: inf or NaN exactly when a gradient holds one."""
+    grads = [g.reshape(-1) for g in (p.grad for p in params) if g is not None]
+    total = math.sqrt(sum(float(g @ g) for g in grads))
+    if not math.isfinite(total):
+        # float32 squares overflow from 1.8e19 on; float64 ones cannot from float32 inputs
+        total = math.sqrt(sum(float(g.astype("float64") @ g.astype("float64")) for g in grads))
+    return total
+
+
 def clip_grad_norm(params, max_norm: float) -> float:
-    """Scales all gradients so that their global L2 norm is at most max_norm; returns the
-    norm before clipping."""
+    """Scales all gradients so that their global L2 norm is at most max_norm (finite, > 0);
+    returns the norm before clipping. A non-finite norm leaves the gradients as they are."""
+    max_norm = real("clip_grad_norm", "max_norm", max_norm, low=0, low_open=True)
+    params = list(params)
     grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(float(g.reshape(-1) @ g.reshape(-1)) for g in grads))
-    if total > max_norm > 0:
+    total = grad_norm(params)
+    if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:
             g *= g.dtype.type(scale)

@@ -2,11 +2,16 @@
 
     sched = LRSchedule(3e-4, warmup_steps=100, total_steps=2000, decay="cosine", min_lr=3e-5)
     lr = sched(step)          # step counts from 1
+
+Rates are finite and >= 0 with min_lr <= base_lr, and the warmup fits in the run;
+anything else is a ``ValueError`` naming the parameter.
 """
 
 from __future__ import annotations
 
 import math
+
+from .checks import integer, real
 
 DECAYS = ("cosine", "linear", "constant")
 
@@ -18,8 +23,15 @@ class LRSchedule:
             raise ValueError(f"LRSchedule: decay must be one of {DECAYS}, got {decay!r}")
         if decay != "constant" and total_steps is None:
             raise ValueError(f"LRSchedule: decay {decay!r} needs total_steps")
-        self.base_lr, self.warmup_steps, self.total_steps = float(base_lr), int(warmup_steps), total_steps
-        self.decay, self.min_lr = decay, float(min_lr)
+        self.base_lr = real("LRSchedule", "base_lr", base_lr, low=0)
+        self.min_lr = real("LRSchedule", "min_lr", min_lr, low=0, high=self.base_lr)
+        self.warmup_steps = integer("LRSchedule", "warmup_steps", warmup_steps, low=0)
+        if total_steps is not None:
+            total_steps = integer("LRSchedule", "total_steps", total_steps, low=1)
+            if self.warmup_steps > total_steps:
+                raise ValueError(f"LRSchedule: warmup_steps {self.warmup_steps} is beyond the "
+                                 f"run's total_steps {total_steps}")
+        self.total_steps, self.decay = total_steps, decay
 
     def __call__(self, step: int) -> float:
         if self.warmup_steps and step <= self.warmup_steps:
