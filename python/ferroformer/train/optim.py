@@ -221,8 +221,11 @@ class Adam(AdamW):
 
 def grad_norm(params) -> float:
     """The global L2 norm of all gradients: inf or NaN exactly when a gradient holds one."""
+    import numpy as np
+
     grads = [g.reshape(-1) for g in (p.grad for p in params) if g is not None]
-    total = math.sqrt(sum(float(g @ g) for g in grads))
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflow is retried below
+        total = math.sqrt(sum(float(g @ g) for g in grads))
     if not math.isfinite(total):
         # float32 squares overflow from 1.8e19 on; float64 ones cannot from float32 inputs
         total = math.sqrt(sum(float(g.astype("float64") @ g.astype("float64")) for g in grads))
