@@ -337,3 +337,47 @@ def test_factories_stay_out_of_config_and_checkpoints(tmp_path):
 def test_a_factory_must_be_callable(key):
     with pytest.raises(TypeError, match=f"GPT: {key}= must be a factory"):
         GPT(61, 16, d_model=16, n_heads=2, n_layers=1, **{key: "Linear"})
+
+
+@pytest.mark.parametrize("cls", [GPT, Llama, BERT, Transformer])
+def test_config_keys_leave_the_factories_out(cls):
+    assert not {"linear", "ff", "mixer", "backend", "dtype", "rng"} & set(cls.config_keys())
+
+
+def test_from_config_takes_the_factories():
+    base = GPT(61, 16, d_model=16, n_heads=2, n_layers=1, rng=0)
+    built = {}
+    model = GPT.from_config(base.config, rng=0, linear=counting_factory(built))
+    assert model.factories == {"linear": model.factories["linear"]} and built
+    ids = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(model(ids), base(ids))
+    with pytest.raises(TypeError, match="unknown arguments"):
+        GPT.from_config(base.config, lineaar=counting_factory({}))
+
+
+class ZeroAdapterLinear(nn.Linear):
+    """A Linear plus a low-rank update that starts at zero (B = 0), as an adapter does."""
+
+    def __init__(self, in_features, out_features, bias=True, *, rng=None, dtype=np.float32):
+        super().__init__(in_features, out_features, bias, rng=rng, dtype=dtype)
+        self.lora_a = nn.Parameter(np.full((2, in_features), 0.5, dtype))
+        self.lora_b = nn.Parameter(np.zeros((out_features, 2), dtype))
+
+
+@pytest.mark.parametrize("name", ["gpt", "llama", "bert"])
+def test_model_init_leaves_a_factory_layers_own_parameters(name):
+    """The GPT-style init draws the Linear weights (the same values as the default
+    model's) and leaves what a factory adds beside them, so an adapter starts at zero."""
+
+    def adapter(in_features, out_features, bias, *, rng, dtype, name):
+        return ZeroAdapterLinear(in_features, out_features, bias, rng=rng, dtype=dtype)
+
+    model, base = build(name, linear=adapter, rng=3), build(name, rng=3)
+    params = dict(model.named_parameters())
+    extra = [n for n in params if "lora_" in n]
+    assert extra
+    for n in extra:
+        want = 0.0 if n.endswith("lora_b") else 0.5
+        assert np.all(params[n].data == want), n
+    for n, p in base.named_parameters():
+        np.testing.assert_array_equal(params[n].data, p.data, err_msg=n)

@@ -37,8 +37,12 @@ class Model(Module):
 
     @classmethod
     def config_keys(cls):
-        sig = inspect.signature(cls.__init__)
-        return [n for n in sig.parameters if n not in ("self", "backend", "dtype", "rng")]
+        """The constructor's JSON arguments: not the backend, dtype, rng or the layer
+        factories (code, see models/_factories.py)."""
+        from ._factories import DEFAULTS
+
+        skip = {"self", "backend", "dtype", "rng", *DEFAULTS}
+        return [n for n in inspect.signature(cls.__init__).parameters if n not in skip]
 
     @classmethod
     def validate_config(cls, config) -> dict:
@@ -56,8 +60,17 @@ class Model(Module):
         return config
 
     @classmethod
-    def from_config(cls, config: dict, *, backend=None, dtype=np.float32, rng=None):
-        return cls(**cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng)
+    def from_config(cls, config: dict, *, backend=None, dtype=np.float32, rng=None, **factories):
+        """The model a ``config`` describes; ``factories`` (linear=, ff=, mixer=) as the
+        constructor takes them, since a config holds none."""
+        from ._factories import DEFAULTS
+
+        unknown = sorted(set(factories) - set(DEFAULTS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_config: unknown arguments {unknown}; "
+                            f"the layer factories are {sorted(DEFAULTS)}")
+        return cls(**cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng,
+                   **factories)
 
 
 class CausalLM:
@@ -103,11 +116,17 @@ class CausalLM:
 
 def init_gpt_style(model: Module, n_layers: int, rng, std: float = 0.02,
                    residual_names=("attn.proj.weight", "ff.fc2.weight")) -> None:
-    """Matrices N(0, std); projections into the residual stream N(0, std/sqrt(2 L)); biases 0.
-    Norm weights and embeddings keep their own initialisation."""
+    """The weights of the model's ``nn.Linear`` layers N(0, std); projections into the
+    residual stream N(0, std/sqrt(2 L)). Everything else keeps its own initialisation:
+    norms, embeddings (a head tied to one included) and the parameters a ``linear=``,
+    ``ff=`` or ``mixer=`` factory adds beside its Linear layers (an adapter's zero B)."""
+    from ..nn import Embedding, Linear
+
+    linear = {id(m.weight) for _, m in model.named_modules() if isinstance(m, Linear)}
+    linear -= {id(m.weight) for _, m in model.named_modules() if isinstance(m, Embedding)}
     rng = np.random.default_rng(rng)
     for name, p in model.named_parameters():
-        if p.data.ndim != 2 or "emb" in name or name.startswith("wte") or name.startswith("wpe"):
+        if id(p) not in linear:
             continue
         if name.endswith(residual_names):
             p.data = init.scaled_normal(p.data.shape, n_layers, std, rng, p.data.dtype)
