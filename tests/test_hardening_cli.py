@@ -15,6 +15,7 @@ import pytest
 
 from ferroformer import cli
 from ferroformer.checkpoint import load_checkpoint, save_checkpoint
+from ferroformer.cli import apps, runs  # noqa: F401  (cli.apps, cli.runs)
 
 TINY = ["--layers", "1", "--d-model", "16", "--heads", "2", "--batch-size", "8", "--no-progress"]
 
@@ -163,7 +164,7 @@ def test_diverging_training_stops_with_the_step_and_keeps_the_last_good_checkpoi
     assert code == 1 and len(lines) == 1, err
     assert "training stopped at step" in lines[0] and "the last good checkpoint is" in lines[0]
     step = int(lines[0].split("training stopped at step ")[1].split(":")[0])
-    kept = cli._checkpoints(d)
+    kept = cli.runs.checkpoints(d)
     assert kept and kept[-1][0] == step - 1
     ck = load_checkpoint(kept[-1][1], backend="numpy")
     assert all(np.isfinite(p.data).all() for p in ck.model.parameters())
@@ -183,7 +184,7 @@ def test_a_bug_is_reported_as_unexpected(capsys, monkeypatch):
     def broken(args):
         raise KeyError("k")
 
-    monkeypatch.setattr(cli, "_cmd_embed", broken)
+    monkeypatch.setattr(cli.apps, "embed", broken)
     line = one_error(capsys, "embed", "a", "b")
     assert "unexpected KeyError" in line and "--debug" in line
 
@@ -192,7 +193,7 @@ def test_ctrl_c_exits_130(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_embed", interrupted)
+    monkeypatch.setattr(cli.apps, "embed", interrupted)
     code, _, err = main(capsys, "embed", "a")
     assert code == 130 and err.strip() == "interrupted"
 
@@ -215,3 +216,20 @@ def test_the_entry_point_answers_in_one_line():
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: /dev/null: not a regular file")
     json.dumps(out.stderr)   # printable text
+
+
+def test_version(capsys):
+    from ferroformer import __version__
+
+    code, out, _ = main(capsys, "--version")
+    assert code == 0 and out.strip() == f"ferroformer {__version__}"
+
+
+def test_every_command_has_a_function():
+    """The parser's commands and the dispatch table agree, and each target exists."""
+    import importlib
+
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(cli.COMMANDS)
+    for module, name in cli.COMMANDS.values():
+        assert callable(getattr(importlib.import_module(f"ferroformer.cli.{module}"), name))
