@@ -6,21 +6,13 @@ Every failure is one ``error:`` line on stderr: exit code 2 for a bad argument
 
 from __future__ import annotations
 
-import importlib
 import sys
 import traceback
 from typing import List, Optional
 
-from .parser import build_parser
+from .parser import COMMANDS, build_parser, command_module
 
 __all__ = ["COMMANDS", "build_parser", "error_line", "main"]
-
-#: command -> (module in this package, function): parsing imports none of them
-COMMANDS = {
-    "bench": ("apps", "bench"), "demo": ("apps", "demo"), "embed": ("apps", "embed"),
-    "chat": ("apps", "chat"), "train": ("train", "train"), "generate": ("train", "generate"),
-    "inspect": ("train", "inspect"),
-}
 
 
 # failures whose message is meant for the user as it stands; any other exception is
@@ -48,9 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        module, name = COMMANDS[args.command]
-        run = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        return run(args)
+        return command_module(args.command).run(args)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()

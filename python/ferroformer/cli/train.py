@@ -1,34 +1,75 @@
-"""The commands on small models of one's own: ``train`` (a built-in task, with
-checkpoints and exact resume), ``generate`` and ``inspect`` (a ``train``
-checkpoint). Settings, checks and file handling are in runs.py."""
+"""``train``: a small GPT, Llama or encoder-decoder Transformer on a built-in task,
+with checkpoints and exact resume (settings and checks in runs.py)."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
+from .args import BACKENDS, DEBUG, int_in, non_negative_int, positive_float, positive_int
 from .runs import (
+    ARCHS,
     RUN_DEFAULTS,
+    TASKS,
     check_memory,
     check_output,
     check_run,
     check_writable,
     checkpoints,
-    decode_answer,
-    encode_prompt,
-    find_checkpoint,
     make_model,
     make_task,
     run_trainer_class,
-    seq_lens,
     stored_run,
     stored_schedule,
-    token_label,
 )
 
 
-def train(args) -> int:
+def add_parser(sub) -> None:
+    d = RUN_DEFAULTS
+    t = sub.add_parser(
+        "train", help="train a small model on a built-in task, with checkpoints and resume",
+        parents=[DEBUG],
+        description="Train GPT, Llama or an encoder-decoder Transformer on a built-in task "
+                    "(generated on the fly; bytes: the Python standard library's sources). "
+                    "With --resume the run's settings come from its latest checkpoint; a "
+                    "setting given again must agree, and --steps may extend the run.")
+    t.add_argument("--task", choices=TASKS, default=None,
+                   help=f"copy, reverse, addition, or bytes (a byte-level LM) (default {d['task']})")
+    t.add_argument("--model", choices=ARCHS, default=None,
+                   help=f"architecture; transformer (encoder-decoder) for copy, reverse and "
+                        f"addition only (default {d['model']})")
+    t.add_argument("--layers", type=positive_int, default=None,
+                   help=f"layers (per stack for transformer) (default {d['layers']})")
+    t.add_argument("--d-model", type=positive_int, default=None, help=f"width (default {d['d_model']})")
+    t.add_argument("--heads", type=positive_int, default=None, help=f"attention heads (default {d['heads']})")
+    t.add_argument("--steps", type=positive_int, default=None,
+                   help=f"optimizer steps in all (default {d['steps']}; with --resume: the run's)")
+    t.add_argument("--batch-size", type=positive_int, default=None, help=f"(default {d['batch_size']})")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak learning rate, cosine decay to lr/20 (default {d['lr']})")
+    t.add_argument("--seed", type=non_negative_int, default=None, help=f"(default {d['seed']})")
+    t.add_argument("--digits", type=int_in(1, 9), default=None,
+                   help=f"addition: digits per operand, 1-9 (default {d['digits']})")
+    t.add_argument("--length", type=positive_int, default=None,
+                   help=f"copy / reverse: longest sequence (default {d['length']})")
+    t.add_argument("--seq-len", type=positive_int, default=None,
+                   help=f"bytes: training window and context length (default {d['seq_len']})")
+    t.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="default: the fastest available")
+    t.add_argument("--checkpoint-dir", metavar="DIR", default=None,
+                   help="save step-NNNNNNNN.safetensors here (the last 3 are kept)")
+    t.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
+                   help="steps between checkpoints (default 100; one is always saved at the end)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --checkpoint-dir from its latest checkpoint")
+    t.add_argument("--plot", metavar="PATH", default=None,
+                   help='write the loss curve as a PNG (needs pip install "ferroformer[plot]")')
+    t.add_argument("--eval-examples", type=non_negative_int, default=500, metavar="N",
+                   help="held-out examples for the exact-match score (0: skip)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
     import numpy as np
 
     from .. import backend as get_backend
@@ -140,101 +181,4 @@ def train(args) -> int:
 
         title = f"{run['task']} / {run['model']}: training loss"
         print(f"loss curve: {plot_loss(trainer.history, args.plot, title=title)}")
-    return 0
-
-
-def generate(args) -> int:
-    import numpy as np
-
-    from ..checkpoint import load_checkpoint
-    from ..data.tasks import BOS, EOS, SEP
-
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise ValueError(f"--temperature must be >= 0 (and finite), got {args.temperature}")
-    path = find_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(path, backend=args.backend)
-    run = stored_run(ckpt, path)
-    model = ckpt.model
-    x = encode_prompt(run, args.prompt)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if run["model"] == "transformer":
-        n = args.max_new_tokens or seq_lens(run)[1] + 1
-        out = model.generate(np.asarray([x], np.int64), max_len=n, bos_id=BOS, eos_id=EOS, **sampling)
-    else:
-        limit = int(model.config["max_seq_len"])
-        if run["task"] == "bytes":
-            n, eos, prompt = args.max_new_tokens or min(64, limit // 2), None, x
-            if n >= limit:
-                raise ValueError(f"--max-new-tokens {n} must be below the model's context of "
-                                 f"{limit} tokens")
-            prompt = prompt[-(limit - n):]       # the context holds the last bytes of the prompt
-        else:
-            n, eos, prompt = args.max_new_tokens or seq_lens(run)[1] + 1, EOS, [BOS, *x, SEP]
-            if len(prompt) + n > limit:
-                raise ValueError(f"--max-new-tokens {n} exceeds the model's context of {limit} "
-                                 f"tokens after the {len(prompt)}-token prompt")
-        out = model.generate(np.asarray([prompt], np.int64), max_new_tokens=n, eos_id=eos, **sampling)
-    row = [int(t) for t in out[0]]  # generate returns host int64 arrays
-    if EOS in row and run["task"] != "bytes":
-        row = row[: row.index(EOS)]
-    print(decode_answer(run, args.prompt, row))
-    return 0
-
-
-def inspect(args) -> int:
-    import numpy as np
-
-    from ..checkpoint import load_checkpoint
-    from ..data.tasks import BOS, EOS, SEP
-    from ..inspect import attention_entropy, attention_weights
-
-    if args.plot:
-        check_output("--plot", args.plot)
-    path = find_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(path, backend=args.backend)
-    run = stored_run(ckpt, path)
-    model = ckpt.model
-    x = encode_prompt(run, args.prompt)
-    # the attention while the model writes its own (greedy) answer to the prompt
-    if run["model"] == "transformer":
-        src = np.asarray([x], np.int64)
-        answer = [int(t) for t in np.asarray(model.generate(
-            src, max_len=seq_lens(run)[1] + 1, bos_id=BOS, eos_id=EOS))[0]]
-        tgt = [BOS, *answer[: answer.index(EOS) if EOS in answer else None]]
-        inputs, seqs = (src, np.asarray([tgt], np.int64)), {"encoder": x, "decoder": tgt}
-        layers = {"encoder": len(model.encoder), "decoder": len(model.decoder)}
-    else:
-        if run["task"] == "bytes":
-            seq = x[-int(model.config["max_seq_len"]):]
-        else:
-            prompt = [BOS, *x, SEP]
-            answer = [int(t) for t in np.asarray(model.generate(
-                np.asarray([prompt]), max_new_tokens=seq_lens(run)[1] + 1, eos_id=EOS))[0]]
-            seq = prompt + answer[: answer.index(EOS) if EOS in answer else None]
-        inputs, seqs, layers = (np.asarray([seq], np.int64),), {None: seq}, {None: len(model.blocks)}
-    print("tokens: " + " ".join(f"{s or 'input'} [{' '.join(token_label(run, t) for t in q)}]"
-                                for s, q in seqs.items()))
-    print("attention entropy per head, mean over queries (nats; 0: one key, log n: n keys alike):")
-    for stack, n in layers.items():
-        kinds = ["self", "cross"] if stack == "decoder" else ["self"]
-        for kind in kinds:
-            for layer in range(n):
-                w = attention_weights(model, *inputs, layer=layer, kind=kind, stack=stack)
-                name = " ".join(p for p in (stack, kind if stack else None, f"layer {layer}") if p)
-                print(f"  {name:<22} " + "  ".join(f"h{h} {e:.3f}"
-                                                  for h, e in enumerate(attention_entropy(w)[0])))
-    if args.plot:
-        from ..plots import plot_attention
-
-        stack = args.stack if run["model"] == "transformer" else None
-        kind = args.kind
-        if stack is None and run["model"] == "transformer":
-            stack = "decoder" if kind == "cross" else "encoder"
-        w = attention_weights(model, *inputs, layer=args.layer, kind=kind, stack=stack)
-        q = seqs["decoder" if kind == "cross" else stack]
-        k = seqs["encoder" if kind == "cross" else stack]
-        title = " ".join(p for p in (stack, kind, f"layer {args.layer}") if p)
-        print("attention map: " + plot_attention(
-            w[0], args.plot, tokens_q=[token_label(run, t) for t in q],
-            tokens_k=[token_label(run, t) for t in k], title=title))
     return 0
