@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ferroformer as ff
-from ferroformer.bench import _best_of
+from ferroformer.bench import best_of
 
 B, H, T, D = 4, 12, 1024, 64
 
@@ -63,9 +63,9 @@ def main():
     rows = {}
     for name in ("rust", "numpy"):
         ops = ff.backend(name)
-        rows[name] = [_best_of(lambda f=f: f(ops, *args), 3) for f in (ff_fwd, ff_fwd_bwd)]
+        rows[name] = [best_of(lambda f=f: f(ops, *args), 3) for f in (ff_fwd, ff_fwd_bwd)]
     try:
-        rows["torch sdpa"] = [_best_of(f, 3) for f in torch_fns(*args)]
+        rows["torch sdpa"] = [best_of(f, 3) for f in torch_fns(*args)]
     except ImportError:
         pass
     print(f"causal attention, B={B} H={H} T={T} D={D}, float32, best of 3 (ms)\n")

@@ -22,16 +22,17 @@ import numpy as np
 PROBE = """
 import json, resource, sys
 import numpy as np
-from ferroformer import _native
+import ferroformer as ff
+ops = ff.backend("rust")
 b, h, t, d = map(int, sys.argv[1:])
 rng = np.random.default_rng(0)
 q, k, v = (np.empty((b, h, t, d), dtype=np.float32) for _ in range(3))
 for x in (q, k, v):  # head by head, so that no temporary raises the peak
     for row in x.reshape(b * h, t, d):
         row[...] = rng.standard_normal((t, d), dtype=np.float32)
-_native.attention_forward(q[:, :, :64].copy(), k[:, :, :64].copy(), v[:, :, :64].copy(), True, 0.125)
+ops.attention_forward(q[:, :, :64].copy(), k[:, :, :64].copy(), v[:, :, :64].copy(), causal=True)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-o, lse = _native.attention_forward(q, k, v, True, d ** -0.5)
+o, lse = ops.attention_forward(q, k, v, causal=True)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"growth": (after - before) * 1024, "qkvo": 4 * q.nbytes}))
 """
@@ -81,7 +82,9 @@ def best_ms(f, repeat=7):
 
 
 def main():
-    from ferroformer import _native
+    import ferroformer as ff
+
+    ops = ff.backend("rust")
 
     # First, while this process is small: Linux hands a child the parent's
     # peak RSS as its starting ru_maxrss, which would hide the growth.
@@ -92,11 +95,11 @@ def main():
     sc = d**-0.5
 
     def fwd():
-        return _native.attention_forward(q, k, v, True, sc)
+        return ops.attention_forward(q, k, v, causal=True, scale=sc)
 
     def fwd_bwd():
         o, lse = fwd()
-        return _native.attention_backward(d_o, q, k, v, o, lse, True, sc)
+        return ops.attention_backward(d_o, q, k, v, o, lse, causal=True, scale=sc)
 
     rows = {
         "rust fwd": best_ms(fwd),
@@ -107,9 +110,9 @@ def main():
     kc, vc = (rng.standard_normal((1, 12, 1024, 64), dtype=np.float32) for _ in range(2))
     q1 = rng.standard_normal((1, 12, 1, 64), dtype=np.float32)
     rows["rust decode Tq=1 Tk=1024 H=12"] = best_ms(
-        lambda: _native.attention_forward(q1, kc, vc, True, sc), 50
+        lambda: ops.attention_forward(q1, kc, vc, causal=True, scale=sc), 50
     )
-    print(f"threads {_native.get_num_threads()}, simd {_native.simd_level()}")
+    print(f"threads {ff.get_num_threads()}, simd {ff.simd_level()}")
     print(f"B={b} H={h} T={t} D={d} causal:")
     for name, ms in rows.items():
         print(f"  {name:32s} {ms:9.2f} ms")

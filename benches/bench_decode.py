@@ -206,12 +206,12 @@ def _cpu_name() -> str:
 
 
 def machine_info(thread_notes: Sequence[str]) -> str:
-    from ferroformer import _native
+    import ferroformer as ff
 
     torch = import_torch()
     parts = [
         f"{datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"{_cpu_name()}, {os.cpu_count()} logical CPUs, simd {_native.simd_level()}",
+        f"{_cpu_name()}, {os.cpu_count()} logical CPUs, simd {ff.simd_level()}",
         f"threads: {', '.join(thread_notes)}",
         f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else ", no torch"),
     ]

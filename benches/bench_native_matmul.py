@@ -1,4 +1,4 @@
-"""GFLOP/s of ferroformer._native.matmul against NumPy (OpenBLAS), one process.
+"""GFLOP/s of the rust backend's matmul against NumPy (OpenBLAS), one process.
 
 Run: python benches/bench_native_matmul.py [--threads 2] [--repeats 9]
      [--only square,train,decode]
@@ -28,7 +28,9 @@ from statistics import median
 
 import numpy as np
 
-from ferroformer import _native
+import ferroformer as ff
+
+ops = ff.backend("rust")
 
 SQUARE = [(2048, 768, 3072), (2048, 3072, 768), (512, 512, 512)]
 ROWS = 2048
@@ -83,8 +85,8 @@ def square(rng, args):
         w = np.ascontiguousarray(b.T)
         r_ours, r_trans, r_np = rounds(
             [
-                lambda: _native.matmul(a, b, False, False),
-                lambda: _native.matmul(a, w, False, True),
+                lambda: ops.matmul(a, b),
+                lambda: ops.matmul(a, w, trans_b=True),
                 lambda: a @ b,
             ],
             args.repeats,
@@ -110,9 +112,9 @@ def train(rng, args):
         dy = rng.standard_normal((ROWS, out_f), dtype=np.float32)
         g = 2.0 * ROWS * in_f * out_f / 1e9
         cases = [
-            ("fwd  x@W.T ", lambda: _native.linear_forward(x, w, None), lambda: x @ w.T),
-            ("dX  dY@W   ", lambda: _native.matmul(dy, w, False, False), lambda: dy @ w),
-            ("dW  dY.T@X ", lambda: _native.matmul(dy, x, True, False), lambda: dy.T @ x),
+            ("fwd  x@W.T ", lambda: ops.linear_forward(x, w), lambda: x @ w.T),
+            ("dX  dY@W   ", lambda: ops.matmul(dy, w), lambda: dy @ w),
+            ("dW  dY.T@X ", lambda: ops.matmul(dy, x, trans_a=True), lambda: dy.T @ x),
         ]
         for name, ours, ref in cases:
             r_ours, r_np = rounds([ours, ref], args.repeats, args.pause)
@@ -126,7 +128,7 @@ def train(rng, args):
             )
         t_ours, t_np = seconds(
             [
-                lambda: _native.linear_backward(dy, x, w, True),
+                lambda: ops.linear_backward(dy, x, w, has_bias=True),
                 lambda: (dy @ w, dy.T @ x, dy.sum(0)),
             ],
             args.repeats,
@@ -148,7 +150,7 @@ def decode(rng, args):
         for m in DECODE_M:
             x = rng.standard_normal((m, k), dtype=np.float32)
             t_ours, t_np = seconds(
-                [lambda: _native.matmul(x, w, False, True), lambda: x @ w.T],
+                [lambda: ops.matmul(x, w, trans_b=True), lambda: x @ w.T],
                 args.repeats * 3,
                 args.pause,
             )
@@ -167,9 +169,9 @@ def main():
     p.add_argument("--rounds", type=int, default=ROUNDS)
     args = p.parse_args()
     globals()["ROUNDS"] = args.rounds
-    _native.set_num_threads(args.threads)
+    ff.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    print(f"simd={_native.simd_level()} threads={args.threads}")
+    print(f"simd={ff.simd_level()} threads={args.threads}")
     sections = {"square": square, "train": train, "decode": decode}
     for name in args.only.split(","):
         sections[name](rng, args)

@@ -33,9 +33,18 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
+    """The size of the rust kernels' thread pool."""
     from . import _native
 
     return _native.get_num_threads()
+
+
+def simd_level() -> str:
+    """The instruction set the rust kernels run on this CPU: "avx512", "avx2" or
+    "portable" (chosen once, at the first call, from a run-time CPU check)."""
+    from . import _native
+
+    return _native.simd_level()
 
 
 __all__ = [
@@ -46,4 +55,5 @@ __all__ = [
     "get_num_threads",
     "set_backend",
     "set_num_threads",
+    "simd_level",
 ]

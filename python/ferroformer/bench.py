@@ -118,7 +118,7 @@ CASES: List[Case] = [
 ]
 
 
-def _best_of(fn, repeat: int, min_time: float = 0.05) -> float:
+def best_of(fn, repeat: int, min_time: float = 0.05) -> float:
     """The fastest of ``repeat`` timings (seconds per call), each long enough to be read."""
     fn()  # warm up: first-touch pages, thread pool, lazy compiles
     calls = 1
@@ -158,13 +158,13 @@ def run_table(backends: List[str], repeat: int = 5, with_torch: bool = True) -> 
         row = {"op": case.name, "size": case.size, "flops": case.flops, "times": {}}
         for name in backends:
             ops = backend(name)
-            row["times"][name] = _best_of(lambda: case.run(ops, inputs), repeat)
+            row["times"][name] = best_of(lambda: case.run(ops, inputs), repeat)
         if torch is not None and case.torch is not None:
             def peer():
                 tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
                 return case.torch(torch, tensors)
 
-            row["times"]["torch"] = _best_of(peer, repeat)
+            row["times"]["torch"] = best_of(peer, repeat)
         rows.append(row)
     return rows
 
