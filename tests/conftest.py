@@ -6,10 +6,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import ferroformer as ff
+from devices import BACKENDS, FAST_BACKENDS, HOST_BACKENDS, make_backend  # noqa: F401
 
-# host-array backends: the cupy backend is tested apart, in test_cupy.py
-FAST_BACKENDS = [n for n in ff.available_backends() if n != "numpy" and ff.backend(n).xp is np]
+import ferroformer as ff
 
 
 @pytest.fixture
@@ -23,7 +22,14 @@ def ref():
     return ff.backend("numpy")
 
 
-@pytest.fixture(params=["numpy", *FAST_BACKENDS])
+@pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Every backend that works here; the numpy one is checked in float32."""
+    """Every backend: numpy (checked in float32), rust, the cupy backend on the CUDA
+    stand-in, and on a real GPU where there is one (see devices.py)."""
+    return make_backend(request.param)
+
+
+@pytest.fixture(params=HOST_BACKENDS)
+def host_backend(request):
+    """The backends that take and return NumPy arrays themselves (models run on them)."""
     return ff.backend(request.param)

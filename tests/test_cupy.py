@@ -17,31 +17,14 @@ import types
 
 import numpy as np
 import pytest
-import test_errors
 import test_ops
+from devices import NO_GPU, OnDevice
 
 import ferroformer as ff
 from ferroformer.backends import BackendUnavailable
 from ferroformer.backends.cupy_backend import load_cupy_backend, row_launch, row_threads
 
 from helpers import assert_close
-
-
-def gpu_unavailable_reason():
-    """None where CuPy sees a GPU, else why not."""
-    try:
-        import cupy
-    except Exception as e:
-        return f"CuPy does not import ({type(e).__name__})"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        return f"no usable GPU ({e})"
-    return None if count else "no GPU"
-
-
-NO_GPU = gpu_unavailable_reason()
-
 
 # -- the loader, on every machine ---------------------------------------------------
 
@@ -107,47 +90,6 @@ def test_row_launch_shapes():
 
 # -- the contract on the GPU ------------------------------------------------------------
 
-class OnDevice:
-    """The cupy backend taking and returning NumPy arrays, for test_ops.py."""
-
-    def __init__(self, ops):
-        self.ops = ops
-        self.name = ops.name
-
-    def to_device(self, x):
-        cp = self.ops.xp
-        if not isinstance(x, np.ndarray):
-            return x
-        if x.flags.c_contiguous or x.size == 0 or min(x.strides) < 0:
-            return cp.asarray(x)
-        # the same strides on the device, so that strided inputs stay strided
-        span = sum((n - 1) * s for n, s in zip(x.shape, x.strides)) + x.itemsize
-        buffer = cp.empty(-(-span // x.itemsize), x.dtype)
-        dev = cp.lib.stride_tricks.as_strided(buffer, x.shape, x.strides)
-        dev[...] = cp.asarray(np.ascontiguousarray(x))
-        return dev
-
-    def to_host(self, x):
-        if isinstance(x, (tuple, list)):
-            return type(x)(self.to_host(y) for y in x)
-        if isinstance(x, self.ops.xp.ndarray):
-            return x.get()
-        return x
-
-    def __getattr__(self, op):
-        fn = getattr(self.ops, op)
-
-        def call(*args, **kwargs):
-            dev_args = [self.to_device(a) for a in args]
-            out = fn(*dev_args, **{k: self.to_device(v) for k, v in kwargs.items()})
-            if op == "adamw_step":  # param, m and v were updated in place
-                for host, dev in zip(args, dev_args):
-                    host[...] = dev.get()
-            return self.to_host(out)
-
-        return call
-
-
 @pytest.fixture
 def cupy_ops():
     if NO_GPU is not None:
@@ -155,18 +97,6 @@ def cupy_ops():
     return ff.backend("cupy")  # with a GPU present it must load: an error here fails
 
 
-@pytest.fixture
-def backend(cupy_ops):
-    """Overrides conftest's fixture for the contract tests collected below."""
-    return OnDevice(cupy_ops)
-
-
-# test_ops.py's tests (the whole contract) and test_errors.py's backend-neutral
-# ones, run here with the fixture above
-globals().update({name: fn for name, fn in vars(test_ops).items() if name.startswith("test_")})
-test_shape_errors_are_value_errors = test_errors.test_shape_errors_are_value_errors
-test_out_of_range_ids_are_index_errors = test_errors.test_out_of_range_ids_are_index_errors
-test_empty_inputs_do_not_crash = test_errors.test_empty_inputs_do_not_crash
 
 
 # -- what only a device backend has -------------------------------------------------------

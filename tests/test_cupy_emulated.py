@@ -11,9 +11,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-import test_errors
-import test_ops
-from test_cupy import OnDevice
 
 from ferroformer.backends.cupy_backend import CupyBackend, load_cupy_backend
 
@@ -25,16 +22,6 @@ def emulated():
     return cuda_emulator.backend()
 
 
-@pytest.fixture
-def backend(emulated):
-    """Overrides conftest's fixture for the contract tests collected below."""
-    return OnDevice(emulated)
-
-
-globals().update({name: fn for name, fn in vars(test_ops).items() if name.startswith("test_")})
-test_shape_errors_are_value_errors = test_errors.test_shape_errors_are_value_errors
-test_out_of_range_ids_are_index_errors = test_errors.test_out_of_range_ids_are_index_errors
-test_empty_inputs_do_not_crash = test_errors.test_empty_inputs_do_not_crash
 
 
 def test_loader_returns_the_backend_when_a_gpu_is_there(monkeypatch):

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST_BACKENDS
+from devices import HOST_BACKENDS
 
 from ferroformer import nn
 from ferroformer.checkpoint import load_checkpoint, save_checkpoint
@@ -15,7 +15,7 @@ from ferroformer.models import BERT, GPT, Llama, Transformer
 from helpers import assert_close
 from model_helpers import check_grads
 
-BACKENDS = ["numpy", *FAST_BACKENDS]
+BACKENDS = HOST_BACKENDS
 PROMPTS = [[5, 9, 3, 17, 2, 44, 8], [11, 4], [7], [30, 31, 32, 33, 34, 35, 36]]
 
 MODELS = {

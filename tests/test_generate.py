@@ -3,7 +3,7 @@ lengths, stopping, seeded sampling, teacher-forced scoring and the errors."""
 
 import numpy as np
 import pytest
-from conftest import FAST_BACKENDS
+from devices import HOST_BACKENDS
 
 from ferroformer import backend
 from ferroformer.generate import KVCache, left_pad
@@ -12,7 +12,7 @@ from ferroformer.nn import MultiHeadAttention, RotaryEmbedding
 
 from helpers import assert_close
 
-BACKENDS = ["numpy", *FAST_BACKENDS]
+BACKENDS = HOST_BACKENDS
 
 
 def gpt(be, dtype=np.float32, **kw):
