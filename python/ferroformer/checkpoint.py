@@ -20,18 +20,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import tempfile
 from typing import NamedTuple, Optional
 
 import numpy as np
 
+from ._files import loads_json, read_safetensors
 from .backends import to_host
 
 FORMAT = "ferroformer.checkpoint/1"
 MAX_HEADER = 64 << 20  # bytes of JSON header we are willing to parse
-_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
-_FLOAT_DTYPES = ("F32", "F64")
+MAX_BUFFER = 1 << 24  # values of position tables a config may ask for beyond its weights
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 
 
@@ -100,54 +99,11 @@ def _umask() -> int:
 
 
 # -- reading and checking ---------------------------------------------------------------
+WHAT = "ferroformer checkpoint"
+
+
 def _bad(path, what) -> ValueError:
-    return ValueError(f"{path}: not a valid ferroformer checkpoint: {what}")
-
-
-def _check_header(path, data: bytes) -> dict:
-    if len(data) < 8:
-        raise _bad(path, f"file is {len(data)} bytes, too short for a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or n > len(data) - 8:
-        raise _bad(path, f"header length {n} exceeds the file ({len(data)} bytes) or the "
-                         f"{MAX_HEADER}-byte limit (truncated or damaged)")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise _bad(path, "header is not a JSON object")
-    body = len(data) - 8 - n
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
-            raise _bad(path, f"tensor {name!r} has a malformed entry")
-        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
-            raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool)
-                                                and 0 <= s for s in shape)):
-            raise _bad(path, f"tensor {name!r} has a malformed shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
-                and 0 <= offs[0] <= offs[1] <= body):
-            raise _bad(path, f"tensor {name!r} has data offsets {offs!r} outside the {body}-byte data")
-        if offs[1] - offs[0] != math.prod(shape) * _DTYPES[dtype]:
-            raise _bad(path, f"tensor {name!r}: shape {shape} {dtype} needs "
-                             f"{math.prod(shape) * _DTYPES[dtype]} bytes, the offsets hold {offs[1] - offs[0]}")
-        spans.append(tuple(offs))
-    spans.sort()
-    for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
-        if b0 < a1:
-            raise _bad(path, "tensor data overlap")
-    meta = header.get("__metadata__")
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in meta.items()):
-        raise _bad(path, "missing or malformed __metadata__")
-    if meta.get("format") != FORMAT:
-        raise _bad(path, f"format is {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return ValueError(f"{os.fspath(path)}: not a valid {WHAT}: {what}")
 
 
 def _json(path, meta, key, default=None):
@@ -155,25 +111,168 @@ def _json(path, meta, key, default=None):
         if default is not None:
             return default
         raise _bad(path, f"metadata has no {key!r}")
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise _bad(path, f"metadata {key!r} is not JSON ({e})") from None
+    return loads_json(meta[key], f"{os.fspath(path)}: not a valid {WHAT}: metadata {key!r}")
 
 
 def read_checkpoint(path):
-    """(tensors {name: np.ndarray}, metadata {str: str}) after checking the file's structure."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
-    with open(path, "rb") as f:
-        data = f.read()
-    meta = _check_header(path, data)
-    try:
-        tensors = load(data)
-    except (SafetensorError, ValueError, TypeError) as e:
-        raise _bad(path, f"safetensors could not read it ({e})") from None
+    """(tensors {name: np.ndarray}, metadata {str: str}) after checking the file's
+    structure (_files.read_safetensors: a regular file, the header's length, JSON,
+    dtypes, shapes and data ranges against the file, before any data is read)."""
+    tensors, meta = read_safetensors(path, WHAT, max_header=MAX_HEADER)
+    if meta.get("format") != FORMAT:
+        raise _bad(path, f"format is {meta.get('format')!r:.80}, expected {FORMAT!r}")
     return tensors, meta
+
+
+def _int(config, key, minimum=1):
+    v = config[key]
+    if not (isinstance(v, int) and not isinstance(v, bool)) or v < minimum:
+        raise ValueError(f"config {key!r} must be an int >= {minimum}, got {v!r}")
+    return v
+
+
+def _heads(c, h, k=None):
+    if c % h:
+        raise ValueError(f"config d_model {c} is not divisible by n_heads {h}")
+    if k is not None and h % k:
+        raise ValueError(f"config n_heads {h} is not a multiple of n_kv_heads {k}")
+    return c // h
+
+
+def _block(p, c, f, bias=True, *, qkv=None, rms=False, swiglu=False, cross=False, proj_in=None):
+    """The parameter shapes of one transformer block under the prefix p."""
+    out = {}
+
+    def linear(name, n_out, n_in, with_bias=bias):
+        out[f"{p}{name}.weight"] = (n_out, n_in)
+        if with_bias:
+            out[f"{p}{name}.bias"] = (n_out,)
+
+    def norm(name):
+        out[f"{p}{name}.weight"] = (c,)
+        if not rms:
+            out[f"{p}{name}.bias"] = (c,)
+
+    norm("ln1")
+    linear("attn.qkv", 3 * c if qkv is None else qkv, c)
+    linear("attn.proj", c, c if proj_in is None else proj_in)
+    if cross:
+        norm("ln_cross")
+        linear("cross_attn.q", c, c)
+        linear("cross_attn.kv", 2 * c, c)
+        linear("cross_attn.proj", c, c)
+    norm("ln2")
+    linear("ff.fc1", 2 * f if swiglu else f, c)
+    linear("ff.fc2", c, f)
+    return out
+
+
+def expected_shapes(cls_name: str, config: dict, max_layers=None):
+    """({parameter name: shape}, elements of the buffers it builds (position tables))
+    of the model ``MODELS[cls_name].from_config(config)`` with the default layer
+    factories, computed from the config alone, so that a checkpoint's (or a pretrained
+    file's) config can be checked against the tensors it holds before anything is
+    built. ValueError for a config whose sizes are not positive ints or do not divide,
+    or (given ``max_layers``, the number of tensors in the file) more layers than that."""
+    from .models import MODELS
+
+    cls = MODELS[cls_name]
+    import inspect
+
+    sig = inspect.signature(cls.__init__).parameters
+    cfg = {k: p.default for k, p in sig.items() if k in cls.config_keys()}
+    cfg.update(config)
+    missing = [k for k, v in cfg.items() if v is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"{cls_name} config lacks {missing}")
+    c = _int(cfg, "d_model")
+    shapes, buffers = {}, 0
+
+    def layers(key):
+        n = _int(cfg, key, 0)
+        if max_layers is not None and n > max_layers:
+            raise ValueError(f"config {key} = {n}, but the file holds only {max_layers} tensors")
+        return range(n)
+
+    if cls_name == "Transformer":
+        h, f, t = _int(cfg, "n_heads"), _int(cfg, "d_ff"), _int(cfg, "max_seq_len")
+        _heads(c, h)
+        shapes["src_emb.weight"] = (_int(cfg, "src_vocab_size"), c)
+        shapes["tgt_emb.weight"] = (vt := _int(cfg, "tgt_vocab_size"), c)
+        swiglu = cfg["activation"] == "swiglu"
+        for i in layers("n_encoder_layers"):
+            shapes.update(_block(f"encoder.{i}.", c, f, swiglu=swiglu))
+        for i in layers("n_decoder_layers"):
+            shapes.update(_block(f"decoder.{i}.", c, f, swiglu=swiglu, cross=True))
+        if cfg["norm_first"]:
+            for n in ("enc_norm", "dec_norm"):
+                shapes[f"{n}.weight"] = shapes[f"{n}.bias"] = (c,)
+        if not cfg["tie_embeddings"]:
+            shapes["head.weight"] = (vt, c)
+        buffers = t * c  # the sinusoidal table
+    elif cls_name in ("GPT", "BERT"):
+        v, t, h = _int(cfg, "vocab_size"), _int(cfg, "max_seq_len"), _int(cfg, "n_heads")
+        _heads(c, h)
+        f = 4 * c if cfg["d_ff"] is None else _int(cfg, "d_ff")
+        n_layers = layers("n_layers")
+        if cls_name == "GPT":
+            bias = bool(cfg["bias"])
+            shapes = {"wte.weight": (v, c), "wpe.weight": (t, c)}
+            for i in n_layers:
+                shapes.update(_block(f"blocks.{i}.", c, f, bias))
+            shapes["ln_f.weight"] = shapes["ln_f.bias"] = (c,)
+        else:
+            shapes = {"tok_emb.weight": (v, c), "pos_emb.weight": (t, c)}
+            if _int(cfg, "n_segments", 0):
+                shapes["seg_emb.weight"] = (cfg["n_segments"], c)
+            shapes["emb_ln.weight"] = shapes["emb_ln.bias"] = (c,)
+            for i in n_layers:
+                shapes.update(_block(f"blocks.{i}.", c, f))
+            shapes.update({"head_dense.weight": (c, c), "head_dense.bias": (c,),
+                           "head_ln.weight": (c,), "head_ln.bias": (c,), "decoder.bias": (v,)})
+    elif cls_name == "Llama":
+        v, t, h = _int(cfg, "vocab_size"), _int(cfg, "max_seq_len"), _int(cfg, "n_heads")
+        k = h if cfg["n_kv_heads"] is None else _int(cfg, "n_kv_heads")
+        d = _heads(c, h, k)
+        f = -(-(8 * c // 3) // 32) * 32 if cfg["d_ff"] is None else _int(cfg, "d_ff")
+        shapes = {"tok_emb.weight": (v, c)}
+        for i in layers("n_layers"):
+            shapes.update(_block(f"blocks.{i}.", c, f, False, qkv=(h + 2 * k) * d, rms=True,
+                                 swiglu=True, proj_in=h * d))
+        shapes["norm.weight"] = (c,)
+        if not cfg["tie_embeddings"]:
+            shapes["lm_head.weight"] = (v, c)
+        buffers = t * d  # the rotary cos and sin tables, (max_seq_len, head_dim / 2) each
+    else:
+        raise ValueError(f"no parameter layout known for {cls_name}")
+    return shapes, buffers
+
+
+def check_config_against_tensors(path, cls_name, config, shapes_in_file, what=WHAT):
+    """ValueError (naming the file and the tensor) unless the model the config builds
+    has exactly the parameters, with exactly the shapes, that the file holds, and
+    builds no position tables much larger than its weights. Runs before the model is
+    built, so that a config claiming huge sizes never allocates."""
+    where = f"{os.fspath(path)}: not a valid {what}"
+    try:
+        want, buffers = expected_shapes(cls_name, config, len(shapes_in_file))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    missing = sorted(set(want) - set(shapes_in_file))
+    unexpected = sorted(set(shapes_in_file) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{where}: its {cls_name} config does not match its tensors: "
+                         f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+                         f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    for name, shape in want.items():
+        if tuple(shapes_in_file[name]) != shape:
+            raise ValueError(f"{where}: tensor {name} has shape {tuple(shapes_in_file[name])}, "
+                             f"its {cls_name} config needs {shape}")
+    weights = sum(math.prod(s) for s in want.values())
+    if buffers > max(MAX_BUFFER, weights):
+        raise ValueError(f"{where}: its {cls_name} config (max_seq_len "
+                         f"{config.get('max_seq_len')}) needs position tables of {buffers} "
+                         f"values, more than its {weights} weights")
 
 
 def _check_rng_state(path, name, state):
@@ -188,20 +287,24 @@ def _check_rng_state(path, name, state):
 
 def load_checkpoint(path, model=None, optimizer=None, *, backend=None) -> Checkpoint:
     """Restores a checkpoint. With ``model`` given, its class and config must match the
-    file; without, the model is rebuilt from the stored config (on ``backend``).
-    With ``optimizer``, its state is restored too. Raises ValueError on any mismatch."""
+    file; without, the config is checked against the file's tensors (names, shapes,
+    dtype) and only then is the model rebuilt from it (on ``backend``). With
+    ``optimizer``, its state is restored too. Raises ValueError on any mismatch,
+    FileNotFoundError for a missing file."""
     from .models import MODELS
 
     tensors, meta = read_checkpoint(path)
     cls_name = meta.get("model_class")
     if cls_name not in MODELS:
-        raise _bad(path, f"unknown model class {cls_name!r}")
+        raise _bad(path, f"unknown model class {cls_name!r:.80}")
     config = _json(path, meta, "model_config")
     step = _json(path, meta, "step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise _bad(path, f"step must be a non-negative int, got {step!r}")
+        raise _bad(path, f"step must be a non-negative int, got {step!r:.80}")
     rng = _json(path, meta, "rng")
     extra = _json(path, meta, "extra", {})
+    if not isinstance(extra, dict):
+        raise _bad(path, f"extra metadata must be a JSON object, got {type(extra).__name__}")
     if not isinstance(rng, dict) or not isinstance(rng.get("model", {}), dict):
         raise _bad(path, "rng metadata is malformed")
     for name, state in rng.get("model", {}).items():
@@ -215,15 +318,25 @@ def load_checkpoint(path, model=None, optimizer=None, *, backend=None) -> Checkp
         cls.validate_config(config)
     except ValueError as e:
         raise _bad(path, str(e)) from None
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    for name, arr in state.items():
+        if arr.dtype not in (np.float32, np.float64):
+            raise _bad(path, f"model/{name} is {arr.dtype}, not float32 or float64")
     if model is None:
-        weights = [v for k, v in tensors.items() if k.startswith("model/")]
-        dtype = weights[0].dtype if weights else np.float32
-        model = cls.from_config(config, backend=backend, dtype=dtype)
+        check_config_against_tensors(path, cls_name, config,
+                                     {k: v.shape for k, v in state.items()})
+        dtypes = {arr.dtype for arr in state.values()}
+        if len(dtypes) > 1:
+            raise _bad(path, f"the weights mix dtypes {sorted(map(str, dtypes))}")
+        dtype = dtypes.pop() if dtypes else np.float32
+        try:
+            model = cls.from_config(config, backend=backend, dtype=dtype)
+        except (ValueError, TypeError) as e:  # e.g. an activation the layers do not know
+            raise _bad(path, f"its {cls_name} config cannot be built: {e}") from None
     elif type(model).__name__ != cls_name or model.config != config:
         raise _bad(path, f"written for {cls_name}({config}), but the model is "
                          f"{type(model).__name__}({model.config})")
 
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     params = dict(model.named_parameters())
     if set(state) != set(params):
         raise _bad(path, f"weights do not match the model: missing {sorted(set(params) - set(state))}, "
@@ -232,23 +345,27 @@ def load_checkpoint(path, model=None, optimizer=None, *, backend=None) -> Checkp
         if tuple(arr.shape) != tuple(params[name].data.shape):
             raise _bad(path, f"{name} has shape {tuple(arr.shape)}, the model expects "
                              f"{tuple(params[name].data.shape)}")
-        if arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        if not np.isfinite(arr).all():
             raise _bad(path, f"{name} is not a finite float array")
+    others = [k for k in tensors if not k.startswith(("model/", "optim/"))]
+    if others:
+        raise _bad(path, f"unexpected tensors {others[:8]}")
+    opt_tensors = {k[len("optim/"):]: v for k, v in tensors.items() if k.startswith("optim/")}
+    if optimizer is not None:
+        if "optimizer" not in meta:
+            raise _bad(path, "it holds no optimizer state")
+        for name, arr in opt_tensors.items():
+            if arr.dtype.kind != "f" or not np.isfinite(arr).all():
+                raise _bad(path, f"optim/{name} is not a finite float array")
+        hyper = _json(path, meta, "optimizer")
     model.load_state_dict(state)
     try:
         model.set_rng_states(rng.get("model", {}))
     except ValueError as e:
         raise _bad(path, str(e)) from None
-
     if optimizer is not None:
-        if "optimizer" not in meta:
-            raise _bad(path, "it holds no optimizer state")
-        opt_tensors = {k[len("optim/"):]: v for k, v in tensors.items() if k.startswith("optim/")}
         try:
-            optimizer.load_state(_json(path, meta, "optimizer"), opt_tensors)
-        except ValueError as e:
+            optimizer.load_state(hyper, opt_tensors)
+        except (ValueError, TypeError, KeyError) as e:
             raise _bad(path, str(e)) from None
-    others = [k for k in tensors if not k.startswith(("model/", "optim/"))]
-    if others:
-        raise _bad(path, f"unexpected tensors {others}")
     return Checkpoint(model, step, {k: v for k, v in rng.items() if k != "model"}, extra)
