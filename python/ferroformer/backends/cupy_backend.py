@@ -220,6 +220,10 @@ class CupyBackend(Backend):
         self._k = _Kernels(cupy, sources.header_dirs(get_cuda_path()))
         self.float_dtypes = (np.dtype(np.float32), np.dtype(np.float16), *self._bfloat16(cupy))
         self._views = {}
+        try:  # what one call's results may take at most: the GPU's memory
+            self._device_bytes = int(cupy.cuda.runtime.memGetInfo()[1])
+        except Exception:  # an emulated or unusual CuPy: the host's limit
+            self._device_bytes = None
 
     @staticmethod
     def _bfloat16(cupy):
@@ -247,7 +251,10 @@ class CupyBackend(Backend):
 
     # -- helpers -----------------------------------------------------------------
     def _c(self, x):
-        return self.xp.ascontiguousarray(x)
+        """x C-contiguous (a copy only where it is not); a 0-d array stays 0-d, where
+        NumPy's ascontiguousarray (and so the emulated CuPy of the tests) makes it 1-d."""
+        y = self.xp.ascontiguousarray(x)
+        return y if y.ndim == x.ndim else y.reshape(x.shape)
 
     @staticmethod
     def _ctype(x) -> str:
@@ -263,7 +270,13 @@ class CupyBackend(Backend):
             C.require_array(op, name, x, self.xp.ndarray)
             if x.dtype != np.float32 and x.dtype != dtype:
                 raise TypeError(f"{op}: {name} has dtype {x.dtype}; statistics are float32")
+        for name, x in arrays.items():
+            if x.size > C.INT32_MAX:
+                C.int32_sizes(op, name, x.shape, self.name)
         return dtype
+
+    def _memory_limit(self) -> int:
+        return self._device_bytes or super()._memory_limit()
 
     def _stats(self, x):
         """A statistic (mean, rstd, lse) as the kernels read it: float32, C-contiguous."""
@@ -676,6 +689,8 @@ class CupyBackend(Backend):
 
     def _embedding_backward(self, dy, ids, num_embeddings):
         xp = self.xp
+        if num_embeddings > C.INT32_MAX:  # one block per row of dweight
+            C.int32_sizes("embedding_backward", "dweight", (num_embeddings, dy.shape[-1]), self.name)
         cols = dy.shape[-1]
         flat = self._c(ids).reshape(-1)
         n = flat.size

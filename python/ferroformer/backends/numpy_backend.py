@@ -31,7 +31,7 @@ def _softmax_rows(s, masked):
     """Softmax over the last axis of ``s`` with ``masked`` entries excluded;
     a row with every entry masked gives zeros. Returns (p, lse)."""
     s = np.where(masked, -np.inf, s)
-    mx = s.max(axis=-1, keepdims=True)
+    mx = s.max(axis=-1, keepdims=True, initial=-np.inf)  # an empty row (Tk = 0) is all masked
     safe = np.where(np.isfinite(mx), mx, 0.0)
     e = np.exp(s - safe)
     total = e.sum(axis=-1, keepdims=True)
@@ -59,8 +59,9 @@ class NumpyBackend(Backend):
         return np.ascontiguousarray(y)
 
     def _linear_backward(self, dy, x, w, has_bias):
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        x2 = x.reshape(-1, x.shape[-1])
+        rows = math.prod(x.shape[:-1])  # not -1: a reshape cannot infer it when in or out is 0
+        dy2 = dy.reshape(rows, dy.shape[-1])
+        x2 = x.reshape(rows, x.shape[-1])
         dx = (dy2 @ w).reshape(x.shape)
         dw = dy2.T @ x2
         db = dy2.sum(axis=0) if has_bias else None
@@ -68,6 +69,8 @@ class NumpyBackend(Backend):
 
     # -- softmax -----------------------------------------------------------
     def _softmax_forward(self, x, scale, causal):
+        if x.size == 0:  # nothing to compute (and no (Tq, Tk) mask to build)
+            return np.empty(x.shape, x.dtype)
         masked = causal_mask(*x.shape[-2:]) if causal else np.zeros(x.shape[-1:], bool)
         p, _ = _softmax_rows(x * x.dtype.type(scale), masked)
         return p.astype(x.dtype, copy=False)
@@ -92,7 +95,7 @@ class NumpyBackend(Backend):
         dx = rstd[..., None] * (
             g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).sum(axis=-1, keepdims=True) / c
         )
-        rows = (-1, c)
+        rows = (math.prod(x.shape[:-1]), c)
         dgamma = (dy * xhat).reshape(rows).sum(axis=0)
         dbeta = dy.reshape(rows).sum(axis=0)
         return dx, dgamma, dbeta
@@ -106,7 +109,7 @@ class NumpyBackend(Backend):
         xhat = x * rstd[..., None]
         g = dy * gamma
         dx = rstd[..., None] * (g - xhat * (g * xhat).sum(axis=-1, keepdims=True) / c)
-        dgamma = (dy * xhat).reshape(-1, c).sum(axis=0)
+        dgamma = (dy * xhat).reshape(math.prod(x.shape[:-1]), c).sum(axis=0)
         return dx, dgamma
 
     # -- activations -----------------------------------------------------------
@@ -185,7 +188,7 @@ class NumpyBackend(Backend):
         ds = p * (dp - (do * o).sum(axis=-1, keepdims=True)) * q.dtype.type(scale)
         dq = ds @ kr
         dk = np.swapaxes(ds, -1, -2) @ q
-        if groups > 1:
+        if groups != 1:  # (groups 0: no query heads, zero gradients)
             b, h, t, d = k.shape
             dk = dk.reshape(b, h, groups, t, d).sum(axis=2)
             dv = dv.reshape(b, h, groups, t, d).sum(axis=2)
@@ -225,7 +228,7 @@ class NumpyBackend(Backend):
 
     def _embedding_backward(self, dy, ids, num_embeddings):
         dw = np.zeros((num_embeddings, dy.shape[-1]), dy.dtype)
-        np.add.at(dw, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]))
+        np.add.at(dw, ids.reshape(-1), dy.reshape(ids.size, dy.shape[-1]))
         return dw
 
     # -- rotary positions ----------------------------------------------------------

@@ -182,9 +182,7 @@ class MixedPrecisionBackend(CupyBackend):
         return super()._rope(self._compute(x), self._compute(cos), self._compute(sin), sin_sign)
 
     def _adamw_step(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
-        if m.dtype != param.dtype or v.dtype != param.dtype:
-            raise TypeError(f"adamw_step: m ({m.dtype}) and v ({v.dtype}) must have param's dtype "
-                            f"({param.dtype})")
+        # (Backend.adamw_step has checked that m and v have param's dtype)
         super()._adamw_step(param, grad.astype(param.dtype, copy=False), m, v, lr, beta1, beta2, eps,
                             weight_decay, step)
 

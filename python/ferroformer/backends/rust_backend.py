@@ -1,12 +1,15 @@
 """The rust backend: the op contract on ferroformer's native CPU kernels.
 
 The checks of ``Backend`` run first; here each op only lays its inputs out
-as the kernels expect (C-contiguous float32, int64 ids, bool masks; a
-non-contiguous input is copied once, on purpose) and calls into
+as the kernels expect (C-contiguous, aligned float32, int64 ids, bool masks;
+any other layout, Fortran order, strided, negative or zero strides,
+unaligned, is copied once, on purpose) and calls into
 ``ferroformer._native``, which releases the GIL while it works.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -15,12 +18,20 @@ from .base import Backend
 
 
 def _c(x):
-    return None if x is None else np.ascontiguousarray(x)
+    """x as the kernels read it: itself when C-contiguous and aligned, else a
+    C-contiguous copy (not ``np.ascontiguousarray``, which keeps an unaligned
+    array as it is and makes a 0-d one 1-d)."""
+    if x is None:
+        return None
+    f = x.flags
+    if f.c_contiguous and f.aligned:
+        return x
+    return np.array(x, order="C")
 
 
 def _rows(x):
     """(..., C) → (rows, C) view (or one copy when x is not contiguous)."""
-    return _c(x).reshape(-1, x.shape[-1])
+    return _c(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
 class RustBackend(Backend):
@@ -89,14 +100,14 @@ class RustBackend(Backend):
         return N.attention_forward(_c(q), _c(k), _c(v), causal, scale, _c(mask), kv_len)
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
-        lse = np.ascontiguousarray(lse, dtype=np.float32)
+        lse = _c(lse.astype(np.float32, copy=False))
         return N.attention_backward(_c(do), _c(q), _c(k), _c(v), _c(o), lse, causal, scale, _c(mask))
 
     def _cross_entropy_forward(self, logits, targets, ignore_index, label_smoothing):
         return N.cross_entropy_forward(_c(logits), _c(targets), ignore_index, label_smoothing)
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):
-        lse = np.ascontiguousarray(lse, dtype=np.float32)
+        lse = _c(lse.astype(np.float32, copy=False))
         return N.cross_entropy_backward(_c(logits), _c(targets), lse, ignore_index,
                                         label_smoothing, grad)
 

@@ -16,8 +16,10 @@ fn unary<'py>(
     x: &PyReadonlyArrayDyn<'py, f32>,
     f: impl FnOnce(&[f32], &mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
-    let xs = util::slice(op, "x", x)?;
-    util::fill(py, util::uninit(py, x.shape()), |y| f(xs, y))
+    util::guard(op, || {
+        let xs = util::slice(op, "x", x)?;
+        util::fill(py, util::uninit(py, op, x.shape())?, |y| f(xs, y))
+    })
 }
 
 fn binary<'py>(
@@ -27,9 +29,11 @@ fn binary<'py>(
     (bn, b): (&str, &PyReadonlyArrayDyn<'py, f32>),
     f: impl FnOnce(&[f32], &[f32], &mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
-    same_shape(op, (an, a.shape()), (bn, b.shape()))?;
-    let (sa, sb) = (util::slice(op, an, a)?, util::slice(op, bn, b)?);
-    util::fill(py, util::uninit(py, a.shape()), |y| f(sa, sb, y))
+    util::guard(op, || {
+        same_shape(op, (an, a.shape()), (bn, b.shape()))?;
+        let (sa, sb) = (util::slice(op, an, a)?, util::slice(op, bn, b)?);
+        util::fill(py, util::uninit(py, op, a.shape())?, |y| f(sa, sb, y))
+    })
 }
 
 /// `approximate` is `"tanh"` or `"none"` (exact erf).
@@ -122,22 +126,24 @@ fn swiglu_backward<'py>(
     up: PyReadonlyArrayDyn<'py, f32>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "swiglu_backward";
-    let shape = util::shape(&gate);
-    same_shape(OP, ("dh", dh.shape()), ("gate", &shape))?;
-    same_shape(OP, ("up", up.shape()), ("gate", &shape))?;
-    let (dhs, gs, us) = (
-        util::slice(OP, "dh", &dh)?,
-        util::slice(OP, "gate", &gate)?,
-        util::slice(OP, "up", &up)?,
-    );
-    let (dg, du) = (util::uninit(py, &shape), util::uninit(py, &shape));
-    {
-        let (mut dgw, mut duw) = (dg.readwrite(), du.readwrite());
-        let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
-        let dus = duw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run_sized(py, dhs.len(), || k::swiglu_backward(dhs, gs, us, dgs, dus))?;
-    }
-    Ok((dg, du))
+    util::guard(OP, || {
+        let shape = util::shape(&gate);
+        same_shape(OP, ("dh", dh.shape()), ("gate", &shape))?;
+        same_shape(OP, ("up", up.shape()), ("gate", &shape))?;
+        let (dhs, gs, us) = (
+            util::slice(OP, "dh", &dh)?,
+            util::slice(OP, "gate", &gate)?,
+            util::slice(OP, "up", &up)?,
+        );
+        let (dg, du) = (util::uninit(py, OP, &shape)?, util::uninit(py, OP, &shape)?);
+        {
+            let (mut dgw, mut duw) = (dg.readwrite(), du.readwrite());
+            let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
+            let dus = duw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run_sized(py, dhs.len(), || k::swiglu_backward(dhs, gs, us, dgs, dus))?;
+        }
+        Ok((dg, du))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -100,34 +100,36 @@ fn attention_forward<'py>(
     kv_len: Option<usize>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "attention_forward";
-    let mut s = shape_of(OP, &q, &k, &v, key_padding_mask.as_ref())?;
-    let capacity = s.kv_len;
-    if let Some(n) = kv_len {
-        if n > capacity {
-            return Err(PyValueError::new_err(format!(
-                "{OP}: kv_len {n} exceeds the {capacity} positions of k {:?}",
-                k.shape()
-            )));
+    util::guard(OP, || {
+        let mut s = shape_of(OP, &q, &k, &v, key_padding_mask.as_ref())?;
+        let capacity = s.kv_len;
+        if let Some(n) = kv_len {
+            if n > capacity {
+                return Err(PyValueError::new_err(format!(
+                    "{OP}: kv_len {n} exceeds the {capacity} positions of k {:?}",
+                    k.shape()
+                )));
+            }
+            s.kv_len = n;
         }
-        s.kv_len = n;
-    }
-    let (qs, ks, vs) = (
-        util::slice(OP, "q", &q)?,
-        util::slice(OP, "k", &k)?,
-        util::slice(OP, "v", &v)?,
-    );
-    let opts = options(OP, causal, scale, &key_padding_mask)?;
-    let o = util::zeros(py, &[s.batch, s.q_heads, s.q_len, s.head_dim]);
-    let lse = util::zeros(py, &[s.batch, s.q_heads, s.q_len]);
-    {
-        let (mut ow, mut lw) = (o.readwrite(), lse.readwrite());
-        let os = ow.as_slice_mut().expect("fresh arrays are contiguous");
-        let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || {
-            attention::attention_forward_cached(qs, ks, vs, s, capacity, opts, os, ls)
-        })?;
-    }
-    Ok((o, lse))
+        let (qs, ks, vs) = (
+            util::slice(OP, "q", &q)?,
+            util::slice(OP, "k", &k)?,
+            util::slice(OP, "v", &v)?,
+        );
+        let opts = options(OP, causal, scale, &key_padding_mask)?;
+        let o = util::zeros(py, OP, &[s.batch, s.q_heads, s.q_len, s.head_dim])?;
+        let lse = util::zeros(py, OP, &[s.batch, s.q_heads, s.q_len])?;
+        {
+            let (mut ow, mut lw) = (o.readwrite(), lse.readwrite());
+            let os = ow.as_slice_mut().expect("fresh arrays are contiguous");
+            let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run(py, || {
+                attention::attention_forward_cached(qs, ks, vs, s, capacity, opts, os, ls)
+            })?;
+        }
+        Ok((o, lse))
+    })
 }
 
 /// `(dq, dk, dv)` from the output gradient `do (B, Hq, Tq, D)` and the
@@ -148,30 +150,32 @@ fn attention_backward<'py>(
     key_padding_mask: Option<PyReadonlyArrayDyn<'py, bool>>,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "attention_backward";
-    let s = shape_of(OP, &q, &k, &v, key_padding_mask.as_ref())?;
-    let q_dims = [s.batch, s.q_heads, s.q_len, s.head_dim];
-    let kv_dims = [s.batch, s.kv_heads, s.kv_len, s.head_dim];
-    same_shape(OP, "do", &do_, &q_dims)?;
-    same_shape(OP, "o", &o, &q_dims)?;
-    same_shape(OP, "lse", &lse, &q_dims[..3])?;
-    let (dos, qs) = (util::slice(OP, "do", &do_)?, util::slice(OP, "q", &q)?);
-    let (ks, vs) = (util::slice(OP, "k", &k)?, util::slice(OP, "v", &v)?);
-    let (os, lses) = (util::slice(OP, "o", &o)?, util::slice(OP, "lse", &lse)?);
-    let opts = options(OP, causal, scale, &key_padding_mask)?;
-    // the kernel zero-fills its gradients itself before accumulating
-    let dq = util::uninit(py, &q_dims);
-    let dk = util::uninit(py, &kv_dims);
-    let dv = util::uninit(py, &kv_dims);
-    {
-        let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());
-        let dqs = a.as_slice_mut().expect("fresh arrays are contiguous");
-        let dks = b.as_slice_mut().expect("fresh arrays are contiguous");
-        let dvs = c.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run(py, || {
-            attention::attention_backward(dos, qs, ks, vs, os, lses, s, opts, dqs, dks, dvs)
-        })?;
-    }
-    Ok((dq, dk, dv))
+    util::guard(OP, || {
+        let s = shape_of(OP, &q, &k, &v, key_padding_mask.as_ref())?;
+        let q_dims = [s.batch, s.q_heads, s.q_len, s.head_dim];
+        let kv_dims = [s.batch, s.kv_heads, s.kv_len, s.head_dim];
+        same_shape(OP, "do", &do_, &q_dims)?;
+        same_shape(OP, "o", &o, &q_dims)?;
+        same_shape(OP, "lse", &lse, &q_dims[..3])?;
+        let (dos, qs) = (util::slice(OP, "do", &do_)?, util::slice(OP, "q", &q)?);
+        let (ks, vs) = (util::slice(OP, "k", &k)?, util::slice(OP, "v", &v)?);
+        let (os, lses) = (util::slice(OP, "o", &o)?, util::slice(OP, "lse", &lse)?);
+        let opts = options(OP, causal, scale, &key_padding_mask)?;
+        // the kernel zero-fills its gradients itself before accumulating
+        let dq = util::uninit(py, OP, &q_dims)?;
+        let dk = util::uninit(py, OP, &kv_dims)?;
+        let dv = util::uninit(py, OP, &kv_dims)?;
+        {
+            let (mut a, mut b, mut c) = (dq.readwrite(), dk.readwrite(), dv.readwrite());
+            let dqs = a.as_slice_mut().expect("fresh arrays are contiguous");
+            let dks = b.as_slice_mut().expect("fresh arrays are contiguous");
+            let dvs = c.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run(py, || {
+                attention::attention_backward(dos, qs, ks, vs, os, lses, s, opts, dqs, dks, dvs)
+            })?;
+        }
+        Ok((dq, dk, dv))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -16,22 +16,24 @@ fn embedding_forward<'py>(
     ids: PyReadonlyArrayDyn<'py, i64>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     const OP: &str = "embedding_forward";
-    let (vocab, dim) = match weight.shape() {
-        &[v, c] => (v, c),
-        s => {
-            return Err(PyValueError::new_err(format!(
-                "{OP}: weight must be (V, C), got {s:?}"
-            )))
-        }
-    };
-    let mut shape = ids.shape().to_vec();
-    shape.push(dim);
-    let (ws, is) = (
-        util::slice(OP, "weight", &weight)?,
-        util::slice(OP, "ids", &ids)?,
-    );
-    util::fill(py, util::uninit(py, &shape), |out| {
-        k::embedding_forward(ws, is, out, vocab, dim)
+    util::guard(OP, || {
+        let (vocab, dim) = match weight.shape() {
+            &[v, c] => (v, c),
+            s => {
+                return Err(PyValueError::new_err(format!(
+                    "{OP}: weight must be (V, C), got {s:?}"
+                )))
+            }
+        };
+        let mut shape = ids.shape().to_vec();
+        shape.push(dim);
+        let (ws, is) = (
+            util::slice(OP, "weight", &weight)?,
+            util::slice(OP, "ids", &ids)?,
+        );
+        util::fill(py, util::uninit(py, OP, &shape)?, |out| {
+            k::embedding_forward(ws, is, out, vocab, dim)
+        })
     })
 }
 
@@ -44,19 +46,21 @@ fn embedding_backward<'py>(
     num_embeddings: usize,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     const OP: &str = "embedding_backward";
-    let dim = match dy.shape().split_last() {
-        Some((&c, lead)) if lead == ids.shape() => c,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "{OP}: dy must be ids.shape + (C,), got dy {:?} and ids {:?}",
-                dy.shape(),
-                ids.shape()
-            )))
-        }
-    };
-    let (dys, is) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "ids", &ids)?);
-    util::fill(py, util::uninit(py, &[num_embeddings, dim]), |dw| {
-        k::embedding_backward(dys, is, dw, num_embeddings, dim)
+    util::guard(OP, || {
+        let dim = match dy.shape().split_last() {
+            Some((&c, lead)) if lead == ids.shape() => c,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "{OP}: dy must be ids.shape + (C,), got dy {:?} and ids {:?}",
+                    dy.shape(),
+                    ids.shape()
+                )))
+            }
+        };
+        let (dys, is) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "ids", &ids)?);
+        util::fill(py, util::uninit(py, OP, &[num_embeddings, dim])?, |dw| {
+            k::embedding_backward(dys, is, dw, num_embeddings, dim)
+        })
     })
 }
 

@@ -28,20 +28,22 @@ fn cross_entropy_forward<'py>(
     label_smoothing: f32,
 ) -> PyResult<(f64, Bound<'py, PyArrayDyn<f32>>)> {
     const OP: &str = "cross_entropy_forward";
-    let (n, v) = dims(OP, logits.shape(), targets.shape())?;
-    let (zs, ts) = (
-        util::slice(OP, "logits", &logits)?,
-        util::slice(OP, "targets", &targets)?,
-    );
-    let lse = util::uninit(py, &[n]);
-    let loss = {
-        let mut lw = lse.readwrite();
-        let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run_sized(py, zs.len(), || {
-            k::cross_entropy_forward(zs, ts, ignore_index, label_smoothing, ls, n, v)
-        })?
-    };
-    Ok((loss, lse))
+    util::guard(OP, || {
+        let (n, v) = dims(OP, logits.shape(), targets.shape())?;
+        let (zs, ts) = (
+            util::slice(OP, "logits", &logits)?,
+            util::slice(OP, "targets", &targets)?,
+        );
+        let lse = util::uninit(py, OP, &[n])?;
+        let loss = {
+            let mut lw = lse.readwrite();
+            let ls = lw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run_sized(py, zs.len(), || {
+                k::cross_entropy_forward(zs, ts, ignore_index, label_smoothing, ls, n, v)
+            })?
+        };
+        Ok((loss, lse))
+    })
 }
 
 /// `dlogits (N, V)` of `grad * loss`.
@@ -56,20 +58,22 @@ fn cross_entropy_backward<'py>(
     grad: f32,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     const OP: &str = "cross_entropy_backward";
-    let (n, v) = dims(OP, logits.shape(), targets.shape())?;
-    if lse.shape() != [n] {
-        return Err(PyValueError::new_err(format!(
-            "{OP}: lse must be ({n},), got {:?}",
-            lse.shape()
-        )));
-    }
-    let (zs, ts) = (
-        util::slice(OP, "logits", &logits)?,
-        util::slice(OP, "targets", &targets)?,
-    );
-    let ls = util::slice(OP, "lse", &lse)?;
-    util::fill(py, util::uninit(py, &[n, v]), |dz| {
-        k::cross_entropy_backward(zs, ts, ls, ignore_index, label_smoothing, grad, dz, n, v)
+    util::guard(OP, || {
+        let (n, v) = dims(OP, logits.shape(), targets.shape())?;
+        if lse.shape() != [n] {
+            return Err(PyValueError::new_err(format!(
+                "{OP}: lse must be ({n},), got {:?}",
+                lse.shape()
+            )));
+        }
+        let (zs, ts) = (
+            util::slice(OP, "logits", &logits)?,
+            util::slice(OP, "targets", &targets)?,
+        );
+        let ls = util::slice(OP, "lse", &lse)?;
+        util::fill(py, util::uninit(py, OP, &[n, v])?, |dz| {
+            k::cross_entropy_backward(zs, ts, ls, ignore_index, label_smoothing, grad, dz, n, v)
+        })
     })
 }
 

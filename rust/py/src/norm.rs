@@ -20,30 +20,32 @@ fn layernorm_forward<'py>(
     eps: f32,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "layernorm_forward";
-    let shape = util::shape(&x);
-    let (rows, cols) = rows_cols(OP, "x", &shape)?;
-    same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
-    same_shape(OP, ("beta", beta.shape()), ("(C,)", &[cols]))?;
-    let xs = util::slice(OP, "x", &x)?;
-    let (gs, bs) = (
-        util::slice(OP, "gamma", &gamma)?,
-        util::slice(OP, "beta", &beta)?,
-    );
-    let (y, mean, rstd) = (
-        util::uninit(py, &shape),
-        util::uninit(py, &shape[..shape.len() - 1]),
-        util::uninit(py, &shape[..shape.len() - 1]),
-    );
-    {
-        let (mut yw, mut mw, mut rw) = (y.readwrite(), mean.readwrite(), rstd.readwrite());
-        let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
-        let ms = mw.as_slice_mut().expect("fresh arrays are contiguous");
-        let rs = rw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run_sized(py, rows * cols, || {
-            k::layernorm_forward(xs, gs, bs, eps, ys, ms, rs, rows, cols)
-        })?;
-    }
-    Ok((y, mean, rstd))
+    util::guard(OP, || {
+        let shape = util::shape(&x);
+        let (rows, cols) = rows_cols(OP, "x", &shape)?;
+        same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
+        same_shape(OP, ("beta", beta.shape()), ("(C,)", &[cols]))?;
+        let xs = util::slice(OP, "x", &x)?;
+        let (gs, bs) = (
+            util::slice(OP, "gamma", &gamma)?,
+            util::slice(OP, "beta", &beta)?,
+        );
+        let (y, mean, rstd) = (
+            util::uninit(py, OP, &shape)?,
+            util::uninit(py, OP, &shape[..shape.len() - 1])?,
+            util::uninit(py, OP, &shape[..shape.len() - 1])?,
+        );
+        {
+            let (mut yw, mut mw, mut rw) = (y.readwrite(), mean.readwrite(), rstd.readwrite());
+            let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
+            let ms = mw.as_slice_mut().expect("fresh arrays are contiguous");
+            let rs = rw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run_sized(py, rows * cols, || {
+                k::layernorm_forward(xs, gs, bs, eps, ys, ms, rs, rows, cols)
+            })?;
+        }
+        Ok((y, mean, rstd))
+    })
 }
 
 /// `(dx, dgamma, dbeta)` from `dy, x (..., C)`, `gamma (C,)`,
@@ -58,33 +60,35 @@ fn layernorm_backward<'py>(
     rstd: PyReadonlyArrayDyn<'py, f32>,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "layernorm_backward";
-    let shape = util::shape(&x);
-    same_shape(OP, ("dy", dy.shape()), ("x", &shape))?;
-    let (rows, cols) = rows_cols(OP, "x", &shape)?;
-    same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
-    row_stats(OP, "mean", mean.shape(), &shape)?;
-    row_stats(OP, "rstd", rstd.shape(), &shape)?;
-    let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
-    let gs = util::slice(OP, "gamma", &gamma)?;
-    let (ms, rs) = (
-        util::slice(OP, "mean", &mean)?,
-        util::slice(OP, "rstd", &rstd)?,
-    );
-    let (dx, dg, db) = (
-        util::uninit(py, &shape),
-        util::uninit(py, &[cols]),
-        util::uninit(py, &[cols]),
-    );
-    {
-        let (mut dxw, mut dgw, mut dbw) = (dx.readwrite(), dg.readwrite(), db.readwrite());
-        let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
-        let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
-        let dbs = dbw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run_sized(py, rows * cols, || {
-            k::layernorm_backward(dys, xs, gs, ms, rs, dxs, dgs, dbs, rows, cols)
-        })?;
-    }
-    Ok((dx, dg, db))
+    util::guard(OP, || {
+        let shape = util::shape(&x);
+        same_shape(OP, ("dy", dy.shape()), ("x", &shape))?;
+        let (rows, cols) = rows_cols(OP, "x", &shape)?;
+        same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
+        row_stats(OP, "mean", mean.shape(), &shape)?;
+        row_stats(OP, "rstd", rstd.shape(), &shape)?;
+        let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
+        let gs = util::slice(OP, "gamma", &gamma)?;
+        let (ms, rs) = (
+            util::slice(OP, "mean", &mean)?,
+            util::slice(OP, "rstd", &rstd)?,
+        );
+        let (dx, dg, db) = (
+            util::uninit(py, OP, &shape)?,
+            util::uninit(py, OP, &[cols])?,
+            util::uninit(py, OP, &[cols])?,
+        );
+        {
+            let (mut dxw, mut dgw, mut dbw) = (dx.readwrite(), dg.readwrite(), db.readwrite());
+            let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
+            let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
+            let dbs = dbw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run_sized(py, rows * cols, || {
+                k::layernorm_backward(dys, xs, gs, ms, rs, dxs, dgs, dbs, rows, cols)
+            })?;
+        }
+        Ok((dx, dg, db))
+    })
 }
 
 /// `(y, rstd)`: `x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
@@ -96,23 +100,25 @@ fn rmsnorm_forward<'py>(
     eps: f32,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "rmsnorm_forward";
-    let shape = util::shape(&x);
-    let (rows, cols) = rows_cols(OP, "x", &shape)?;
-    same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
-    let (xs, gs) = (util::slice(OP, "x", &x)?, util::slice(OP, "gamma", &gamma)?);
-    let (y, rstd) = (
-        util::uninit(py, &shape),
-        util::uninit(py, &shape[..shape.len() - 1]),
-    );
-    {
-        let (mut yw, mut rw) = (y.readwrite(), rstd.readwrite());
-        let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
-        let rs = rw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run_sized(py, rows * cols, || {
-            k::rmsnorm_forward(xs, gs, eps, ys, rs, rows, cols)
-        })?;
-    }
-    Ok((y, rstd))
+    util::guard(OP, || {
+        let shape = util::shape(&x);
+        let (rows, cols) = rows_cols(OP, "x", &shape)?;
+        same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
+        let (xs, gs) = (util::slice(OP, "x", &x)?, util::slice(OP, "gamma", &gamma)?);
+        let (y, rstd) = (
+            util::uninit(py, OP, &shape)?,
+            util::uninit(py, OP, &shape[..shape.len() - 1])?,
+        );
+        {
+            let (mut yw, mut rw) = (y.readwrite(), rstd.readwrite());
+            let ys = yw.as_slice_mut().expect("fresh arrays are contiguous");
+            let rs = rw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run_sized(py, rows * cols, || {
+                k::rmsnorm_forward(xs, gs, eps, ys, rs, rows, cols)
+            })?;
+        }
+        Ok((y, rstd))
+    })
 }
 
 /// `(dx, dgamma)` from `dy, x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
@@ -125,26 +131,31 @@ fn rmsnorm_backward<'py>(
     rstd: PyReadonlyArrayDyn<'py, f32>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "rmsnorm_backward";
-    let shape = util::shape(&x);
-    same_shape(OP, ("dy", dy.shape()), ("x", &shape))?;
-    let (rows, cols) = rows_cols(OP, "x", &shape)?;
-    same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
-    row_stats(OP, "rstd", rstd.shape(), &shape)?;
-    let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
-    let (gs, rs) = (
-        util::slice(OP, "gamma", &gamma)?,
-        util::slice(OP, "rstd", &rstd)?,
-    );
-    let (dx, dg) = (util::uninit(py, &shape), util::uninit(py, &[cols]));
-    {
-        let (mut dxw, mut dgw) = (dx.readwrite(), dg.readwrite());
-        let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
-        let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
-        util::run_sized(py, rows * cols, || {
-            k::rmsnorm_backward(dys, xs, gs, rs, dxs, dgs, rows, cols)
-        })?;
-    }
-    Ok((dx, dg))
+    util::guard(OP, || {
+        let shape = util::shape(&x);
+        same_shape(OP, ("dy", dy.shape()), ("x", &shape))?;
+        let (rows, cols) = rows_cols(OP, "x", &shape)?;
+        same_shape(OP, ("gamma", gamma.shape()), ("(C,)", &[cols]))?;
+        row_stats(OP, "rstd", rstd.shape(), &shape)?;
+        let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
+        let (gs, rs) = (
+            util::slice(OP, "gamma", &gamma)?,
+            util::slice(OP, "rstd", &rstd)?,
+        );
+        let (dx, dg) = (
+            util::uninit(py, OP, &shape)?,
+            util::uninit(py, OP, &[cols])?,
+        );
+        {
+            let (mut dxw, mut dgw) = (dx.readwrite(), dg.readwrite());
+            let dxs = dxw.as_slice_mut().expect("fresh arrays are contiguous");
+            let dgs = dgw.as_slice_mut().expect("fresh arrays are contiguous");
+            util::run_sized(py, rows * cols, || {
+                k::rmsnorm_backward(dys, xs, gs, rs, dxs, dgs, rows, cols)
+            })?;
+        }
+        Ok((dx, dg))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

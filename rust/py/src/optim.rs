@@ -36,36 +36,38 @@ fn adamw_step(
     step: i64,
 ) -> PyResult<()> {
     const OP: &str = "adamw_step";
-    let shape = util::shape(&param);
-    for (name, s) in [("grad", grad.shape()), ("m", m.shape()), ("v", v.shape())] {
-        if s != shape.as_slice() {
+    util::guard(OP, || {
+        let shape = util::shape(&param);
+        for (name, s) in [("grad", grad.shape()), ("m", m.shape()), ("v", v.shape())] {
+            if s != shape.as_slice() {
+                return Err(PyValueError::new_err(format!(
+                    "{OP}: {name} has shape {s:?} but param has shape {shape:?}"
+                )));
+            }
+        }
+        if step < 1 {
             return Err(PyValueError::new_err(format!(
-                "{OP}: {name} has shape {s:?} but param has shape {shape:?}"
+                "{OP}: step must be >= 1, got {step}"
             )));
         }
-    }
-    if step < 1 {
-        return Err(PyValueError::new_err(format!(
-            "{OP}: step must be >= 1, got {step}"
-        )));
-    }
-    let gs = util::slice(OP, "grad", &grad)?;
-    let ps = slice_mut(OP, "param", &mut param)?;
-    let ms = slice_mut(OP, "m", &mut m)?;
-    let vs = slice_mut(OP, "v", &mut v)?;
-    util::run_sized(py, gs.len(), || {
-        k::adamw_step(
-            ps,
-            gs,
-            ms,
-            vs,
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            step as u64,
-        )
+        let gs = util::slice(OP, "grad", &grad)?;
+        let ps = slice_mut(OP, "param", &mut param)?;
+        let ms = slice_mut(OP, "m", &mut m)?;
+        let vs = slice_mut(OP, "v", &mut v)?;
+        util::run_sized(py, gs.len(), || {
+            k::adamw_step(
+                ps,
+                gs,
+                ms,
+                vs,
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                step as u64,
+            )
+        })
     })
 }
 

@@ -19,32 +19,34 @@ fn rotate<'py>(
     sin: PyReadonlyArrayDyn<'py, f32>,
     kernel: Kernel,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let shape = util::shape(&x);
-    let (t, d) = match shape.as_slice() {
-        [.., t, d] if d % 2 == 0 => (*t, *d),
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "{op}: x must be (..., T, D) with D even, got {shape:?}"
-            )))
+    util::guard(op, || {
+        let shape = util::shape(&x);
+        let (t, d) = match shape.as_slice() {
+            [.., t, d] if d % 2 == 0 => (*t, *d),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "{op}: x must be (..., T, D) with D even, got {shape:?}"
+                )))
+            }
+        };
+        for (name, a) in [("cos", &cos), ("sin", &sin)] {
+            if a.shape() != [t, d / 2] {
+                return Err(PyValueError::new_err(format!(
+                    "{op}: {name} must be (T, D/2) = ({t}, {}), got {:?}",
+                    d / 2,
+                    a.shape()
+                )));
+            }
         }
-    };
-    for (name, a) in [("cos", &cos), ("sin", &sin)] {
-        if a.shape() != [t, d / 2] {
-            return Err(PyValueError::new_err(format!(
-                "{op}: {name} must be (T, D/2) = ({t}, {}), got {:?}",
-                d / 2,
-                a.shape()
-            )));
+        let rows = shape[..shape.len() - 1].iter().product();
+        let xs = util::slice(op, "x", &x)?;
+        let (cs, ss) = (util::slice(op, "cos", &cos)?, util::slice(op, "sin", &sin)?);
+        if rows == 0 {
+            return util::zeros(py, op, &shape);
         }
-    }
-    let rows = shape[..shape.len() - 1].iter().product();
-    let xs = util::slice(op, "x", &x)?;
-    let (cs, ss) = (util::slice(op, "cos", &cos)?, util::slice(op, "sin", &sin)?);
-    if rows == 0 {
-        return Ok(util::zeros(py, &shape));
-    }
-    util::fill(py, util::uninit(py, &shape), |y| {
-        kernel(xs, cs, ss, y, rows, t, d)
+        util::fill(py, util::uninit(py, op, &shape)?, |y| {
+            kernel(xs, cs, ss, y, rows, t, d)
+        })
     })
 }
 

@@ -1,7 +1,11 @@
-//! Process-wide settings: thread count and the SIMD level in use.
+//! Process-wide settings: thread count and the SIMD level in use; and
+//! `_force_panic`, which panics on purpose so that a test can see the
+//! binding boundary turn a panic into a RuntimeError.
 
 use ferroformer_kernels::{pool, simd};
 use pyo3::prelude::*;
+
+use crate::util;
 
 #[pyfunction]
 fn set_num_threads(n: usize) {
@@ -18,7 +22,26 @@ fn simd_level() -> &'static str {
     simd::level().name()
 }
 
+/// Panics on purpose, inside [`util::guard`] as every binding does: on the
+/// calling thread, or with `in_pool` on a worker of the kernel pool with
+/// the GIL released (the path the kernels take). For tests only.
+#[pyfunction]
+#[pyo3(signature = (in_pool=false))]
+fn _force_panic(py: Python<'_>, in_pool: bool) -> PyResult<()> {
+    util::guard("_force_panic", || {
+        if in_pool {
+            // `pool::install` runs the closure on one of the pool's threads
+            util::run(py, || -> ferroformer_kernels::Result<()> {
+                panic!("forced on a pool thread for a test")
+            })
+        } else {
+            panic!("forced for a test")
+        }
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_force_panic, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;

@@ -41,21 +41,25 @@ fn softmax_forward<'py>(
     causal: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     const OP: &str = "softmax_forward";
-    let shape = util::shape(&x);
-    let (rows, cols) = rows_cols(OP, "x", &shape)?;
-    let tq = if causal {
-        if shape.len() < 2 {
-            return Err(PyValueError::new_err(format!(
-                "{OP}: causal needs x of at least 2 dims (..., Tq, Tk), got shape {shape:?}"
-            )));
+    util::guard(OP, || {
+        let shape = util::shape(&x);
+        let (rows, cols) = rows_cols(OP, "x", &shape)?;
+        let tq = if causal {
+            if shape.len() < 2 {
+                return Err(PyValueError::new_err(format!(
+                    "{OP}: causal needs x of at least 2 dims (..., Tq, Tk), got shape {shape:?}"
+                )));
+            }
+            Some(shape[shape.len() - 2])
+        } else {
+            None
+        };
+        let xs = util::slice(OP, "x", &x)?;
+        let y = util::uninit(py, OP, &shape)?;
+        if xs.is_empty() {
+            return Ok(y); // nothing to write (and a causal (..., 0, Tk) has no rows to mask)
         }
-        Some(shape[shape.len() - 2])
-    } else {
-        None
-    };
-    let xs = util::slice(OP, "x", &x)?;
-    util::fill(py, util::uninit(py, &shape), |y| {
-        k::softmax_forward(xs, y, rows, cols, scale, tq)
+        util::fill(py, y, |y| k::softmax_forward(xs, y, rows, cols, scale, tq))
     })
 }
 
@@ -68,12 +72,14 @@ fn softmax_backward<'py>(
     scale: f32,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     const OP: &str = "softmax_backward";
-    let shape = util::shape(&dy);
-    same_shape(OP, ("dy", &shape), ("y", y.shape()))?;
-    let (rows, cols) = rows_cols(OP, "dy", &shape)?;
-    let (dys, ys) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "y", &y)?);
-    util::fill(py, util::uninit(py, &shape), |dx| {
-        k::softmax_backward(dys, ys, dx, rows, cols, scale)
+    util::guard(OP, || {
+        let shape = util::shape(&dy);
+        same_shape(OP, ("dy", &shape), ("y", y.shape()))?;
+        let (rows, cols) = rows_cols(OP, "dy", &shape)?;
+        let (dys, ys) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "y", &y)?);
+        util::fill(py, util::uninit(py, OP, &shape)?, |dx| {
+            k::softmax_backward(dys, ys, dx, rows, cols, scale)
+        })
     })
 }
 

@@ -1,11 +1,44 @@
 //! The one path every binding takes into Rust: borrow the arrays, check
 //! their sizes, release the GIL, run inside ferroformer's thread pool, and
-//! map a kernel error onto its Python exception.
+//! map a kernel error onto its Python exception. Every binding body runs
+//! inside [`guard`], the last line of defence that turns a Rust panic into
+//! a RuntimeError naming the op.
+
+use std::os::raw::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
 
 use ferroformer_kernels::{pool, Error};
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyIndexError, PyValueError};
+use numpy::npyffi::{self, npy_intp, PY_ARRAY_API};
+use numpy::{
+    Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+
+/// Runs a binding's body; a panic anywhere inside it (in the body, in a
+/// kernel, on a pool thread: rayon hands a worker's panic back to the
+/// caller of `install`) comes out as a RuntimeError naming `op`, never as
+/// PyO3's PanicException (a BaseException that `except Exception` misses)
+/// or an abort. The array borrows and the GIL are released by their guards
+/// while the panic unwinds, so the process goes on in a consistent state.
+pub fn guard<T>(op: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            Err(PyRuntimeError::new_err(format!(
+                "{op}: internal error in the native kernels ({what}); this is a ferroformer \
+                 bug, please report it"
+            )))
+        }
+    }
+}
 
 pub fn to_pyerr(e: Error) -> PyErr {
     match e {
@@ -52,19 +85,69 @@ pub fn run_on<T: Send>(
     }
 }
 
-/// The array's data as a slice; the Python layer hands in C-contiguous
-/// arrays, so a strided one here is a caller bug reported as ValueError.
+/// The array's data as a slice; the Python layer hands in C-contiguous,
+/// aligned arrays, so a strided or unaligned one here is a caller bug
+/// reported as ValueError.
 pub fn slice<'a, T: numpy::Element>(
     op: &str,
     name: &str,
     a: &'a PyReadonlyArrayDyn<'_, T>,
 ) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{op}: {name} must be C-contiguous")))
+    a.as_slice().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{op}: {name} must be C-contiguous and aligned (the rust backend copies it so)"
+        ))
+    })
 }
 
 pub fn shape<T: numpy::Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {
     a.shape().to_vec()
+}
+
+/// A fresh C-order float32 array, or the Python error NumPy raised (the
+/// MemoryError of a failed allocation): rust-numpy's own constructors
+/// panic on that. A shape whose element count or byte size does not fit
+/// `isize` is a ValueError naming the op, before anything is allocated.
+fn new_array<'py>(
+    py: Python<'py>,
+    op: &str,
+    shape: &[usize],
+    zeroed: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let bytes = shape
+        .iter()
+        .try_fold(std::mem::size_of::<f32>(), |n, &d| n.checked_mul(d))
+        .filter(|&n| isize::try_from(n).is_ok());
+    let dims: Option<Vec<npy_intp>> = shape.iter().map(|&d| npy_intp::try_from(d).ok()).collect();
+    let (Some(_), Some(mut dims)) = (bytes, dims) else {
+        return Err(PyValueError::new_err(format!(
+            "{op}: an output of shape {shape:?} has more elements than any array can hold"
+        )));
+    };
+    let nd = c_int::try_from(dims.len())
+        .map_err(|_| PyValueError::new_err(format!("{op}: too many dimensions ({shape:?})")))?;
+    // SAFETY: `dims` holds `nd` valid dimensions and outlives the call; the
+    // descriptor reference is stolen by NumPy, as `into_dtype_ptr` provides;
+    // a null return is turned into the Python error NumPy set.
+    unsafe {
+        let descr = f32::get_dtype(py).into_dtype_ptr();
+        let ptr = if zeroed {
+            PY_ARRAY_API.PyArray_Zeros(py, nd, dims.as_mut_ptr(), descr, 0)
+        } else {
+            PY_ARRAY_API.PyArray_NewFromDescr(
+                py,
+                npyffi::get_type_object(py, npyffi::NpyTypes::PyArray_Type),
+                descr,
+                nd,
+                dims.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                0,
+                ptr::null_mut(),
+            )
+        };
+        Bound::from_owned_ptr_or_err(py, ptr).map(|a| a.cast_into_unchecked())
+    }
 }
 
 /// A fresh float32 array whose contents are left unwritten: no zero-fill
@@ -73,14 +156,21 @@ pub fn shape<T: numpy::Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {
 /// # Safety contract
 /// Only for outputs that the kernel writes in full before returning Ok (f32
 /// has no invalid bit patterns; on an error the array is dropped unseen).
-pub fn uninit<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
-    // SAFETY: see the contract above; every caller's kernel writes each element.
-    unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
+pub fn uninit<'py>(
+    py: Python<'py>,
+    op: &str,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    new_array(py, op, shape, false)
 }
 
 /// A fresh zero-filled float32 array of the given shape.
-pub fn zeros<'py>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<f32>> {
-    PyArrayDyn::<f32>::zeros(py, shape, false)
+pub fn zeros<'py>(
+    py: Python<'py>,
+    op: &str,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    new_array(py, op, shape, true)
 }
 
 /// Runs `f` with the output's data as a mutable slice while the GIL is
