@@ -10,39 +10,50 @@ computes them.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from typing import Dict, Sequence
 
 import numpy as np
 
+from .._files import read_json, read_safetensors
 from ..backends import to_host
+from ..checkpoint import check_config_against_tensors
 from ..models import BERT
 from .files import package_path
 from .tokenizer import Tokenizer, wordpiece_from_file
 
 NAME = "all-MiniLM-L6-v2"
+MAX_CONFIG_BYTES = 1 << 20
+_HEAD = ("head_dense.weight", "head_dense.bias", "head_ln.weight", "head_ln.bias", "decoder.bias")
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+    """The tensors of a safetensors file, its header checked first (_files.read_safetensors)."""
+    return read_safetensors(path, "safetensors file")[0]
 
 
-def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int) -> Dict[str, np.ndarray]:
+def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int, *, source: str = NAME
+                       ) -> Dict[str, np.ndarray]:
     """Maps Hugging Face BertModel tensor names onto ferroformer's BERT
     (q, k and v stacked into one qkv projection); the MLM head is not in
-    such files and keeps its initial values."""
+    such files and keeps its initial values. ValueError (naming ``source``) for
+    a missing, non-float or non-finite tensor, or q, k and v of different shapes."""
 
     def get(name):
         if name not in t:
-            raise ValueError(f"{NAME}: the weights file has no tensor {name}")
-        return np.asarray(t[name], np.float32)
+            raise ValueError(f"{source}: the weights file has no tensor {name}")
+        a = t[name]
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise ValueError(f"{source}: tensor {name} is not a finite float array ({a.dtype})")
+        return np.asarray(a, np.float32)
+
+    def stacked(names):
+        parts = [get(n) for n in names]
+        if len({p.shape for p in parts}) != 1:
+            raise ValueError(f"{source}: tensors {names} have different shapes "
+                             f"{[p.shape for p in parts]}")
+        return np.concatenate(parts)
 
     out = {
         "tok_emb.weight": get("embeddings.word_embeddings.weight"),
@@ -54,8 +65,8 @@ def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int) -> Dict[str, np.
     for i in range(n_layers):
         hf, ff = f"encoder.layer.{i}.", f"blocks.{i}."
         for kind in ("weight", "bias"):
-            out[f"{ff}attn.qkv.{kind}"] = np.concatenate(
-                [get(f"{hf}attention.self.{n}.{kind}") for n in ("query", "key", "value")])
+            out[f"{ff}attn.qkv.{kind}"] = stacked(
+                [f"{hf}attention.self.{n}.{kind}" for n in ("query", "key", "value")])
             out[f"{ff}attn.proj.{kind}"] = get(f"{hf}attention.output.dense.{kind}")
             out[f"{ff}ln1.{kind}"] = get(f"{hf}attention.output.LayerNorm.{kind}")
             out[f"{ff}ff.fc1.{kind}"] = get(f"{hf}intermediate.dense.{kind}")
@@ -64,23 +75,66 @@ def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int) -> Dict[str, np.
     return out
 
 
-def load_minilm(backend=None):
-    """(BERT model in eval mode, WordPiece tokenizer) of all-MiniLM-L6-v2."""
-    folder = package_path(NAME)
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-        cfg = json.load(f)
+def bert_config_from_hf(cfg, source: str) -> dict:
+    """ferroformer BERT config of a Hugging Face BertModel config.json (a dict);
+    ValueError (naming ``source``) for a missing key or a value of the wrong type."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source}: not a valid config.json: not a JSON object")
+
+    def get(key, kind):
+        if key not in cfg:
+            raise ValueError(f"{source}: not a valid config.json: no {key!r}")
+        v = cfg[key]
+        if kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= (key != "type_vocab_size")
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if not ok:
+            raise ValueError(f"{source}: not a valid config.json: {key} must be a positive "
+                             f"{kind.__name__}, got {v!r:.80}")
+        return v
+
     if cfg.get("hidden_act") != "gelu":
-        raise ValueError(f"{NAME}: expected GELU (erf) activations, config says {cfg.get('hidden_act')!r}")
-    model = BERT(cfg["vocab_size"], max_seq_len=cfg["max_position_embeddings"],
-                 d_model=cfg["hidden_size"], n_heads=cfg["num_attention_heads"],
-                 n_layers=cfg["num_hidden_layers"], d_ff=cfg["intermediate_size"],
-                 n_segments=cfg["type_vocab_size"], dropout=0.0, norm_eps=cfg["layer_norm_eps"],
-                 gelu_approximate="none", backend=backend, rng=0)
-    state = bert_state_from_hf(_read_safetensors(os.path.join(folder, "model.safetensors")),
-                               cfg["num_hidden_layers"])
+        raise ValueError(f"{source}: expected GELU (erf) activations, config says "
+                         f"{cfg.get('hidden_act')!r:.80}")
+    return dict(vocab_size=get("vocab_size", int), max_seq_len=get("max_position_embeddings", int),
+                d_model=get("hidden_size", int), n_heads=get("num_attention_heads", int),
+                n_layers=get("num_hidden_layers", int), d_ff=get("intermediate_size", int),
+                n_segments=get("type_vocab_size", int), dropout=0.0,
+                norm_eps=float(get("layer_norm_eps", float)), gelu_approximate="none")
+
+
+def load_minilm(backend=None, folder=None):
+    """(BERT model in eval mode, WordPiece tokenizer) of all-MiniLM-L6-v2, from its
+    package (or from ``folder`` holding config.json, model.safetensors and
+    tokenizer.json). Every file is checked first (ValueError naming it), and the
+    config against the weights' shapes before the model is built."""
+    folder = package_path(NAME) if folder is None else os.fspath(folder)
+    cfg_path = os.path.join(folder, "config.json")
+    config = bert_config_from_hf(read_json(cfg_path, "config.json", max_bytes=MAX_CONFIG_BYTES),
+                                 cfg_path)
+    try:
+        BERT.validate_config(config)
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: not a valid config.json: {e}") from None
+    weights = os.path.join(folder, "model.safetensors")
+    tensors = _read_safetensors(weights)
+    if config["n_layers"] > len(tensors):
+        raise ValueError(f"{cfg_path}: num_hidden_layers {config['n_layers']}, but {weights} "
+                         f"holds only {len(tensors)} tensors")
+    state = bert_state_from_hf(tensors, config["n_layers"], source=weights)
+    if not config["n_segments"]:
+        state.pop("seg_emb.weight")
+    shapes = {k: v.shape for k, v in state.items()}
+    want_head = {"head_dense.weight": (config["d_model"],) * 2, "decoder.bias": (config["vocab_size"],)}
+    shapes.update({k: want_head.get(k, (config["d_model"],)) for k in _HEAD})
+    check_config_against_tensors(weights, "BERT", config, shapes, what=f"{NAME} weights file "
+                                 f"(with {cfg_path})")
+    tok = wordpiece_from_file(os.path.join(folder, "tokenizer.json"))
+    model = BERT(**config, backend=backend, rng=0)
     model.load_state_dict(state, strict=False)
     model.eval()
-    return model, wordpiece_from_file(os.path.join(folder, "tokenizer.json"))
+    return model, tok
 
 
 def embed(model, tok: Tokenizer, sentences: Sequence[str], *, batch_size: int = 32,

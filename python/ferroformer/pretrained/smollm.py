@@ -12,10 +12,13 @@ pairs too, so the weights load as they are.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Dict
 
 import numpy as np
 
+from ..checkpoint import check_config_against_tensors
 from ..models import Llama
 from .files import package_path
 from .gguf_file import read_gguf
@@ -24,46 +27,98 @@ from .tokenizer import Tokenizer, bpe_from_gguf_metadata
 NAME = "SmolLM2-135M-Instruct"
 
 
-def llama_state_from_gguf(t: Dict[str, np.ndarray], n_layers: int) -> Dict[str, np.ndarray]:
+def llama_state_from_gguf(t: Dict[str, np.ndarray], n_layers: int, *, source: str = NAME
+                          ) -> Dict[str, np.ndarray]:
     """Maps llama.cpp tensor names onto ferroformer's Llama (q, k, v stacked
-    into qkv; gate and up stacked into fc1)."""
+    into qkv; gate and up stacked into fc1). ValueError (naming ``source``) for a
+    missing or non-finite tensor, or stacked tensors whose widths differ."""
 
     def get(name):
         if name not in t:
-            raise ValueError(f"{NAME}: the GGUF file has no tensor {name}")
+            raise ValueError(f"{source}: the GGUF file has no tensor {name}")
+        if not np.isfinite(t[name]).all():
+            raise ValueError(f"{source}: tensor {name} holds non-finite values")
         return t[name]
+
+    def stacked(names):
+        parts = [get(n) for n in names]
+        if len({p.shape[1:] for p in parts}) != 1:
+            raise ValueError(f"{source}: tensors {names} have shapes {[p.shape for p in parts]}, "
+                             f"which do not stack")
+        return np.concatenate(parts)
 
     out = {"tok_emb.weight": get("token_embd.weight"), "norm.weight": get("output_norm.weight")}
     for i in range(n_layers):
         g, f = f"blk.{i}.", f"blocks.{i}."
         out[f + "ln1.weight"] = get(g + "attn_norm.weight")
-        out[f + "attn.qkv.weight"] = np.concatenate([get(g + f"attn_{n}.weight") for n in "qkv"])
+        out[f + "attn.qkv.weight"] = stacked([g + f"attn_{n}.weight" for n in "qkv"])
         out[f + "attn.proj.weight"] = get(g + "attn_output.weight")
         out[f + "ln2.weight"] = get(g + "ffn_norm.weight")
-        out[f + "ff.fc1.weight"] = np.concatenate([get(g + "ffn_gate.weight"), get(g + "ffn_up.weight")])
+        out[f + "ff.fc1.weight"] = stacked([g + "ffn_gate.weight", g + "ffn_up.weight"])
         out[f + "ff.fc2.weight"] = get(g + "ffn_down.weight")
     return out
 
 
-def load_smollm(backend=None, max_seq_len: int = 2048):
-    """(Llama in eval mode, tokenizer with chat template) of SmolLM2-135M-Instruct."""
-    meta, tensors = read_gguf(package_path(NAME))
+def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: str) -> dict:
+    """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
+    ``source``) for a missing key or a value of the wrong type."""
     if meta.get("general.architecture") != "llama":
-        raise ValueError(f"{NAME}: expected a llama GGUF, got {meta.get('general.architecture')!r}")
-    p = "llama."
-    n_layers = int(meta[p + "block_count"])
-    model = Llama(len(meta["tokenizer.ggml.tokens"]), max_seq_len=max_seq_len,
-                  d_model=int(meta[p + "embedding_length"]), n_heads=int(meta[p + "attention.head_count"]),
-                  n_kv_heads=int(meta[p + "attention.head_count_kv"]), n_layers=n_layers,
-                  d_ff=int(meta[p + "feed_forward_length"]), rope_base=float(meta[p + "rope.freq_base"]),
-                  norm_eps=float(meta[p + "attention.layer_norm_rms_epsilon"]),
-                  tie_embeddings="output.weight" not in tensors, backend=backend, rng=0)
-    state = llama_state_from_gguf(tensors, n_layers)
+        raise ValueError(f"{source}: expected a llama GGUF, got "
+                         f"{meta.get('general.architecture')!r:.80}")
+
+    def get(key, kind=int):
+        v = meta.get("llama." + key)
+        if kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if not ok:
+            raise ValueError(f"{source}: metadata llama.{key} must be a positive {kind.__name__}, "
+                             f"got {v!r:.80}")
+        return v
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
+    return dict(vocab_size=len(tokens), max_seq_len=max_seq_len, d_model=get("embedding_length"),
+                n_heads=get("attention.head_count"), n_kv_heads=get("attention.head_count_kv"),
+                n_layers=get("block_count"), d_ff=get("feed_forward_length"),
+                rope_base=float(get("rope.freq_base", float)),
+                norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+                tie_embeddings="output.weight" not in tensors)
+
+
+def load_smollm(backend=None, max_seq_len: int = 2048, path=None):
+    """(Llama in eval mode, tokenizer with chat template) of SmolLM2-135M-Instruct, from
+    its package (or from the GGUF file at ``path``). The file is checked first
+    (ValueError naming it), and its metadata against the tensors' shapes before the
+    model is built."""
+    path = package_path(NAME) if path is None else os.fspath(path)
+    meta, tensors = read_gguf(path)
+    config = llama_config_from_gguf(meta, tensors, max_seq_len, path)
+    try:
+        Llama.validate_config(config)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a valid {NAME} GGUF file: {e}") from None
+    if config["n_layers"] > len(tensors):
+        raise ValueError(f"{path}: llama.block_count {config['n_layers']}, but the file holds "
+                         f"only {len(tensors)} tensors")
+    state = llama_state_from_gguf(tensors, config["n_layers"], source=path)
     if "output.weight" in tensors:
-        state["lm_head.weight"] = tensors["output.weight"]
+        state["lm_head.weight"] = get_finite(tensors, "output.weight", path)
+    check_config_against_tensors(path, "Llama", config, {k: v.shape for k, v in state.items()},
+                                 what=f"{NAME} GGUF file")
+    tok = bpe_from_gguf_metadata(meta, source=f"{path}: not a valid {NAME} GGUF file")
+    model = Llama(**config, backend=backend, rng=0)
     model.load_state_dict(state)
     model.eval()
-    return model, bpe_from_gguf_metadata(meta)
+    return model, tok
+
+
+def get_finite(tensors, name, source):
+    if not np.isfinite(tensors[name]).all():
+        raise ValueError(f"{source}: tensor {name} holds non-finite values")
+    return tensors[name]
 
 
 def chat(model, tok: Tokenizer, question: str, *, max_new_tokens: int = 48,

@@ -5,11 +5,15 @@ for SmolLM2 (vocabulary and merges read from the GGUF file) and GPT-2
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .._files import loads_json, read_json, read_text
+
+MAX_TOKENIZER_BYTES = 64 << 20  # tokenizer.json, encoder.json, vocab.bpe
+MAX_TOKEN_ID = 1 << 31
 
 
 def _tokenizers():
@@ -101,18 +105,30 @@ def wordpiece_from_file(path: str) -> Tokenizer:
     (``batch`` pads to the longest) and truncation set to the 512 positions
     of BERT."""
     tk = _tokenizers()
-    inner = tk.Tokenizer.from_file(path)
+    path = os.fspath(path)
+    where = f"{path}: not a valid tokenizer.json"
+    text = read_text(path, "tokenizer.json", max_bytes=MAX_TOKENIZER_BYTES)
+    if not isinstance(loads_json(text, where), dict):  # depth and syntax checked here first
+        raise ValueError(f"{where}: not a JSON object")
+    try:
+        inner = tk.Tokenizer.from_str(text)
+    except Exception as e:  # the library raises a plain Exception for a bad file
+        raise ValueError(f"{where}: the tokenizers library refused it ({e})") from None
     inner.no_padding()
     inner.enable_truncation(max_length=512)
     pad = inner.token_to_id("[PAD]")
     return Tokenizer(inner, pad_id=0 if pad is None else pad)
 
 
-def _byte_level_bpe(vocab: Dict[str, int], merges, *, split_digits: bool):
+def _byte_level_bpe(vocab: Dict[str, int], merges, *, split_digits: bool, source: str = "BPE"):
     tk = _tokenizers()
     from tokenizers import decoders, models, pre_tokenizers
 
-    inner = tk.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    try:
+        inner = tk.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    except Exception as e:  # e.g. a merge of tokens not in the vocabulary
+        raise ValueError(f"{source}: the tokenizers library refused the vocabulary or merges "
+                         f"({e})") from None
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if split_digits:
         inner.pre_tokenizer = pre_tokenizers.Sequence(
@@ -124,36 +140,84 @@ def _byte_level_bpe(vocab: Dict[str, int], merges, *, split_digits: bool):
 
 
 def gpt2_from_files(folder: str) -> Tokenizer:
-    """GPT-2's byte-level BPE from encoder.json and vocab.bpe."""
-    with open(os.path.join(folder, "encoder.json"), encoding="utf-8") as f:
-        vocab = json.load(f)
-    with open(os.path.join(folder, "vocab.bpe"), encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    merges = [tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#")]
-    inner = _byte_level_bpe(vocab, merges, split_digits=False)
+    """GPT-2's byte-level BPE from encoder.json and vocab.bpe (each checked: a
+    regular UTF-8 file of bounded size; the vocabulary a JSON object of distinct
+    non-negative int ids, each merge two tokens)."""
+    enc = os.path.join(folder, "encoder.json")
+    vocab = read_json(enc, "encoder.json", max_bytes=MAX_TOKENIZER_BYTES)
+    _check_vocab(vocab, f"{enc}: not a valid encoder.json")
+    bpe = os.path.join(folder, "vocab.bpe")
+    lines = read_text(bpe, "vocab.bpe", max_bytes=MAX_TOKENIZER_BYTES).split("\n")
+    merges = []
+    for i, line in enumerate(lines[1:], 2):
+        if not line or line.startswith("#"):
+            continue
+        pair = tuple(line.split(" "))
+        if len(pair) != 2 or not all(pair):
+            raise ValueError(f"{bpe}: not a valid vocab.bpe: line {i} is not two tokens "
+                             f"({line[:80]!r})")
+        merges.append(pair)
+    inner = _byte_level_bpe(vocab, merges, split_digits=False, source=f"{folder}: vocab.bpe")
     eot = vocab.get("<|endoftext|>")
     if eot is not None:
         inner.add_special_tokens(["<|endoftext|>"])
     return Tokenizer(inner, pad_id=eot or 0, bos_id=eot, eos_id=eot)
 
 
-def bpe_from_gguf_metadata(meta: Dict) -> Tokenizer:
+def _check_vocab(vocab, where: str) -> None:
+    if not isinstance(vocab, dict) or not vocab:
+        raise ValueError(f"{where}: the vocabulary is not a non-empty JSON object")
+    ids = set()
+    for tok, i in vocab.items():
+        if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_TOKEN_ID):
+            raise ValueError(f"{where}: token {tok[:40]!r} has id {i!r:.40}, not an int in "
+                             f"[0, {MAX_TOKEN_ID})")
+        if i in ids:
+            raise ValueError(f"{where}: id {i} is given to more than one token")
+        ids.add(i)
+
+
+def _list_of(meta, key, kind, where, default=None):
+    v = meta.get(key, default)
+    if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool)
+                                          for x in v):
+        raise ValueError(f"{where}: {key} must be a list of {kind.__name__}")
+    return v
+
+
+def bpe_from_gguf_metadata(meta: Dict, *, source: str = "GGUF metadata") -> Tokenizer:
     """SmolLM2's byte-level BPE from the vocabulary and merges stored in its
-    GGUF file (``tokenizer.ggml.*``), with its control tokens as specials."""
-    tokens: List[str] = meta["tokenizer.ggml.tokens"]
-    types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-    vocab = {t: i for i, t in enumerate(tokens)}
+    GGUF file (``tokenizer.ggml.*``), with its control tokens as specials.
+    ValueError (naming ``source``) for missing keys or values of the wrong type."""
+    tokens: List[str] = _list_of(meta, "tokenizer.ggml.tokens", str, source)
+    if not tokens or len(set(tokens)) != len(tokens):
+        raise ValueError(f"{source}: tokenizer.ggml.tokens is empty or repeats a token")
+    types = _list_of(meta, "tokenizer.ggml.token_type", int, source, [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise ValueError(f"{source}: {len(types)} token types for {len(tokens)} tokens")
+    merges = []
+    for m in _list_of(meta, "tokenizer.ggml.merges", str, source):
+        pair = tuple(m.split(" ", 1))
+        if len(pair) != 2 or not all(pair):
+            raise ValueError(f"{source}: merge {m[:80]!r} is not two tokens")
+        merges.append(pair)
+    ids = {}
+    for key, default in (("padding_token_id", 0), ("bos_token_id", None), ("eos_token_id", None)):
+        v = meta.get(f"tokenizer.ggml.{key}", default)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool)
+                                  and 0 <= v < len(tokens)):
+            raise ValueError(f"{source}: tokenizer.ggml.{key} {v!r:.40} is not a token id "
+                             f"below {len(tokens)}")
+        ids[key] = v
     pre = meta.get("tokenizer.ggml.pre", "gpt2")
-    inner = _byte_level_bpe(vocab, merges, split_digits=pre in ("smollm", "llama3"))
+    template = meta.get("tokenizer.chat_template")
+    if not isinstance(pre, str) or not (template is None or isinstance(template, str)):
+        raise ValueError(f"{source}: tokenizer.ggml.pre and tokenizer.chat_template must be text")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    inner = _byte_level_bpe(vocab, merges, split_digits=pre in ("smollm", "llama3"), source=source)
     from tokenizers import AddedToken
 
     control = [t for t, kind in zip(tokens, types) if kind == 3]
     inner.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    return Tokenizer(
-        inner,
-        pad_id=int(meta.get("tokenizer.ggml.padding_token_id", 0)),
-        bos_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_id=meta.get("tokenizer.ggml.eos_token_id"),
-        chat_template=meta.get("tokenizer.chat_template"),
-    )
+    return Tokenizer(inner, pad_id=ids["padding_token_id"], bos_id=ids["bos_token_id"],
+                     eos_id=ids["eos_token_id"], chat_template=template)
