@@ -8,7 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ferroformer.quant import FORMATS, QUANTIZERS, block_format, dequantize, quantize
+from ferroformer.quant import (
+    FORMATS,
+    QUANTIZERS,
+    QuantizedTensor,
+    block_format,
+    dequantize,
+    quantize,
+    quantized_linear_forward,
+)
 
 from helpers import assert_close
 
@@ -347,3 +355,94 @@ def test_quantize_checks_its_input():
         quantize(np.zeros((1, 256), np.float32), "Q5_K")
     with pytest.raises(ValueError, match="IQ2_XS is not supported"):
         quantize(np.zeros((1, 256), np.float32), "IQ2_XS")
+
+
+# -- QuantizedTensor ---------------------------------------------------------------
+def test_quantized_tensor_is_a_view_of_the_bytes(rng, tmp_path):
+    raw = random_blocks(rng, "Q4_K", 6, 2)
+    path = tmp_path / "blocks.bin"
+    raw.tofile(path)
+    mapped = np.memmap(path, np.uint8, mode="r")
+    qw = QuantizedTensor(mapped, "q4_k", (6, 512))
+    assert qw.qtype == "Q4_K" and qw.shape == (6, 512) and qw.nbytes == raw.size
+    assert qw.data.shape == (6, 288) and np.shares_memory(qw.data, mapped)
+    assert same_bits(qw.dequantize(), dequantize(raw, "Q4_K"))
+
+
+def test_quantized_tensor_checks_bytes_and_shape(rng):
+    raw = random_blocks(rng, "Q8_0", 4, 2)  # 4 rows of 64 values
+    with pytest.raises(ValueError, match=r"\(4, 64\) takes 272 bytes .* got 204 bytes"):
+        QuantizedTensor(raw[:3], "Q8_0", (4, 64))
+    with pytest.raises(ValueError, match="in_features 48 is not a multiple of the Q8_0 block size 32"):
+        QuantizedTensor(raw, "Q8_0", (4, 48))
+    with pytest.raises(ValueError, match="out_features, in_features"):
+        QuantizedTensor(raw, "Q8_0", (4, 8, 8))
+    with pytest.raises(ValueError, match="out_features, in_features"):
+        QuantizedTensor(raw, "Q8_0", (0, 64))
+    with pytest.raises(TypeError, match="uint8"):
+        QuantizedTensor(raw.astype(np.float32), "Q8_0", (4, 64))
+    with pytest.raises(ValueError, match="IQ2_XS is not supported"):
+        QuantizedTensor(raw, "IQ2_XS", (4, 64))
+
+
+# -- the reference product -----------------------------------------------------------
+@pytest.mark.parametrize("name", list(FORMATS))
+@pytest.mark.parametrize("lead", [(1,), (7,), (2, 3)])
+def test_reference_product_is_x_times_the_decoded_matrix(name, lead, rng):
+    fmt = FORMATS[name]
+    in_f = 2 * fmt.block_size if fmt.block_size > 1 else 65
+    # random bytes of the float types hold NaN and inf: those get random finite values
+    raw = quantize_floats(rng, name, 17, in_f) if fmt.block_size == 1 else \
+        random_blocks(rng, name, 17, in_f // fmt.block_size)
+    w = dequantize(raw, name).astype(np.float64)
+    x = rng.standard_normal((*lead, in_f))
+    b = rng.standard_normal(17)
+    y = quantized_linear_forward(x, raw, name, bias=b)
+    assert y.dtype == np.float64 and y.shape == (*lead, 17)
+    assert_close(y, x @ w.T + b, rtol=1e-12, atol=1e-12)
+    y32 = quantized_linear_forward(x.astype(np.float32), raw, name)
+    assert y32.dtype == np.float32
+    assert_close(y32, x @ w.T, rtol=1e-4, atol=1e-4 * np.abs(w).max() * in_f ** 0.5)
+
+
+def quantize_floats(rng, name, rows, n):
+    """Finite random values as F32 / F16 / BF16 bytes."""
+    v = rng.standard_normal((rows, n)).astype(np.float32)
+    if name == "F32":
+        return v.view(np.uint8)
+    if name == "F16":
+        return v.astype(np.float16).view(np.uint8)
+    return (v.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+
+
+def test_reference_product_decodes_in_slabs(rng, monkeypatch):
+    from ferroformer.quant import reference
+
+    raw = random_blocks(rng, "Q4_0", 37, 3)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    whole = quantized_linear_forward(x, raw, "Q4_0")
+    monkeypatch.setattr(reference, "_SLAB_VALUES", 96 * 8)  # 8 rows a slab, 5 slabs
+    assert_close(quantized_linear_forward(x, raw, "Q4_0"), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_product_checks_its_arguments(rng):
+    raw = random_blocks(rng, "Q8_0", 4, 2)
+    x = np.zeros((3, 64), np.float32)
+    with pytest.raises(TypeError, match="quantized_linear_forward: x has dtype float16"):
+        quantized_linear_forward(x.astype(np.float16), raw, "Q8_0")
+    with pytest.raises(TypeError, match="quantized_linear_forward: qweight .* uint8"):
+        quantized_linear_forward(x, raw.view(np.int8), "Q8_0")
+    with pytest.raises(TypeError, match="quantized_linear_forward: bias has dtype float64"):
+        quantized_linear_forward(x, raw, "Q8_0", bias=np.zeros(4))
+    with pytest.raises(TypeError, match="quantized_linear_forward: x must be a numpy.ndarray"):
+        quantized_linear_forward([[0.0] * 64], raw, "Q8_0")
+    with pytest.raises(ValueError, match=r"quantized_linear_forward: .*in_features 64 .*x \(3, 32\)"):
+        quantized_linear_forward(x[:, :32], raw, "Q8_0")
+    with pytest.raises(ValueError, match=r"quantized_linear_forward: .*bias \(5,\)"):
+        quantized_linear_forward(x, raw, "Q8_0", bias=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="quantized_linear_forward: qweight must be"):
+        quantized_linear_forward(x, raw[:, :60], "Q8_0")
+    with pytest.raises(ValueError, match="quantized_linear_forward: qweight must be"):
+        quantized_linear_forward(x, raw.reshape(-1), "Q8_0")
+    with pytest.raises(ValueError, match="IQ2_XS is not supported"):
+        quantized_linear_forward(x, raw, "IQ2_XS")
