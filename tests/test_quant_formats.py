@@ -8,13 +8,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ferroformer.models import GPT, Llama
+from ferroformer.nn import Linear
 from ferroformer.quant import (
     FORMATS,
     QUANTIZERS,
+    QuantizedEmbedding,
+    QuantizedLinear,
     QuantizedTensor,
     block_format,
     dequantize,
     quantize,
+    quantize_model,
     quantized_linear_forward,
 )
 
@@ -446,3 +451,134 @@ def test_reference_product_checks_its_arguments(rng):
         quantized_linear_forward(x, raw.reshape(-1), "Q8_0")
     with pytest.raises(ValueError, match="IQ2_XS is not supported"):
         quantized_linear_forward(x, raw, "IQ2_XS")
+
+
+# -- layers ----------------------------------------------------------------------------
+def test_quantized_linear_is_linear_over_the_decoded_matrix(rng):
+    lin = Linear(64, 9, rng=rng)
+    lin.bias.data = rng.standard_normal(9).astype(np.float32)
+    q = QuantizedLinear.from_linear(lin, "Q4_1")
+    w = q.dequantize()
+    assert q.qtype == "Q4_1" and w.shape == (9, 64) and q.nbytes == 9 * 40
+    x = rng.standard_normal((2, 5, 64)).astype(np.float32)
+    assert_close(q(x), x @ w.T + lin.bias.data, rtol=1e-5, atol=1e-5)
+    assert relative_rms(q(x), lin(x)) < 0.1  # and Q4_1 is close to the float layer (0.04)
+    assert [n for n, _ in q.named_parameters()] == ["bias"]
+
+
+def test_quantized_linear_stacks_parts_of_different_types(rng):
+    a = QuantizedTensor(quantize(rng.standard_normal((5, 256)), "Q4_K"), "Q4_K", (5, 256))
+    b = QuantizedTensor(quantize(rng.standard_normal((3, 256)), "Q6_K"), "Q6_K", (3, 256))
+    bias = rng.standard_normal(8).astype(np.float32)
+    q = QuantizedLinear([a, b], bias)
+    assert q.out_features == 8 and q.qtype == "Q4_K+Q6_K"
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    w = np.concatenate([a.dequantize(), b.dequantize()])
+    assert_close(q(x), x @ w.T + bias, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="share in_features"):
+        QuantizedLinear([a, QuantizedTensor(np.zeros((1, 34), np.uint8), "Q8_0", (1, 32))])
+    with pytest.raises(ValueError, match=r"bias must be \(8,\)"):
+        QuantizedLinear([a, b], bias[:5])
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        QuantizedLinear(np.zeros((5, 144), np.uint8))
+
+
+def test_quantized_layers_are_frozen(rng):
+    q = QuantizedLinear.from_linear(Linear(32, 4, rng=rng), "Q8_0")
+    q(np.zeros((1, 32), np.float32))
+    with pytest.raises(RuntimeError, match="QuantizedLinear.backward: quantized weights are frozen"):
+        q.backward(np.zeros((1, 4), np.float32))
+    emb = QuantizedEmbedding(QuantizedTensor(np.zeros((3, 34), np.uint8), "Q8_0", (3, 32)))
+    with pytest.raises(RuntimeError, match="QuantizedEmbedding.backward: quantized weights are frozen"):
+        emb.backward(np.zeros((1, 32), np.float32))
+
+
+def test_quantized_embedding_decodes_the_rows_it_returns(rng):
+    raw = random_blocks(rng, "Q6_K", 11, 1)
+    emb = QuantizedEmbedding(QuantizedTensor(raw, "Q6_K", (11, 256)))
+    ids = np.array([[3, 0, 10], [3, 3, 7]])
+    assert same_bits(emb(ids), dequantize(raw, "Q6_K")[ids])
+    with pytest.raises(IndexError, match="id 11 is out of range for 11 embeddings"):
+        emb(np.array([1, 11]))
+    with pytest.raises(IndexError, match="id -1"):
+        emb(np.array([-1]))
+    with pytest.raises(TypeError, match="integer"):
+        emb(np.array([1.0]))
+
+
+def small_gpt(d=64, **kw):
+    return GPT(vocab_size=96, max_seq_len=32, d_model=d, n_heads=4, n_layers=2, rng=0,
+               backend="numpy", **kw).eval()
+
+
+def small_llama(d=64, **kw):
+    return Llama(vocab_size=96, max_seq_len=32, d_model=d, n_heads=4, n_kv_heads=2, n_layers=2,
+                 d_ff=2 * d, rng=0, backend="numpy", **kw).eval()
+
+
+def decoded_twin(model, quantized):
+    """``model`` with each quantized layer's float weight replaced by what its blocks decode to."""
+    layers = dict(quantized.named_modules())
+    state = {n: p.data for n, p in model.named_parameters()}
+    for name, m in layers.items():
+        if isinstance(m, QuantizedLinear):
+            state[name + ".weight"] = m.dequantize()
+    model.load_state_dict(state)
+    return model
+
+
+def relative_rms(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.std(b))
+
+
+# logits of a quantized random model against its float one, relative RMS difference
+# (measured about Q8_0 0.006-0.012, Q6_K 0.03-0.04, Q4_0 and Q4_K 0.07-0.19)
+LOGITS_BOUND = {"Q8_0": 0.03, "Q6_K": 0.08, "Q4_K": 0.3, "Q4_0": 0.3}
+
+
+@pytest.mark.parametrize("make", [small_gpt, small_llama], ids=["gpt", "llama"])
+@pytest.mark.parametrize("qtype,d", [("Q8_0", 64), ("Q4_0", 64), ("Q4_K", 256), ("Q6_K", 256)])
+def test_quantized_model_logits(make, qtype, d, rng):
+    ids = rng.integers(0, 96, (2, 12))
+    model = make(d)
+    quantized = quantize_model(make(d), qtype)
+    linears = {n for n, m in quantized.named_modules() if isinstance(m, QuantizedLinear)}
+    floats = {n for n, m in quantized.named_modules() if type(m) is Linear}
+    head = "head" if make is small_gpt else "lm_head"
+    # every projection quantized; a tied head (GPT's) stays the embedding's float matrix
+    assert len(linears) == 2 * 4 + (make is small_llama)
+    assert floats == ({"head"} if make is small_gpt else set()) and (head in linears) != (head in floats)
+    got = quantized(ids)
+    assert relative_rms(got, model(ids)) < LOGITS_BOUND[qtype]
+    # and exactly the float model over the decoded weights
+    assert_close(got, decoded_twin(model, quantized)(ids), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [small_gpt, small_llama], ids=["gpt", "llama"])
+def test_quantized_model_generates(make, rng, host_backend):
+    model = quantize_model(make(), "Q8_0").to(host_backend)
+    prompts = [rng.integers(0, 96, 5), rng.integers(0, 96, 3)]
+    cached = model.generate(prompts, 6)
+    assert cached.shape == (2, 6)
+    assert np.array_equal(cached, model.generate(prompts, 6, use_cache=False))
+    first = np.argmax(np.asarray(model(np.asarray(prompts[0])[None]))[0, -1])
+    assert cached[0, 0] == first
+
+
+def test_quantize_model_refuses_before_changing_anything():
+    model = small_llama(64)
+    with pytest.raises(ValueError, match=r"Q4_K needs in_features that are multiples of 256; "
+                                         r"these layers are not: .*blocks.0.attn.qkv \(in_features 64\)"):
+        quantize_model(model, "Q4_K")
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+    with pytest.raises(ValueError, match="no quantizer for Q5_K"):
+        quantize_model(model, "Q5_K")
+    with pytest.raises(ValueError, match="IQ2_XS is not supported"):
+        quantize_model(model, "IQ2_XS")
+
+
+def test_quantized_model_backward_is_refused(rng):
+    model = quantize_model(small_gpt().train(), "Q8_0")
+    logits = model(rng.integers(0, 96, (1, 4)))
+    with pytest.raises(RuntimeError, match="frozen"):
+        model.backward(np.ones_like(logits))
