@@ -355,12 +355,13 @@ def check_ids(op: str, ids, num_embeddings: int, xp) -> None:
         raise IndexError(f"{op}: id {bad} is outside [0, {num_embeddings})")
 
 
-def rope_shapes(op: str, x: Shape, cos: Shape, sin: Shape) -> None:
+def rope_shapes(op: str, x: Shape, cos: Shape, sin: Shape, name: str = "x") -> None:
     if len(x) < 2 or x[-1] % 2:
-        raise shape_error(op, "x must be (..., T, D) with D even", x=x)
+        raise shape_error(op, f"{name} must be (..., T, D) with D even", **{name: x})
     want = (x[-2], x[-1] // 2)
     if tuple(cos) != want or tuple(sin) != want:
-        raise shape_error(op, f"cos and sin must be (T, D/2) = {want}", x=x, cos=cos, sin=sin)
+        raise shape_error(op, f"cos and sin must be (T, D/2) = {want}", **{name: x}, cos=cos,
+                          sin=sin)
 
 
 def attention_shapes(op: str, q: Shape, k: Shape, v: Shape, mask: Optional[Shape]) -> None:

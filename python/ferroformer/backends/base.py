@@ -331,18 +331,19 @@ class Backend:
         return self._embedding_backward(dy, self._int64(ids), num_embeddings)
 
     # -- rotary positions ----------------------------------------------------------
-    def _rope_args(self, op, x, cos, sin):
+    def rope_forward(self, x, cos, sin):
+        """x (..., T, D), cos and sin (T, D/2): rotates adjacent pairs (x[2i], x[2i+1])."""
+        op = "rope_forward"
         dtype = self._float(op, x=x, cos=cos, sin=sin)
         C.rope_shapes(op, x.shape, cos.shape, sin.shape)
         self._room(op, x.size * dtype.itemsize, x, cos, sin)
-
-    def rope_forward(self, x, cos, sin):
-        """x (..., T, D), cos and sin (T, D/2): rotates adjacent pairs (x[2i], x[2i+1])."""
-        self._rope_args("rope_forward", x, cos, sin)
         return self._rope_forward(x, cos, sin)
 
     def rope_backward(self, dy, cos, sin):
-        self._rope_args("rope_backward", dy, cos, sin)
+        op = "rope_backward"
+        dtype = self._float(op, dy=dy, cos=cos, sin=sin)
+        C.rope_shapes(op, dy.shape, cos.shape, sin.shape, "dy")
+        self._room(op, dy.size * dtype.itemsize, dy, cos, sin)
         return self._rope_backward(dy, cos, sin)
 
     # -- optimiser -------------------------------------------------------------------

@@ -683,6 +683,8 @@ class CupyBackend(Backend):
         weight, ids = self._c(weight), self._c(ids)
         cols = weight.shape[1]
         out = self.xp.empty((*ids.shape, cols), weight.dtype)
+        if out.size == 0:  # (no rows, or rows of nothing: C = 0)
+            return out
         self._rows(f"embedding_forward<{self._ctype(weight)}>", ids.size, cols,
                    weight, ids, out, np.int64(ids.size), np.int32(cols))
         return out
@@ -694,7 +696,7 @@ class CupyBackend(Backend):
         cols = dy.shape[-1]
         flat = self._c(ids).reshape(-1)
         n = flat.size
-        if n == 0:
+        if n == 0 or cols == 0:
             return xp.zeros((num_embeddings, cols), dy.dtype)
         # (id, position) pairs as one int64 key each: sorting the keys orders the
         # positions by id and, within an id, ascending, whatever the sort's stability
