@@ -69,16 +69,18 @@ def atomic_write(path, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException:  # the target is untouched; the partial temporary file goes
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
     try:
         dfd = os.open(directory, os.O_RDONLY)
@@ -339,8 +341,9 @@ def load_checkpoint(path, model=None, optimizer=None, *, backend=None) -> Checkp
 
     params = dict(model.named_parameters())
     if set(state) != set(params):
-        raise _bad(path, f"weights do not match the model: missing {sorted(set(params) - set(state))}, "
-                         f"unexpected {sorted(set(state) - set(params))}")
+        raise _bad(path, f"weights do not match the model: missing "
+                         f"{sorted(set(params) - set(state))[:8]}, unexpected "
+                         f"{sorted(set(state) - set(params))[:8]}")
     for name, arr in state.items():
         if tuple(arr.shape) != tuple(params[name].data.shape):
             raise _bad(path, f"{name} has shape {tuple(arr.shape)}, the model expects "

@@ -215,7 +215,8 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
             raise ValueError(f"{where}: metadata field {key} is damaged: {e}") from e
     tensors = {}
     for t in reader.tensors:
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists the fastest axis first
+        # GGUF lists the fastest axis first
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
         try:
             data = gguf.quants.dequantize(t.data, t.tensor_type)
         except Exception as e:

@@ -88,7 +88,8 @@ def bert_config_from_hf(cfg, source: str) -> dict:
         if kind is int:
             ok = isinstance(v, int) and not isinstance(v, bool) and v >= (key != "type_vocab_size")
         else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+                and v > 0
         if not ok:
             raise ValueError(f"{source}: not a valid config.json: {key} must be a positive "
                              f"{kind.__name__}, got {v!r:.80}")
@@ -126,7 +127,8 @@ def load_minilm(backend=None, folder=None):
     if not config["n_segments"]:
         state.pop("seg_emb.weight")
     shapes = {k: v.shape for k, v in state.items()}
-    want_head = {"head_dense.weight": (config["d_model"],) * 2, "decoder.bias": (config["vocab_size"],)}
+    want_head = {"head_dense.weight": (config["d_model"],) * 2,
+                 "decoder.bias": (config["vocab_size"],)}
     shapes.update({k: want_head.get(k, (config["d_model"],)) for k in _HEAD})
     check_config_against_tensors(weights, "BERT", config, shapes, what=f"{NAME} weights file "
                                  f"(with {cfg_path})")

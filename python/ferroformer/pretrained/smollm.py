@@ -71,7 +71,8 @@ def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: 
         if kind is int:
             ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
         else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+                and v > 0
         if not ok:
             raise ValueError(f"{source}: metadata llama.{key} must be a positive {kind.__name__}, "
                              f"got {v!r:.80}")
