@@ -235,3 +235,13 @@ def test_every_command_has_a_module():
     for name in cli.COMMANDS:
         module = importlib.import_module(f"ferroformer.cli.{name}")
         assert callable(module.add_parser) and callable(module.run)
+
+
+def test_an_output_path_that_is_not_a_file_is_refused_and_kept(capsys, tmp_path):
+    """--plot onto a FIFO (or /dev/null) must not replace it with a regular file."""
+    import stat
+
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    line = one_error(capsys, "train", "--plot", fifo, "--steps", "1", *TINY)
+    assert "not a regular file" in line and stat.S_ISFIFO(os.stat(fifo).st_mode)

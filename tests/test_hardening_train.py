@@ -290,3 +290,22 @@ def test_byte_dataset_refuses(tmp_path):
         data.batch(2, 10_000, rng)
     with pytest.raises(ValueError, match="seq_len"):
         data.batch_fn(2, 0)
+
+
+def test_atomic_write_never_replaces_a_device_or_fifo(tmp_path):
+    """Writing a checkpoint or plot 'to /dev/null' must not turn /dev/null into a file."""
+    import os
+    import stat
+
+    from ferroformer.checkpoint import atomic_write, save_checkpoint
+
+    fifo = tmp_path / "ckpt.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        atomic_write(fifo, b"x")
+    with pytest.raises(ValueError, match="not a regular file"):
+        save_checkpoint(fifo, tiny_gpt())
+    with pytest.raises(ValueError, match="not a regular file"):
+        atomic_write(tmp_path, b"x")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(os.listdir(tmp_path)) == [fifo.name]
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from typing import NamedTuple, Optional
 
@@ -64,8 +65,19 @@ def save_checkpoint(path, model, optimizer=None, *, step: int = 0, rng_states: O
 
 def atomic_write(path, data: bytes) -> None:
     """Temp file in the target's directory, fsync, os.replace, fsync the directory.
-    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600."""
+    The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
+    A path that names something other than a regular file (a device such as
+    /dev/null, a FIFO, a socket, a directory) is refused: replacing it would
+    destroy it."""
     path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path}: not a regular file (a device, FIFO, socket or directory); "
+                             "refusing to replace it")
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:

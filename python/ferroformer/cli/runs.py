@@ -189,6 +189,8 @@ def check_output(flag, path) -> None:
         raise FileNotFoundError(f"{flag} {path}: the directory {folder} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{flag} {path}: is a directory; give a file name")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{flag} {path}: not a regular file (a device or FIFO); give a file name")
 
 
 def check_writable(directory) -> None:
