@@ -13,6 +13,7 @@ gguf_file.py   load_gguf: Llama (and GPT-2) models straight from a GGUF file
 """
 
 from .formats import FORMATS, BlockFormat, block_format, dequantize
+from .gguf_file import load_gguf
 from .layers import QuantizedEmbedding, QuantizedLinear, quantize_model
 from .quantize import QUANTIZERS, quantize
 from .reference import quantized_linear_forward
@@ -20,6 +21,6 @@ from .tensor import QuantizedTensor
 
 __all__ = [
     "FORMATS", "QUANTIZERS", "BlockFormat", "QuantizedEmbedding", "QuantizedLinear",
-    "QuantizedTensor", "block_format", "dequantize", "quantize", "quantize_model",
+    "QuantizedTensor", "block_format", "dequantize", "load_gguf", "quantize", "quantize_model",
     "quantized_linear_forward",
 ]
