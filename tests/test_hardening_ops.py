@@ -355,7 +355,8 @@ BAD_SHAPES = [
     ("matmul", 0, (3,), "at least 2 dimensions"), ("matmul", 1, (5, 4), "inner dimensions differ"),
     ("matmul", 0, (2, 3, 5), "inner"), ("linear_forward", 1, (5, 3), r"x \(3, 4\), w \(5, 3\)"),
     ("linear_forward", 1, (5, 4, 1), "w"), ("linear_forward", 2, (4,), r"bias must be \(out,\)"),
-    ("linear_forward", 0, (), "x"), ("linear_backward", 0, (3, 4), "dy"),
+    ("linear_forward", 0, (), "x"), ("layernorm_forward", 0, (2, 0), "C = 0"),
+    ("rmsnorm_backward", 1, (2, 3, 0), None), ("linear_backward", 0, (3, 4), "dy"),
     ("linear_backward", 0, (2, 5), "dy"), ("linear_backward", 1, (), "x"),
     ("softmax_forward", 0, (), "at least 1 dimension"),
     ("softmax_forward", 0, (6,), "causal mask needs at least 2"),
@@ -483,7 +484,6 @@ def test_zero_size_matmul_and_linear(backend):
     assert dx.shape == (3, 0) and dw.shape == (5, 0) and db is None
 
 
-@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
 def test_zero_size_softmax_and_norms(backend):
     for shape in [(0, 4), (3, 0), (2, 0, 5), (0,)]:
         assert backend.softmax_forward(z(*shape)).shape == shape
@@ -499,16 +499,17 @@ def test_zero_size_softmax_and_norms(backend):
     dx, dg = backend.rmsnorm_backward(z(2, 0, 3), z(2, 0, 3), z(3), z(2, 0))
     assert dx.shape == (2, 0, 3)
     assert_close(dg, z(3), rtol=0, atol=0)
-    # C = 0: empty rows; the statistics of an empty row are whatever the reference
-    # makes of them, but the shapes are the contract's
-    y, mean, rstd = backend.layernorm_forward(z(2, 0), z(0), z(0))
-    assert y.shape == (2, 0) and mean.shape == (2,) and rstd.shape == (2,)
-    dx, dg, db = backend.layernorm_backward(z(2, 0), z(2, 0), z(0), z(2), z(2))
-    assert dx.shape == (2, 0) and dg.shape == (0,) and db.shape == (0,)
-    y, rstd = backend.rmsnorm_forward(z(2, 0), z(0))
-    assert y.shape == (2, 0) and rstd.shape == (2,)
-    dx, dg = backend.rmsnorm_backward(z(2, 0), z(2, 0), z(0), z(2))
-    assert dx.shape == (2, 0) and dg.shape == (0,)
+    # C = 0: empty rows, whose mean and rstd are undefined, are refused (no rows: fine)
+    for call in (lambda: backend.layernorm_forward(z(2, 0), z(0), z(0)),
+                 lambda: backend.layernorm_backward(z(2, 0), z(2, 0), z(0), z(2), z(2)),
+                 lambda: backend.rmsnorm_forward(z(1, 3, 0), z(0)),
+                 lambda: backend.rmsnorm_backward(z(2, 0), z(2, 0), z(0), z(2))):
+        with pytest.raises(ValueError, match=r"norm_\w+: the rows of x are empty \(C = 0\)"):
+            call()
+    y, mean, rstd = backend.layernorm_forward(z(0, 0), z(0), z(0))
+    assert y.shape == (0, 0) and mean.shape == (0,) and rstd.shape == (0,)
+    dx, dg = backend.rmsnorm_backward(z(0, 0), z(0, 0), z(0), z(0))
+    assert dx.shape == (0, 0) and dg.shape == (0,)
 
 
 def test_zero_size_elementwise_rope_and_adamw(backend):

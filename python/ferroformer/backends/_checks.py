@@ -310,6 +310,9 @@ def causal_shape(op: str, x: Shape) -> None:
 def norm_shapes(op: str, x: Shape, **params: Optional[Shape]) -> None:
     if len(x) < 1:
         raise shape_error(op, "x needs at least 1 dimension", x=x)
+    if x[-1] == 0 and math.prod(x[:-1]):
+        raise shape_error(op, "the rows of x are empty (C = 0): their statistics are undefined",
+                          x=x)
     for name, s in params.items():
         if s is not None and tuple(s) != (x[-1],):
             raise shape_error(op, f"{name} must be ({x[-1]},), the last dimension of x", x=x,

@@ -133,7 +133,7 @@ class Backend:
         dtype = self._float(op, x=x, gamma=gamma, beta=beta)
         eps = C.real(op, "eps", eps, low=0.0)
         c = x.shape[-1:]
-        if not c or gamma.shape != c or beta.shape != c:
+        if not c or not c[0] or gamma.shape != c or beta.shape != c:
             C.norm_shapes(op, x.shape, gamma=gamma.shape, beta=beta.shape)
         self._room(op, (x.size + 2 * math.prod(x.shape[:-1])) * dtype.itemsize, x)
         return self._layernorm_forward(x, gamma, beta, eps)
@@ -144,7 +144,7 @@ class Backend:
         if dy.shape != x.shape:
             C.require_same_shape(op, dy=dy, x=x)
         c = x.shape[-1:]
-        if not c or gamma.shape != c:
+        if not c or not c[0] or gamma.shape != c:
             C.norm_shapes(op, x.shape, gamma=gamma.shape)
         rows = x.shape[:-1]
         if mean.shape != rows or rstd.shape != rows:
@@ -158,7 +158,7 @@ class Backend:
         dtype = self._float(op, x=x, gamma=gamma)
         eps = C.real(op, "eps", eps, low=0.0)
         c = x.shape[-1:]
-        if not c or gamma.shape != c:
+        if not c or not c[0] or gamma.shape != c:
             C.norm_shapes(op, x.shape, gamma=gamma.shape)
         self._room(op, (x.size + math.prod(x.shape[:-1])) * dtype.itemsize, x)
         return self._rmsnorm_forward(x, gamma, eps)
@@ -169,7 +169,7 @@ class Backend:
         if dy.shape != x.shape:
             C.require_same_shape(op, dy=dy, x=x)
         c = x.shape[-1:]
-        if not c or gamma.shape != c:
+        if not c or not c[0] or gamma.shape != c:
             C.norm_shapes(op, x.shape, gamma=gamma.shape)
         if rstd.shape != x.shape[:-1]:
             C.stats_shape(op, x.shape, rstd=rstd.shape)
