@@ -36,9 +36,29 @@ def _softmax_rows(s, masked):
     e = np.exp(s - safe)
     total = e.sum(axis=-1, keepdims=True)
     empty = total == 0
-    p = e / np.where(empty, 1.0, total)
+    p = np.where(masked, 0.0, e / np.where(empty, 1.0, total))  # 0 when masked, even in a NaN row
     lse = np.where(empty, -np.inf, np.log(np.where(empty, 1.0, total)) + safe)
     return p, lse[..., 0]
+
+
+def _matmul_visible(a, b, hidden):
+    """``a @ b`` over the terms ``a[..., i, j] * b[..., j, :]`` whose ``hidden[..., i, j]`` is
+    False: a hidden (masked) term adds nothing, even where ``a`` or ``b`` is not finite there
+    (``0 * inf`` would be NaN). Key columns holding a non-finite value are added one by one."""
+    a = np.where(hidden, 0, a)
+    bad = ~np.isfinite(a).all(axis=-2) | ~np.isfinite(b).all(axis=-1)
+    if bad.size == 0:  # no keys (or no rows): nothing to add one by one
+        return a @ b
+    cols = np.nonzero(bad.reshape(-1, bad.shape[-1]).any(axis=0))[0]
+    if cols.size == 0:
+        return a @ b
+    a_ok, b_ok = a.copy(), b.copy()
+    a_ok[..., cols] = 0
+    b_ok[..., cols, :] = 0
+    out = a_ok @ b_ok
+    for j in cols:
+        out = out + np.where(hidden[..., j, None], 0, a[..., j, None] * b[..., j, None, :])
+    return out
 
 
 class NumpyBackend(Backend):
@@ -174,8 +194,10 @@ class NumpyBackend(Backend):
         groups = q.shape[1] // k.shape[1]
         k, v = self._repeat_kv(k, groups), self._repeat_kv(v, groups)
         s = (q @ np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
-        p, lse = _softmax_rows(s, self._attention_masked(q, k, causal, key_padding_mask))
-        return np.ascontiguousarray(p @ v), lse.astype(q.dtype, copy=False)
+        masked = self._attention_masked(q, k, causal, key_padding_mask)
+        p, lse = _softmax_rows(s, masked)
+        o = _matmul_visible(p, v, masked).astype(q.dtype, copy=False)
+        return np.ascontiguousarray(o), lse.astype(q.dtype, copy=False)
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, key_padding_mask):
         groups = q.shape[1] // k.shape[1]
@@ -185,11 +207,14 @@ class NumpyBackend(Backend):
         finite = np.isfinite(lse)[..., None]
         p = np.where(masked | ~finite, 0.0, np.exp(s - np.where(finite, lse[..., None], 0.0)))
         p = p.astype(q.dtype, copy=False)
-        dv = np.swapaxes(p, -1, -2) @ do
+        # masked (query, key) pairs add nothing to any gradient, whatever the values there
+        masked_t = np.swapaxes(masked, -1, -2)
+        dv = _matmul_visible(np.swapaxes(p, -1, -2), do, masked_t).astype(q.dtype, copy=False)
         dp = do @ np.swapaxes(vr, -1, -2)
         ds = p * (dp - (do * o).sum(axis=-1, keepdims=True)) * q.dtype.type(scale)
-        dq = ds @ kr
-        dk = np.swapaxes(ds, -1, -2) @ q
+        ds = np.where(masked, 0, ds)
+        dq = _matmul_visible(ds, kr, masked).astype(q.dtype, copy=False)
+        dk = _matmul_visible(np.swapaxes(ds, -1, -2), q, masked_t).astype(q.dtype, copy=False)
         if groups != 1:  # (groups 0: no query heads, zero gradients)
             b, h, t, d = k.shape
             dk = dk.reshape(b, h, groups, t, d).sum(axis=2)
@@ -209,9 +234,12 @@ class NumpyBackend(Backend):
         if n == 0:
             return 0.0, lse
         rows = np.nonzero(counted)[0]
-        nll = lse[rows] - logits[rows, targets[rows]]
-        smooth = lse[rows] - logits[rows].mean(axis=-1)
-        per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+        # a term of weight 0 is left out, not multiplied by 0: a -inf logit must not give 0 * inf
+        per_row = np.zeros(rows.size, lse.dtype)
+        if label_smoothing < 1.0:
+            per_row = per_row + (1.0 - label_smoothing) * (lse[rows] - logits[rows, targets[rows]])
+        if label_smoothing > 0.0:
+            per_row = per_row + label_smoothing * (lse[rows] - logits[rows].mean(axis=-1))
         return float(per_row.astype(np.float64).sum() / n), lse
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):

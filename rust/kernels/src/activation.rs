@@ -67,7 +67,8 @@ fn forward_lane<V: Vf32>(op: Unary, x: V) -> V {
     match op {
         Unary::GeluTanh => x * sigmoid(gelu_two_u(x)),
         Unary::GeluErf => x * normal_cdf(x),
-        Unary::Relu => x.max(V::zero()),
+        // Zero first: `max` returns its second operand for NaN, so NaN stays.
+        Unary::Relu => V::zero().max(x),
         Unary::Silu => x * sigmoid(x),
     }
 }

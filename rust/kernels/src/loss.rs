@@ -31,9 +31,16 @@ fn forward_rows_v<V: Vf32>(
         let row_lse = m as f64 + (sum_exp::<V>(z, 1.0, -m, None) as f64).ln();
         *out = row_lse as f32;
         if t != ignore_index {
-            let mean_z = s as f64 / vocab as f64;
+            // A term of weight 0 is left out rather than multiplied by 0, so
+            // that a -inf logit away from the target (an infinite smoothing
+            // term) does not turn the loss into 0 * inf = NaN.
             let eps = smoothing as f64;
-            loss += (1.0 - eps) * (row_lse - z[t as usize] as f64) + eps * (row_lse - mean_z);
+            if eps < 1.0 {
+                loss += (1.0 - eps) * (row_lse - z[t as usize] as f64);
+            }
+            if eps > 0.0 {
+                loss += eps * (row_lse - s as f64 / vocab as f64);
+            }
         }
     }
     loss

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::simd::{self, Level};
-use crate::vec_math::{chunk_rows, dot, max_scaled, sum_exp, Vf32};
+use crate::vec_math::{chunk_rows, dot, max_scaled, softmax_exact, sum_exp, Vf32};
 use crate::{lanes, simd_dispatch};
 
 /// The causal layout of the rows: each block of `tq` consecutive rows is
@@ -52,8 +52,11 @@ fn forward_rows_v<V: Vf32>(
         masked.fill(0.0);
         let xv = &xr[..n];
         let m = max_scaled::<V>(xv, scale);
-        if m == f32::NEG_INFINITY {
-            yv.fill(0.0);
+        if !m.is_finite() {
+            // Nothing visible, or a +inf, -inf or NaN in the way of the
+            // shift: the exact path (one check per row). A NaN beside a
+            // finite maximum needs none: the sum of exponentials is NaN.
+            exact_row(xv, yv, scale);
             continue;
         }
         let inv = V::splat(1.0 / sum_exp::<V>(xv, scale, -m, Some(&mut *yv)));
@@ -61,6 +64,14 @@ fn forward_rows_v<V: Vf32>(
             (V::get(yv, l, 0.0) * inv).put(yv, l);
         });
     }
+}
+
+/// `y = softmax(scale * x)` over one row, in f64 with the reference's
+/// semantics for non-finite values (see [`softmax_exact`]).
+fn exact_row(x: &[f32], y: &mut [f32], scale: f32) {
+    let mut s: Vec<f64> = x.iter().map(|&v| v as f64 * scale as f64).collect();
+    softmax_exact(&mut s);
+    y.iter_mut().zip(&s).for_each(|(o, &p)| *o = p as f32);
 }
 
 simd_dispatch!(fn forward_rows = forward_rows_v(
@@ -89,7 +100,9 @@ simd_dispatch!(fn backward_rows = backward_rows_v(
 /// `x, y (rows, cols)`. With `causal = Some(tq)`, every `tq` consecutive rows
 /// form one `(tq, cols)` score matrix and row `i` of it sees column `j` only
 /// if `j <= i + cols - tq`; masked entries are 0, and a row that sees
-/// nothing is all zeros.
+/// nothing is all zeros. Non-finite values follow the NumPy reference: a
+/// NaN among the visible entries makes them all NaN, a +inf gives NaN
+/// there and 0 beside it, and masked entries stay 0 in every case.
 pub fn softmax_forward(
     x: &[f32],
     y: &mut [f32],

@@ -64,15 +64,17 @@ unsafe fn tile<const R: usize>(k: usize, a: Lhs, b: *const f32, ldb: usize, c: O
 }
 
 /// 2^x per lane; exactly 0 below -125 (and for -inf, never subnormal);
-/// saturates at 2^127. Same series as the AVX-512 version, with 2^n put
+/// saturates at 2^127; NaN for NaN. Same series as the AVX-512 version, with 2^n put
 /// into the exponent bits directly.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn exp2(x: __m256) -> __m256 {
     let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-126.0));
+    // The constants first: `max`/`min` return their second operand for
+    // NaN, so a NaN lane stays NaN (and `tiny` is false for it).
     let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-126.0)),
         _mm256_set1_ps(127.0),
+        _mm256_max_ps(_mm256_set1_ps(-126.0), x),
     );
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
     let f = _mm256_sub_ps(x, n);

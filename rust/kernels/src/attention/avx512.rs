@@ -120,7 +120,8 @@ pub unsafe fn pack_transposed(
     }
 }
 
-/// 2^x per lane; exactly 0 below -125 (and for -inf), +inf above 128.
+/// 2^x per lane; exactly 0 below -125 (and for -inf), +inf above 128,
+/// NaN for NaN (and for +inf, which no caller relies on).
 /// 2^x = 2^n · 2^f with n = round(x), |f| <= 1/2, 2^f by its Taylor
 /// series in f·ln2 to degree 6 (relative error about 1e-7). Results that
 /// would be subnormal are flushed to 0 by the mask rather than by scalef:
@@ -128,8 +129,9 @@ pub unsafe fn pack_transposed(
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn exp2(x: __m512) -> __m512 {
-    let normal = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-125.0));
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-125.0));
+    // `!(x < -125)` and the constant first in `max`: a NaN lane stays NaN.
+    let normal = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(-125.0));
+    let x = _mm512_max_ps(_mm512_set1_ps(-125.0), x);
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
     let f = _mm512_sub_ps(x, n);
     let mut p = _mm512_set1_ps(super::tile::EXP2_POLY[6]);

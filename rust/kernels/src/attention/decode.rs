@@ -7,8 +7,9 @@
 
 use rayon::prelude::*;
 
+use super::forward::row_is_clean;
 use super::tile::Acc;
-use super::{cover, Cover, Problem, BLOCK_K};
+use super::{cover, exact, Cover, Problem, BLOCK_K};
 
 /// Aim for this many (batch, head, chunk) tasks...
 const TARGET_TASKS: usize = 32;
@@ -55,21 +56,29 @@ pub(super) fn forward(
     o.par_chunks_mut(tq * dp)
         .zip(lse.par_chunks_mut(tq))
         .zip(parts.par_chunks(nchunks * tq * rec))
-        .for_each(|((o_h, lse_h), parts_h)| {
+        .enumerate()
+        .for_each(|(bh, ((o_h, lse_h), parts_h))| {
             for r in 0..tq {
                 let recs = || parts_h.chunks(tq * rec).map(|c| &c[r * rec..(r + 1) * rec]);
                 let m = recs().map(|x| x[0]).fold(f32::NEG_INFINITY, f32::max);
+                // A row with nothing visible yet: shift by 0, so that its
+                // records weigh 0 (and a NaN in them still shows).
+                let shift = if m == f32::NEG_INFINITY { 0.0 } else { m };
                 let out = &mut o_h[r * dp..(r + 1) * dp];
                 out.fill(0.0);
                 let mut l = 0.0;
-                if m > f32::NEG_INFINITY {
-                    for x in recs() {
-                        let w = (x[0] - m).exp2();
-                        l += x[1] * w;
-                        out.iter_mut().zip(&x[2..]).for_each(|(y, &a)| *y += a * w);
-                    }
+                for x in recs() {
+                    let w = (x[0] - shift).exp2();
+                    l += x[1] * w;
+                    out.iter_mut().zip(&x[2..]).for_each(|(y, &a)| *y += a * w);
                 }
-                if l > 0.0 {
+                if !row_is_clean(m, l, out) {
+                    let kv = p.kv_index(bh);
+                    let qr = &q[(bh * tq + r) * dp..(bh * tq + r + 1) * dp];
+                    let (k, v) = (p.kv_rows(k, kv), p.kv_rows(v, kv));
+                    let pad = p.padding(bh / p.shape.q_heads);
+                    lse_h[r] = exact::forward_row(p, pad, r, qr, k, v, dp, out);
+                } else if l > 0.0 {
                     out.iter_mut().for_each(|y| *y /= l);
                     lse_h[r] = (m + l.log2()) * std::f32::consts::LN_2;
                 } else {

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::tile::Acc;
-use super::{cover, Cover, Problem, BLOCK_K, BLOCK_Q};
+use super::{all_finite, cover, exact, Cover, Problem, BLOCK_K, BLOCK_Q};
 
 /// Per-task scratch, reused across the tasks a rayon worker runs.
 struct Scratch {
@@ -166,16 +166,29 @@ fn query_block(
     }
     for c in 0..qn {
         let out = &mut o[c * dp..(c + 1) * dp];
-        let l = s.sum[c];
-        if l > 0.0 {
+        let (l, m, acc) = (s.sum[c], s.max[c], &acc[c * dp..(c + 1) * dp]);
+        if !row_is_clean(m, l, acc) {
+            let i = i0 + c;
+            let qi = &h.q[i * dp..(i + 1) * dp];
+            lse[c] = exact::forward_row(p, h.pad, i, qi, h.k, h.v, dp, out);
+        } else if l > 0.0 {
             let inv = 1.0 / l;
-            out.iter_mut()
-                .zip(&acc[c * dp..(c + 1) * dp])
-                .for_each(|(y, &x)| *y = x * inv);
-            lse[c] = (s.max[c] + l.log2()) * std::f32::consts::LN_2;
+            out.iter_mut().zip(acc).for_each(|(y, &x)| *y = x * inv);
+            lse[c] = (m + l.log2()) * std::f32::consts::LN_2;
         } else {
             out.fill(0.0);
             lse[c] = f32::NEG_INFINITY;
         }
     }
+}
+
+/// Whether the online softmax of a row (base-2 max `m`, sum `l`,
+/// unnormalised output `acc`) is the reference's answer: everything finite
+/// and a finite max, or a row with nothing visible (max -inf, sum 0). A
+/// NaN or inf anywhere in the row's inputs leaves a trace in one of the
+/// three (a NaN score makes the sum NaN; a +inf makes the max +inf; a
+/// non-finite value, even behind a mask, makes `acc` non-finite), and the
+/// row goes to the exact path.
+pub(super) fn row_is_clean(m: f32, l: f32, acc: &[f32]) -> bool {
+    all_finite(acc) && l.is_finite() && (m.is_finite() || (m == f32::NEG_INFINITY && l == 0.0))
 }

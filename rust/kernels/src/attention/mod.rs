@@ -36,6 +36,7 @@
 
 mod backward;
 mod decode;
+mod exact;
 mod forward;
 mod tile;
 
@@ -165,7 +166,14 @@ pub(crate) fn forward_at(
         return Ok(());
     }
     let (d, dp) = (s.head_dim, padded_dim(s.head_dim));
-    let (q, k, v) = (pad_rows(q, d, dp), pad_rows(k, d, dp), pad_rows(v, d, dp));
+    // Padded copies hold only the used rows [0, kv_len) of each cache slab,
+    // so a decode step costs O(kv_len), not O(capacity).
+    let kv_stride = if dp == d { capacity } else { s.kv_len };
+    let q = pad_rows(q, d, dp);
+    let (k, v) = (
+        pad_slabs(k, capacity, s.kv_len, d, dp),
+        pad_slabs(v, capacity, s.kv_len, d, dp),
+    );
     let mut o_pad = Vec::new();
     let o_target: &mut [f32] = if dp == d {
         o
@@ -178,7 +186,8 @@ pub(crate) fn forward_at(
         shape,
         opts,
         dp,
-        capacity,
+        kv_stride,
+        mask_stride: capacity,
     };
     if s.q_len <= DECODE_MAX_Q {
         decode::forward(&problem, &q, &k, &v, o_target, lse);
@@ -231,6 +240,14 @@ pub(crate) fn backward_at(
         .zip(o.par_chunks(d))
         .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
         .collect();
+    let inputs = exact::Inputs {
+        d_o,
+        q,
+        k,
+        v,
+        o,
+        lse,
+    };
     let (d_o, q) = (pad_rows(d_o, d, dp), pad_rows(q, d, dp));
     let (k, v) = (pad_rows(k, d, dp), pad_rows(v, d, dp));
     let problem = Problem {
@@ -238,24 +255,29 @@ pub(crate) fn backward_at(
         shape,
         opts,
         dp,
-        capacity: shape.kv_len,
+        kv_stride: shape.kv_len,
+        mask_stride: shape.kv_len,
     };
     let mut dq_pad = Vec::new();
     let mut dk_pad = Vec::new();
     let mut dv_pad = Vec::new();
-    let targets = if dp == d {
-        backward::Grads { dq, dk, dv }
+    let (gq, gk, gv): (&mut [f32], &mut [f32], &mut [f32]) = if dp == d {
+        (&mut *dq, &mut *dk, &mut *dv)
     } else {
         dq_pad.resize(dq.len() / d * dp, 0.0);
         dk_pad.resize(dk.len() / d * dp, 0.0);
         dv_pad.resize(dv.len() / d * dp, 0.0);
-        backward::Grads {
-            dq: &mut dq_pad,
-            dk: &mut dk_pad,
-            dv: &mut dv_pad,
-        }
+        (&mut dq_pad, &mut dk_pad, &mut dv_pad)
+    };
+    let targets = backward::Grads {
+        dq: &mut *gq,
+        dk: &mut *gk,
+        dv: &mut *gv,
     };
     backward::backward(&problem, &d_o, &q, &k, &v, lse, &delta, targets);
+    // One check per (batch, kv head) group: where a gradient came out
+    // non-finite, the group is recomputed the exact way.
+    exact::redo_backward(&problem, &inputs, gq, gk, gv);
     if dp != d {
         unpad_rows(&dq_pad, dp, dq, d);
         unpad_rows(&dk_pad, dp, dk, d);
@@ -270,9 +292,11 @@ struct Problem<'a> {
     shape: AttentionShape,
     opts: AttentionOptions<'a>,
     dp: usize,
-    /// Rows per (batch, kv head) slab of k and v, and columns per mask
-    /// row: `kv_len`, or a KV cache's capacity.
-    capacity: usize,
+    /// Rows per (batch, kv head) slab of k and v as the kernels get them:
+    /// `kv_len`, or a KV cache's capacity when the cache is read in place.
+    kv_stride: usize,
+    /// Columns per padding-mask row: `kv_len` or the cache's capacity.
+    mask_stride: usize,
 }
 
 impl Problem<'_> {
@@ -289,7 +313,7 @@ impl Problem<'_> {
 
     /// Key padding row `(Tk,)` of batch b, if any.
     fn padding(&self, b: usize) -> Option<&[bool]> {
-        let (tk, cap) = (self.shape.kv_len, self.capacity);
+        let (tk, cap) = (self.shape.kv_len, self.mask_stride);
         self.opts
             .key_padding_mask
             .map(|m| &m[b * cap..b * cap + tk])
@@ -297,7 +321,7 @@ impl Problem<'_> {
 
     /// The used rows `(Tk, dp)` of flat (batch, kv head) `kv` in k or v.
     fn kv_rows<'k>(&self, x: &'k [f32], kv: usize) -> &'k [f32] {
-        let start = kv * self.capacity * self.dp;
+        let start = kv * self.kv_stride * self.dp;
         &x[start..start + self.shape.kv_len * self.dp]
     }
 
@@ -395,6 +419,31 @@ fn pad_rows(x: &[f32], d: usize, dp: usize) -> Cow<'_, [f32]> {
         .zip(x.par_chunks(d))
         .for_each(|(o, r)| o[..d].copy_from_slice(r));
     Cow::Owned(out)
+}
+
+/// Rows `[0, used)` of every `cap`-row slab of `x (slabs, cap, d)`, each
+/// zero-padded to `dp`: `(slabs, used, dp)`; `x` itself, borrowed, when
+/// `d == dp` (the kernels then read the slabs in place).
+fn pad_slabs(x: &[f32], cap: usize, used: usize, d: usize, dp: usize) -> Cow<'_, [f32]> {
+    if d == dp {
+        return Cow::Borrowed(x);
+    }
+    let slabs = x.len() / (cap * d).max(1);
+    let mut out = vec![0.0; slabs * used * dp];
+    out.par_chunks_mut(dp).enumerate().for_each(|(r, o)| {
+        let (slab, row) = (r / used, r % used);
+        let at = (slab * cap + row) * d;
+        o[..d].copy_from_slice(&x[at..at + d]);
+    });
+    Cow::Owned(out)
+}
+
+/// Whether every value of `x` is finite. The largest magnitude is taken in
+/// the integer bits, a reduction LLVM vectorises, so the check costs a
+/// small fraction of one pass over `x`.
+fn all_finite(x: &[f32]) -> bool {
+    let top = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    top < 0x7f80_0000
 }
 
 /// The first `d` floats of every `dp`-float row of `x` into `out (rows, d)`.

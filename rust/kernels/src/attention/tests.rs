@@ -4,6 +4,8 @@
 use super::tile::{Acc, Tiles};
 use super::*;
 
+mod nonfinite;
+
 /// Deterministic uniform values in [-1, 1) (xorshift).
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -115,7 +117,12 @@ impl Case {
         !hidden && (!self.causal || j + s.q_len <= i + s.kv_len)
     }
 
-    /// Naive float64 forward and backward: `(o, lse, dq, dk, dv)`.
+    /// Naive float64 forward and backward: `(o, lse, dq, dk, dv)`, with the
+    /// NumPy reference's semantics for non-finite values: only visible
+    /// pairs take part; the softmax shifts by the row's maximum where that
+    /// is finite and by 0 otherwise (so a NaN gives a NaN row and a +inf
+    /// NaN there, 0 beside it); the backward takes `P = exp(s - lse)`, 0 on
+    /// rows whose lse is not finite, and `delta = do·o`.
     #[allow(clippy::type_complexity)]
     fn reference(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
         let s = &self.shape;
@@ -141,33 +148,49 @@ impl Case {
                     let qi = at(&self.q, bh * tq + i);
                     let doi = at(&self.d_o, bh * tq + i);
                     let keys: Vec<usize> = (0..tk).filter(|&j| self.visible(b, i, j)).collect();
-                    if keys.is_empty() {
-                        lse[bh * tq + i] = f64::NEG_INFINITY;
-                        continue;
-                    }
                     let sc: Vec<f64> = keys
                         .iter()
-                        .map(|&j| self.scale as f64 * dot(&qi, &at(&self.k, kvh * tk + j)))
+                        .map(|&j| dot(&qi, &at(&self.k, kvh * tk + j)) * self.scale as f64)
                         .collect();
-                    let m = sc.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
-                    let l: f64 = sc.iter().map(|x| (x - m).exp()).sum();
-                    lse[bh * tq + i] = m + l.ln();
-                    let p: Vec<f64> = sc.iter().map(|x| (x - m).exp() / l).collect();
-                    let orow = &mut o[(bh * tq + i) * d..(bh * tq + i + 1) * d];
-                    let dps: Vec<f64> = keys
+                    let m = if sc.iter().any(|x| x.is_nan()) {
+                        f64::NAN
+                    } else {
+                        sc.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x))
+                    };
+                    let shift = if m.is_finite() { m } else { 0.0 };
+                    let e: Vec<f64> = sc.iter().map(|x| (x - shift).exp()).collect();
+                    let l: f64 = e.iter().sum();
+                    let row_lse = if l == 0.0 {
+                        f64::NEG_INFINITY
+                    } else {
+                        l.ln() + shift
+                    };
+                    lse[bh * tq + i] = row_lse;
+                    let p: Vec<f64> = e
                         .iter()
-                        .map(|&j| dot(&doi, &at(&self.v, kvh * tk + j)))
+                        .map(|x| if l == 0.0 { *x } else { x / l })
                         .collect();
-                    let delta: f64 = p.iter().zip(&dps).map(|(a, b)| a * b).sum();
+                    let orow = &mut o[(bh * tq + i) * d..(bh * tq + i + 1) * d];
+                    for (n, &j) in keys.iter().enumerate() {
+                        let vj = at(&self.v, kvh * tk + j);
+                        for c in 0..d {
+                            orow[c] += p[n] * vj[c];
+                        }
+                    }
+                    let delta = dot(&doi, orow);
                     for (n, &j) in keys.iter().enumerate() {
                         let vj = at(&self.v, kvh * tk + j);
                         let kj = at(&self.k, kvh * tk + j);
-                        let ds = p[n] * (dps[n] - delta) * self.scale as f64;
+                        let pb = if row_lse.is_finite() {
+                            (sc[n] - row_lse).exp()
+                        } else {
+                            0.0
+                        };
+                        let ds = pb * (dot(&doi, &vj) - delta) * self.scale as f64;
                         for c in 0..d {
-                            orow[c] += p[n] * vj[c];
                             dq[(bh * tq + i) * d + c] += ds * kj[c];
                             dk[(kvh * tk + j) * d + c] += ds * qi[c];
-                            dv[(kvh * tk + j) * d + c] += p[n] * doi[c];
+                            dv[(kvh * tk + j) * d + c] += pb * doi[c];
                         }
                     }
                 }

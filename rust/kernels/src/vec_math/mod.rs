@@ -54,7 +54,10 @@ pub trait Vf32:
     fn store(self, s: &mut [f32]);
     /// `self * b + c`, fused where the level has FMA.
     fn mul_add(self, b: Self, c: Self) -> Self;
+    /// Lane-wise maximum; where either lane is NaN the result is `o`'s lane
+    /// (x86's `maxps`), so `V::splat(c).max(x)` keeps a NaN of `x`.
     fn max(self, o: Self) -> Self;
+    /// Lane-wise minimum; NaN as for [`Vf32::max`]: `o`'s lane wins.
     fn min(self, o: Self) -> Self;
     fn sqrt(self) -> Self;
     /// `self * 2^n` for `n` holding integral values in `[-126, 127]`.
@@ -225,18 +228,23 @@ pub fn dot<V: Vf32>(a: &[f32], b: &[f32]) -> f32 {
 
 /// Below this `exp` returns exactly 0 (the smallest normal is `exp(-87.34)`).
 const EXP_LO: f32 = -87.336_54;
-/// Above this `exp` saturates at `exp(88.376)` ≈ 2.4e38 instead of overflowing.
-const EXP_HI: f32 = 88.376_26;
+/// Inputs are clamped to this, just above `128 ln 2`, so that `2^n` is at
+/// most `2^128` = +inf: `exp(+inf)` and every `x >= 88.73` give +inf.
+const EXP_HI: f32 = 88.73;
 
 /// Lane-wise `e^x`, relative error about 1e-7 (1-2 ulp).
 ///
 /// `x = n ln2 + r` with `n` an integer and `|r| <= ln2 / 2`; `e^r` is a
 /// degree-6 polynomial (Cephes' `expf` coefficients) and `2^n` is built in
 /// the exponent bits. `ln2` is split in two (Cody-Waite) so that `r` keeps
-/// its low bits. Lanes below [`EXP_LO`] give 0, so `-inf` logits vanish.
+/// its low bits. Lanes below [`EXP_LO`] give 0, so `-inf` logits vanish;
+/// NaN stays NaN, and large lanes overflow to +inf (from about 88.38 up,
+/// where `2^n` leaves the exponent range, on the levels that build `2^n`
+/// in the exponent bits; from 88.72 with AVX-512's `scalef`).
 #[inline(always)]
 pub fn exp<V: Vf32>(x: V) -> V {
-    let xc = x.max(V::splat(EXP_LO)).min(V::splat(EXP_HI));
+    // The constant first: `max`/`min` return their second operand for NaN.
+    let xc = V::splat(EXP_HI).min(V::splat(EXP_LO).max(x));
     // Adding 1.5 * 2^23 rounds to the nearest integer in the low bits.
     let magic = V::splat(12_582_912.0);
     let n = xc.mul_add(V::splat(std::f32::consts::LOG2_E), magic) - magic;
@@ -253,7 +261,8 @@ pub fn exp<V: Vf32>(x: V) -> V {
     x.lt_select(V::splat(EXP_LO), V::zero(), y)
 }
 
-/// Lane-wise `1 / (1 + e^-x)`; exact 0 and 1 at the far ends, no NaN.
+/// Lane-wise `1 / (1 + e^-x)`; exact 0 and 1 at the far ends (and at
+/// -inf, +inf); NaN for NaN.
 #[inline(always)]
 pub fn sigmoid<V: Vf32>(x: V) -> V {
     let one = V::splat(1.0);
@@ -285,6 +294,36 @@ pub fn erfc_nonneg<V: Vf32>(z: V) -> V {
         p = p.mul_add(t, V::splat(c));
     }
     t * exp(p - z * z)
+}
+
+/// The exact softmax of one row of scores, in place, in f64, for the rows
+/// the fast kernels hand back because something in them is not finite
+/// (the fast paths keep one check per row, never one per element). The
+/// semantics are the NumPy reference's: the shift is the row's maximum
+/// where that is finite and 0 otherwise, so any NaN gives a NaN row, a
+/// +inf gives NaN at the +inf entries and 0 elsewhere, and a row with
+/// nothing above -inf gives zeros. Returns the log-sum-exp (-inf when the
+/// sum is 0). Only the visible scores belong in `s`.
+pub fn softmax_exact(s: &mut [f64]) -> f64 {
+    // A plain `f64::max` would skip NaN.
+    let m = s.iter().fold(f64::NEG_INFINITY, |a, &x| {
+        if a.is_nan() || x.is_nan() {
+            f64::NAN
+        } else {
+            a.max(x)
+        }
+    });
+    let shift = if m.is_finite() { m } else { 0.0 };
+    let mut total = 0.0;
+    for x in s.iter_mut() {
+        *x = (*x - shift).exp();
+        total += *x;
+    }
+    if total == 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    s.iter_mut().for_each(|x| *x /= total);
+    total.ln() + shift
 }
 
 /// Rows per parallel task: about 32K elements, so that rayon's per-task
@@ -387,6 +426,19 @@ pub(crate) mod tests {
         assert_eq!(out[0], 0.0);
         exp(V::splat(-100.0)).store(&mut out);
         assert_eq!(out[0], 0.0);
+        // Non-finite lanes: NaN stays NaN, +inf and overflow give +inf.
+        exp(V::splat(f32::NAN)).store(&mut out);
+        assert!(out[0].is_nan());
+        for x in [f32::INFINITY, 88.75, 1e30] {
+            exp(V::splat(x)).store(&mut out);
+            assert_eq!(out[0], f32::INFINITY, "exp({x})");
+        }
+        sigmoid(V::splat(f32::NAN)).store(&mut out);
+        assert!(out[0].is_nan());
+        sigmoid(V::splat(f32::NEG_INFINITY)).store(&mut out);
+        assert_eq!(out[0], 0.0);
+        sigmoid(V::splat(f32::INFINITY)).store(&mut out);
+        assert_eq!(out[0], 1.0);
 
         // erfc against a series-free f64 reference: erfc(z) = 1 - erf(z) with
         // erf from its Taylor series (converges fast for z <= 3), and the far
