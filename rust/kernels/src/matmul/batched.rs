@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::gemm::GemmArgs;
 use super::{run, threads_for, Layout};
 use crate::error::{check_len, Error, Result};
-use crate::simd;
+use crate::simd::{dispatch, Arch};
 
 /// Shapes of one batched product, after broadcasting.
 struct Plan {
@@ -134,14 +134,14 @@ pub fn matmul_batched(
     } else {
         Layout::normal(n)
     };
-    let level = simd::level();
+    let arch = Arch::best();
     let b_shared = p.b_steps.iter().all(|&s| s == 0);
     if b_shared && !trans_a {
         // Every matrix of a meets the same b: the batch is just more rows.
         let rows = count * m;
         let g = args(rows, n, k, a, a_layout, 0, b, b_layout, 0, c);
         // SAFETY: a holds `count` contiguous (m, k) matrices; b and c checked.
-        unsafe { run(level, &g, threads_for(rows, n, k)) };
+        dispatch!(arch, |s| unsafe { run(s, &g, threads_for(rows, n, k)) });
         return Ok(());
     }
     let offsets = |t: usize| {
@@ -162,7 +162,7 @@ pub fn matmul_batched(
         let g = args(m, n, k, a, a_layout, ao, b, b_layout, bo, ct);
         let threads = if by_matrix { 1 } else { threads_for(m, n, k) };
         // SAFETY: the offsets stay inside a and b by the broadcast plan.
-        unsafe { run(level, &g, threads) };
+        dispatch!(arch, |s| unsafe { run(s, &g, threads) });
     };
     if by_matrix {
         c.par_chunks_mut(m * n).enumerate().for_each(one);

@@ -31,6 +31,7 @@ pub struct GemmArgs {
 
 // SAFETY: tasks read A, B and bias, and write disjoint tiles of C.
 unsafe impl Send for GemmArgs {}
+// SAFETY: as for Send: tasks share only what they read.
 unsafe impl Sync for GemmArgs {}
 
 /// A 64-byte aligned line of floats: packed panels start on cache lines.
@@ -130,11 +131,11 @@ fn for_each_task(n: usize, threads: usize, f: impl Fn(usize) + Send + Sync) {
     }
 }
 
-/// `C = alpha * op(A) op(B) + beta * C + bias` with micro-kernel `K`.
+/// `C = alpha * op(A) op(B) + beta * C + bias` with micro-kernel `kern`.
 ///
 /// # Safety
-/// The views and `c` cover the shapes in `g`, `k > 0`, and the CPU runs `K`.
-pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
+/// The views and `c` cover the shapes in `g`, and `k > 0`.
+pub unsafe fn gemm<K: MicroKernel>(kern: K, g: &GemmArgs, threads: usize) {
     let (mr, nr) = (K::MR, K::NR);
     let nc = nc_for(&K::BLOCKING, g.k, nr);
     let np_max = nc.min(g.n).div_ceil(nr);
@@ -157,7 +158,8 @@ pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
             };
             if threads <= 1 {
                 for jp in 0..np {
-                    shared.pack::<K>(g, jp);
+                    // SAFETY: one thread: nothing else touches the panels.
+                    unsafe { shared.pack(kern, g, jp) };
                 }
             }
             // One parallel section per block: each B panel is packed by
@@ -168,7 +170,7 @@ pub unsafe fn gemm<K: MicroKernel>(g: &GemmArgs, threads: usize) {
                 let (pm0, pm1, pn0, pn1) = plan.task(t);
                 // SAFETY: each task owns the C tiles of its panel ranges;
                 // B panels are packed once before any task reads them.
-                unsafe { task::<K>(g, &shared, pm0..pm1, pn0..pn1, (t, plan.count())) }
+                unsafe { task(kern, g, &shared, pm0..pm1, pn0..pn1, (t, plan.count())) }
             });
         }
     });
@@ -195,17 +197,21 @@ impl SharedB {
     /// Packs panel `jp`.
     ///
     /// # Safety
-    /// No other thread reads or writes the panel meanwhile.
-    unsafe fn pack<K: MicroKernel>(&self, g: &GemmArgs, jp: usize) {
+    /// As [`gemm`]'s, and no other thread reads or writes the panel meanwhile.
+    unsafe fn pack<K: MicroKernel>(&self, kern: K, g: &GemmArgs, jp: usize) {
         let nr = K::NR;
-        let dst = std::slice::from_raw_parts_mut(self.ptr.add(jp * g.k * nr), g.k * nr);
-        K::pack_b(
-            dst,
-            g.b,
-            self.jc + jp * nr,
-            nr.min(self.ncur - jp * nr),
-            g.k,
-        );
+        // SAFETY: panel jp of the block's k * NR-float panels is this
+        // call's alone; its columns lie inside op(B).
+        unsafe {
+            let dst = std::slice::from_raw_parts_mut(self.ptr.add(jp * g.k * nr), g.k * nr);
+            kern.pack_b(
+                dst,
+                g.b,
+                self.jc + jp * nr,
+                nr.min(self.ncur - jp * nr),
+                g.k,
+            );
+        }
     }
 
     /// Makes sure panel `jp` is packed: packs it if no task has claimed it
@@ -213,7 +219,7 @@ impl SharedB {
     ///
     /// # Safety
     /// As [`gemm`]'s.
-    unsafe fn ready<K: MicroKernel>(&self, g: &GemmArgs, jp: usize) {
+    unsafe fn ready<K: MicroKernel>(&self, kern: K, g: &GemmArgs, jp: usize) {
         let Some(state) = self.state.get(jp) else {
             return; // one thread: packed up front
         };
@@ -224,7 +230,8 @@ impl SharedB {
             .compare_exchange(UNPACKED, PACKING, Ordering::Acquire, Ordering::Acquire)
             .is_ok()
         {
-            self.pack::<K>(g, jp);
+            // SAFETY: this task claimed the panel; the others wait for PACKED.
+            unsafe { self.pack(kern, g, jp) };
             state.store(PACKED, Ordering::Release);
         } else {
             while state.load(Ordering::Acquire) != PACKED {
@@ -241,7 +248,11 @@ impl SharedB {
 /// One task: row panels `pm` against column panels `pn` of the packed B
 /// block, over the whole depth. Task `t` of `count` walks the columns
 /// starting a fraction `t / count` of the way along.
+///
+/// # Safety
+/// As [`gemm`]'s; the task owns the C tiles of its panel ranges.
 unsafe fn task<K: MicroKernel>(
+    kern: K,
     g: &GemmArgs,
     b_block: &SharedB,
     pm: std::ops::Range<usize>,
@@ -270,7 +281,9 @@ unsafe fn task<K: MicroKernel>(
         // each row of A keep the hardware prefetchers streaming, where
         // packing one `kc` slice at a time between kernels starts each row
         // cold.
-        K::pack_a(packed_a, g.a, i0, rows, 0, g.k);
+        // SAFETY: rows i0..i0 + rows of op(A) exist; the buffer holds
+        // pm.len() panels of MR x k.
+        unsafe { kern.pack_a(packed_a, g.a, i0, rows, 0, g.k) };
         let chunk_rot = t * chunks / count;
         for ci in 0..chunks {
             let ci = (ci + chunk_rot) % chunks;
@@ -290,7 +303,8 @@ unsafe fn task<K: MicroKernel>(
                 for idx in 0..len {
                     let jp = nth(idx);
                     if first {
-                        b_block.ready::<K>(g, jp);
+                        // SAFETY: as this function's.
+                        unsafe { b_block.ready(kern, g, jp) };
                     }
                     // The next B micro-panel is pulled from L3 into L2 a
                     // slice per tile, so the next column of tiles starts
@@ -309,23 +323,29 @@ unsafe fn task<K: MicroKernel>(
                         alpha: g.alpha,
                         beta: if first { g.beta } else { 1.0 },
                         bias: if first && !g.bias.is_null() {
-                            g.bias.add(j)
+                            g.bias.wrapping_add(j)
                         } else {
                             std::ptr::null()
                         },
                     };
                     for ip in 0..pm.len() {
                         let i = i0 + ip * mr;
-                        let a = packed_a.as_ptr().add(ip * g.k * mr + pc * mr);
-                        let c = g.c.add(i * g.ldc + j);
+                        let a = packed_a[ip * g.k * mr + pc * mr..].as_ptr();
+                        let c = g.c.wrapping_add(i * g.ldc + j);
                         let r = mr.min(g.m - i);
                         for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
                             prefetch_l2(next_b.wrapping_add(l * 16));
                         }
-                        if cols == nr && r == mr {
-                            K::tile(kc, a, b, c, g.ldc, &ep);
-                        } else if cols < nr || !K::tile_partial(kc, a, b, c, g.ldc, r, &ep) {
-                            edge_tile::<K>(kc, a, b, c, g.ldc, r, cols, &ep);
+                        // SAFETY: `a` and `b` are packed panels of kc depths;
+                        // C's tile at (i, j) has `r` rows and `cols` columns
+                        // inside C, which this task owns (and `bias`, when
+                        // set, `cols` floats from column j).
+                        unsafe {
+                            if cols == nr && r == mr {
+                                kern.tile(kc, a, b, c, g.ldc, &ep);
+                            } else if cols < nr || !kern.tile_partial(kc, a, b, c, g.ldc, r, &ep) {
+                                edge_tile(kern, kc, a, b, c, g.ldc, r, cols, &ep);
+                            }
                         }
                     }
                 }
@@ -340,8 +360,12 @@ const C_CHUNK_FLOATS: usize = 96 * 1024;
 
 /// A tile cut by the edge of C: the kernel writes a scratch tile and only
 /// its `rows x cols` corner goes through the epilogue into C.
+///
+/// # Safety
+/// As [`MicroKernel::tile`]'s, with C (and bias) covering `rows x cols`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn edge_tile<K: MicroKernel>(
+    kern: K,
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -354,16 +378,20 @@ unsafe fn edge_tile<K: MicroKernel>(
     let mut scratch = [Line([0.0; 16]); MAX_TILE / 16];
     let t = scratch.as_mut_ptr().cast::<f32>();
     debug_assert!(K::MR * K::NR <= MAX_TILE);
-    K::tile(kc, a, b, t, K::NR, &Epilogue::STORE);
-    for i in 0..rows {
-        for j in 0..cols {
-            let cp = c.add(i * ldc + j);
-            let bias = if ep.bias.is_null() {
-                0.0
-            } else {
-                *ep.bias.add(j)
-            };
-            *cp = ep.apply(*t.add(i * K::NR + j), *cp, bias);
+    // SAFETY: the scratch tile holds MR x NR floats at row stride NR; the
+    // rest is this function's contract.
+    unsafe {
+        kern.tile(kc, a, b, t, K::NR, &Epilogue::STORE);
+        for i in 0..rows {
+            for j in 0..cols {
+                let cp = c.add(i * ldc + j);
+                let bias = if ep.bias.is_null() {
+                    0.0
+                } else {
+                    *ep.bias.add(j)
+                };
+                *cp = ep.apply(*t.add(i * K::NR + j), *cp, bias);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::kernel::Epilogue;
 use super::packing::View;
-use crate::simd::Level;
+use crate::simd::Simd;
 
 /// `y[i] = ep(alpha * sum_p M(i, p) x[p], y[i], bias[i * bias_stride])`
 /// for `i < len`, with `M (len, k)` a view, `x (k,)` contiguous and `y`
@@ -26,6 +26,7 @@ pub struct GemvArgs {
 
 // SAFETY: chunks read M and x, and write disjoint ranges of y.
 unsafe impl Send for GemvArgs {}
+// SAFETY: as for Send: chunks share only what they read.
 unsafe impl Sync for GemvArgs {}
 
 /// Outputs per parallel chunk; in the column-streaming form the chunk's
@@ -82,10 +83,15 @@ fn dot_rows(rows: [&[f32]; ROWS], x: &[f32]) -> [f32; ROWS] {
 }
 
 /// Outputs `[i0, i0 + out.len())` when rows of M are contiguous.
+///
+/// # Safety
+/// As [`gemv`]'s, with rows `i0..i0 + out.len()` inside M.
 #[inline(always)]
 unsafe fn rows_dot(g: &GemvArgs, i0: usize, out: &mut [f32]) {
-    let x = std::slice::from_raw_parts(g.x, g.k);
-    let row = |o: usize| std::slice::from_raw_parts(g.mat.at(i0 + o, 0).ptr, g.k);
+    // SAFETY: x holds k floats.
+    let x = unsafe { std::slice::from_raw_parts(g.x, g.k) };
+    // SAFETY: rows i0 + o of M, o < out.len(), hold k contiguous floats.
+    let row = |o: usize| unsafe { std::slice::from_raw_parts(g.mat.at(i0 + o, 0).ptr, g.k) };
     let done = out.len() / ROWS * ROWS;
     let mut groups = out.chunks_exact_mut(ROWS);
     for (q, group) in groups.by_ref().enumerate() {
@@ -100,12 +106,20 @@ unsafe fn rows_dot(g: &GemvArgs, i0: usize, out: &mut [f32]) {
 
 /// Outputs `[i0, i0 + out.len())` when columns of M are contiguous: add
 /// `x[p]` times each row segment.
+///
+/// # Safety
+/// As [`rows_dot`]'s.
 #[inline(always)]
 unsafe fn columns_axpy(g: &GemvArgs, i0: usize, out: &mut [f32]) {
     out.fill(0.0);
     for p in 0..g.k {
-        let xp = *g.x.add(p);
-        let seg = std::slice::from_raw_parts(g.mat.at(i0, p).ptr, out.len());
+        // SAFETY: p < k; elements (i0.., p) of M are contiguous here.
+        let (xp, seg) = unsafe {
+            (
+                *g.x.add(p),
+                std::slice::from_raw_parts(g.mat.at(i0, p).ptr, out.len()),
+            )
+        };
         for (o, &m) in out.iter_mut().zip(seg) {
             *o += xp * m;
         }
@@ -113,58 +127,58 @@ unsafe fn columns_axpy(g: &GemvArgs, i0: usize, out: &mut [f32]) {
 }
 
 /// Any strides.
+///
+/// # Safety
+/// As [`rows_dot`]'s.
 #[inline(always)]
 unsafe fn strided(g: &GemvArgs, i0: usize, out: &mut [f32]) {
     for (o, v) in out.iter_mut().enumerate() {
+        // SAFETY: row i0 + o < len of M, p < k.
         *v = (0..g.k)
-            .map(|p| *g.mat.at(i0 + o, p).ptr * *g.x.add(p))
+            .map(|p| unsafe { *g.mat.at(i0 + o, p).ptr * *g.x.add(p) })
             .sum();
     }
 }
 
+/// Outputs `[i0, i0 + out.len())`, by the layout of M.
+///
+/// # Safety
+/// As [`rows_dot`]'s.
 #[inline(always)]
 unsafe fn chunk_body(g: &GemvArgs, i0: usize, out: &mut [f32]) {
-    if g.mat.cs == 1 {
-        rows_dot(g, i0, out)
-    } else if g.mat.rs == 1 {
-        columns_axpy(g, i0, out)
-    } else {
-        strided(g, i0, out)
+    // SAFETY: this function's contract.
+    unsafe {
+        if g.mat.cs == 1 {
+            rows_dot(g, i0, out)
+        } else if g.mat.rs == 1 {
+            columns_axpy(g, i0, out)
+        } else {
+            strided(g, i0, out)
+        }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn chunk_avx512(g: &GemvArgs, i0: usize, out: &mut [f32]) {
-    chunk_body(g, i0, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn chunk_avx2(g: &GemvArgs, i0: usize, out: &mut [f32]) {
-    chunk_body(g, i0, out)
-}
-
-/// Runs the product at SIMD `level`, on the pool when `threads > 1`.
+/// Runs the product with token `simd`'s instructions, on the pool when
+/// `threads > 1`.
 ///
 /// # Safety
-/// The view, `x` and `y` cover the shapes in `g`; the CPU supports `level`.
-pub unsafe fn gemv(level: Level, g: &GemvArgs, threads: usize) {
+/// The view, `x` and `y` cover the shapes in `g`.
+pub unsafe fn gemv<S: Simd>(simd: S, g: &GemvArgs, threads: usize) {
     // Enough chunks to feed every thread, none longer than `CHUNK`.
     let chunk = CHUNK.min(g.len.div_ceil(threads).max(MIN_CHUNK));
     let run = |c: usize| {
         let i0 = c * chunk;
         let mut out = [0.0f32; CHUNK];
         let out = &mut out[..chunk.min(g.len - i0)];
-        // SAFETY: the caller's contract, and `level` is supported.
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                // SAFETY: the caller's contract; chunk c's outputs lie inside.
+                unsafe { chunk_body(g, i0, out) }
+            },
+        );
+        // SAFETY: outputs i0 + o < len of y (and of bias, when per output).
         unsafe {
-            match level {
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx512 => chunk_avx512(g, i0, out),
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2Fma => chunk_avx2(g, i0, out),
-                _ => chunk_body(g, i0, out),
-            }
             for (o, &v) in out.iter().enumerate() {
                 let i = i0 + o;
                 let yp = g.y.add(i * g.incy);

@@ -1,11 +1,12 @@
 //! The micro-kernel contract: one MR x NR tile of C from packed panels.
 //!
-//! Each instruction set has its own kernel (`kernel_avx512.rs`,
+//! Each SIMD token has its own kernel (`kernel_avx512.rs`,
 //! `kernel_avx2.rs`, `kernel_portable.rs`); `gemm.rs` is generic over this
-//! trait and `mod.rs` picks the kernel from [`crate::simd::level`].
+//! trait and `mod.rs` picks the token with [`crate::simd::dispatch!`].
 
 use super::blocking::Blocking;
 use super::packing::View;
+use crate::simd::Simd;
 
 /// What a tile does with its product: `c = alpha * (a·b) + beta * c + bias`.
 /// `beta == 0` overwrites C without reading it (so NaN in C cannot leak);
@@ -38,8 +39,9 @@ impl Epilogue {
     }
 }
 
-/// A register-tiled micro-kernel.
-pub trait MicroKernel {
+/// A register-tiled micro-kernel, implemented by each SIMD token: the
+/// token is the kernel, so holding one is the proof that the CPU runs it.
+pub trait MicroKernel: Simd {
     /// Rows of the C tile (the height of an A micro-panel).
     const MR: usize;
     /// Columns of the C tile (the width of a B micro-panel).
@@ -54,10 +56,17 @@ pub trait MicroKernel {
     /// top-left element of a row-major C with row stride `ldc`.
     ///
     /// # Safety
-    /// `a` and `b` hold `kc * MR` and `kc * NR` floats, `c` is writable
-    /// (and readable when `beta != 0`) for `MR` rows of `NR` floats, and the
-    /// CPU supports the kernel's instruction set.
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, ep: &Epilogue);
+    /// `a` and `b` hold `kc * MR` and `kc * NR` floats, and `c` is writable
+    /// (and readable when `beta != 0`) for `MR` rows of `NR` floats.
+    unsafe fn tile(
+        self,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        ep: &Epilogue,
+    );
 
     /// The first `rows` (`< MR`) rows of a tile with all NR columns,
     /// written straight into C, where the kernel has such a variant
@@ -66,7 +75,9 @@ pub trait MicroKernel {
     ///
     /// # Safety
     /// As [`MicroKernel::tile`]'s, with C covering only `rows` rows.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile_partial(
+        self,
         _kc: usize,
         _a: *const f32,
         _b: *const f32,
@@ -78,25 +89,26 @@ pub trait MicroKernel {
         false
     }
 
-    /// [`super::packing::pack_a`] with this kernel's MR (and its
-    /// instruction set where that helps).
+    /// [`super::packing::pack_a`] with this kernel's MR.
     ///
     /// # Safety
-    /// As `pack_a`'s, and the CPU supports the kernel's instruction set.
-    unsafe fn pack_a(dst: &mut [f32], a: View, i0: usize, rows: usize, p0: usize, kc: usize);
+    /// As `pack_a`'s.
+    unsafe fn pack_a(self, dst: &mut [f32], a: View, i0: usize, rows: usize, p0: usize, kc: usize);
 
     /// [`super::packing::pack_b`] with this kernel's NR.
     ///
     /// # Safety
-    /// As `pack_b`'s, and the CPU supports the kernel's instruction set.
-    unsafe fn pack_b(dst: &mut [f32], b: View, j0: usize, valid: usize, k: usize);
+    /// As `pack_b`'s.
+    unsafe fn pack_b(self, dst: &mut [f32], b: View, j0: usize, valid: usize, k: usize);
 }
 
 /// The packing methods of a [`MicroKernel`] impl with constants `MR`,
-/// `NR` in scope, `$avx512` saying whether packing may use AVX-512.
+/// `NR` in scope (a macro because `pack_a::<{ Self::MR }>` is not allowed
+/// in a generic default method).
 macro_rules! packing_methods {
-    ($avx512:expr) => {
+    () => {
         unsafe fn pack_a(
+            self,
             dst: &mut [f32],
             a: super::packing::View,
             i0: usize,
@@ -104,17 +116,20 @@ macro_rules! packing_methods {
             p0: usize,
             kc: usize,
         ) {
-            super::packing::pack_a::<MR>(dst, a, i0, rows, p0, kc, $avx512)
+            // SAFETY: forwarded from this method's contract.
+            unsafe { super::packing::pack_a::<MR, _>(self, dst, a, i0, rows, p0, kc) }
         }
 
         unsafe fn pack_b(
+            self,
             dst: &mut [f32],
             b: super::packing::View,
             j0: usize,
             valid: usize,
             k: usize,
         ) {
-            super::packing::pack_b::<NR>(dst, b, j0, valid, k, $avx512)
+            // SAFETY: forwarded from this method's contract.
+            unsafe { super::packing::pack_b::<NR, _>(self, dst, b, j0, valid, k) }
         }
     };
 }

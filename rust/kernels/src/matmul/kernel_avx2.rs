@@ -5,8 +5,7 @@ use std::arch::x86_64::*;
 
 use super::blocking::{self, Blocking};
 use super::kernel::{Epilogue, MicroKernel};
-
-pub struct Avx2;
+use crate::simd::Avx2;
 
 const MR: usize = 6;
 const NR: usize = 16;
@@ -16,9 +15,10 @@ impl MicroKernel for Avx2 {
     const NR: usize = NR;
     const BLOCKING: Blocking = blocking::AVX2;
 
-    super::kernel::packing_methods!(false);
+    super::kernel::packing_methods!();
 
     unsafe fn tile(
+        self,
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -26,10 +26,14 @@ impl MicroKernel for Avx2 {
         ldc: usize,
         ep: &Epilogue,
     ) {
-        tile_6x16(kc, a, b, c, ldc, ep)
+        // SAFETY: the token proves AVX2 and FMA; the pointers are this
+        // method's contract.
+        unsafe { tile_6x16(kc, a, b, c, ldc, ep) }
     }
 }
 
+/// # Safety
+/// As [`MicroKernel::tile`]'s, on a CPU with AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_6x16(
     kc: usize,
@@ -40,34 +44,42 @@ unsafe fn tile_6x16(
     ep: &Epilogue,
 ) {
     for i in 0..MR {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 8) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + 8) as *const i8);
     }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(b);
-        let b1 = _mm256_loadu_ps(b.add(8));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_set1_ps(*a.add(i));
-            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+        // SAFETY: `a` and `b` advance through the kc * MR and kc * NR
+        // floats of the packed panels.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_set1_ps(*a.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
         }
-        a = a.add(MR);
-        b = b.add(NR);
     }
     let alpha = _mm256_set1_ps(ep.alpha);
     let beta = _mm256_set1_ps(ep.beta);
     for (i, row) in acc.iter().enumerate() {
         for (h, &v) in row.iter().enumerate() {
-            let cp = c.add(i * ldc + 8 * h);
-            let mut out = _mm256_mul_ps(v, alpha);
-            if ep.beta != 0.0 {
-                out = _mm256_fmadd_ps(_mm256_loadu_ps(cp), beta, out);
+            // SAFETY: C covers MR rows of NR floats, bias (when not null)
+            // NR floats.
+            unsafe {
+                let cp = c.add(i * ldc + 8 * h);
+                let mut out = _mm256_mul_ps(v, alpha);
+                if ep.beta != 0.0 {
+                    out = _mm256_fmadd_ps(_mm256_loadu_ps(cp), beta, out);
+                }
+                if !ep.bias.is_null() {
+                    out = _mm256_add_ps(out, _mm256_loadu_ps(ep.bias.add(8 * h)));
+                }
+                _mm256_storeu_ps(cp, out);
             }
-            if !ep.bias.is_null() {
-                out = _mm256_add_ps(out, _mm256_loadu_ps(ep.bias.add(8 * h)));
-            }
-            _mm256_storeu_ps(cp, out);
         }
     }
 }

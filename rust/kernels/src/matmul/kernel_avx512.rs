@@ -8,8 +8,7 @@ use std::arch::x86_64::*;
 
 use super::blocking::{self, Blocking};
 use super::kernel::{Epilogue, MicroKernel};
-
-pub struct Avx512;
+use crate::simd::Avx512;
 
 const MR: usize = 14;
 const NR: usize = 32;
@@ -19,9 +18,10 @@ impl MicroKernel for Avx512 {
     const NR: usize = NR;
     const BLOCKING: Blocking = blocking::AVX512;
 
-    super::kernel::packing_methods!(true);
+    super::kernel::packing_methods!();
 
     unsafe fn tile(
+        self,
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -29,10 +29,13 @@ impl MicroKernel for Avx512 {
         ldc: usize,
         ep: &Epilogue,
     ) {
-        tile_rows::<MR>(kc, a, b, c, ldc, ep)
+        // SAFETY: the token proves AVX-512F; the pointers are this
+        // method's contract.
+        unsafe { tile_rows::<MR>(kc, a, b, c, ldc, ep) }
     }
 
     unsafe fn tile_partial(
+        self,
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -60,13 +63,19 @@ impl MicroKernel for Avx512 {
             13 => tile_rows::<13>,
             _ => return false,
         };
-        f(kc, a, b, c, ldc, ep);
+        // SAFETY: the token proves AVX-512F; C covers the `rows` rows
+        // written, the rest is this method's contract.
+        unsafe { f(kc, a, b, c, ldc, ep) };
         true
     }
 }
 
 /// The first `R` rows (`R <= MR`) of a tile: `a` is a packed A micro-panel
 /// (MR floats per depth step, whatever `R`), all NR columns.
+///
+/// # Safety
+/// As [`MicroKernel::tile`]'s with C covering `R` rows, on a CPU with
+/// AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_rows<const R: usize>(
     kc: usize,
@@ -78,34 +87,42 @@ unsafe fn tile_rows<const R: usize>(
 ) {
     // C is touched only after the k loop; start pulling its lines in now.
     for i in 0..R {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + 16) as *const i8);
     }
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for _ in 0..kc {
-        let b0 = _mm512_loadu_ps(b);
-        let b1 = _mm512_loadu_ps(b.add(16));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*a.add(i));
-            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        // SAFETY: `a` and `b` advance through the kc * MR and kc * NR
+        // floats of the packed panels.
+        unsafe {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
         }
-        a = a.add(MR);
-        b = b.add(NR);
     }
     let alpha = _mm512_set1_ps(ep.alpha);
     let beta = _mm512_set1_ps(ep.beta);
     for (i, row) in acc.iter().enumerate() {
         for (h, &v) in row.iter().enumerate() {
-            let cp = c.add(i * ldc + 16 * h);
-            let mut out = _mm512_mul_ps(v, alpha);
-            if ep.beta != 0.0 {
-                out = _mm512_fmadd_ps(_mm512_loadu_ps(cp), beta, out);
+            // SAFETY: C covers R rows of NR floats, bias (when not null)
+            // NR floats.
+            unsafe {
+                let cp = c.add(i * ldc + 16 * h);
+                let mut out = _mm512_mul_ps(v, alpha);
+                if ep.beta != 0.0 {
+                    out = _mm512_fmadd_ps(_mm512_loadu_ps(cp), beta, out);
+                }
+                if !ep.bias.is_null() {
+                    out = _mm512_add_ps(out, _mm512_loadu_ps(ep.bias.add(16 * h)));
+                }
+                _mm512_storeu_ps(cp, out);
             }
-            if !ep.bias.is_null() {
-                out = _mm512_add_ps(out, _mm512_loadu_ps(ep.bias.add(16 * h)));
-            }
-            _mm512_storeu_ps(cp, out);
         }
     }
 }

@@ -4,8 +4,7 @@
 
 use super::blocking::{self, Blocking};
 use super::kernel::{Epilogue, MicroKernel};
-
-pub struct Portable;
+use crate::simd::Portable;
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -15,9 +14,10 @@ impl MicroKernel for Portable {
     const NR: usize = NR;
     const BLOCKING: Blocking = blocking::PORTABLE;
 
-    super::kernel::packing_methods!(false);
+    super::kernel::packing_methods!();
 
     unsafe fn tile(
+        self,
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -25,8 +25,14 @@ impl MicroKernel for Portable {
         ldc: usize,
         ep: &Epilogue,
     ) {
-        let a = std::slice::from_raw_parts(a, kc * MR);
-        let b = std::slice::from_raw_parts(b, kc * NR);
+        // SAFETY: `a` and `b` hold `kc * MR` and `kc * NR` floats (the
+        // contract of `tile`).
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts(a, kc * MR),
+                std::slice::from_raw_parts(b, kc * NR),
+            )
+        };
         let mut acc = [[0.0f32; NR]; MR];
         for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
             for (row, &ai) in acc.iter_mut().zip(ap) {
@@ -36,14 +42,14 @@ impl MicroKernel for Portable {
             }
         }
         for (i, row) in acc.iter().enumerate() {
-            let crow = std::slice::from_raw_parts_mut(c.add(i * ldc), NR);
+            // SAFETY: C covers MR rows of NR floats at stride `ldc`, and
+            // `bias`, when not null, NR floats.
+            let (crow, bias) = unsafe {
+                let bias = (!ep.bias.is_null()).then(|| std::slice::from_raw_parts(ep.bias, NR));
+                (std::slice::from_raw_parts_mut(c.add(i * ldc), NR), bias)
+            };
             for (j, (cv, &ab)) in crow.iter_mut().zip(row).enumerate() {
-                let bias = if ep.bias.is_null() {
-                    0.0
-                } else {
-                    *ep.bias.add(j)
-                };
-                *cv = ep.apply(ab, *cv, bias);
+                *cv = ep.apply(ab, *cv, bias.map_or(0.0, |b| b[j]));
             }
         }
     }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::gemm::GemmArgs;
 use super::{run, threads_for, Layout};
 use crate::error::{check_len, Result};
-use crate::simd;
+use crate::simd::dispatch;
 
 /// `y = x @ w.T + b`, with the bias added in the GEMM's epilogue.
 ///
@@ -41,7 +41,7 @@ pub fn linear_forward(
         bias: b.map_or(std::ptr::null(), <[f32]>::as_ptr),
     };
     // SAFETY: every operand was checked against its shape.
-    unsafe { run(simd::level(), &g, threads_for(rows, out_f, in_f)) };
+    dispatch!(|s| unsafe { run(s, &g, threads_for(rows, out_f, in_f)) });
     Ok(())
 }
 
@@ -73,7 +73,6 @@ pub fn linear_backward(
     if let Some(db) = db.as_deref() {
         check_len(op, "db", db.len(), &[out_f])?;
     }
-    let level = simd::level();
     let beta = if accumulate { 1.0 } else { 0.0 };
     let dx_args = GemmArgs {
         m: rows,
@@ -100,10 +99,10 @@ pub fn linear_backward(
         bias: std::ptr::null(),
     };
     // SAFETY: every operand was checked against its shape.
-    unsafe {
-        run(level, &dx_args, threads_for(rows, in_f, out_f));
-        run(level, &dw_args, threads_for(out_f, in_f, rows));
-    }
+    dispatch!(|s| unsafe {
+        run(s, &dx_args, threads_for(rows, in_f, out_f));
+        run(s, &dw_args, threads_for(out_f, in_f, rows));
+    });
     if let Some(db) = db {
         column_sums(dy, rows, out_f, db, accumulate);
     }

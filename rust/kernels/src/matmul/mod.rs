@@ -43,11 +43,12 @@ pub use linear::{linear_backward, linear_forward};
 pub use naive::sgemm_naive;
 
 use crate::error::{Error, Result};
-use crate::simd::{self, Level};
+use crate::simd::dispatch;
 use gemm::{gemm, GemmArgs};
 use gemv::{gemv, GemvArgs};
-use kernel::Epilogue;
+use kernel::{Epilogue, MicroKernel};
 use packing::View;
+use small_m::RowDots;
 
 /// How an operand of [`sgemm`] is stored. The matrix in memory is
 /// row-major with row stride `ld`; when `trans` is set the product reads
@@ -189,61 +190,51 @@ pub fn sgemm(
         bias: std::ptr::null(),
     };
     // SAFETY: the views and C were checked against the shapes.
-    unsafe { run(simd::level(), &g, threads_for(m, n, k)) };
+    dispatch!(|s| unsafe { run(s, &g, threads_for(m, n, k)) });
     Ok(())
 }
 
-/// Runs a checked product with the kernels of `level` on `threads` threads.
+/// Runs a checked product with the kernels of token `kern` on `threads`
+/// threads.
 ///
 /// # Safety
-/// `g`'s views and C cover its shapes; the CPU supports `level`.
-unsafe fn run(level: Level, g: &GemmArgs, threads: usize) {
+/// `g`'s views and C cover its shapes.
+unsafe fn run<K: MicroKernel + RowDots>(kern: K, g: &GemmArgs, threads: usize) {
     if g.m == 0 || g.n == 0 {
         return;
     }
+    // Every call below: `g` covers its shapes, and each path's condition
+    // holds (k > 0 past the first; W read in place for small_m and
+    // swapped; m <= MAX_M for small_m).
     if g.k == 0 {
-        epilogue_only(g);
-    } else if g.b.rs == 1 && small_m::wanted(g.m, g.n, g.k) {
-        run_small_m(level, g, threads);
-    } else if g.b.rs == 1 && swapped_wanted(level, g) {
-        run_swapped(g, threads);
-    } else if g.m == 1 || g.n == 1 {
-        run_gemv(level, g, threads);
+        // SAFETY: as said.
+        return unsafe { epilogue_only(g) };
+    }
+    if g.b.rs == 1 && small_m::wanted(g.m, g.n, g.k) {
+        // SAFETY: as said.
+        return unsafe { run_small_m(kern, g, threads) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = kern
+        .avx512()
+        .filter(|_| g.b.rs == 1 && swapped::wanted(g.m, g.n, g.k))
+    {
+        // SAFETY: as said.
+        return unsafe { swapped::run(t, g, threads) };
+    }
+    if g.m == 1 || g.n == 1 {
+        // SAFETY: as said.
+        unsafe { run_gemv(kern, g, threads) }
     } else {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => gemm::<kernel_avx512::Avx512>(g, threads),
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2Fma => gemm::<kernel_avx2::Avx2>(g, threads),
-            _ => gemm::<kernel_portable::Portable>(g, threads),
-        }
+        // SAFETY: as said.
+        unsafe { gemm(kern, g, threads) }
     }
 }
 
-/// Whether the product runs on `swapped` (W read in place, AVX-512).
-#[cfg(target_arch = "x86_64")]
-fn swapped_wanted(level: Level, g: &GemmArgs) -> bool {
-    level == Level::Avx512 && swapped::wanted(g.m, g.n, g.k)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn swapped_wanted(_level: Level, _g: &GemmArgs) -> bool {
-    false
-}
-
-/// # Safety
-/// As [`run`]'s, with `swapped_wanted` true.
-#[cfg(target_arch = "x86_64")]
-unsafe fn run_swapped(g: &GemmArgs, threads: usize) {
-    swapped::run(g, threads)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn run_swapped(_g: &GemmArgs, _threads: usize) {
-    unreachable!("swapped_wanted is false off x86-64")
-}
-
 /// `k == 0`: the product is zero, only `beta * C + bias` remains.
+///
+/// # Safety
+/// As [`run`]'s.
 unsafe fn epilogue_only(g: &GemmArgs) {
     let ep = Epilogue {
         alpha: g.alpha,
@@ -252,20 +243,26 @@ unsafe fn epilogue_only(g: &GemmArgs) {
     };
     for i in 0..g.m {
         for j in 0..g.n {
-            let cp = g.c.add(i * g.ldc + j);
-            let bias = if g.bias.is_null() {
-                0.0
-            } else {
-                *g.bias.add(j)
-            };
-            *cp = ep.apply(0.0, *cp, bias);
+            // SAFETY: (i, j) lies inside C, j inside bias.
+            unsafe {
+                let cp = g.c.add(i * g.ldc + j);
+                let bias = if g.bias.is_null() {
+                    0.0
+                } else {
+                    *g.bias.add(j)
+                };
+                *cp = ep.apply(0.0, *cp, bias);
+            }
         }
     }
 }
 
 /// A few rows of A against a B stored as rows along k (`x @ W.T`):
 /// W streamed once, several of its rows at a time.
-unsafe fn run_small_m(level: Level, g: &GemmArgs, threads: usize) {
+///
+/// # Safety
+/// As [`run`]'s, with `k > 0` and `1 <= m <= small_m::MAX_M`.
+unsafe fn run_small_m<D: RowDots>(dots: D, g: &GemmArgs, threads: usize) {
     let copy: Vec<f32>;
     let (x, ldx) = if g.a.cs == 1 {
         (g.a.ptr, g.a.rs)
@@ -273,7 +270,8 @@ unsafe fn run_small_m(level: Level, g: &GemmArgs, threads: usize) {
         // Rows of op(A) strided along k (trans_a): gather them, m x k floats.
         copy = (0..g.m)
             .flat_map(|i| (0..g.k).map(move |p| (i, p)))
-            .map(|(i, p)| *g.a.at(i, p).ptr)
+            // SAFETY: (i, p) lies inside op(A).
+            .map(|(i, p)| unsafe { *g.a.at(i, p).ptr })
             .collect();
         (copy.as_ptr(), g.k)
     };
@@ -293,12 +291,16 @@ unsafe fn run_small_m(level: Level, g: &GemmArgs, threads: usize) {
             bias: g.bias,
         },
     };
-    small_m::small_m(level, &s, threads);
+    // SAFETY: x is op(A) (m, k) at row stride ldx, W = op(B)^T (n, k).
+    unsafe { small_m::small_m(dots, &s, threads) };
 }
 
 /// One row or one column of C: a matrix-vector product over the other
 /// operand, which is streamed once instead of packed.
-unsafe fn run_gemv(level: Level, g: &GemmArgs, threads: usize) {
+///
+/// # Safety
+/// As [`run`]'s, with `k > 0` and `m == 1` or `n == 1`.
+unsafe fn run_gemv<S: crate::simd::Simd>(simd: S, g: &GemmArgs, threads: usize) {
     let ep = Epilogue {
         alpha: g.alpha,
         beta: g.beta,
@@ -314,7 +316,8 @@ unsafe fn run_gemv(level: Level, g: &GemmArgs, threads: usize) {
     let x = if stride == 1 || g.k == 1 {
         vec
     } else {
-        copy = (0..g.k).map(|p| *vec.add(p * stride)).collect();
+        // SAFETY: the vector operand has k elements `stride` apart.
+        copy = (0..g.k).map(|p| unsafe { *vec.add(p * stride) }).collect();
         copy.as_ptr()
     };
     let args = if g.m == 1 {
@@ -346,5 +349,6 @@ unsafe fn run_gemv(level: Level, g: &GemmArgs, threads: usize) {
             bias_stride: 0,
         }
     };
-    gemv(level, &args, threads);
+    // SAFETY: the view, x and y cover the shapes (from `g`'s).
+    unsafe { gemv(simd, &args, threads) };
 }

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::kernel::Epilogue;
-use crate::simd::Level;
+use crate::simd::{Portable, Simd};
 
 /// Most rows of A that take this path; from about here on the GEMM's
 /// reuse of packed panels beats reading W's rows once per four rows of A
@@ -65,19 +65,74 @@ pub struct SmallArgs {
 
 // SAFETY: tasks read x, w and bias, and write disjoint columns of c.
 unsafe impl Send for SmallArgs {}
+// SAFETY: as for Send: tasks share only what they read.
 unsafe impl Sync for SmallArgs {}
 
 /// Dot products of `M` rows of x with `R` rows of W: `out[g][r]`.
 type Dots<const M: usize> = [[f32; R]; M];
 
+/// The register-blocked dot products, one body per SIMD token.
+pub trait RowDots: Simd {
+    /// Dot products of the `M` rows of `x (M, k)` (row stride `ldx`) with
+    /// the R rows `w`; the next group of W rows starts `ahead` floats after
+    /// these (where the prefetches run on to).
+    ///
+    /// # Safety
+    /// `x` covers `M` rows of `k` floats, each `w[r]` `k` floats.
+    unsafe fn dots<const M: usize>(
+        self,
+        k: usize,
+        x: *const f32,
+        ldx: usize,
+        w: [*const f32; R],
+        ahead: usize,
+    ) -> Dots<M>;
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Dots, PREFETCH_FLOATS, R};
+    use super::{Dots, RowDots, PREFETCH_FLOATS, R};
+    use crate::simd::{Avx2, Avx512};
     use std::arch::x86_64::*;
 
+    impl RowDots for Avx512 {
+        #[inline(always)]
+        unsafe fn dots<const M: usize>(
+            self,
+            k: usize,
+            x: *const f32,
+            ldx: usize,
+            w: [*const f32; R],
+            ahead: usize,
+        ) -> Dots<M> {
+            // SAFETY: the token proves AVX-512F; the pointers are the
+            // contract of `dots`.
+            unsafe { dots_avx512::<M>(k, x, ldx, w, ahead) }
+        }
+    }
+
+    impl RowDots for Avx2 {
+        #[inline(always)]
+        unsafe fn dots<const M: usize>(
+            self,
+            k: usize,
+            x: *const f32,
+            ldx: usize,
+            w: [*const f32; R],
+            _ahead: usize,
+        ) -> Dots<M> {
+            // SAFETY: the token proves AVX2 and FMA; the pointers are the
+            // contract of `dots`.
+            unsafe { dots_avx2::<M>(k, x, ldx, w) }
+        }
+    }
+
     /// AVX-512: 16 lanes per step, the last partial step masked.
+    ///
+    /// # Safety
+    /// As [`RowDots::dots`]'s, on a CPU with AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn dots_avx512<const M: usize>(
+    unsafe fn dots_avx512<const M: usize>(
         k: usize,
         x: *const f32,
         ldx: usize,
@@ -95,22 +150,29 @@ mod x86 {
             for &wr in &w {
                 _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(off).cast());
             }
-            let wv: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(w[r].add(p)));
-            for (g, row) in acc.iter_mut().enumerate() {
-                let xv = _mm512_loadu_ps(x.add(g * ldx + p));
-                for r in 0..R {
-                    row[r] = _mm512_fmadd_ps(xv, wv[r], row[r]);
+            // SAFETY: floats p..p + 16 <= k of every row of x and w.
+            unsafe {
+                let wv: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(w[r].add(p)));
+                for (g, row) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_ps(x.add(g * ldx + p));
+                    for r in 0..R {
+                        row[r] = _mm512_fmadd_ps(xv, wv[r], row[r]);
+                    }
                 }
             }
             p += 16;
         }
         if p < k {
             let mask: __mmask16 = (1u32 << (k - p)) as u16 - 1;
-            let wv: [__m512; R] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, w[r].add(p)));
-            for (g, row) in acc.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mask, x.add(g * ldx + p));
-                for r in 0..R {
-                    row[r] = _mm512_fmadd_ps(xv, wv[r], row[r]);
+            // SAFETY: the mask reads only floats p..k of every row.
+            unsafe {
+                let wv: [__m512; R] =
+                    std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, w[r].add(p)));
+                for (g, row) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(mask, x.add(g * ldx + p));
+                    for r in 0..R {
+                        row[r] = _mm512_fmadd_ps(xv, wv[r], row[r]);
+                    }
                 }
             }
         }
@@ -123,7 +185,8 @@ mod x86 {
             }
         }
         let mut sums = [0.0f32; 16];
-        _mm512_storeu_ps(sums.as_mut_ptr(), reduce16(v));
+        // SAFETY: `sums` holds 16 floats.
+        unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), reduce16(v)) };
         std::array::from_fn(|g| std::array::from_fn(|r| sums[g * R + r]))
     }
 
@@ -131,8 +194,9 @@ mod x86 {
     const LANE_OF: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
 
     /// Lane `i` of the result is the sum of the lanes of `v[LANE_OF[i]]`.
-    #[inline(always)]
-    unsafe fn reduce16(v: [__m512; 16]) -> __m512 {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn reduce16(v: [__m512; 16]) -> __m512 {
         // 512 -> 256: halves of v[i] and v[i + 8] side by side.
         let t: [__m512; 8] = std::array::from_fn(|i| {
             _mm512_add_ps(
@@ -162,8 +226,11 @@ mod x86 {
     }
 
     /// AVX2 + FMA: 8 lanes per step, the tail in scalars.
+    ///
+    /// # Safety
+    /// As [`RowDots::dots`]'s, on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dots_avx2<const M: usize>(
+    unsafe fn dots_avx2<const M: usize>(
         k: usize,
         x: *const f32,
         ldx: usize,
@@ -173,11 +240,14 @@ mod x86 {
         let body = k / 8 * 8;
         let mut p = 0;
         while p < body {
-            let wv: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(w[r].add(p)));
-            for (g, row) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(x.add(g * ldx + p));
-                for r in 0..R {
-                    row[r] = _mm256_fmadd_ps(xv, wv[r], row[r]);
+            // SAFETY: floats p..p + 8 <= k of every row of x and w.
+            unsafe {
+                let wv: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(w[r].add(p)));
+                for (g, row) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.add(g * ldx + p));
+                    for r in 0..R {
+                        row[r] = _mm256_fmadd_ps(xv, wv[r], row[r]);
+                    }
                 }
             }
             p += 8;
@@ -191,7 +261,8 @@ mod x86 {
                 let s = _mm_add_ss(s, _mm_movehdup_ps(s));
                 let mut t = _mm_cvtss_f32(s);
                 for q in body..k {
-                    t += *x.add(g * ldx + q) * *w[r].add(q);
+                    // SAFETY: q < k.
+                    t += unsafe { *x.add(g * ldx + q) * *w[r].add(q) };
                 }
                 o[r] = t;
             }
@@ -200,96 +271,105 @@ mod x86 {
     }
 }
 
-/// Portable: fixed-width lane arrays, which the compiler vectorizes.
-#[inline(always)]
-unsafe fn dots_portable<const M: usize>(
-    k: usize,
-    x: *const f32,
-    ldx: usize,
-    w: [*const f32; R],
-) -> Dots<M> {
-    const L: usize = 8;
-    let mut acc = [[[0.0f32; L]; R]; M];
-    let body = k / L * L;
-    for p in (0..body).step_by(L) {
-        for (g, row) in acc.iter_mut().enumerate() {
-            for (r, lanes) in row.iter_mut().enumerate() {
-                for (l, v) in lanes.iter_mut().enumerate() {
-                    *v += *x.add(g * ldx + p + l) * *w[r].add(p + l);
+impl RowDots for Portable {
+    /// Fixed-width lane arrays, which the compiler vectorizes.
+    #[inline(always)]
+    unsafe fn dots<const M: usize>(
+        self,
+        k: usize,
+        x: *const f32,
+        ldx: usize,
+        w: [*const f32; R],
+        _ahead: usize,
+    ) -> Dots<M> {
+        const L: usize = 8;
+        // SAFETY: `x` covers M rows of k floats at stride `ldx`, each `w[r]`
+        // k floats (the contract of `dots`).
+        let (xs, ws): ([&[f32]; M], [&[f32]; R]) = unsafe {
+            (
+                std::array::from_fn(|g| std::slice::from_raw_parts(x.add(g * ldx), k)),
+                std::array::from_fn(|r| std::slice::from_raw_parts(w[r], k)),
+            )
+        };
+        let mut acc = [[[0.0f32; L]; R]; M];
+        let body = k / L * L;
+        for p in (0..body).step_by(L) {
+            for (row, xg) in acc.iter_mut().zip(&xs) {
+                for (lanes, wr) in row.iter_mut().zip(&ws) {
+                    for (l, v) in lanes.iter_mut().enumerate() {
+                        *v += xg[p + l] * wr[p + l];
+                    }
                 }
             }
         }
-    }
-    let mut out = [[0.0; R]; M];
-    for (g, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
-        for r in 0..R {
-            let mut t: f32 = a[r].iter().sum();
-            for q in body..k {
-                t += *x.add(g * ldx + q) * *w[r].add(q);
+        let mut out = [[0.0; R]; M];
+        for ((o, a), xg) in out.iter_mut().zip(&acc).zip(&xs) {
+            for (r, wr) in ws.iter().enumerate() {
+                let mut t: f32 = a[r].iter().sum();
+                for q in body..k {
+                    t += xg[q] * wr[q];
+                }
+                o[r] = t;
             }
-            o[r] = t;
         }
-    }
-    out
-}
-
-/// Dot products of `M` x rows with the R rows `w` at `level`.
-#[inline(always)]
-unsafe fn dots<const M: usize>(
-    level: Level,
-    k: usize,
-    x: *const f32,
-    ldx: usize,
-    w: [*const f32; R],
-    ahead: usize,
-) -> Dots<M> {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => x86::dots_avx512::<M>(k, x, ldx, w, ahead),
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2Fma => x86::dots_avx2::<M>(k, x, ldx, w),
-        _ => dots_portable::<M>(k, x, ldx, w),
+        out
     }
 }
 
 /// Writes `M` x rows (from row `g0`) against W rows `j..j + rows` into C.
+///
+/// # Safety
+/// As [`small_m`]'s, with rows `g0..g0 + M` of x and `j..j + rows` of W
+/// inside the product, and `w` R readable rows of W.
 #[inline(always)]
-unsafe fn group<const M: usize>(
-    level: Level,
+unsafe fn group<const M: usize, D: RowDots>(
+    dots: D,
     s: &SmallArgs,
     g0: usize,
     j: usize,
     rows: usize,
     w: [*const f32; R],
 ) {
-    let d = dots::<M>(level, s.k, s.x.add(g0 * s.ldx), s.ldx, w, R * s.ldw);
-    for (g, dg) in d.iter().enumerate() {
-        for (r, &v) in dg.iter().enumerate().take(rows) {
-            let cp = s.c.add((g0 + g) * s.ldc + j + r);
-            let bias = if s.ep.bias.is_null() {
-                0.0
-            } else {
-                *s.ep.bias.add(j + r)
-            };
-            *cp = s.ep.apply(v, *cp, bias);
+    // SAFETY: rows g0..g0 + M of x, the R rows `w`, and the elements
+    // (g0 + g, j + r) of C for r < rows (and bias j + r) lie inside.
+    unsafe {
+        let d = dots.dots::<M>(s.k, s.x.add(g0 * s.ldx), s.ldx, w, R * s.ldw);
+        for (g, dg) in d.iter().enumerate() {
+            for (r, &v) in dg.iter().enumerate().take(rows) {
+                let cp = s.c.add((g0 + g) * s.ldc + j + r);
+                let bias = if s.ep.bias.is_null() {
+                    0.0
+                } else {
+                    *s.ep.bias.add(j + r)
+                };
+                *cp = s.ep.apply(v, *cp, bias);
+            }
         }
     }
 }
 
 /// Columns `[j0, j1)` of C.
-unsafe fn columns(level: Level, s: &SmallArgs, j0: usize, j1: usize) {
+///
+/// # Safety
+/// As [`small_m`]'s, with `j0 <= j1 <= n`.
+#[inline(always)]
+unsafe fn columns<D: RowDots>(dots: D, s: &SmallArgs, j0: usize, j1: usize) {
     let mut j = j0;
     while j < j1 {
         let rows = R.min(j1 - j);
         // Past the last row, repeat it: the extra sums are dropped.
-        let w: [*const f32; R] = std::array::from_fn(|r| s.w.add((j + r.min(rows - 1)) * s.ldw));
+        let w: [*const f32; R] =
+            std::array::from_fn(|r| s.w.wrapping_add((j + r.min(rows - 1)) * s.ldw));
         let mut g0 = 0;
         while g0 < s.m {
-            match s.m - g0 {
-                1 => group::<1>(level, s, g0, j, rows, w),
-                2 => group::<2>(level, s, g0, j, rows, w),
-                3 => group::<3>(level, s, g0, j, rows, w),
-                _ => group::<XG>(level, s, g0, j, rows, w),
+            // SAFETY: W rows j..j + rows <= j1 <= n and x rows from g0 < m.
+            unsafe {
+                match s.m - g0 {
+                    1 => group::<1, D>(dots, s, g0, j, rows, w),
+                    2 => group::<2, D>(dots, s, g0, j, rows, w),
+                    3 => group::<3, D>(dots, s, g0, j, rows, w),
+                    _ => group::<XG, D>(dots, s, g0, j, rows, w),
+                }
             }
             g0 += XG;
         }
@@ -297,12 +377,13 @@ unsafe fn columns(level: Level, s: &SmallArgs, j0: usize, j1: usize) {
     }
 }
 
-/// Runs the product at SIMD `level` on `threads` threads.
+/// Runs the product with the dot products of token `dots` on `threads`
+/// threads.
 ///
 /// # Safety
 /// `x`, `w` and `c` cover the shapes in `s` (and `bias`, when not null,
-/// `n` floats); `1 <= m <= MAX_M`, `k >= 1`; the CPU supports `level`.
-pub unsafe fn small_m(level: Level, s: &SmallArgs, threads: usize) {
+/// `n` floats); `1 <= m <= MAX_M`, `k >= 1`.
+pub unsafe fn small_m<D: RowDots>(dots: D, s: &SmallArgs, threads: usize) {
     debug_assert!(s.m >= 1 && s.m <= MAX_M && s.k >= 1);
     // Two tasks per thread, in whole steps of R rows, so that a thread
     // slowed by another job, or slow to wake, is helped out. (One fixed
@@ -316,16 +397,15 @@ pub unsafe fn small_m(level: Level, s: &SmallArgs, threads: usize) {
     };
     let per = s.n.div_ceil(tasks).div_ceil(R) * R;
     let run_range = |j0: usize, j1: usize| {
-        // SAFETY: the caller's contract; tasks write disjoint columns.
-        unsafe {
-            match level {
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx512 => columns_avx512(s, j0, j1),
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2Fma => columns_avx2(s, j0, j1),
-                _ => columns(level, s, j0, j1),
-            }
-        }
+        // The loops compiled with the token's features, so that the dot
+        // products inline into them.
+        dots.vectorize(
+            #[inline(always)]
+            || {
+                // SAFETY: the caller's contract; tasks write disjoint columns.
+                unsafe { columns(dots, s, j0, j1) }
+            },
+        )
     };
     if tasks > 1 {
         (0..tasks)
@@ -334,18 +414,4 @@ pub unsafe fn small_m(level: Level, s: &SmallArgs, threads: usize) {
     } else {
         run_range(0, s.n);
     }
-}
-
-// The loops compiled with the instruction set enabled, so that the
-// kernels inline into them.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn columns_avx512(s: &SmallArgs, j0: usize, j1: usize) {
-    columns(Level::Avx512, s, j0, j1)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn columns_avx2(s: &SmallArgs, j0: usize, j1: usize) {
-    columns(Level::Avx2Fma, s, j0, j1)
 }

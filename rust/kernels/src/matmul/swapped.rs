@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::gemm::{with_buffer, GemmArgs, PACKED_B};
 use super::kernel::Epilogue;
 use super::packing::{pack_b, x86::transpose16, View};
+use crate::simd::Avx512;
 
 /// Rows of W per tile (rows of C^T).
 const JR: usize = 14;
@@ -36,11 +37,12 @@ pub fn wanted(m: usize, n: usize, k: usize) -> bool {
     (MIN_M..=MAX_M).contains(&m) && n >= 2 * JR && k >= MIN_K
 }
 
-/// Runs `g` (op(B) = W.T read in place: `g.b.rs == 1`) on `threads` threads.
+/// Runs `g` (op(B) = W.T read in place: `g.b.rs == 1`) on `threads`
+/// threads; the token proves AVX-512F.
 ///
 /// # Safety
-/// As the GEMM's: the views and C cover the shapes; the CPU has AVX-512F.
-pub unsafe fn run(g: &GemmArgs, threads: usize) {
+/// As the GEMM's: the views and C cover the shapes.
+pub unsafe fn run(t: Avx512, g: &GemmArgs, threads: usize) {
     let (m, n, k) = (g.m, g.n, g.k);
     let ldw = g.b.cs;
     // x^T as op(B) of the packing: element (p, i) = x[i, p].
@@ -60,30 +62,38 @@ pub unsafe fn run(g: &GemmArgs, threads: usize) {
     // float is written by the packing, padding included).
     with_buffer(&PACKED_B, panels * k * IR, |xp| {
         for (ip, dst) in xp.chunks_exact_mut(k * IR).enumerate() {
-            pack_b::<IR>(dst, xt, ip * IR, IR.min(m - ip * IR), k, true);
+            // SAFETY: rows ip * IR.. of x (columns of x^T) exist; `dst`
+            // holds k * IR floats.
+            unsafe { pack_b::<IR, _>(t, dst, xt, ip * IR, IR.min(m - ip * IR), k) };
         }
         let xp: &[f32] = xp;
-        let one = |t: usize| {
-            let (b0, b1) = (t * blocks / tasks, (t + 1) * blocks / tasks);
+        let one = |task: usize| {
+            let (b0, b1) = (task * blocks / tasks, (task + 1) * blocks / tasks);
             // The last block of W, when partial, is copied with zero rows.
             let mut padded = Vec::new();
             for jb in b0..b1 {
                 let j0 = jb * JR;
                 let rows = JR.min(n - j0);
                 let (w, ld) = if rows == JR {
-                    (g.b.ptr.add(j0 * ldw), ldw)
+                    (g.b.ptr.wrapping_add(j0 * ldw), ldw)
                 } else {
                     padded.resize(JR * k, 0.0f32);
                     for r in 0..rows {
-                        let src = std::slice::from_raw_parts(g.b.ptr.add((j0 + r) * ldw), k);
+                        // SAFETY: W row j0 + r < n holds k floats.
+                        let src =
+                            unsafe { std::slice::from_raw_parts(g.b.ptr.add((j0 + r) * ldw), k) };
                         padded[r * k..(r + 1) * k].copy_from_slice(src);
                     }
                     (padded.as_ptr(), k)
                 };
                 for ip in 0..panels {
                     let i0 = ip * IR;
-                    let panel = xp.as_ptr().add(ip * k * IR);
-                    tile(g, k, w, ld, rows, panel, i0, IR.min(m - i0), j0);
+                    let panel = xp[ip * k * IR..].as_ptr();
+                    // SAFETY: 14 readable rows of W at `w` (the partial
+                    // block padded), the packed panel of x rows i0.., and
+                    // C rows i0.. and columns j0..j0 + rows inside C; the
+                    // token proves AVX-512F.
+                    unsafe { tile(t, g, k, w, ld, rows, panel, i0, IR.min(m - i0), j0) };
                 }
             }
         };
@@ -98,9 +108,15 @@ pub unsafe fn run(g: &GemmArgs, threads: usize) {
 /// One 14 x 32 tile of C^T: W rows `j0..j0 + rows` (at `w`, row stride
 /// `ldw`, 14 readable rows) against the packed panel `xp` of x rows
 /// `i0..i0 + cols`, through the epilogue into C.
+///
+/// # Safety
+/// As said, with `k` floats per W row and `k * IR` in the panel; C and
+/// bias cover rows `i0..i0 + cols`, columns `j0..j0 + rows`. (The token
+/// proves AVX-512F.)
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(
+    t: Avx512,
     g: &GemmArgs,
     k: usize,
     w: *const f32,
@@ -117,42 +133,46 @@ unsafe fn tile(
     // (a loop over the rows did not unroll).
     let (mut p0, mut p3, mut p6, mut p9, mut p12) = (
         w,
-        w.add(3 * ldw),
-        w.add(6 * ldw),
-        w.add(9 * ldw),
-        w.add(12 * ldw),
+        w.wrapping_add(3 * ldw),
+        w.wrapping_add(6 * ldw),
+        w.wrapping_add(9 * ldw),
+        w.wrapping_add(12 * ldw),
     );
     let (l1, l2) = (ldw, 2 * ldw);
+    // SAFETY: the 14 W rows and the panel are read for k depths (the
+    // contract).
     for _ in 0..k {
-        let b0 = _mm512_loadu_ps(xp);
-        let b1 = _mm512_loadu_ps(xp.add(16));
-        macro_rules! row {
-            ($jj:expr, $ptr:expr) => {{
-                let a = _mm512_set1_ps(*$ptr);
-                acc[$jj][0] = _mm512_fmadd_ps(a, b0, acc[$jj][0]);
-                acc[$jj][1] = _mm512_fmadd_ps(a, b1, acc[$jj][1]);
-            }};
+        unsafe {
+            let b0 = _mm512_loadu_ps(xp);
+            let b1 = _mm512_loadu_ps(xp.add(16));
+            macro_rules! row {
+                ($jj:expr, $ptr:expr) => {{
+                    let a = _mm512_set1_ps(*$ptr);
+                    acc[$jj][0] = _mm512_fmadd_ps(a, b0, acc[$jj][0]);
+                    acc[$jj][1] = _mm512_fmadd_ps(a, b1, acc[$jj][1]);
+                }};
+            }
+            row!(0, p0);
+            row!(1, p0.add(l1));
+            row!(2, p0.add(l2));
+            row!(3, p3);
+            row!(4, p3.add(l1));
+            row!(5, p3.add(l2));
+            row!(6, p6);
+            row!(7, p6.add(l1));
+            row!(8, p6.add(l2));
+            row!(9, p9);
+            row!(10, p9.add(l1));
+            row!(11, p9.add(l2));
+            row!(12, p12);
+            row!(13, p12.add(l1));
+            p0 = p0.add(1);
+            p3 = p3.add(1);
+            p6 = p6.add(1);
+            p9 = p9.add(1);
+            p12 = p12.add(1);
+            xp = xp.add(IR);
         }
-        row!(0, p0);
-        row!(1, p0.add(l1));
-        row!(2, p0.add(l2));
-        row!(3, p3);
-        row!(4, p3.add(l1));
-        row!(5, p3.add(l2));
-        row!(6, p6);
-        row!(7, p6.add(l1));
-        row!(8, p6.add(l2));
-        row!(9, p9);
-        row!(10, p9.add(l1));
-        row!(11, p9.add(l2));
-        row!(12, p12);
-        row!(13, p12.add(l1));
-        p0 = p0.add(1);
-        p3 = p3.add(1);
-        p6 = p6.add(1);
-        p9 = p9.add(1);
-        p12 = p12.add(1);
-        xp = xp.add(IR);
     }
     let ep = Epilogue {
         alpha: g.alpha,
@@ -165,7 +185,8 @@ unsafe fn tile(
     let bias = if ep.bias.is_null() {
         _mm512_setzero_ps()
     } else {
-        _mm512_maskz_loadu_ps(jmask, ep.bias.add(j0))
+        // SAFETY: bias holds n floats; the mask reads j0..j0 + rows <= n.
+        unsafe { _mm512_maskz_loadu_ps(jmask, ep.bias.add(j0)) }
     };
     // h picks the column half of every row of acc: not a loop over acc.
     #[allow(clippy::needless_range_loop)]
@@ -177,19 +198,22 @@ unsafe fn tile(
                 _mm512_setzero_ps()
             }
         });
-        let out = transpose16(rows_t);
+        let out = transpose16(t, rows_t);
         for (l, &v) in out.iter().enumerate() {
             let i = 16 * h + l;
             if i >= cols {
                 break;
             }
-            let cp = g.c.add((i0 + i) * g.ldc + j0);
-            let mut y = _mm512_mul_ps(v, alpha);
-            if ep.beta != 0.0 {
-                y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(jmask, cp), beta, y);
+            // SAFETY: C row i0 + i < i0 + cols, columns j0..j0 + rows masked.
+            unsafe {
+                let cp = g.c.add((i0 + i) * g.ldc + j0);
+                let mut y = _mm512_mul_ps(v, alpha);
+                if ep.beta != 0.0 {
+                    y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(jmask, cp), beta, y);
+                }
+                y = _mm512_add_ps(y, bias);
+                _mm512_mask_storeu_ps(cp, jmask, y);
             }
-            y = _mm512_add_ps(y, bias);
-            _mm512_mask_storeu_ps(cp, jmask, y);
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Every path of the matmul family against the naive oracle: each SIMD
-//! level the CPU runs, one thread and the pool, odd sizes across the
+//! token the CPU has, one thread and the pool, odd sizes across the
 //! MR/NR/KC/NC edges, all four transpose combinations, beta and bias.
 
 use super::gemm::GemmArgs;
 use super::*;
-use crate::simd::Level;
+use crate::simd::Arch;
 
 /// Deterministic values in [-1, 1).
 fn data(len: usize, seed: u64) -> Vec<f32> {
@@ -45,14 +45,6 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     );
 }
 
-/// Every SIMD level this CPU can run.
-fn levels() -> Vec<Level> {
-    [Level::Portable, Level::Avx2Fma, Level::Avx512]
-        .into_iter()
-        .filter(|&l| l <= simd::level())
-        .collect()
-}
-
 /// Inside a two-thread pool, so that the parallel splits run for real.
 fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
@@ -62,11 +54,11 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-/// One product at `level` on `threads` threads against the oracle, with
+/// One product with token `arch` on `threads` threads against the oracle, with
 /// padded leading dimensions so that strides differ from widths.
 #[allow(clippy::too_many_arguments)]
 fn check(
-    level: Level,
+    arch: Arch,
     threads: usize,
     m: usize,
     n: usize,
@@ -101,23 +93,24 @@ fn check(
         ldc,
         bias: std::ptr::null(),
     };
-    unsafe { run(level, &g, threads) };
+    // SAFETY: checked_views checked the operands against the shapes.
+    dispatch!(arch, |s| unsafe { run(s, &g, threads) });
     let what =
-        format!("{level:?} x{threads} m={m} n={n} k={k} ta={ta} tb={tb} alpha={alpha} beta={beta}");
+        format!("{arch:?} x{threads} m={m} n={n} k={k} ta={ta} tb={tb} alpha={alpha} beta={beta}");
     assert_close(&got, &want, 1e-5 * (k as f32).sqrt().max(1.0), &what);
 }
 
 #[test]
-fn odd_sizes_every_level_and_transpose() {
+fn odd_sizes_every_token_and_transpose() {
     let sizes = [1, 7, 17, 65];
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for &m in &sizes {
                 for &n in &sizes {
                     for &k in &sizes {
                         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)]
                         {
-                            check(level, 1, m, n, k, ta, tb, 1.0, 0.0);
+                            check(arch, 1, m, n, k, ta, tb, 1.0, 0.0);
                         }
                     }
                 }
@@ -144,10 +137,10 @@ fn large_sizes_across_block_edges_threaded() {
         (57, 130, 1030),
     ];
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for &(m, n, k) in &shapes {
                 for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                    check(level, 2, m, n, k, ta, tb, 1.0, 0.0);
+                    check(arch, 2, m, n, k, ta, tb, 1.0, 0.0);
                 }
             }
         }
@@ -157,7 +150,7 @@ fn large_sizes_across_block_edges_threaded() {
 #[test]
 fn vector_shapes_threaded() {
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for &(m, n, k) in &[
                 (1, 5000, 257),
                 (4100, 1, 65),
@@ -166,7 +159,7 @@ fn vector_shapes_threaded() {
                 (2, 3000, 300),
             ] {
                 for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                    check(level, 2, m, n, k, ta, tb, 1.0, 0.0);
+                    check(arch, 2, m, n, k, ta, tb, 1.0, 0.0);
                 }
             }
         }
@@ -174,24 +167,24 @@ fn vector_shapes_threaded() {
 }
 
 #[test]
-fn small_m_every_level() {
+fn small_m_every_token() {
     // m up to past small_m::MAX_M; k across the 16- and 8-lane tails; n
     // across the 4-row steps and the task split.
     let ks = [1, 7, 8, 15, 16, 17, 33, 100, 257];
     let ns = [2, 3, 4, 5, 7, 65, 301];
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for m in 1..=small_m::MAX_M + 1 {
                 for &n in &ns {
                     for &k in &ks {
                         for ta in [false, true] {
                             let threads = if n > 64 { 2 } else { 1 };
-                            check(level, threads, m, n, k, ta, true, 1.0, 0.0);
+                            check(arch, threads, m, n, k, ta, true, 1.0, 0.0);
                         }
                     }
                 }
-                check(level, 2, m, 1000, 768, false, true, 0.5, 1.0);
-                check(level, 2, m, 333, 300, true, true, 2.0, 0.5);
+                check(arch, 2, m, 1000, 768, false, true, 0.5, 1.0);
+                check(arch, 2, m, 333, 300, true, true, 2.0, 0.5);
             }
         }
     });
@@ -233,11 +226,11 @@ fn small_m_linear_forward_bias() {
 #[test]
 fn alpha_beta_accumulate() {
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for &(m, n, k) in &[(17, 65, 300), (65, 17, 7), (1, 65, 17), (65, 1, 17)] {
                 for threads in [1, 2] {
-                    check(level, threads, m, n, k, false, true, 1.0, 1.0);
-                    check(level, threads, m, n, k, true, false, 2.0, 0.5);
+                    check(arch, threads, m, n, k, false, true, 1.0, 1.0);
+                    check(arch, threads, m, n, k, true, false, 2.0, 0.5);
                 }
             }
         }
@@ -246,7 +239,7 @@ fn alpha_beta_accumulate() {
 
 #[test]
 fn beta_zero_ignores_nan_in_c() {
-    for level in levels() {
+    for arch in Arch::supported() {
         for &(m, n, k) in &[(20, 40, 30), (1, 40, 30), (20, 1, 30), (3, 3, 0)] {
             let a = data(m * k, 4);
             let b = data(k * n, 5);
@@ -276,8 +269,9 @@ fn beta_zero_ignores_nan_in_c() {
                 ldc: n,
                 bias: std::ptr::null(),
             };
-            unsafe { run(level, &g, 1) };
-            assert!(c.iter().all(|v| v.is_finite()), "{level:?} {m}x{n}x{k}");
+            // SAFETY: checked_views checked the operands against the shapes.
+            dispatch!(arch, |s| unsafe { run(s, &g, 1) });
+            assert!(c.iter().all(|v| v.is_finite()), "{arch:?} {m}x{n}x{k}");
         }
     }
 }
@@ -590,10 +584,10 @@ fn every_partial_row_panel_with_epilogue() {
     // (AVX2) in the last row panel, on the GEMM path (m > small_m's
     // MAX_M); n = 71 also has a partial column panel; both threads.
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for m in 33..=46 {
                 for (ta, tb) in [(false, false), (false, true), (true, false)] {
-                    check(level, 2, m, 71, 40, ta, tb, 0.5, 1.5);
+                    check(arch, 2, m, 71, 40, ta, tb, 0.5, 1.5);
                 }
             }
         }
@@ -634,12 +628,12 @@ fn few_rows_against_w_in_place() {
     // read in place): partial x panels and W blocks, strided x (trans_a),
     // the epilogue, one and two threads; and the bias through linear_forward.
     in_pool(|| {
-        for level in levels() {
+        for arch in Arch::supported() {
             for &m in &[33, 47, 64, 100, 128, 256] {
                 for &(n, k) in &[(28, 64), (71, 77), (300, 768)] {
                     for threads in [1, 2] {
-                        check(level, threads, m, n, k, false, true, 1.0, 0.0);
-                        check(level, threads, m, n, k, true, true, 0.5, 1.5);
+                        check(arch, threads, m, n, k, false, true, 1.0, 0.0);
+                        check(arch, threads, m, n, k, true, true, 0.5, 1.5);
                     }
                 }
             }
