@@ -11,9 +11,9 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
+use crate::lanes;
+use crate::simd::{dispatch, Simd};
 use crate::vec_math::{erfc_nonneg, exp, sigmoid, Vf32, CHUNK_ELEMS};
-use crate::{lanes, simd_dispatch};
 
 /// Which GELU: the tanh approximation or the exact erf form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +117,13 @@ fn forward_v<V: Vf32>(op: Unary, x: &[f32], y: &mut [f32]) {
     }
 }
 
-simd_dispatch!(fn forward_chunk = forward_v(op: Unary, x: &[f32], y: &mut [f32]));
+#[allow(clippy::too_many_arguments)]
+fn forward_chunk<S: Simd>(s: S, op: Unary, x: &[f32], y: &mut [f32]) {
+    s.vectorize(
+        #[inline(always)]
+        || forward_v::<S::V>(op, x, y),
+    )
+}
 
 /// `dx = dy * f'(x)` over one chunk; all `(n,)`.
 #[inline(always)]
@@ -139,7 +145,13 @@ fn backward_v<V: Vf32>(op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
     }
 }
 
-simd_dispatch!(fn backward_chunk = backward_v(op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]));
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk<S: Simd>(s: S, op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
+    s.vectorize(
+        #[inline(always)]
+        || backward_v::<S::V>(op, dy, x, dx),
+    )
+}
 
 /// `h = silu(gate) * up` over one chunk.
 #[inline(always)]
@@ -152,7 +164,13 @@ fn swiglu_v<V: Vf32>(gate: &[f32], up: &[f32], h: &mut [f32]) {
     });
 }
 
-simd_dispatch!(fn swiglu_chunk = swiglu_v(gate: &[f32], up: &[f32], h: &mut [f32]));
+#[allow(clippy::too_many_arguments)]
+fn swiglu_chunk<S: Simd>(s: S, gate: &[f32], up: &[f32], h: &mut [f32]) {
+    s.vectorize(
+        #[inline(always)]
+        || swiglu_v::<S::V>(gate, up, h),
+    )
+}
 
 /// `dgate = dh * up * silu'(gate)`, `dup = dh * silu(gate)` over one chunk.
 #[inline(always)]
@@ -174,9 +192,20 @@ fn swiglu_backward_v<V: Vf32>(
     });
 }
 
-simd_dispatch!(fn swiglu_backward_chunk = swiglu_backward_v(
-    dh: &[f32], gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]
-));
+#[allow(clippy::too_many_arguments)]
+fn swiglu_backward_chunk<S: Simd>(
+    s: S,
+    dh: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    dgate: &mut [f32],
+    dup: &mut [f32],
+) {
+    s.vectorize(
+        #[inline(always)]
+        || swiglu_backward_v::<S::V>(dh, gate, up, dgate, dup),
+    )
+}
 
 fn check_same(op: &str, names: &[&str], lens: &[usize]) -> Result<()> {
     for (name, &len) in names.iter().zip(lens).skip(1) {
@@ -185,26 +214,21 @@ fn check_same(op: &str, names: &[&str], lens: &[usize]) -> Result<()> {
     Ok(())
 }
 
-fn forward_at(level: Level, op: Unary, name: &str, x: &[f32], y: &mut [f32]) -> Result<()> {
+fn unary_forward(op: Unary, name: &str, x: &[f32], y: &mut [f32]) -> Result<()> {
     check_same(name, &["x", "y"], &[x.len(), y.len()])?;
-    y.par_chunks_mut(CHUNK_ELEMS)
+    dispatch!(|s| y
+        .par_chunks_mut(CHUNK_ELEMS)
         .zip(x.par_chunks(CHUNK_ELEMS))
-        .for_each(|(yc, xc)| forward_chunk(level, op, xc, yc));
+        .for_each(|(yc, xc)| forward_chunk(s, op, xc, yc)));
     Ok(())
 }
 
-fn backward_at(
-    level: Level,
-    op: Unary,
-    name: &str,
-    dy: &[f32],
-    x: &[f32],
-    dx: &mut [f32],
-) -> Result<()> {
+fn unary_backward(op: Unary, name: &str, dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
     check_same(name, &["x", "dy", "dx"], &[x.len(), dy.len(), dx.len()])?;
-    dx.par_chunks_mut(CHUNK_ELEMS)
+    dispatch!(|s| dx
+        .par_chunks_mut(CHUNK_ELEMS)
         .zip(dy.par_chunks(CHUNK_ELEMS).zip(x.par_chunks(CHUNK_ELEMS)))
-        .for_each(|(dxc, (dyc, xc))| backward_chunk(level, op, dyc, xc, dxc));
+        .for_each(|(dxc, (dyc, xc))| backward_chunk(s, op, dyc, xc, dxc)));
     Ok(())
 }
 
@@ -218,55 +242,45 @@ fn gelu_op(g: Gelu) -> Unary {
 /// GELU, `x, y (n,)`: tanh form `0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x³)))`
 /// or exact `0.5 x (1 + erf(x / sqrt 2))`.
 pub fn gelu_forward(x: &[f32], y: &mut [f32], approximate: Gelu) -> Result<()> {
-    forward_at(simd::level(), gelu_op(approximate), "gelu_forward", x, y)
+    unary_forward(gelu_op(approximate), "gelu_forward", x, y)
 }
 
 /// `dx = dy * gelu'(x)`; all `(n,)`.
 pub fn gelu_backward(dy: &[f32], x: &[f32], dx: &mut [f32], approximate: Gelu) -> Result<()> {
-    backward_at(
-        simd::level(),
-        gelu_op(approximate),
-        "gelu_backward",
-        dy,
-        x,
-        dx,
-    )
+    unary_backward(gelu_op(approximate), "gelu_backward", dy, x, dx)
 }
 
 /// `y = max(x, 0)`; `x, y (n,)`.
 pub fn relu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
-    forward_at(simd::level(), Unary::Relu, "relu_forward", x, y)
+    unary_forward(Unary::Relu, "relu_forward", x, y)
 }
 
 /// `dx = dy` where `x > 0`, else 0; all `(n,)`.
 pub fn relu_backward(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
-    backward_at(simd::level(), Unary::Relu, "relu_backward", dy, x, dx)
+    unary_backward(Unary::Relu, "relu_backward", dy, x, dx)
 }
 
 /// `y = x sigmoid(x)`; `x, y (n,)`.
 pub fn silu_forward(x: &[f32], y: &mut [f32]) -> Result<()> {
-    forward_at(simd::level(), Unary::Silu, "silu_forward", x, y)
+    unary_forward(Unary::Silu, "silu_forward", x, y)
 }
 
 /// `dx = dy s (1 + x (1 - s))`, `s = sigmoid(x)`; all `(n,)`.
 pub fn silu_backward(dy: &[f32], x: &[f32], dx: &mut [f32]) -> Result<()> {
-    backward_at(simd::level(), Unary::Silu, "silu_backward", dy, x, dx)
+    unary_backward(Unary::Silu, "silu_backward", dy, x, dx)
 }
 
 /// `h = silu(gate) * up`; all `(n,)`.
 pub fn swiglu_forward(gate: &[f32], up: &[f32], h: &mut [f32]) -> Result<()> {
-    swiglu_forward_at(simd::level(), gate, up, h)
-}
-
-fn swiglu_forward_at(level: Level, gate: &[f32], up: &[f32], h: &mut [f32]) -> Result<()> {
     check_same(
         "swiglu_forward",
         &["gate", "up", "h"],
         &[gate.len(), up.len(), h.len()],
     )?;
-    h.par_chunks_mut(CHUNK_ELEMS)
+    dispatch!(|s| h
+        .par_chunks_mut(CHUNK_ELEMS)
         .zip(gate.par_chunks(CHUNK_ELEMS).zip(up.par_chunks(CHUNK_ELEMS)))
-        .for_each(|(hc, (gc, uc))| swiglu_chunk(level, gc, uc, hc));
+        .for_each(|(hc, (gc, uc))| swiglu_chunk(s, gc, uc, hc)));
     Ok(())
 }
 
@@ -279,37 +293,26 @@ pub fn swiglu_backward(
     dgate: &mut [f32],
     dup: &mut [f32],
 ) -> Result<()> {
-    swiglu_backward_at(simd::level(), dh, gate, up, dgate, dup)
-}
-
-fn swiglu_backward_at(
-    level: Level,
-    dh: &[f32],
-    gate: &[f32],
-    up: &[f32],
-    dgate: &mut [f32],
-    dup: &mut [f32],
-) -> Result<()> {
     check_same(
         "swiglu_backward",
         &["gate", "dh", "up", "dgate", "dup"],
         &[gate.len(), dh.len(), up.len(), dgate.len(), dup.len()],
     )?;
-    dgate
+    dispatch!(|s| dgate
         .par_chunks_mut(CHUNK_ELEMS)
         .zip(dup.par_chunks_mut(CHUNK_ELEMS))
         .zip(dh.par_chunks(CHUNK_ELEMS).zip(gate.par_chunks(CHUNK_ELEMS)))
         .zip(up.par_chunks(CHUNK_ELEMS))
         .for_each(|(((dgc, duc), (dhc, gc)), uc)| {
-            swiglu_backward_chunk(level, dhc, gc, uc, dgc, duc)
-        });
+            swiglu_backward_chunk(s, dhc, gc, uc, dgc, duc)
+        }));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::levels;
+    use crate::simd::Arch;
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
     fn erf(x: f64) -> f64 {
@@ -356,22 +359,23 @@ mod tests {
     #[test]
     fn activations_match_naive() {
         let mut rng = Rng::new(20);
-        for level in levels() {
+        for arch in Arch::supported() {
             for op in [Unary::GeluTanh, Unary::GeluErf, Unary::Relu, Unary::Silu] {
                 for &n in &SIZES {
                     let mut x = rng.vec(n, -9.0, 9.0);
                     x[0] = -20.0;
                     let dy = rng.vec(n, -1.0, 1.0);
                     let (mut y, mut dx) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-                    forward_at(level, op, "t", &x, &mut y).unwrap();
-                    backward_at(level, op, "t", &dy, &x, &mut dx).unwrap();
+                    arch.forced(|| unary_forward(op, "t", &x, &mut y)).unwrap();
+                    arch.forced(|| unary_backward(op, "t", &dy, &x, &mut dx))
+                        .unwrap();
                     let want_y: Vec<f64> = x.iter().map(|&v| reference(op, v as f64).0).collect();
                     let want_dx: Vec<f64> = x
                         .iter()
                         .zip(&dy)
                         .map(|(&v, &g)| g as f64 * reference(op, v as f64).1)
                         .collect();
-                    let what = format!("{level:?} {op:?} n {n}");
+                    let what = format!("{:?} {op:?} n {n}", arch.level());
                     assert_close(&format!("{what} y"), &y, &want_y, 2e-5, 1e-30);
                     assert_close(&format!("{what} dx"), &dx, &want_dx, 2e-5, 1e-7);
                 }
@@ -382,7 +386,7 @@ mod tests {
     #[test]
     fn swiglu_matches_naive() {
         let mut rng = Rng::new(21);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &n in &SIZES {
                 let (g, u, dh) = (
                     rng.vec(n, -8.0, 8.0),
@@ -391,8 +395,9 @@ mod tests {
                 );
                 let mut h = vec![0.0; n];
                 let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
-                swiglu_forward_at(level, &g, &u, &mut h).unwrap();
-                swiglu_backward_at(level, &dh, &g, &u, &mut dg, &mut du).unwrap();
+                arch.forced(|| swiglu_forward(&g, &u, &mut h)).unwrap();
+                arch.forced(|| swiglu_backward(&dh, &g, &u, &mut dg, &mut du))
+                    .unwrap();
                 let (mut wh, mut wdg, mut wdu) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
                 for i in 0..n {
                     let (silu, dsilu) = reference(Unary::Silu, g[i] as f64);
@@ -400,7 +405,7 @@ mod tests {
                     wdg[i] = dh[i] as f64 * u[i] as f64 * dsilu;
                     wdu[i] = dh[i] as f64 * silu;
                 }
-                let what = format!("{level:?} n {n}");
+                let what = format!("{:?} n {n}", arch.level());
                 assert_close(&format!("{what} h"), &h, &wh, 2e-5, 1e-7);
                 assert_close(&format!("{what} dgate"), &dg, &wdg, 2e-5, 1e-7);
                 assert_close(&format!("{what} dup"), &du, &wdu, 2e-5, 1e-7);

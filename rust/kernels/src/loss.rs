@@ -9,9 +9,9 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
+use crate::lanes;
+use crate::simd::{dispatch, Simd};
 use crate::vec_math::{chunk_rows, exp, max_and_sum, sum_exp, Vf32};
-use crate::{lanes, simd_dispatch};
 
 /// Per row: `lse` written, and returns the chunk's
 /// `sum (1 - eps)(lse - z[t]) + eps (lse - mean z)` over counted rows.
@@ -46,9 +46,20 @@ fn forward_rows_v<V: Vf32>(
     loss
 }
 
-simd_dispatch!(fn forward_rows = forward_rows_v(
-    logits: &[f32], targets: &[i64], ignore_index: i64, smoothing: f32, lse: &mut [f32]
-) -> f64);
+#[allow(clippy::too_many_arguments)]
+fn forward_rows<S: Simd>(
+    s: S,
+    logits: &[f32],
+    targets: &[i64],
+    ignore_index: i64,
+    smoothing: f32,
+    lse: &mut [f32],
+) -> f64 {
+    s.vectorize(
+        #[inline(always)]
+        || forward_rows_v::<S::V>(logits, targets, ignore_index, smoothing, lse),
+    )
+}
 
 /// `dz = g (softmax(z) - eps / V) - g (1 - eps) onehot(t)` per counted row,
 /// 0 for ignored rows; `g = grad / count`.
@@ -78,10 +89,22 @@ fn backward_rows_v<V: Vf32>(
     }
 }
 
-simd_dispatch!(fn backward_rows = backward_rows_v(
-    logits: &[f32], targets: &[i64], lse: &[f32], ignore_index: i64, smoothing: f32, g: f32,
-    dz: &mut [f32]
-));
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<S: Simd>(
+    s: S,
+    logits: &[f32],
+    targets: &[i64],
+    lse: &[f32],
+    ignore_index: i64,
+    smoothing: f32,
+    g: f32,
+    dz: &mut [f32],
+) {
+    s.vectorize(
+        #[inline(always)]
+        || backward_rows_v::<S::V>(logits, targets, lse, ignore_index, smoothing, g, dz),
+    )
+}
 
 /// Checks every target and counts the rows that are not ignored.
 fn count_targets(op: &str, targets: &[i64], vocab: usize, ignore_index: i64) -> Result<usize> {
@@ -117,29 +140,6 @@ pub fn cross_entropy_forward(
     logits: &[f32],
     targets: &[i64],
     ignore_index: i64,
-    label_smoothing: f32,
-    lse: &mut [f32],
-    rows: usize,
-    vocab: usize,
-) -> Result<f64> {
-    forward_at(
-        simd::level(),
-        logits,
-        targets,
-        ignore_index,
-        label_smoothing,
-        lse,
-        rows,
-        vocab,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn forward_at(
-    level: Level,
-    logits: &[f32],
-    targets: &[i64],
-    ignore_index: i64,
     smoothing: f32,
     lse: &mut [f32],
     rows: usize,
@@ -160,12 +160,12 @@ fn forward_at(
         return Ok(0.0);
     }
     let cr = chunk_rows(rows, vocab);
-    let partials: Vec<f64> = logits
+    let partials: Vec<f64> = dispatch!(|s| logits
         .par_chunks(cr * vocab)
         .zip(targets.par_chunks(cr))
         .zip(lse.par_chunks_mut(cr))
-        .map(|((zc, tc), lc)| forward_rows(level, zc, tc, ignore_index, smoothing, lc))
-        .collect();
+        .map(|((zc, tc), lc)| forward_rows(s, zc, tc, ignore_index, smoothing, lc))
+        .collect());
     if count == 0 {
         return Ok(0.0);
     }
@@ -176,33 +176,6 @@ fn forward_at(
 /// `grad`; `lse (rows,)` from the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_backward(
-    logits: &[f32],
-    targets: &[i64],
-    lse: &[f32],
-    ignore_index: i64,
-    label_smoothing: f32,
-    grad: f32,
-    dlogits: &mut [f32],
-    rows: usize,
-    vocab: usize,
-) -> Result<()> {
-    backward_at(
-        simd::level(),
-        logits,
-        targets,
-        lse,
-        ignore_index,
-        label_smoothing,
-        grad,
-        dlogits,
-        rows,
-        vocab,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_at(
-    level: Level,
     logits: &[f32],
     targets: &[i64],
     lse: &[f32],
@@ -225,20 +198,20 @@ fn backward_at(
     }
     let g = if count == 0 { 0.0 } else { grad / count as f32 };
     let cr = chunk_rows(rows, vocab);
-    dlogits
+    dispatch!(|s| dlogits
         .par_chunks_mut(cr * vocab)
         .zip(logits.par_chunks(cr * vocab))
         .zip(targets.par_chunks(cr).zip(lse.par_chunks(cr)))
         .for_each(|((dc, zc), (tc, lc))| {
-            backward_rows(level, zc, tc, lc, ignore_index, smoothing, g, dc)
-        });
+            backward_rows(s, zc, tc, lc, ignore_index, smoothing, g, dc)
+        }));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::levels;
+    use crate::simd::Arch;
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
     /// (loss, lse, dlogits) in f64.
@@ -277,7 +250,7 @@ mod tests {
     #[test]
     fn cross_entropy_matches_naive() {
         let mut rng = Rng::new(30);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &vocab in &SIZES {
                 for (eps, ignore) in [(0.0f32, -100i64), (0.1, 0)] {
                     let rows = 9;
@@ -292,13 +265,18 @@ mod tests {
                         })
                         .collect();
                     let mut lse = vec![0.0; rows];
-                    let loss =
-                        forward_at(level, &z, &t, ignore, eps, &mut lse, rows, vocab).unwrap();
-                    let mut dz = vec![f32::NAN; rows * vocab];
-                    backward_at(level, &z, &t, &lse, ignore, eps, 2.0, &mut dz, rows, vocab)
+                    let loss = arch
+                        .forced(|| {
+                            cross_entropy_forward(&z, &t, ignore, eps, &mut lse, rows, vocab)
+                        })
                         .unwrap();
+                    let mut dz = vec![f32::NAN; rows * vocab];
+                    arch.forced(|| {
+                        cross_entropy_backward(&z, &t, &lse, ignore, eps, 2.0, &mut dz, rows, vocab)
+                    })
+                    .unwrap();
                     let (wl, wlse, wdz) = naive(&z, &t, vocab, ignore, eps as f64, 2.0);
-                    let what = format!("{level:?} vocab {vocab} eps {eps}");
+                    let what = format!("{:?} vocab {vocab} eps {eps}", arch.level());
                     assert!(
                         (loss - wl).abs() <= 1e-5 * wl.abs() + 1e-6,
                         "{what}: loss {loss} want {wl}"

@@ -10,14 +10,15 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
+use crate::lanes;
+use crate::simd::{dispatch, Simd};
 use crate::vec_math::{chunk_rows, dot, sum, Vf32};
-use crate::{lanes, simd_dispatch};
 
 /// `y = (x - mean) * rstd * gamma + beta` per row; `x, y (rows, cols)`,
 /// `mean, rstd (rows,)` written, `gamma, beta (cols,)`.
 #[inline(always)]
-fn layernorm_rows_v<V: Vf32>(
+fn layernorm_rows<S: Simd>(
+    s: S,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -26,31 +27,32 @@ fn layernorm_rows_v<V: Vf32>(
     mean: &mut [f32],
     rstd: &mut [f32],
 ) {
-    let cols = gamma.len();
-    let inv_c = 1.0 / cols as f32;
-    let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
-    for ((xr, yr), (mo, ro)) in rows.zip(mean.iter_mut().zip(rstd.iter_mut())) {
-        let mu = sum::<V>(xr) * inv_c;
-        let m = V::splat(mu);
-        let mut acc = V::zero();
-        lanes!(V, cols, l => {
-            let d = (V::get(xr, l, 0.0) - m).pad(l, 0.0);
-            acc = d.mul_add(d, acc);
-        });
-        let rs = 1.0 / (acc.reduce_sum() * inv_c + eps).sqrt();
-        let r = V::splat(rs);
-        lanes!(V, cols, l => {
-            let xhat = (V::get(xr, l, 0.0) - m) * r;
-            xhat.mul_add(V::get(gamma, l, 0.0), V::get(beta, l, 0.0)).put(yr, l);
-        });
-        *mo = mu;
-        *ro = rs;
-    }
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let cols = gamma.len();
+            let inv_c = 1.0 / cols as f32;
+            let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
+            for ((xr, yr), (mo, ro)) in rows.zip(mean.iter_mut().zip(rstd.iter_mut())) {
+                let mu = sum::<S::V>(xr) * inv_c;
+                let m = s.splat(mu);
+                let mut acc = s.zero();
+                lanes!(S::V, cols, l => {
+                    let d = (s.get(xr, l, 0.0) - m).pad(l, 0.0);
+                    acc = d.mul_add(d, acc);
+                });
+                let rs = 1.0 / (acc.reduce_sum() * inv_c + eps).sqrt();
+                let r = s.splat(rs);
+                lanes!(S::V, cols, l => {
+                    let xhat = (s.get(xr, l, 0.0) - m) * r;
+                    xhat.mul_add(s.get(gamma, l, 0.0), s.get(beta, l, 0.0)).put(yr, l);
+                });
+                *mo = mu;
+                *ro = rs;
+            }
+        },
+    )
 }
-
-simd_dispatch!(fn layernorm_rows = layernorm_rows_v(
-    x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]
-));
 
 /// LayerNorm backward for a chunk of rows; adds this chunk's `dgamma` and
 /// `dbeta` into `dg, db (cols,)`.
@@ -59,7 +61,8 @@ simd_dispatch!(fn layernorm_rows = layernorm_rows_v(
 /// `dx = rstd (g - mean(g) - xhat mean(g xhat))`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn layernorm_backward_rows_v<V: Vf32>(
+fn layernorm_backward_rows<S: Simd>(
+    s: S,
     dy: &[f32],
     x: &[f32],
     gamma: &[f32],
@@ -69,63 +72,72 @@ fn layernorm_backward_rows_v<V: Vf32>(
     dg: &mut [f32],
     db: &mut [f32],
 ) {
-    let cols = gamma.len();
-    let inv_c = 1.0 / cols as f32;
-    let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
-    for (((dyr, xr), dxr), (&mu, &rs)) in rows
-        .zip(dx.chunks_exact_mut(cols))
-        .zip(mean.iter().zip(rstd))
-    {
-        let (m, r) = (V::splat(mu), V::splat(rs));
-        let (mut sg, mut sgx) = (V::zero(), V::zero());
-        lanes!(V, cols, l => {
-            // dy's tail lanes are 0, so g and g * xhat add nothing there.
-            let d = V::get(dyr, l, 0.0);
-            let xhat = (V::get(xr, l, 0.0) - m) * r;
-            let g = d * V::get(gamma, l, 0.0);
-            sg = sg + g;
-            sgx = g.mul_add(xhat, sgx);
-            d.mul_add(xhat, V::get(dg, l, 0.0)).put(dg, l);
-            (V::get(db, l, 0.0) + d).put(db, l);
-        });
-        let a = V::splat(sg.reduce_sum() * inv_c);
-        let b = V::splat(sgx.reduce_sum() * inv_c);
-        lanes!(V, cols, l => {
-            let xhat = (V::get(xr, l, 0.0) - m) * r;
-            let g = V::get(dyr, l, 0.0) * V::get(gamma, l, 0.0);
-            ((g - a - xhat * b) * r).put(dxr, l);
-        });
-    }
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let cols = gamma.len();
+            let inv_c = 1.0 / cols as f32;
+            let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
+            for (((dyr, xr), dxr), (&mu, &rs)) in rows
+                .zip(dx.chunks_exact_mut(cols))
+                .zip(mean.iter().zip(rstd))
+            {
+                let (m, r) = (s.splat(mu), s.splat(rs));
+                let (mut sg, mut sgx) = (s.zero(), s.zero());
+                lanes!(S::V, cols, l => {
+                    // dy's tail lanes are 0, so g and g * xhat add nothing there.
+                    let d = s.get(dyr, l, 0.0);
+                    let xhat = (s.get(xr, l, 0.0) - m) * r;
+                    let g = d * s.get(gamma, l, 0.0);
+                    sg = sg + g;
+                    sgx = g.mul_add(xhat, sgx);
+                    d.mul_add(xhat, s.get(dg, l, 0.0)).put(dg, l);
+                    (s.get(db, l, 0.0) + d).put(db, l);
+                });
+                let a = s.splat(sg.reduce_sum() * inv_c);
+                let b = s.splat(sgx.reduce_sum() * inv_c);
+                lanes!(S::V, cols, l => {
+                    let xhat = (s.get(xr, l, 0.0) - m) * r;
+                    let g = s.get(dyr, l, 0.0) * s.get(gamma, l, 0.0);
+                    ((g - a - xhat * b) * r).put(dxr, l);
+                });
+            }
+        },
+    )
 }
-
-simd_dispatch!(fn layernorm_backward_rows = layernorm_backward_rows_v(
-    dy: &[f32], x: &[f32], gamma: &[f32], mean: &[f32], rstd: &[f32],
-    dx: &mut [f32], dg: &mut [f32], db: &mut [f32]
-));
 
 /// `y = x * rstd * gamma`, `rstd = 1 / sqrt(mean(x²) + eps)` per row.
 #[inline(always)]
-fn rmsnorm_rows_v<V: Vf32>(x: &[f32], gamma: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
-    let cols = gamma.len();
-    let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
-    for ((xr, yr), ro) in rows.zip(rstd.iter_mut()) {
-        let rs = 1.0 / (dot::<V>(xr, xr) / cols as f32 + eps).sqrt();
-        let r = V::splat(rs);
-        lanes!(V, cols, l => {
-            (V::get(xr, l, 0.0) * r * V::get(gamma, l, 0.0)).put(yr, l);
-        });
-        *ro = rs;
-    }
+fn rmsnorm_rows<S: Simd>(
+    s: S,
+    x: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    rstd: &mut [f32],
+) {
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let cols = gamma.len();
+            let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
+            for ((xr, yr), ro) in rows.zip(rstd.iter_mut()) {
+                let rs = 1.0 / (dot::<S::V>(xr, xr) / cols as f32 + eps).sqrt();
+                let r = s.splat(rs);
+                lanes!(S::V, cols, l => {
+                    (s.get(xr, l, 0.0) * r * s.get(gamma, l, 0.0)).put(yr, l);
+                });
+                *ro = rs;
+            }
+        },
+    )
 }
-
-simd_dispatch!(fn rmsnorm_rows = rmsnorm_rows_v(
-    x: &[f32], gamma: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]
-));
 
 /// RMSNorm backward for a chunk of rows, adding into `dg (cols,)`:
 /// `dx = rstd (g - x rstd² mean(g x))` with `g = dy * gamma`.
 #[inline(always)]
-fn rmsnorm_backward_rows_v<V: Vf32>(
+fn rmsnorm_backward_rows<S: Simd>(
+    s: S,
     dy: &[f32],
     x: &[f32],
     gamma: &[f32],
@@ -133,29 +145,30 @@ fn rmsnorm_backward_rows_v<V: Vf32>(
     dx: &mut [f32],
     dg: &mut [f32],
 ) {
-    let cols = gamma.len();
-    let inv_c = 1.0 / cols as f32;
-    let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
-    for (((dyr, xr), dxr), &rs) in rows.zip(dx.chunks_exact_mut(cols)).zip(rstd) {
-        let r = V::splat(rs);
-        let mut sgx = V::zero();
-        lanes!(V, cols, l => {
-            let d = V::get(dyr, l, 0.0);
-            let xv = V::get(xr, l, 0.0);
-            sgx = (d * V::get(gamma, l, 0.0)).mul_add(xv, sgx);
-            (d * xv).mul_add(r, V::get(dg, l, 0.0)).put(dg, l);
-        });
-        let k = V::splat(sgx.reduce_sum() * inv_c * rs * rs);
-        lanes!(V, cols, l => {
-            let g = V::get(dyr, l, 0.0) * V::get(gamma, l, 0.0);
-            ((g - V::get(xr, l, 0.0) * k) * r).put(dxr, l);
-        });
-    }
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let cols = gamma.len();
+            let inv_c = 1.0 / cols as f32;
+            let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
+            for (((dyr, xr), dxr), &rs) in rows.zip(dx.chunks_exact_mut(cols)).zip(rstd) {
+                let r = s.splat(rs);
+                let mut sgx = s.zero();
+                lanes!(S::V, cols, l => {
+                    let d = s.get(dyr, l, 0.0);
+                    let xv = s.get(xr, l, 0.0);
+                    sgx = (d * s.get(gamma, l, 0.0)).mul_add(xv, sgx);
+                    (d * xv).mul_add(r, s.get(dg, l, 0.0)).put(dg, l);
+                });
+                let k = s.splat(sgx.reduce_sum() * inv_c * rs * rs);
+                lanes!(S::V, cols, l => {
+                    let g = s.get(dyr, l, 0.0) * s.get(gamma, l, 0.0);
+                    ((g - s.get(xr, l, 0.0) * k) * r).put(dxr, l);
+                });
+            }
+        },
+    )
 }
-
-simd_dispatch!(fn rmsnorm_backward_rows = rmsnorm_backward_rows_v(
-    dy: &[f32], x: &[f32], gamma: &[f32], rstd: &[f32], dx: &mut [f32], dg: &mut [f32]
-));
 
 /// `out[j] = sum over chunks c of parts[c * cols + j]`, in chunk order.
 fn sum_partials(parts: &[f32], cols: usize, out: &mut [f32]) {
@@ -191,33 +204,6 @@ pub fn layernorm_forward(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    layernorm_forward_at(
-        simd::level(),
-        x,
-        gamma,
-        beta,
-        eps,
-        y,
-        mean,
-        rstd,
-        rows,
-        cols,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn layernorm_forward_at(
-    level: Level,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    y: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
     const OP: &str = "layernorm_forward";
     check_eps(OP, eps)?;
     check_len(OP, "x", x.len(), &[rows, cols])?;
@@ -232,10 +218,11 @@ fn layernorm_forward_at(
         return Ok(());
     }
     let cr = chunk_rows(rows, cols);
-    y.par_chunks_mut(cr * cols)
+    dispatch!(|s| y
+        .par_chunks_mut(cr * cols)
         .zip(x.par_chunks(cr * cols))
         .zip(mean.par_chunks_mut(cr).zip(rstd.par_chunks_mut(cr)))
-        .for_each(|((yc, xc), (mc, rc))| layernorm_rows(level, xc, gamma, beta, eps, yc, mc, rc));
+        .for_each(|((yc, xc), (mc, rc))| layernorm_rows(s, xc, gamma, beta, eps, yc, mc, rc)));
     Ok(())
 }
 
@@ -243,35 +230,6 @@ fn layernorm_forward_at(
 /// (cols,)`, `mean, rstd (rows,)` from the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    layernorm_backward_at(
-        simd::level(),
-        dy,
-        x,
-        gamma,
-        mean,
-        rstd,
-        dx,
-        dgamma,
-        dbeta,
-        rows,
-        cols,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn layernorm_backward_at(
-    level: Level,
     dy: &[f32],
     x: &[f32],
     gamma: &[f32],
@@ -305,7 +263,8 @@ fn layernorm_backward_at(
     let chunks = rows.div_ceil(cr);
     let mut dg_parts = vec![0.0f32; chunks * cols];
     let mut db_parts = vec![0.0f32; chunks * cols];
-    dx.par_chunks_mut(cr * cols)
+    dispatch!(|s| dx
+        .par_chunks_mut(cr * cols)
         .zip(dy.par_chunks(cr * cols).zip(x.par_chunks(cr * cols)))
         .zip(mean.par_chunks(cr).zip(rstd.par_chunks(cr)))
         .zip(
@@ -314,8 +273,8 @@ fn layernorm_backward_at(
                 .zip(db_parts.par_chunks_mut(cols)),
         )
         .for_each(|(((dxc, (dyc, xc)), (mc, rc)), (dg, db))| {
-            layernorm_backward_rows(level, dyc, xc, gamma, mc, rc, dxc, dg, db)
-        });
+            layernorm_backward_rows(s, dyc, xc, gamma, mc, rc, dxc, dg, db)
+        }));
     sum_partials(&dg_parts, cols, dgamma);
     sum_partials(&db_parts, cols, dbeta);
     Ok(())
@@ -325,20 +284,6 @@ fn layernorm_backward_at(
 /// `rstd (rows,)` with `rstd = 1 / sqrt(mean(x²) + eps)`.
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_forward(
-    x: &[f32],
-    gamma: &[f32],
-    eps: f32,
-    y: &mut [f32],
-    rstd: &mut [f32],
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    rmsnorm_forward_at(simd::level(), x, gamma, eps, y, rstd, rows, cols)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rmsnorm_forward_at(
-    level: Level,
     x: &[f32],
     gamma: &[f32],
     eps: f32,
@@ -358,10 +303,11 @@ fn rmsnorm_forward_at(
         return Ok(());
     }
     let cr = chunk_rows(rows, cols);
-    y.par_chunks_mut(cr * cols)
+    dispatch!(|s| y
+        .par_chunks_mut(cr * cols)
         .zip(x.par_chunks(cr * cols))
         .zip(rstd.par_chunks_mut(cr))
-        .for_each(|((yc, xc), rc)| rmsnorm_rows(level, xc, gamma, eps, yc, rc));
+        .for_each(|((yc, xc), rc)| rmsnorm_rows(s, xc, gamma, eps, yc, rc)));
     Ok(())
 }
 
@@ -369,21 +315,6 @@ fn rmsnorm_forward_at(
 /// `rstd (rows,)` from the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    rstd: &[f32],
-    dx: &mut [f32],
-    dgamma: &mut [f32],
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    rmsnorm_backward_at(simd::level(), dy, x, gamma, rstd, dx, dgamma, rows, cols)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rmsnorm_backward_at(
-    level: Level,
     dy: &[f32],
     x: &[f32],
     gamma: &[f32],
@@ -406,12 +337,13 @@ fn rmsnorm_backward_at(
     }
     let cr = chunk_rows(rows, cols);
     let mut dg_parts = vec![0.0f32; rows.div_ceil(cr) * cols];
-    dx.par_chunks_mut(cr * cols)
+    dispatch!(|s| dx
+        .par_chunks_mut(cr * cols)
         .zip(dy.par_chunks(cr * cols).zip(x.par_chunks(cr * cols)))
         .zip(rstd.par_chunks(cr).zip(dg_parts.par_chunks_mut(cols)))
         .for_each(|((dxc, (dyc, xc)), (rc, dg))| {
-            rmsnorm_backward_rows(level, dyc, xc, gamma, rc, dxc, dg)
-        });
+            rmsnorm_backward_rows(s, dyc, xc, gamma, rc, dxc, dg)
+        }));
     sum_partials(&dg_parts, cols, dgamma);
     Ok(())
 }
@@ -419,7 +351,7 @@ fn rmsnorm_backward_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::levels;
+    use crate::simd::Arch;
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
     fn f64s(v: &[f32]) -> Vec<f64> {
@@ -429,7 +361,7 @@ mod tests {
     #[test]
     fn layernorm_matches_naive() {
         let mut rng = Rng::new(10);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &cols in &SIZES {
                 let rows = 6;
                 // An offset mean checks the two-pass variance.
@@ -443,15 +375,19 @@ mod tests {
                 let eps = 1e-5;
                 let (mut y, mut mean, mut rstd) =
                     (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
-                layernorm_forward_at(
-                    level, &x, &gamma, &beta, eps, &mut y, &mut mean, &mut rstd, rows, cols,
-                )
+                arch.forced(|| {
+                    layernorm_forward(
+                        &x, &gamma, &beta, eps, &mut y, &mut mean, &mut rstd, rows, cols,
+                    )
+                })
                 .unwrap();
                 let (mut dx, mut dg, mut db) =
                     (vec![0.0; rows * cols], vec![9.0; cols], vec![9.0; cols]);
-                layernorm_backward_at(
-                    level, &dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db, rows, cols,
-                )
+                arch.forced(|| {
+                    layernorm_backward(
+                        &dy, &x, &gamma, &mean, &rstd, &mut dx, &mut dg, &mut db, rows, cols,
+                    )
+                })
                 .unwrap();
 
                 let (xd, dyd) = (f64s(&x), f64s(&dy));
@@ -478,7 +414,7 @@ mod tests {
                     wm[r] = mu;
                     wr[r] = rs;
                 }
-                let what = format!("{level:?} cols {cols}");
+                let what = format!("{:?} cols {cols}", arch.level());
                 assert_close(&format!("{what} y"), &y, &wy, 1e-4, 1e-5);
                 assert_close(&format!("{what} mean"), &mean, &wm, 1e-6, 1e-6);
                 assert_close(&format!("{what} rstd"), &rstd, &wr, 1e-4, 0.0);
@@ -492,7 +428,7 @@ mod tests {
     #[test]
     fn rmsnorm_matches_naive() {
         let mut rng = Rng::new(11);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &cols in &SIZES {
                 let rows = 5;
                 let x = rng.vec(rows * cols, -2.0, 2.0);
@@ -500,10 +436,13 @@ mod tests {
                 let dy = rng.vec(rows * cols, -1.0, 1.0);
                 let eps = 1e-6;
                 let (mut y, mut rstd) = (vec![0.0; rows * cols], vec![0.0; rows]);
-                rmsnorm_forward_at(level, &x, &gamma, eps, &mut y, &mut rstd, rows, cols).unwrap();
-                let (mut dx, mut dg) = (vec![0.0; rows * cols], vec![9.0; cols]);
-                rmsnorm_backward_at(level, &dy, &x, &gamma, &rstd, &mut dx, &mut dg, rows, cols)
+                arch.forced(|| rmsnorm_forward(&x, &gamma, eps, &mut y, &mut rstd, rows, cols))
                     .unwrap();
+                let (mut dx, mut dg) = (vec![0.0; rows * cols], vec![9.0; cols]);
+                arch.forced(|| {
+                    rmsnorm_backward(&dy, &x, &gamma, &rstd, &mut dx, &mut dg, rows, cols)
+                })
+                .unwrap();
 
                 let (xd, dyd) = (f64s(&x), f64s(&dy));
                 let (mut wy, mut wr) = (vec![0.0; rows * cols], vec![0.0; rows]);
@@ -524,7 +463,7 @@ mod tests {
                     }
                     wr[r] = rs;
                 }
-                let what = format!("{level:?} cols {cols}");
+                let what = format!("{:?} cols {cols}", arch.level());
                 assert_close(&format!("{what} y"), &y, &wy, 1e-5, 1e-6);
                 assert_close(&format!("{what} rstd"), &rstd, &wr, 1e-5, 0.0);
                 assert_close(&format!("{what} dx"), &dx, &wdx, 1e-4, 1e-5);

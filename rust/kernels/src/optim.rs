@@ -8,9 +8,9 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
+use crate::lanes;
+use crate::simd::{dispatch, Simd};
 use crate::vec_math::{Vf32, CHUNK_ELEMS};
-use crate::{lanes, simd_dispatch};
 
 /// The per-step scalars, bias corrections folded in.
 #[derive(Clone, Copy, Debug)]
@@ -27,65 +27,39 @@ struct Coefs {
 }
 
 #[inline(always)]
-fn adamw_v<V: Vf32>(k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    let n = p.len();
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    let (b1, b2) = (V::splat(k.b1), V::splat(k.b2));
-    let (c1, c2) = (V::splat(k.c1), V::splat(k.c2));
-    let (decay, step, inv_bc2, eps) = (
-        V::splat(k.decay),
-        V::splat(k.step_size),
-        V::splat(k.inv_sqrt_bc2),
-        V::splat(k.eps),
-    );
-    lanes!(V, n, l => {
-        let gv = V::get(g, l, 0.0);
-        let mv = gv.mul_add(c1, V::get(m, l, 0.0) * b1);
-        let vv = (gv * gv).mul_add(c2, V::get(v, l, 0.0) * b2);
-        let denom = vv.sqrt().mul_add(inv_bc2, eps);
-        let pv = V::get(p, l, 0.0) * decay - step * mv / denom;
-        mv.put(m, l);
-        vv.put(v, l);
-        pv.put(p, l);
-    });
+fn adamw<S: Simd>(s: S, k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let n = p.len();
+            let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+            let (b1, b2) = (s.splat(k.b1), s.splat(k.b2));
+            let (c1, c2) = (s.splat(k.c1), s.splat(k.c2));
+            let (decay, step, inv_bc2, eps) = (
+                s.splat(k.decay),
+                s.splat(k.step_size),
+                s.splat(k.inv_sqrt_bc2),
+                s.splat(k.eps),
+            );
+            lanes!(S::V, n, l => {
+                let gv = s.get(g, l, 0.0);
+                let mv = gv.mul_add(c1, s.get(m, l, 0.0) * b1);
+                let vv = (gv * gv).mul_add(c2, s.get(v, l, 0.0) * b2);
+                let denom = vv.sqrt().mul_add(inv_bc2, eps);
+                let pv = s.get(p, l, 0.0) * decay - step * mv / denom;
+                mv.put(m, l);
+                vv.put(v, l);
+                pv.put(p, l);
+            });
+        },
+    )
 }
-
-simd_dispatch!(fn adamw_chunk = adamw_v(k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]));
 
 /// One AdamW step in place on `param, m, v`; all four slices `(n,)`. The
 /// hyper-parameters are f64, as Python hands them, so that `1 - beta2` and
 /// the bias corrections are exact before they are rounded to f32.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
-    param: &mut [f32],
-    grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    step: u64,
-) -> Result<()> {
-    adamw_at(
-        simd::level(),
-        param,
-        grad,
-        m,
-        v,
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        step,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn adamw_at(
-    level: Level,
     param: &mut [f32],
     grad: &[f32],
     m: &mut [f32],
@@ -125,27 +99,27 @@ fn adamw_at(
         inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
         eps: eps as f32,
     };
-    param
+    dispatch!(|s| param
         .par_chunks_mut(CHUNK_ELEMS)
         .zip(
             m.par_chunks_mut(CHUNK_ELEMS)
                 .zip(v.par_chunks_mut(CHUNK_ELEMS)),
         )
         .zip(grad.par_chunks(CHUNK_ELEMS))
-        .for_each(|((pc, (mc, vc)), gc)| adamw_chunk(level, k, pc, gc, mc, vc));
+        .for_each(|((pc, (mc, vc)), gc)| adamw(s, k, pc, gc, mc, vc)));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::levels;
+    use crate::simd::Arch;
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
     #[test]
     fn adamw_matches_naive() {
         let mut rng = Rng::new(60);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &n in &SIZES {
                 let (mut p, g) = (rng.vec(n, -1.0, 1.0), rng.vec(n, -1.0, 1.0));
                 let (mut m, mut v) = (rng.vec(n, -0.1, 0.1), rng.vec(n, 0.0, 0.01));
@@ -159,21 +133,11 @@ mod tests {
                     let vhat = wv[i] / (1.0 - b2.powi(step));
                     wp[i] = p[i] as f64 * (1.0 - lr * wd) - lr * mhat / (vhat.sqrt() + eps);
                 }
-                adamw_at(
-                    level,
-                    &mut p,
-                    &g,
-                    &mut m,
-                    &mut v,
-                    lr,
-                    b1,
-                    b2,
-                    eps,
-                    wd,
-                    step as u64,
-                )
+                arch.forced(|| {
+                    adamw_step(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, wd, step as u64)
+                })
                 .unwrap();
-                let what = format!("{level:?} n {n}");
+                let what = format!("{:?} n {n}", arch.level());
                 assert_close(&format!("{what} m"), &m, &wm, 1e-6, 1e-8);
                 assert_close(&format!("{what} v"), &v, &wv, 1e-6, 1e-10);
                 assert_close(&format!("{what} param"), &p, &wp, 1e-6, 1e-7);

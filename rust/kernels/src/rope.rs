@@ -9,32 +9,40 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
+use crate::lanes;
+use crate::simd::{dispatch, Simd};
 use crate::vec_math::{chunk_rows, Vf32};
-use crate::{lanes, simd_dispatch};
 
 /// Rotates rows `row0 ..` of `x, y (rows, d)`; `cc, ss (t, d)` widened.
 #[inline(always)]
-fn rotate_rows_v<V: Vf32>(x: &[f32], y: &mut [f32], cc: &[f32], ss: &[f32], row0: usize, d: usize) {
-    let t_len = cc.len() / d;
-    for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-        let t = (row0 + r) % t_len;
-        let (c, s) = (&cc[t * d..(t + 1) * d], &ss[t * d..(t + 1) * d]);
-        lanes!(V, d, l => {
-            let xv = V::get(xr, l, 0.0);
-            let rot = xv.swap_pairs() * V::get(s, l, 0.0);
-            xv.mul_add(V::get(c, l, 0.0), rot).put(yr, l);
-        });
-    }
+fn rotate_rows<S: Simd>(
+    s: S,
+    x: &[f32],
+    y: &mut [f32],
+    cc: &[f32],
+    ss: &[f32],
+    row0: usize,
+    d: usize,
+) {
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let t_len = cc.len() / d;
+            for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+                let t = (row0 + r) % t_len;
+                let (c, sn) = (&cc[t * d..(t + 1) * d], &ss[t * d..(t + 1) * d]);
+                lanes!(S::V, d, l => {
+                    let xv = s.get(xr, l, 0.0);
+                    let rot = xv.swap_pairs() * s.get(sn, l, 0.0);
+                    xv.mul_add(s.get(c, l, 0.0), rot).put(yr, l);
+                });
+            }
+        },
+    )
 }
 
-simd_dispatch!(fn rotate_rows = rotate_rows_v(
-    x: &[f32], y: &mut [f32], cc: &[f32], ss: &[f32], row0: usize, d: usize
-));
-
 #[allow(clippy::too_many_arguments)]
-fn rotate_at(
-    level: Level,
+fn rotate(
     op: &str,
     x: &[f32],
     cos: &[f32],
@@ -71,10 +79,11 @@ fn rotate_at(
         ss[2 * k + 1] = sign * s;
     }
     let cr = chunk_rows(rows, d);
-    y.par_chunks_mut(cr * d)
+    dispatch!(|s| y
+        .par_chunks_mut(cr * d)
         .zip(x.par_chunks(cr * d))
         .enumerate()
-        .for_each(|(c, (yc, xc))| rotate_rows(level, xc, yc, &cc, &ss, c * cr, d));
+        .for_each(|(c, (yc, xc))| rotate_rows(s, xc, yc, &cc, &ss, c * cr, d)));
     Ok(())
 }
 
@@ -89,18 +98,7 @@ pub fn rope_forward(
     t: usize,
     d: usize,
 ) -> Result<()> {
-    rotate_at(
-        simd::level(),
-        "rope_forward",
-        x,
-        cos,
-        sin,
-        1.0,
-        y,
-        rows,
-        t,
-        d,
-    )
+    rotate("rope_forward", x, cos, sin, 1.0, y, rows, t, d)
 }
 
 /// The inverse rotation: `dy, dx (rows, D)`, `cos, sin (T, D/2)`.
@@ -114,30 +112,19 @@ pub fn rope_backward(
     t: usize,
     d: usize,
 ) -> Result<()> {
-    rotate_at(
-        simd::level(),
-        "rope_backward",
-        dy,
-        cos,
-        sin,
-        -1.0,
-        dx,
-        rows,
-        t,
-        d,
-    )
+    rotate("rope_backward", dy, cos, sin, -1.0, dx, rows, t, d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::levels;
+    use crate::simd::Arch;
     use crate::vec_math::testing::{assert_close, Rng};
 
     #[test]
     fn rope_matches_naive_and_inverts() {
         let mut rng = Rng::new(50);
-        for level in levels() {
+        for arch in Arch::supported() {
             for d in [2, 8, 14, 16, 34, 64, 130] {
                 let (t, rows) = (5, 15);
                 let x = rng.vec(rows * d, -1.0, 1.0);
@@ -145,7 +132,8 @@ mod tests {
                 let cos: Vec<f32> = ang.iter().map(|a| a.cos()).collect();
                 let sin: Vec<f32> = ang.iter().map(|a| a.sin()).collect();
                 let mut y = vec![0.0; rows * d];
-                rotate_at(level, "f", &x, &cos, &sin, 1.0, &mut y, rows, t, d).unwrap();
+                arch.forced(|| rotate("f", &x, &cos, &sin, 1.0, &mut y, rows, t, d))
+                    .unwrap();
                 let mut want = vec![0.0; rows * d];
                 for r in 0..rows {
                     for i in 0..d / 2 {
@@ -158,11 +146,18 @@ mod tests {
                         want[r * d + 2 * i + 1] = x0 * s + x1 * c;
                     }
                 }
-                assert_close(&format!("{level:?} d {d}"), &y, &want, 1e-6, 1e-6);
+                assert_close(&format!("{:?} d {d}", arch.level()), &y, &want, 1e-6, 1e-6);
                 let mut back = vec![0.0; rows * d];
-                rotate_at(level, "b", &y, &cos, &sin, -1.0, &mut back, rows, t, d).unwrap();
+                arch.forced(|| rotate("b", &y, &cos, &sin, -1.0, &mut back, rows, t, d))
+                    .unwrap();
                 let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-                assert_close(&format!("{level:?} d {d} inverse"), &back, &xd, 1e-5, 1e-6);
+                assert_close(
+                    &format!("{:?} d {d} inverse", arch.level()),
+                    &back,
+                    &xd,
+                    1e-5,
+                    1e-6,
+                );
             }
         }
     }

@@ -7,9 +7,9 @@
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
+use crate::lanes;
+use crate::simd::{dispatch, Simd};
 use crate::vec_math::{chunk_rows, dot, max_scaled, softmax_exact, sum_exp, Vf32};
-use crate::{lanes, simd_dispatch};
 
 /// The causal layout of the rows: each block of `tq` consecutive rows is
 /// one `(tq, tk)` score matrix, aligned to the bottom-right.
@@ -74,9 +74,21 @@ fn exact_row(x: &[f32], y: &mut [f32], scale: f32) {
     y.iter_mut().zip(&s).for_each(|(o, &p)| *o = p as f32);
 }
 
-simd_dispatch!(fn forward_rows = forward_rows_v(
-    x: &[f32], y: &mut [f32], row0: usize, cols: usize, scale: f32, causal: Option<Causal>
-));
+#[allow(clippy::too_many_arguments)]
+fn forward_rows<S: Simd>(
+    s: S,
+    x: &[f32],
+    y: &mut [f32],
+    row0: usize,
+    cols: usize,
+    scale: f32,
+    causal: Option<Causal>,
+) {
+    s.vectorize(
+        #[inline(always)]
+        || forward_rows_v::<S::V>(x, y, row0, cols, scale, causal),
+    )
+}
 
 /// `dx = scale * y * (dy - sum(dy * y))` per row; all `(rows, cols)`.
 #[inline(always)]
@@ -91,9 +103,13 @@ fn backward_rows_v<V: Vf32>(dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, 
     }
 }
 
-simd_dispatch!(fn backward_rows = backward_rows_v(
-    dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, scale: f32
-));
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<S: Simd>(s: S, dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
+    s.vectorize(
+        #[inline(always)]
+        || backward_rows_v::<S::V>(dy, y, dx, cols, scale),
+    )
+}
 
 /// Softmax of `scale * x` over the last axis.
 ///
@@ -104,18 +120,6 @@ simd_dispatch!(fn backward_rows = backward_rows_v(
 /// NaN among the visible entries makes them all NaN, a +inf gives NaN
 /// there and 0 beside it, and masked entries stay 0 in every case.
 pub fn softmax_forward(
-    x: &[f32],
-    y: &mut [f32],
-    rows: usize,
-    cols: usize,
-    scale: f32,
-    causal: Option<usize>,
-) -> Result<()> {
-    forward_at(simd::level(), x, y, rows, cols, scale, causal)
-}
-
-fn forward_at(
-    level: Level,
     x: &[f32],
     y: &mut [f32],
     rows: usize,
@@ -138,27 +142,16 @@ fn forward_at(
         return Ok(());
     }
     let cr = chunk_rows(rows, cols);
-    y.par_chunks_mut(cr * cols)
+    dispatch!(|s| y
+        .par_chunks_mut(cr * cols)
         .zip(x.par_chunks(cr * cols))
         .enumerate()
-        .for_each(|(c, (yc, xc))| forward_rows(level, xc, yc, c * cr, cols, scale, causal));
+        .for_each(|(c, (yc, xc))| forward_rows(s, xc, yc, c * cr, cols, scale, causal)));
     Ok(())
 }
 
 /// `dx = scale * y * (dy - sum(dy * y, last axis))`; all `(rows, cols)`.
 pub fn softmax_backward(
-    dy: &[f32],
-    y: &[f32],
-    dx: &mut [f32],
-    rows: usize,
-    cols: usize,
-    scale: f32,
-) -> Result<()> {
-    backward_at(simd::level(), dy, y, dx, rows, cols, scale)
-}
-
-fn backward_at(
-    level: Level,
     dy: &[f32],
     y: &[f32],
     dx: &mut [f32],
@@ -173,16 +166,17 @@ fn backward_at(
         return Ok(());
     }
     let cr = chunk_rows(rows, cols);
-    dx.par_chunks_mut(cr * cols)
+    dispatch!(|s| dx
+        .par_chunks_mut(cr * cols)
         .zip(dy.par_chunks(cr * cols).zip(y.par_chunks(cr * cols)))
-        .for_each(|(dxc, (dyc, yc))| backward_rows(level, dyc, yc, dxc, cols, scale));
+        .for_each(|(dxc, (dyc, yc))| backward_rows(s, dyc, yc, dxc, cols, scale)));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::levels;
+    use crate::simd::Arch;
     use crate::vec_math::testing::{assert_close, Rng, SIZES};
 
     fn naive_forward(
@@ -215,15 +209,16 @@ mod tests {
     #[test]
     fn softmax_forward_matches_naive() {
         let mut rng = Rng::new(1);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &cols in &SIZES {
                 for (rows, tq, scale) in [(3, None, 1.0), (6, Some(3), 0.125), (8, Some(4), -2.0)] {
                     let x = rng.vec(rows * cols, -8.0, 8.0);
                     let mut y = vec![f32::NAN; rows * cols];
-                    forward_at(level, &x, &mut y, rows, cols, scale, tq).unwrap();
+                    arch.forced(|| softmax_forward(&x, &mut y, rows, cols, scale, tq))
+                        .unwrap();
                     let want = naive_forward(&x, rows, cols, scale as f64, tq);
                     assert_close(
-                        &format!("{level:?} cols {cols} tq {tq:?}"),
+                        &format!("{:?} cols {cols} tq {tq:?}", arch.level()),
                         &y,
                         &want,
                         1e-5,
@@ -236,14 +231,15 @@ mod tests {
 
     #[test]
     fn softmax_forward_masked_rows_are_zero() {
-        for level in levels() {
+        for arch in Arch::supported() {
             // Tk < Tq: the first rows see nothing; -inf rows see nothing either.
             let (rows, cols) = (4, 2);
             let mut x = vec![1.0; rows * cols];
             x[6] = f32::NEG_INFINITY;
             x[7] = f32::NEG_INFINITY;
             let mut y = vec![f32::NAN; rows * cols];
-            forward_at(level, &x, &mut y, rows, cols, 1.0, Some(4)).unwrap();
+            arch.forced(|| softmax_forward(&x, &mut y, rows, cols, 1.0, Some(4)))
+                .unwrap();
             assert_eq!(y, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         }
     }
@@ -251,15 +247,17 @@ mod tests {
     #[test]
     fn softmax_backward_matches_naive() {
         let mut rng = Rng::new(2);
-        for level in levels() {
+        for arch in Arch::supported() {
             for &cols in &SIZES {
                 let rows = 5;
                 let x = rng.vec(rows * cols, -3.0, 3.0);
                 let dy = rng.vec(rows * cols, -1.0, 1.0);
                 let mut y = vec![0.0; rows * cols];
-                forward_at(level, &x, &mut y, rows, cols, 1.0, None).unwrap();
+                arch.forced(|| softmax_forward(&x, &mut y, rows, cols, 1.0, None))
+                    .unwrap();
                 let mut dx = vec![f32::NAN; rows * cols];
-                backward_at(level, &dy, &y, &mut dx, rows, cols, 0.5).unwrap();
+                arch.forced(|| softmax_backward(&dy, &y, &mut dx, rows, cols, 0.5))
+                    .unwrap();
                 let mut want = vec![0.0; rows * cols];
                 for r in 0..rows {
                     let o = r * cols;
@@ -268,7 +266,13 @@ mod tests {
                         want[o + j] = 0.5 * y[o + j] as f64 * (dy[o + j] as f64 - dot);
                     }
                 }
-                assert_close(&format!("{level:?} cols {cols}"), &dx, &want, 1e-4, 1e-7);
+                assert_close(
+                    &format!("{:?} cols {cols}", arch.level()),
+                    &dx,
+                    &want,
+                    1e-4,
+                    1e-7,
+                );
             }
         }
     }

@@ -25,6 +25,8 @@ mod x86;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+use crate::vec_math::{Lanes, Vf32};
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{Avx2, Avx512};
 
@@ -99,6 +101,34 @@ pub fn level() -> Level {
 
 /// A SIMD token: a zero-size proof that the CPU runs its instruction set.
 pub(crate) trait Simd: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// The register of f32 lanes this token's kernels compute in.
+    type V: Vf32;
+
+    /// A register with every lane `x`.
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        Self::V::splat(x)
+    }
+
+    /// A register of zeros.
+    #[inline(always)]
+    fn zero(self) -> Self::V {
+        Self::V::zero()
+    }
+
+    /// Loads `N` lanes from `s[..N]`; `s` must hold at least `N`.
+    #[inline(always)]
+    #[allow(dead_code)]
+    fn load(self, s: &[f32]) -> Self::V {
+        Self::V::load(s)
+    }
+
+    /// Loads `s[l.i .. l.i + l.w]`, lanes past `l.w` filled with `fill`.
+    #[inline(always)]
+    fn get(self, s: &[f32], l: Lanes, fill: f32) -> Self::V {
+        Self::V::get(s, l, fill)
+    }
+
     /// Runs `f` inside a function compiled with this token's target
     /// features. Pass an `#[inline(always)]` closure whose kernels are
     /// `#[inline(always)]` too: their bodies, and the intrinsics in them,
@@ -119,6 +149,8 @@ pub(crate) trait Simd: Copy + Send + Sync + std::fmt::Debug + 'static {
 pub(crate) struct Portable;
 
 impl Simd for Portable {
+    type V = crate::vec_math::portable::F32x8;
+
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         f()

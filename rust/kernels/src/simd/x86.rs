@@ -57,6 +57,8 @@ impl Avx512 {
 }
 
 impl Simd for Avx2 {
+    type V = crate::vec_math::avx2::F32x8;
+
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx2,fma")]
@@ -70,6 +72,8 @@ impl Simd for Avx2 {
 }
 
 impl Simd for Avx512 {
+    type V = crate::vec_math::avx512::F32x16;
+
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx512f,avx2,fma")]

@@ -2,10 +2,10 @@
 //! losses, rope, optimizers): one trait, [`Vf32`], over a SIMD register of
 //! f32 lanes, implemented for AVX-512 (16 lanes), AVX2+FMA (8 lanes) and a
 //! portable `[f32; 8]` that LLVM autovectorises; lane-wise `exp`,
-//! `sigmoid` and `erfc` written once on top of it; the [`simd_dispatch!`]
-//! macro that compiles a generic kernel once per level inside a
-//! `#[target_feature]` function; and the fixed row chunking that keeps
-//! every parallel reduction deterministic.
+//! `sigmoid` and `erfc` written once on top of it; and the fixed row
+//! chunking that keeps every parallel reduction deterministic. A kernel
+//! gets its register type from a [`crate::simd::Simd`] token (`S::V`)
+//! and runs inside the token's `vectorize`.
 //!
 //! A kernel is written as an `#[inline(always)]` function generic over
 //! `V: Vf32`; every trait method is `#[inline(always)]` too, so the whole
@@ -14,17 +14,15 @@
 
 use std::ops::{Add, Div, Mul, Sub};
 
-use crate::simd::Level;
-
-pub mod portable;
+pub(crate) mod portable;
 
 #[cfg(test)]
 pub(crate) mod testing;
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
-pub mod avx512;
+pub(crate) mod avx512;
 
 /// A window of one row handed to a loop body by [`lanes!`]: lanes
 /// `i .. i + w`, with `w == V::N` except in the tail.
@@ -39,10 +37,10 @@ pub const MAX_LANES: usize = 16;
 
 /// A register of `N` f32 lanes.
 ///
-/// # Safety
-/// Implementations for an instruction set may only be used inside code
-/// compiled for it, which [`simd_dispatch!`] guarantees.
-pub trait Vf32:
+/// Values of the AVX2 and AVX-512 registers are made only by the methods
+/// of their token (see `avx2.rs`, `avx512.rs`), so holding one proves the
+/// CPU runs its instructions.
+pub(crate) trait Vf32:
     Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
 {
     const N: usize;
@@ -141,7 +139,7 @@ macro_rules! lanes {
 
 /// `max_i scale * x[i]`; `-inf` for an empty row.
 #[inline(always)]
-pub fn max_scaled<V: Vf32>(x: &[f32], scale: f32) -> f32 {
+pub(crate) fn max_scaled<V: Vf32>(x: &[f32], scale: f32) -> f32 {
     let s = V::splat(scale);
     let (mut m0, mut m1) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
     let pairs = x.len() / (2 * V::N) * (2 * V::N);
@@ -158,7 +156,7 @@ pub fn max_scaled<V: Vf32>(x: &[f32], scale: f32) -> f32 {
 
 /// `(max_i x[i], sum_i x[i])` in one pass; `(-inf, 0)` for an empty row.
 #[inline(always)]
-pub fn max_and_sum<V: Vf32>(x: &[f32]) -> (f32, f32) {
+pub(crate) fn max_and_sum<V: Vf32>(x: &[f32]) -> (f32, f32) {
     let (mut m0, mut m1) = (V::splat(f32::NEG_INFINITY), V::splat(f32::NEG_INFINITY));
     let (mut s0, mut s1) = (V::zero(), V::zero());
     let pairs = x.len() / (2 * V::N) * (2 * V::N);
@@ -180,7 +178,12 @@ pub fn max_and_sum<V: Vf32>(x: &[f32]) -> (f32, f32) {
 
 /// `sum_i e^(scale x[i] + shift)`; with `out`, each term is stored there too.
 #[inline(always)]
-pub fn sum_exp<V: Vf32>(x: &[f32], scale: f32, shift: f32, mut out: Option<&mut [f32]>) -> f32 {
+pub(crate) fn sum_exp<V: Vf32>(
+    x: &[f32],
+    scale: f32,
+    shift: f32,
+    mut out: Option<&mut [f32]>,
+) -> f32 {
     let (sc, sh) = (V::splat(scale), V::splat(shift));
     let (mut s0, mut s1) = (V::zero(), V::zero());
     let pairs = x.len() / (2 * V::N) * (2 * V::N);
@@ -207,7 +210,7 @@ pub fn sum_exp<V: Vf32>(x: &[f32], scale: f32, shift: f32, mut out: Option<&mut 
 
 /// `sum_i a[i]`, lanes accumulated in f32.
 #[inline(always)]
-pub fn sum<V: Vf32>(a: &[f32]) -> f32 {
+pub(crate) fn sum<V: Vf32>(a: &[f32]) -> f32 {
     let mut acc = V::zero();
     lanes!(V, a.len(), l => {
         acc = acc + V::get(a, l, 0.0);
@@ -217,7 +220,7 @@ pub fn sum<V: Vf32>(a: &[f32]) -> f32 {
 
 /// `sum_i a[i] b[i]`, lanes accumulated in f32; `b` at least as long as `a`.
 #[inline(always)]
-pub fn dot<V: Vf32>(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<V: Vf32>(a: &[f32], b: &[f32]) -> f32 {
     let b = &b[..a.len()];
     let mut acc = V::zero();
     lanes!(V, a.len(), l => {
@@ -242,7 +245,7 @@ const EXP_HI: f32 = 88.73;
 /// where `2^n` leaves the exponent range, on the levels that build `2^n`
 /// in the exponent bits; from 88.72 with AVX-512's `scalef`).
 #[inline(always)]
-pub fn exp<V: Vf32>(x: V) -> V {
+pub(crate) fn exp<V: Vf32>(x: V) -> V {
     // The constant first: `max`/`min` return their second operand for NaN.
     let xc = V::splat(EXP_HI).min(V::splat(EXP_LO).max(x));
     // Adding 1.5 * 2^23 rounds to the nearest integer in the low bits.
@@ -264,7 +267,7 @@ pub fn exp<V: Vf32>(x: V) -> V {
 /// Lane-wise `1 / (1 + e^-x)`; exact 0 and 1 at the far ends (and at
 /// -inf, +inf); NaN for NaN.
 #[inline(always)]
-pub fn sigmoid<V: Vf32>(x: V) -> V {
+pub(crate) fn sigmoid<V: Vf32>(x: V) -> V {
     let one = V::splat(1.0);
     one / (one + exp(V::zero() - x))
 }
@@ -276,7 +279,7 @@ pub fn sigmoid<V: Vf32>(x: V) -> V {
 /// Numerical Recipes (`erfcc`): unlike `1 - erf`, it keeps its relative
 /// accuracy in the far tail, which exact GELU needs for large negative x.
 #[inline(always)]
-pub fn erfc_nonneg<V: Vf32>(z: V) -> V {
+pub(crate) fn erfc_nonneg<V: Vf32>(z: V) -> V {
     let one = V::splat(1.0);
     let t = one / z.mul_add(V::splat(0.5), one);
     let mut p = V::splat(0.170_872_77);
@@ -338,78 +341,13 @@ pub fn chunk_rows(rows: usize, cols: usize) -> usize {
 /// Elements per parallel task for element-wise ops.
 pub const CHUNK_ELEMS: usize = 1 << 15;
 
-/// Whether this CPU runs code compiled for `level`.
-pub fn supported(level: Level) -> bool {
-    match level {
-        Level::Portable => true,
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => false,
-    }
-}
-
-/// Every level this CPU runs, for tests that exercise each path.
-pub fn levels() -> Vec<Level> {
-    [Level::Portable, Level::Avx2Fma, Level::Avx512]
-        .into_iter()
-        .filter(|&l| supported(l))
-        .collect()
-}
-
-/// Defines `$vis fn $name(level: Level, args...) -> R` that runs the generic
-/// `$generic::<V>(args...)` for the register type of `level`, each one
-/// compiled inside a `#[target_feature]` function so that the inlined
-/// intrinsics become instructions. A level the CPU lacks falls back to the
-/// portable path, so the function is safe for any `level`.
-#[macro_export]
-macro_rules! simd_dispatch {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident = $generic:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)?) => {
-        $(#[$meta])*
-        #[allow(clippy::too_many_arguments)]
-        $vis fn $name(level: $crate::simd::Level, $($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn with_avx512($($arg: $ty),*) $(-> $ret)? {
-                $generic::<$crate::vec_math::avx512::F32x16>($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn with_avx2($($arg: $ty),*) $(-> $ret)? {
-                $generic::<$crate::vec_math::avx2::F32x8>($($arg),*)
-            }
-            match level {
-                #[cfg(target_arch = "x86_64")]
-                $crate::simd::Level::Avx512 if $crate::vec_math::supported(level) => {
-                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-                    unsafe { with_avx512($($arg),*) }
-                }
-                #[cfg(target_arch = "x86_64")]
-                $crate::simd::Level::Avx2Fma | $crate::simd::Level::Avx512
-                    if $crate::vec_math::supported($crate::simd::Level::Avx2Fma) =>
-                {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    unsafe { with_avx2($($arg),*) }
-                }
-                _ => $generic::<$crate::vec_math::portable::F32x8>($($arg),*),
-            }
-        }
-    };
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::simd::{dispatch, Simd};
 
-    fn check_level<V: Vf32>() {
+    #[inline(always)]
+    fn check_level<V: Vf32>(_: impl Simd<V = V>) {
         // exp against f64 over the whole useful range.
         let mut worst: f64 = 0.0;
         let mut x = -87.0f32;
@@ -491,34 +429,13 @@ pub(crate) mod tests {
         }
     }
 
-    fn check(level: Level) {
-        match level {
-            Level::Portable => check_level::<portable::F32x8>(),
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2Fma => {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn run() {
-                    check_level::<avx2::F32x8>()
-                }
-                unsafe { run() }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn run() {
-                    check_level::<avx512::F32x16>()
-                }
-                unsafe { run() }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => {}
-        }
-    }
-
     #[test]
     fn vec_math_every_level() {
-        for level in levels() {
-            check(level);
+        for arch in crate::simd::Arch::supported() {
+            dispatch!(arch, |s| s.vectorize(
+                #[inline(always)]
+                || check_level(s)
+            ));
         }
     }
 }
