@@ -140,8 +140,14 @@ impl Tiles {
         };
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe { super::avx512::gemm((m, n, k), lhs, b.as_ptr(), ldb, out) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX2 and FMA; the asserts above keep every pointer the body
+            // forms inside the slices it came from.
             Level::Avx2Fma => unsafe { super::avx2::gemm((m, n, k), lhs, b.as_ptr(), ldb, out) },
             _ => {
                 for r in 0..m {
@@ -178,6 +184,9 @@ impl Tiles {
         assert!(shift.len() >= cols && colsum.len() >= cols);
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe {
                 super::avx512::exp2_cols(
                     s.as_mut_ptr(),
@@ -189,6 +198,9 @@ impl Tiles {
                 )
             },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX2 and FMA; the asserts above keep every pointer the body
+            // forms inside the slices it came from.
             Level::Avx2Fma => unsafe {
                 super::avx2::exp2_cols(
                     s.as_mut_ptr(),
@@ -220,10 +232,16 @@ impl Tiles {
         assert!(colmax.len() >= cols);
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe {
                 super::avx512::col_max(s.as_ptr(), rows, cols, ld, colmax.as_mut_ptr())
             },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX2 and FMA; the asserts above keep every pointer the body
+            // forms inside the slices it came from.
             Level::Avx2Fma => unsafe {
                 super::avx2::col_max(s.as_ptr(), rows, cols, ld, colmax.as_mut_ptr())
             },
@@ -252,10 +270,16 @@ impl Tiles {
         assert!(shift.len() >= rows);
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe {
                 super::avx512::exp2_rows(s.as_mut_ptr(), rows, cols, ld, mul, shift.as_ptr())
             },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX2 and FMA; the asserts above keep every pointer the body
+            // forms inside the slices it came from.
             Level::Avx2Fma => unsafe {
                 super::avx2::exp2_rows(s.as_mut_ptr(), rows, cols, ld, mul, shift.as_ptr())
             },
@@ -288,6 +312,9 @@ impl Tiles {
         assert!(delta.len() >= rows);
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe {
                 super::avx512::softmax_grad_rows(
                     p.as_mut_ptr(),
@@ -300,6 +327,9 @@ impl Tiles {
                 )
             },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX2 and FMA; the asserts above keep every pointer the body
+            // forms inside the slices it came from.
             Level::Avx2Fma => unsafe {
                 super::avx2::softmax_grad_rows(
                     p.as_mut_ptr(),
@@ -341,6 +371,9 @@ impl Tiles {
         assert!(src.len() >= (rows - 1) * ld + cols && dst.len() >= (cols - 1) * ldd + width);
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe {
                 super::avx512::pack_transposed(
                     src.as_ptr(),
@@ -369,8 +402,14 @@ impl Tiles {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         match self.level {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX-512F; the asserts above keep every pointer the body forms
+            // inside the slices it came from.
             Level::Avx512 => unsafe { super::avx512::dot(a.as_ptr(), b.as_ptr(), a.len()) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
+            // AVX2 and FMA; the asserts above keep every pointer the body
+            // forms inside the slices it came from.
             Level::Avx2Fma => unsafe { super::avx2::dot(a.as_ptr(), b.as_ptr(), a.len()) },
             _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
         }
