@@ -121,7 +121,7 @@ fn forward_v<V: Vf32>(op: Unary, x: &[f32], y: &mut [f32]) {
 fn forward_chunk<S: Simd>(s: S, op: Unary, x: &[f32], y: &mut [f32]) {
     s.vectorize(
         #[inline(always)]
-        || forward_v::<S::V>(op, x, y),
+        move || forward_v::<S::V>(op, x, y),
     )
 }
 
@@ -149,7 +149,7 @@ fn backward_v<V: Vf32>(op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
 fn backward_chunk<S: Simd>(s: S, op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
     s.vectorize(
         #[inline(always)]
-        || backward_v::<S::V>(op, dy, x, dx),
+        move || backward_v::<S::V>(op, dy, x, dx),
     )
 }
 
@@ -168,7 +168,7 @@ fn swiglu_v<V: Vf32>(gate: &[f32], up: &[f32], h: &mut [f32]) {
 fn swiglu_chunk<S: Simd>(s: S, gate: &[f32], up: &[f32], h: &mut [f32]) {
     s.vectorize(
         #[inline(always)]
-        || swiglu_v::<S::V>(gate, up, h),
+        move || swiglu_v::<S::V>(gate, up, h),
     )
 }
 
@@ -203,7 +203,7 @@ fn swiglu_backward_chunk<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || swiglu_backward_v::<S::V>(dh, gate, up, dgate, dup),
+        move || swiglu_backward_v::<S::V>(dh, gate, up, dgate, dup),
     )
 }
 

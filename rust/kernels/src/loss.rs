@@ -57,7 +57,7 @@ fn forward_rows<S: Simd>(
 ) -> f64 {
     s.vectorize(
         #[inline(always)]
-        || forward_rows_v::<S::V>(logits, targets, ignore_index, smoothing, lse),
+        move || forward_rows_v::<S::V>(logits, targets, ignore_index, smoothing, lse),
     )
 }
 
@@ -102,7 +102,7 @@ fn backward_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || backward_rows_v::<S::V>(logits, targets, lse, ignore_index, smoothing, g, dz),
+        move || backward_rows_v::<S::V>(logits, targets, lse, ignore_index, smoothing, g, dz),
     )
 }
 

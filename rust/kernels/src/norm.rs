@@ -29,29 +29,44 @@ fn layernorm_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || {
-            let cols = gamma.len();
-            let inv_c = 1.0 / cols as f32;
-            let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
-            for ((xr, yr), (mo, ro)) in rows.zip(mean.iter_mut().zip(rstd.iter_mut())) {
-                let mu = sum::<S::V>(xr) * inv_c;
-                let m = s.splat(mu);
-                let mut acc = s.zero();
-                lanes!(S::V, cols, l => {
-                    let d = (s.get(xr, l, 0.0) - m).pad(l, 0.0);
-                    acc = d.mul_add(d, acc);
-                });
-                let rs = 1.0 / (acc.reduce_sum() * inv_c + eps).sqrt();
-                let r = s.splat(rs);
-                lanes!(S::V, cols, l => {
-                    let xhat = (s.get(xr, l, 0.0) - m) * r;
-                    xhat.mul_add(s.get(gamma, l, 0.0), s.get(beta, l, 0.0)).put(yr, l);
-                });
-                *mo = mu;
-                *ro = rs;
-            }
-        },
+        move || layernorm_rows_body(s, x, gamma, beta, eps, y, mean, rstd),
     )
+}
+
+/// The body of [`layernorm_rows`], a function of its own so that its slices
+/// are distinct parameters (noalias) inside the token's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn layernorm_rows_body<S: Simd>(
+    s: S,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let cols = gamma.len();
+    let inv_c = 1.0 / cols as f32;
+    let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
+    for ((xr, yr), (mo, ro)) in rows.zip(mean.iter_mut().zip(rstd.iter_mut())) {
+        let mu = sum::<S::V>(xr) * inv_c;
+        let m = s.splat(mu);
+        let mut acc = s.zero();
+        lanes!(S::V, cols, l => {
+            let d = (s.get(xr, l, 0.0) - m).pad(l, 0.0);
+            acc = d.mul_add(d, acc);
+        });
+        let rs = 1.0 / (acc.reduce_sum() * inv_c + eps).sqrt();
+        let r = s.splat(rs);
+        lanes!(S::V, cols, l => {
+            let xhat = (s.get(xr, l, 0.0) - m) * r;
+            xhat.mul_add(s.get(gamma, l, 0.0), s.get(beta, l, 0.0)).put(yr, l);
+        });
+        *mo = mu;
+        *ro = rs;
+    }
 }
 
 /// LayerNorm backward for a chunk of rows; adds this chunk's `dgamma` and
@@ -74,36 +89,52 @@ fn layernorm_backward_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || {
-            let cols = gamma.len();
-            let inv_c = 1.0 / cols as f32;
-            let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
-            for (((dyr, xr), dxr), (&mu, &rs)) in rows
-                .zip(dx.chunks_exact_mut(cols))
-                .zip(mean.iter().zip(rstd))
-            {
-                let (m, r) = (s.splat(mu), s.splat(rs));
-                let (mut sg, mut sgx) = (s.zero(), s.zero());
-                lanes!(S::V, cols, l => {
-                    // dy's tail lanes are 0, so g and g * xhat add nothing there.
-                    let d = s.get(dyr, l, 0.0);
-                    let xhat = (s.get(xr, l, 0.0) - m) * r;
-                    let g = d * s.get(gamma, l, 0.0);
-                    sg = sg + g;
-                    sgx = g.mul_add(xhat, sgx);
-                    d.mul_add(xhat, s.get(dg, l, 0.0)).put(dg, l);
-                    (s.get(db, l, 0.0) + d).put(db, l);
-                });
-                let a = s.splat(sg.reduce_sum() * inv_c);
-                let b = s.splat(sgx.reduce_sum() * inv_c);
-                lanes!(S::V, cols, l => {
-                    let xhat = (s.get(xr, l, 0.0) - m) * r;
-                    let g = s.get(dyr, l, 0.0) * s.get(gamma, l, 0.0);
-                    ((g - a - xhat * b) * r).put(dxr, l);
-                });
-            }
-        },
+        move || layernorm_backward_rows_body(s, dy, x, gamma, mean, rstd, dx, dg, db),
     )
+}
+
+/// The body of [`layernorm_backward_rows`], a function of its own so that its slices
+/// are distinct parameters (noalias) inside the token's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn layernorm_backward_rows_body<S: Simd>(
+    s: S,
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let cols = gamma.len();
+    let inv_c = 1.0 / cols as f32;
+    let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
+    for (((dyr, xr), dxr), (&mu, &rs)) in rows
+        .zip(dx.chunks_exact_mut(cols))
+        .zip(mean.iter().zip(rstd))
+    {
+        let (m, r) = (s.splat(mu), s.splat(rs));
+        let (mut sg, mut sgx) = (s.zero(), s.zero());
+        lanes!(S::V, cols, l => {
+            // dy's tail lanes are 0, so g and g * xhat add nothing there.
+            let d = s.get(dyr, l, 0.0);
+            let xhat = (s.get(xr, l, 0.0) - m) * r;
+            let g = d * s.get(gamma, l, 0.0);
+            sg = sg + g;
+            sgx = g.mul_add(xhat, sgx);
+            d.mul_add(xhat, s.get(dg, l, 0.0)).put(dg, l);
+            (s.get(db, l, 0.0) + d).put(db, l);
+        });
+        let a = s.splat(sg.reduce_sum() * inv_c);
+        let b = s.splat(sgx.reduce_sum() * inv_c);
+        lanes!(S::V, cols, l => {
+            let xhat = (s.get(xr, l, 0.0) - m) * r;
+            let g = s.get(dyr, l, 0.0) * s.get(gamma, l, 0.0);
+            ((g - a - xhat * b) * r).put(dxr, l);
+        });
+    }
 }
 
 /// `y = x * rstd * gamma`, `rstd = 1 / sqrt(mean(x²) + eps)` per row.
@@ -118,19 +149,32 @@ fn rmsnorm_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || {
-            let cols = gamma.len();
-            let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
-            for ((xr, yr), ro) in rows.zip(rstd.iter_mut()) {
-                let rs = 1.0 / (dot::<S::V>(xr, xr) / cols as f32 + eps).sqrt();
-                let r = s.splat(rs);
-                lanes!(S::V, cols, l => {
-                    (s.get(xr, l, 0.0) * r * s.get(gamma, l, 0.0)).put(yr, l);
-                });
-                *ro = rs;
-            }
-        },
+        move || rmsnorm_rows_body(s, x, gamma, eps, y, rstd),
     )
+}
+
+/// The body of [`rmsnorm_rows`], a function of its own so that its slices
+/// are distinct parameters (noalias) inside the token's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rmsnorm_rows_body<S: Simd>(
+    s: S,
+    x: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let cols = gamma.len();
+    let rows = x.chunks_exact(cols).zip(y.chunks_exact_mut(cols));
+    for ((xr, yr), ro) in rows.zip(rstd.iter_mut()) {
+        let rs = 1.0 / (dot::<S::V>(xr, xr) / cols as f32 + eps).sqrt();
+        let r = s.splat(rs);
+        lanes!(S::V, cols, l => {
+            (s.get(xr, l, 0.0) * r * s.get(gamma, l, 0.0)).put(yr, l);
+        });
+        *ro = rs;
+    }
 }
 
 /// RMSNorm backward for a chunk of rows, adding into `dg (cols,)`:
@@ -147,27 +191,41 @@ fn rmsnorm_backward_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || {
-            let cols = gamma.len();
-            let inv_c = 1.0 / cols as f32;
-            let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
-            for (((dyr, xr), dxr), &rs) in rows.zip(dx.chunks_exact_mut(cols)).zip(rstd) {
-                let r = s.splat(rs);
-                let mut sgx = s.zero();
-                lanes!(S::V, cols, l => {
-                    let d = s.get(dyr, l, 0.0);
-                    let xv = s.get(xr, l, 0.0);
-                    sgx = (d * s.get(gamma, l, 0.0)).mul_add(xv, sgx);
-                    (d * xv).mul_add(r, s.get(dg, l, 0.0)).put(dg, l);
-                });
-                let k = s.splat(sgx.reduce_sum() * inv_c * rs * rs);
-                lanes!(S::V, cols, l => {
-                    let g = s.get(dyr, l, 0.0) * s.get(gamma, l, 0.0);
-                    ((g - s.get(xr, l, 0.0) * k) * r).put(dxr, l);
-                });
-            }
-        },
+        move || rmsnorm_backward_rows_body(s, dy, x, gamma, rstd, dx, dg),
     )
+}
+
+/// The body of [`rmsnorm_backward_rows`], a function of its own so that its slices
+/// are distinct parameters (noalias) inside the token's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rmsnorm_backward_rows_body<S: Simd>(
+    s: S,
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+    dg: &mut [f32],
+) {
+    let cols = gamma.len();
+    let inv_c = 1.0 / cols as f32;
+    let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
+    for (((dyr, xr), dxr), &rs) in rows.zip(dx.chunks_exact_mut(cols)).zip(rstd) {
+        let r = s.splat(rs);
+        let mut sgx = s.zero();
+        lanes!(S::V, cols, l => {
+            let d = s.get(dyr, l, 0.0);
+            let xv = s.get(xr, l, 0.0);
+            sgx = (d * s.get(gamma, l, 0.0)).mul_add(xv, sgx);
+            (d * xv).mul_add(r, s.get(dg, l, 0.0)).put(dg, l);
+        });
+        let k = s.splat(sgx.reduce_sum() * inv_c * rs * rs);
+        lanes!(S::V, cols, l => {
+            let g = s.get(dyr, l, 0.0) * s.get(gamma, l, 0.0);
+            ((g - s.get(xr, l, 0.0) * k) * r).put(dxr, l);
+        });
+    }
 }
 
 /// `out[j] = sum over chunks c of parts[c * cols + j]`, in chunk order.

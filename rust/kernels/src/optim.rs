@@ -30,29 +30,35 @@ struct Coefs {
 fn adamw<S: Simd>(s: S, k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     s.vectorize(
         #[inline(always)]
-        || {
-            let n = p.len();
-            let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-            let (b1, b2) = (s.splat(k.b1), s.splat(k.b2));
-            let (c1, c2) = (s.splat(k.c1), s.splat(k.c2));
-            let (decay, step, inv_bc2, eps) = (
-                s.splat(k.decay),
-                s.splat(k.step_size),
-                s.splat(k.inv_sqrt_bc2),
-                s.splat(k.eps),
-            );
-            lanes!(S::V, n, l => {
-                let gv = s.get(g, l, 0.0);
-                let mv = gv.mul_add(c1, s.get(m, l, 0.0) * b1);
-                let vv = (gv * gv).mul_add(c2, s.get(v, l, 0.0) * b2);
-                let denom = vv.sqrt().mul_add(inv_bc2, eps);
-                let pv = s.get(p, l, 0.0) * decay - step * mv / denom;
-                mv.put(m, l);
-                vv.put(v, l);
-                pv.put(p, l);
-            });
-        },
+        move || adamw_body(s, k, p, g, m, v),
     )
+}
+
+/// The body of [`adamw`], a function of its own so that its slices
+/// are distinct parameters (noalias) inside the token's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_body<S: Simd>(s: S, k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let (b1, b2) = (s.splat(k.b1), s.splat(k.b2));
+    let (c1, c2) = (s.splat(k.c1), s.splat(k.c2));
+    let (decay, step, inv_bc2, eps) = (
+        s.splat(k.decay),
+        s.splat(k.step_size),
+        s.splat(k.inv_sqrt_bc2),
+        s.splat(k.eps),
+    );
+    lanes!(S::V, n, l => {
+        let gv = s.get(g, l, 0.0);
+        let mv = gv.mul_add(c1, s.get(m, l, 0.0) * b1);
+        let vv = (gv * gv).mul_add(c2, s.get(v, l, 0.0) * b2);
+        let denom = vv.sqrt().mul_add(inv_bc2, eps);
+        let pv = s.get(p, l, 0.0) * decay - step * mv / denom;
+        mv.put(m, l);
+        vv.put(v, l);
+        pv.put(p, l);
+    });
 }
 
 /// One AdamW step in place on `param, m, v`; all four slices `(n,)`. The

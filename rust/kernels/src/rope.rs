@@ -26,19 +26,33 @@ fn rotate_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || {
-            let t_len = cc.len() / d;
-            for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-                let t = (row0 + r) % t_len;
-                let (c, sn) = (&cc[t * d..(t + 1) * d], &ss[t * d..(t + 1) * d]);
-                lanes!(S::V, d, l => {
-                    let xv = s.get(xr, l, 0.0);
-                    let rot = xv.swap_pairs() * s.get(sn, l, 0.0);
-                    xv.mul_add(s.get(c, l, 0.0), rot).put(yr, l);
-                });
-            }
-        },
+        move || rotate_rows_body(s, x, y, cc, ss, row0, d),
     )
+}
+
+/// The body of [`rotate_rows`], a function of its own so that its slices
+/// are distinct parameters (noalias) inside the token's features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rotate_rows_body<S: Simd>(
+    s: S,
+    x: &[f32],
+    y: &mut [f32],
+    cc: &[f32],
+    ss: &[f32],
+    row0: usize,
+    d: usize,
+) {
+    let t_len = cc.len() / d;
+    for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+        let t = (row0 + r) % t_len;
+        let (c, sn) = (&cc[t * d..(t + 1) * d], &ss[t * d..(t + 1) * d]);
+        lanes!(S::V, d, l => {
+            let xv = s.get(xr, l, 0.0);
+            let rot = xv.swap_pairs() * s.get(sn, l, 0.0);
+            xv.mul_add(s.get(c, l, 0.0), rot).put(yr, l);
+        });
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -86,7 +86,7 @@ fn forward_rows<S: Simd>(
 ) {
     s.vectorize(
         #[inline(always)]
-        || forward_rows_v::<S::V>(x, y, row0, cols, scale, causal),
+        move || forward_rows_v::<S::V>(x, y, row0, cols, scale, causal),
     )
 }
 
@@ -107,7 +107,7 @@ fn backward_rows_v<V: Vf32>(dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, 
 fn backward_rows<S: Simd>(s: S, dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
     s.vectorize(
         #[inline(always)]
-        || backward_rows_v::<S::V>(dy, y, dx, cols, scale),
+        move || backward_rows_v::<S::V>(dy, y, dx, cols, scale),
     )
 }
 
