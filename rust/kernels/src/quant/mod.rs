@@ -1,0 +1,253 @@
+//! `y = x @ W.T + b` with W held as GGUF blocks, never decoded to a float
+//! matrix.
+//!
+//! ```text
+//! quantized_linear_forward(x, qweight, QType::Q4K, bias, y, rows, in_f, out_f)
+//! // x (rows, in_f) f32, qweight (out_f, in_f / 256 * 144) u8, y (rows, out_f) f32
+//! ```
+//!
+//! **Activations are quantized to 8 bits.** Each row of x is cut into
+//! chunks of 32 values; a chunk is stored as int8 `qx = round(x / dx)` with
+//! `dx = max|x| / 127` (llama.cpp's q8_0). A weight block decodes to int8
+//! values with a float scale per 16 values and an offset per 32 (see
+//! [`blocks`]), and each chunk's dot product is an integer sum scaled once:
+//! `dx * (scale * sum(q * qx) + offset * sum(qx))`. The result differs from
+//! the exact product of x with the decoded weights by at most
+//! `sum over chunks of dx / 2 * sum |w|` (each `|x - dx qx| <= dx / 2`),
+//! plus float32 rounding of the sums. A row of x holding NaN or inf is
+//! multiplied in float32 with the decoded weights instead, so non-finite
+//! values propagate as in the reference.
+//!
+//! One routine serves decode and prefill: x is quantized once per call,
+//! then the output rows are split over the rayon pool; each task decodes a
+//! weight row once into an int8 panel (L1-resident) and dots it against
+//! every row of x (which, quantized, stays in L2 for a 128-token prompt),
+//! so the weight bytes are streamed from memory exactly once per call.
+//! The bodies are written once and compiled per SIMD token (`Simd::vectorize`).
+
+pub mod blocks;
+#[cfg(test)]
+mod tests;
+
+pub use blocks::QType;
+use blocks::{decode_block, ChunkScale, CHUNK};
+
+use rayon::prelude::*;
+
+use crate::simd::{dispatch, Simd};
+use crate::{Error, Result};
+
+const OP: &str = "quantized_linear_forward";
+
+/// Multiply-adds below which a call runs on one thread.
+pub const SERIAL_MACS: usize = 1 << 18;
+
+/// x quantized per chunk: `qx` (rows, in) int8, `dx` and `sx = dx *
+/// sum(qx)` per chunk, and whether each row is finite.
+struct QuantizedRows {
+    qx: Vec<i8>,
+    dx: Vec<f32>,
+    sx: Vec<f32>,
+    finite: Vec<bool>,
+}
+
+#[inline(always)]
+fn quantize_rows(x: &[f32], rows: usize, in_f: usize) -> QuantizedRows {
+    let n_ch = in_f / CHUNK;
+    let mut qr = QuantizedRows {
+        qx: vec![0; rows * in_f],
+        dx: vec![0.0; rows * n_ch],
+        sx: vec![0.0; rows * n_ch],
+        finite: vec![true; rows],
+    };
+    for r in 0..rows {
+        let xr = &x[r * in_f..(r + 1) * in_f];
+        qr.finite[r] = xr.iter().all(|v| v.is_finite());
+        if !qr.finite[r] {
+            continue;
+        }
+        for c in 0..n_ch {
+            let xc = &xr[c * CHUNK..(c + 1) * CHUNK];
+            let amax = xc.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let qc = &mut qr.qx[r * in_f + c * CHUNK..r * in_f + (c + 1) * CHUNK];
+            let mut sum = 0i32;
+            for (o, &v) in qc.iter_mut().zip(xc) {
+                let q = (v * id).round().clamp(-127.0, 127.0) as i8;
+                *o = q;
+                sum += q as i32;
+            }
+            qr.dx[r * n_ch + c] = d;
+            qr.sx[r * n_ch + c] = d * sum as f32;
+        }
+    }
+    qr
+}
+
+/// `sum(q[..16] * qx[..16])` and the same over `[16..32]`.
+#[inline(always)]
+fn chunk_dot(q: &[i8], qx: &[i8]) -> (i32, i32) {
+    let (mut a, mut b) = (0i32, 0i32);
+    for l in 0..16 {
+        a += q[l] as i32 * qx[l] as i32;
+        b += q[l + 16] as i32 * qx[l + 16] as i32;
+    }
+    (a, b)
+}
+
+/// One decoded weight row against every row of x: `out[r]` for each r.
+#[inline(always)]
+fn row_dots(q: &[i8], cs: &[ChunkScale], x: &[f32], qr: &QuantizedRows, in_f: usize, out: &mut [f32]) {
+    let n_ch = in_f / CHUNK;
+    for (r, o) in out.iter_mut().enumerate() {
+        if !qr.finite[r] {
+            // exact float path for rows holding NaN or inf
+            let xr = &x[r * in_f..(r + 1) * in_f];
+            let mut acc = 0.0f32;
+            for (c, s) in cs.iter().enumerate() {
+                for l in 0..CHUNK {
+                    let w = s.scale[l / 16] * q[c * CHUNK + l] as f32 + s.offset;
+                    acc += w * xr[c * CHUNK + l];
+                }
+            }
+            *o = acc;
+            continue;
+        }
+        let qx = &qr.qx[r * in_f..(r + 1) * in_f];
+        let (dx, sx) = (&qr.dx[r * n_ch..(r + 1) * n_ch], &qr.sx[r * n_ch..(r + 1) * n_ch]);
+        let mut acc = 0.0f32;
+        for c in 0..n_ch {
+            let (a, b) = chunk_dot(&q[c * CHUNK..(c + 1) * CHUNK], &qx[c * CHUNK..(c + 1) * CHUNK]);
+            let s = &cs[c];
+            acc += dx[c] * (s.scale[0] * a as f32 + s.scale[1] * b as f32) + s.offset * sx[c];
+        }
+        *o = acc;
+    }
+}
+
+/// Output rows `j0..j0 + out.len() / rows` of W: `out` (those rows, rows of x)
+/// transposed, i.e. `out[(j - j0) * rows + r] = y[r, j]`.
+#[allow(clippy::too_many_arguments)]
+fn tile<S: Simd>(
+    s: S,
+    t: QType,
+    w: &[u8],
+    j0: usize,
+    x: &[f32],
+    qr: &QuantizedRows,
+    rows: usize,
+    in_f: usize,
+    out: &mut [f32],
+) {
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let (bs, ts) = (t.block_size(), t.type_size());
+            let row_bytes = in_f / bs * ts;
+            let mut q = vec![0i8; in_f];
+            let mut cs = vec![ChunkScale::default(); in_f / CHUNK];
+            let per_block = bs / CHUNK;
+            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
+                let wr = &w[(j0 + i) * row_bytes..(j0 + i + 1) * row_bytes];
+                for (k, blk) in wr.chunks_exact(ts).enumerate() {
+                    decode_block(
+                        t,
+                        blk,
+                        &mut q[k * bs..(k + 1) * bs],
+                        &mut cs[k * per_block..(k + 1) * per_block],
+                    );
+                }
+                row_dots(&q, &cs, x, qr, in_f, o);
+            }
+        },
+    )
+}
+
+/// `y = x @ W.T + bias`: x (rows, in_f), qweight (out_f, in_f / block_size *
+/// type_size) bytes of `t`, bias (out_f,) or None, y (rows, out_f).
+#[allow(clippy::too_many_arguments)]
+pub fn quantized_linear_forward(
+    x: &[f32],
+    qweight: &[u8],
+    t: QType,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Result<()> {
+    let bs = t.block_size();
+    let name = t.name();
+    let row_bytes = (in_f / bs).checked_mul(t.type_size());
+    let shape_err = || {
+        Error::Shape(format!(
+            "{OP}: x ({rows}, {in_f}) with a {name} weight ({out_f}, {in_f}) needs in_f a \
+             multiple of {bs}, x of {} values, qweight of {out_f} rows of whole blocks, y of \
+             {} values, bias of {out_f} (got x {}, qweight {}, y {}, bias {:?})",
+            rows.saturating_mul(in_f),
+            rows.saturating_mul(out_f),
+            x.len(),
+            qweight.len(),
+            y.len(),
+            bias.map(|b| b.len())
+        ))
+    };
+    let (Some(row_bytes), Some(nx), Some(ny)) =
+        (row_bytes, rows.checked_mul(in_f), rows.checked_mul(out_f))
+    else {
+        return Err(shape_err());
+    };
+    if in_f % bs != 0
+        || x.len() != nx
+        || y.len() != ny
+        || Some(qweight.len()) != out_f.checked_mul(row_bytes)
+        || bias.is_some_and(|b| b.len() != out_f)
+    {
+        return Err(shape_err());
+    }
+    if ny == 0 {
+        return Ok(());
+    }
+    if in_f == 0 {
+        y.fill(0.0);
+    } else {
+        let qr = dispatch!(|s| s.vectorize(
+            #[inline(always)]
+            || quantize_rows(x, rows, in_f)
+        ));
+        let macs = ny.saturating_mul(in_f);
+        let tasks = if macs <= SERIAL_MACS {
+            1
+        } else {
+            (rayon::current_num_threads() * 8).min(out_f)
+        };
+        let per_task = out_f.div_ceil(tasks);
+        let arch = crate::simd::Arch::best();
+        let mut yt = if rows == 1 { Vec::new() } else { vec![0.0f32; ny] };
+        let dst: &mut [f32] = if rows == 1 { &mut *y } else { &mut yt };
+        let run = |(i, out): (usize, &mut [f32])| {
+            dispatch!(arch, |s| tile(s, t, qweight, i * per_task, x, &qr, rows, in_f, out))
+        };
+        if tasks == 1 {
+            run((0, dst));
+        } else {
+            dst.par_chunks_mut(per_task * rows).enumerate().for_each(run);
+        }
+        if rows > 1 {
+            for (j, col) in yt.chunks_exact(rows).enumerate() {
+                for (r, &v) in col.iter().enumerate() {
+                    y[r * out_f + j] = v;
+                }
+            }
+        }
+    }
+    if let Some(b) = bias {
+        for yr in y.chunks_exact_mut(out_f) {
+            for (o, &bv) in yr.iter_mut().zip(b) {
+                *o += bv;
+            }
+        }
+    }
+    Ok(())
+}
