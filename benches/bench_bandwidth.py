@@ -31,7 +31,7 @@ from typing import Dict
 # BLAS threads are fixed when NumPy loads; the bench runs at 2 unless told otherwise
 os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ.get("BENCH_THREADS", "2"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _best(fn, repeat: int) -> float:

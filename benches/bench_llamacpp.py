@@ -223,8 +223,9 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
         if callable(attr) and not isinstance(attr, type):
             object.__setattr__(ops, name, timed(name, attr))
             patched.append(name)
-    ref = qlayers.quantized_linear_forward
-    qlayers.quantized_linear_forward = timed("quantized_linear_forward (numpy reference)", ref)
+    ref = getattr(qlayers, "quantized_linear_forward", None)  # older layers: a module-level fallback
+    if ref is not None:
+        qlayers.quantized_linear_forward = timed("quantized_linear_forward (numpy reference)", ref)
     try:
         cache = model.new_cache(1, len(prompt) + n_steps + 1)
         tok = int(np.argmax(fer._run(np.asarray(prompt, np.int64)[None, :], cache)))
@@ -235,7 +236,8 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
             tok = int(np.argmax(fer._run(np.array([[tok]], np.int64), cache)))
         total = time.perf_counter() - t0
     finally:
-        qlayers.quantized_linear_forward = ref
+        if ref is not None:
+            qlayers.quantized_linear_forward = ref
         for name in patched:
             ops.__dict__.pop(name, None)
     inside = sum(spent.values())
@@ -244,7 +246,14 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
             "by_op": sorted(((k, spent[k] / n_steps * 1e3, calls[k] / n_steps) for k in spent),
                             key=lambda r: -r[1]),
             "backend": type(ops).__name__,
-            "has_quantized_op": hasattr(ops, "quantized_linear_forward")}
+            "quantized_impl": _quantized_impl(ops)}
+
+
+def _quantized_impl(ops) -> str:
+    """Where the backend's quantized product comes from: the class that defines it."""
+    fn = getattr(type(ops), "_quantized_linear_forward", None) or getattr(
+        type(ops), "quantized_linear_forward", None)
+    return getattr(fn, "__qualname__", "none (numpy reference in the layer)")
 
 
 # -- GPT-2-small Q4_0 against float32 ---------------------------------------------------
@@ -289,12 +298,12 @@ def bench_file(path: str, a) -> dict:
     tg: Dict[str, List[float]] = {k: [] for k in con}
     pp: Dict[str, List[float]] = {k: [] for k in con}
     toks = {}
-    for r in range(a.rounds + 1):
+    for r in range(a.rounds + a.warmup):
         for k in (list(con) if r % 2 == 0 else list(con)[::-1]):
             dt_pp = con[k].prefill(pp_ids)
             t, dt_tg = con[k].decode(short, a.tg)
             toks[k] = t
-            if r:  # round 0 is the warm-up
+            if r >= a.warmup:
                 pp[k].append(a.pp / dt_pp)
                 tg[k].append((a.tg - 1) / dt_tg)
     a_t, b_t = toks["llama.cpp"], toks["ferroformer"]
@@ -304,7 +313,7 @@ def bench_file(path: str, a) -> dict:
            "pp": {k: statistics.median(v) for k, v in pp.items()},
            "agree": agree, "bytes_per_token": weight_bytes_per_token(con["ferroformer"].model)}
     if a.profile:
-        res["profile"] = profile_steps(con["ferroformer"], short)
+        res["profile"] = profile_steps(con["ferroformer"], short, a.profile_steps)
     del con
     res["load"] = load_stats(path, a.threads, n_ctx, a.load_rounds)
     if a.llama_bench:
@@ -351,13 +360,14 @@ def report(results: List[dict], bw: Dict[str, float], gpt2: Optional[dict], a) -
         if not p:
             continue
         L += ["", f"profile of a ferroformer decode step, {r['file']} ({p['backend']}, backend "
-              f"quantized op: {'yes' if p['has_quantized_op'] else 'no, numpy reference'}): "
+              f"quantized product from {p['quantized_impl']}): "
               f"{p['step_ms']:.2f} ms/step, {p['inside_ms']:.2f} ms inside ops, Python "
               f"{p['python_share']:.0%}, {p['calls_per_token']:.0f} op calls per token",
               "", "| op | ms/token | calls/token |", "|---|---:|---:|"]
         L += [f"| {k} | {ms:.3f} | {c:.0f} |" for k, ms, c in p["by_op"]]
     if gpt2:
-        L += ["", f"GPT-2-small-sized GPT (random, rng 0), decode tok/s (median of {a.rounds}): "
+        L += ["", f"GPT-2-small-sized GPT (random, rng 0), decode tok/s of {a.gpt2_tokens} tokens "
+          f"(median of {a.rounds}): "
               f"float32 {gpt2['float32']:.1f}, Q4_0 {gpt2['Q4_0']:.1f}, "
               f"ratio {gpt2['Q4_0'] / gpt2['float32']:.2f}x"]
     return "\n".join(L)
@@ -368,12 +378,15 @@ def main(argv=None) -> None:
     p.add_argument("files", nargs="*")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--load-rounds", type=int, default=3)
     p.add_argument("--tg", type=int, default=128)
     p.add_argument("--pp", type=int, default=128)
     p.add_argument("--n-ctx", type=int, default=512)
     p.add_argument("--llama-bench", default=None, help="path of llama.cpp's llama-bench binary")
+    p.add_argument("--profile-steps", type=int, default=32)
     p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--gpt2-tokens", type=int, default=64)
     p.add_argument("--no-gpt2", dest="gpt2", action="store_false")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--_load-child", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -392,7 +405,7 @@ def main(argv=None) -> None:
     for f in files:
         print(f"benchmarking {f} ...", file=sys.stderr, flush=True)
         results.append(bench_file(f, a))
-    gpt2 = gpt2_q4_0(a.threads, a.rounds, 64) if a.gpt2 else None
+    gpt2 = gpt2_q4_0(a.threads, a.rounds, a.gpt2_tokens) if a.gpt2 else None
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"results": results, "bandwidth": bw, "gpt2": gpt2}, fh, indent=1,
