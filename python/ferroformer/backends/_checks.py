@@ -295,6 +295,42 @@ def linear_shapes(x: Shape, w: Shape, b: Optional[Shape]) -> None:
         raise shape_error(op, "bias must be (out,)", w=w, b=b)
 
 
+def quantized_format(op: str, qtype):
+    """The BlockFormat of ``qtype`` (a name or a GGML type number); TypeError for
+    another kind of value, ValueError naming a type that is not supported."""
+    from ..quant.formats import block_format
+
+    if isinstance(qtype, (bool, np.bool_)):
+        raise _not_a(op, "qtype", "a block type name or a GGML type number", qtype)
+    try:
+        return block_format(qtype)
+    except TypeError:
+        raise _not_a(op, "qtype", "a block type name or a GGML type number", qtype) from None
+    except ValueError as e:
+        raise ValueError(f"{op}: {e}") from None
+
+
+def quantized_weight(op: str, qweight, device_type) -> None:
+    """qweight: raw blocks, a uint8 array on the host (numpy) or on the backend."""
+    if not isinstance(qweight, (np.ndarray, device_type)):
+        raise TypeError(f"{op}: qweight must be a numpy.ndarray of raw blocks, got "
+                        f"{_type_name(qweight)}")
+    if qweight.dtype != np.uint8:
+        raise TypeError(f"{op}: qweight holds raw blocks and must be uint8, got {qweight.dtype}")
+
+
+def quantized_shapes(op: str, fmt, x: Shape, w: Shape, b: Optional[Shape]) -> None:
+    if len(w) != 2 or w[1] % fmt.type_size:
+        raise shape_error(op, f"qweight must be (out, row_bytes) with rows of whole {fmt.name} "
+                              f"blocks ({fmt.type_size} bytes each)", x=x, qweight=w)
+    in_f = w[1] // fmt.type_size * fmt.block_size
+    if len(x) < 1 or x[-1] != in_f:
+        raise shape_error(op, f"need x (..., in) with in = {in_f}, the in_features of the "
+                              f"{fmt.name} weight ({w[0]}, {in_f})", x=x, qweight=w)
+    if b is not None and tuple(b) != (w[0],):
+        raise shape_error(op, "bias must be (out,)", qweight=w, bias=b)
+
+
 def linear_backward_shapes(dy: Shape, x: Shape, w: Shape) -> None:
     op = "linear_backward"
     if (len(w) != 2 or len(x) < 1 or x[-1:] != (w[1],) or dy[-1:] != (w[0],)

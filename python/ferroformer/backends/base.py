@@ -93,6 +93,37 @@ class Backend:
         self._room(op, math.prod(xs[:-1]) * ws[0] * dtype.itemsize, x, w)
         return self._linear_forward(x, w, b)
 
+    def quantized_linear_forward(self, x, qweight, qtype, bias=None):
+        """``x @ W.T + bias`` with W held as GGUF blocks: x (..., in) float, qweight
+        (out, row_bytes) uint8 (host memory, or this backend's arrays), each row
+        in / block_size blocks of ``qtype`` (a name such as "Q4_K", or a GGML type
+        number), bias (out,) of x's dtype -> (..., out) of x's dtype."""
+        op = "quantized_linear_forward"
+        if bias is None:
+            dtype = self._float(op, x=x)
+        else:
+            dtype = self._float(op, x=x, bias=bias)
+        fmt = C.quantized_format(op, qtype)
+        C.quantized_weight(op, qweight, self.xp.ndarray)
+        xs, ws = x.shape, qweight.shape
+        in_f = ws[1] // fmt.type_size * fmt.block_size if len(ws) == 2 else -1
+        if (len(ws) != 2 or ws[1] % fmt.type_size or not xs or xs[-1] != in_f
+                or (bias is not None and bias.shape != ws[:1])):
+            C.quantized_shapes(op, fmt, xs, ws, None if bias is None else bias.shape)
+        rows = math.prod(xs[:-1])
+        self._room(op, rows * ws[0] * dtype.itemsize, x)
+        x2 = x.reshape(rows, in_f)
+        if not x2.flags.c_contiguous:
+            x2 = self.xp.ascontiguousarray(x2)
+        y = self._quantized_linear_forward(x2, qweight, fmt.name, bias)
+        return y.reshape((*xs[:-1], ws[0]))
+
+    def _quantized_linear_forward(self, x, qweight, qtype, bias):
+        """x (rows, in) C-contiguous; default: the NumPy reference (dequantize, multiply)."""
+        from ..quant.reference import quantized_linear_forward
+
+        return quantized_linear_forward(x, qweight, qtype, bias)
+
     def linear_backward(self, dy, x, w, *, has_bias: bool = True):
         """dy (..., out), x (..., in), w (out, in) → (dx, dw, db or None)."""
         op = "linear_backward"

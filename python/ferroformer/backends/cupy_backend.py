@@ -357,6 +357,26 @@ class CupyBackend(Backend):
             y += b
         return y.reshape((*x.shape[:-1], w.shape[0]))
 
+    def _quantized_linear_forward(self, x, qweight, qtype, bias):
+        """The blocks decode on the host a slab of rows at a time (a device qweight is
+        brought over slab by slab); each slab is multiplied on the device by cuBLAS."""
+        from ..quant.formats import dequantize
+        from ..quant.reference import _SLAB_VALUES
+
+        xp = self.xp
+        out_f, in_f = qweight.shape[0], x.shape[1]
+        y = xp.empty((x.shape[0], out_f), x.dtype)
+        rows = max(1, _SLAB_VALUES // max(in_f, 1))
+        for r in range(0, out_f, rows):
+            slab = qweight[r:r + rows]
+            if not isinstance(slab, np.ndarray):
+                slab = slab.get()
+            w = xp.asarray(dequantize(np.ascontiguousarray(slab), qtype).astype(x.dtype))
+            y[:, r:r + w.shape[0]] = self._gemm(x, w, False, True)
+        if bias is not None:
+            y += bias
+        return y
+
     def _linear_backward(self, dy, x, w, has_bias, grad_dtype=None):
         """(dx, dw, db); dw and db in grad_dtype (default w's dtype)."""
         grad_dtype = w.dtype if grad_dtype is None else grad_dtype

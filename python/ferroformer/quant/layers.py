@@ -6,9 +6,9 @@
     x = emb(ids)                                # ids (...) int -> (..., dim): decodes only those rows
     quantize_model(model, "Q8_0")               # its nn.Linear layers -> QuantizedLinear, in place
 
-A ``QuantizedLinear`` computes through its backend's
-``ops.quantized_linear_forward(x, qweight, qtype, bias)`` when the backend has
-that op, and through the NumPy reference (reference.py) when it does not.
+A ``QuantizedLinear`` computes through its backend's op
+``ops.quantized_linear_forward(x, qweight, qtype, bias)`` (on numpy the exact
+reference of reference.py; the blocks stay in host memory on every backend).
 Its weight may be several row slabs stacked, rows [part 0 | part 1 | ...],
 each in its own block type (a GGUF file keeps q, k and v apart, and a Q4_K_M
 file mixes Q4_K and Q6_K): the layer runs one product per part and joins
@@ -30,7 +30,6 @@ from ..nn.linear import Linear
 from ..nn.module import Module, ModuleList, Parameter
 from .formats import block_format, dequantize
 from .quantize import QUANTIZERS, quantize
-from .reference import quantized_linear_forward
 from .tensor import QuantizedTensor
 
 
@@ -82,7 +81,7 @@ class QuantizedLinear(Module):
 
     def forward(self, x):
         """x (..., in) -> (..., out)."""
-        op = getattr(self.ops, "quantized_linear_forward", None) or quantized_linear_forward
+        op = self.ops.quantized_linear_forward
         b = None if self.bias is None else self.bias.data
         if len(self.parts) == 1:
             return op(x, self.parts[0].data, self.parts[0].qtype, b)
