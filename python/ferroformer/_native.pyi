@@ -33,6 +33,7 @@ __all__ = [
     "linear_backward",
     "linear_forward",
     "matmul",
+    "quantized_linear_forward",
     "relu_backward",
     "relu_forward",
     "rmsnorm_backward",
@@ -58,6 +59,13 @@ def linear_forward(x: _F32, w: _F32, b: Optional[_F32] = None) -> _F32: ...
 def linear_backward(
     dy: _F32, x: _F32, w: _F32, has_bias: bool = True
 ) -> Tuple[_F32, _F32, Optional[_F32]]: ...
+def quantized_linear_forward(
+    x: _F32,
+    qweight: npt.NDArray[np.uint8],
+    qtype: str,
+    b: Optional[_F32] = None,
+    int8_activations: bool = False,
+) -> _F32: ...
 def softmax_forward(x: _F32, scale: float, causal: bool) -> _F32: ...
 def softmax_backward(dy: _F32, y: _F32, scale: float) -> _F32: ...
 def layernorm_forward(x: _F32, gamma: _F32, beta: _F32, eps: float) -> Tuple[_F32, _F32, _F32]: ...

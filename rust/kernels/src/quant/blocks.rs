@@ -142,7 +142,10 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
             for (o, &v) in q[..32].iter_mut().zip(&b[2..34]) {
                 *o = v as i8;
             }
-            cs[0] = ChunkScale { scale: [d, d], offset: 0.0 };
+            cs[0] = ChunkScale {
+                scale: [d, d],
+                offset: 0.0,
+            };
         }
         QType::Q4_0 | QType::Q4_1 => {
             let d = half(b, 0);
@@ -155,7 +158,10 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
                 q[l] = (qs[l] & 0x0F) as i8 - bias;
                 q[l + 16] = (qs[l] >> 4) as i8 - bias;
             }
-            cs[0] = ChunkScale { scale: [d, d], offset };
+            cs[0] = ChunkScale {
+                scale: [d, d],
+                offset,
+            };
         }
         QType::Q5_0 | QType::Q5_1 => {
             let d = half(b, 0);
@@ -171,7 +177,10 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
                 q[l] = lo as i8 - bias;
                 q[l + 16] = hi as i8 - bias;
             }
-            cs[0] = ChunkScale { scale: [d, d], offset };
+            cs[0] = ChunkScale {
+                scale: [d, d],
+                offset,
+            };
         }
         QType::Q4K | QType::Q5K => {
             let (d, dmin) = (half(b, 0), half(b, 2));
@@ -194,7 +203,10 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
                     dst[l] = v as i8;
                 }
                 let s = d * sc as f32;
-                cs[j] = ChunkScale { scale: [s, s], offset: -(dmin * m as f32) };
+                cs[j] = ChunkScale {
+                    scale: [s, s],
+                    offset: -(dmin * m as f32),
+                };
             }
         }
         QType::Q6K => {
@@ -211,7 +223,10 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
                     dst[l] = v as i8 - 32;
                 }
                 cs[j] = ChunkScale {
-                    scale: [d * (sc[2 * j] as i8) as f32, d * (sc[2 * j + 1] as i8) as f32],
+                    scale: [
+                        d * (sc[2 * j] as i8) as f32,
+                        d * (sc[2 * j + 1] as i8) as f32,
+                    ],
                     offset: 0.0,
                 };
             }

@@ -6,7 +6,11 @@
 //! // x (rows, in_f) f32, qweight (out_f, in_f / 256 * 144) u8, y (rows, out_f) f32
 //! ```
 //!
-//! **Activations are quantized to 8 bits.** Each row of x is cut into
+//! Two modes ([`Activations`]). `Float` (what the bindings use by default):
+//! each weight row is decoded, bit-identical to the NumPy reference, into a
+//! float32 panel and dotted with x in float32, so the result is the
+//! reference's up to float32 summation order. `Int8`:
+//! **activations are quantized to 8 bits.** Each row of x is cut into
 //! chunks of 32 values; a chunk is stored as int8 `qx = round(x / dx)` with
 //! `dx = max|x| / 127` (llama.cpp's q8_0). A weight block decodes to int8
 //! values with a float scale per 16 values and an offset per 32 (see
@@ -14,7 +18,7 @@
 //! `dx * (scale * sum(q * qx) + offset * sum(qx))`. The result differs from
 //! the exact product of x with the decoded weights by at most
 //! `sum over chunks of dx / 2 * sum |w|` (each `|x - dx qx| <= dx / 2`),
-//! plus float32 rounding of the sums. A row of x holding NaN or inf is
+//! plus float32 rounding of the sums. In both modes a row of x holding NaN or inf is
 //! multiplied in float32 with the decoded weights instead, so non-finite
 //! values propagate as in the reference.
 //!
@@ -96,29 +100,67 @@ fn chunk_dot(q: &[i8], qx: &[i8]) -> (i32, i32) {
     (a, b)
 }
 
+/// `sum(w * x)` in float32 over 16 lanes (the sum's order is fixed: lane
+/// partial sums, then the lanes in order), for any length.
+#[inline(always)]
+fn float_dot(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (wc, xc) = (w.chunks_exact(16), x.chunks_exact(16));
+    let tail: f32 = wc
+        .remainder()
+        .iter()
+        .zip(xc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in wc.zip(xc) {
+        for l in 0..16 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The decoded row as float32, bit-identical to the reference's decoding
+/// (`scale * q + offset`, never fused).
+#[inline(always)]
+fn expand(q: &[i8], cs: &[ChunkScale], wf: &mut [f32]) {
+    for (c, s) in cs.iter().enumerate() {
+        for l in 0..CHUNK {
+            wf[c * CHUNK + l] = s.scale[l / 16] * q[c * CHUNK + l] as f32 + s.offset;
+        }
+    }
+}
+
 /// One decoded weight row against every row of x: `out[r]` for each r.
 #[inline(always)]
-fn row_dots(q: &[i8], cs: &[ChunkScale], x: &[f32], qr: &QuantizedRows, in_f: usize, out: &mut [f32]) {
+fn row_dots(
+    q: &[i8],
+    cs: &[ChunkScale],
+    x: &[f32],
+    qr: &QuantizedRows,
+    in_f: usize,
+    out: &mut [f32],
+) {
     let n_ch = in_f / CHUNK;
     for (r, o) in out.iter_mut().enumerate() {
         if !qr.finite[r] {
-            // exact float path for rows holding NaN or inf
-            let xr = &x[r * in_f..(r + 1) * in_f];
-            let mut acc = 0.0f32;
-            for (c, s) in cs.iter().enumerate() {
-                for l in 0..CHUNK {
-                    let w = s.scale[l / 16] * q[c * CHUNK + l] as f32 + s.offset;
-                    acc += w * xr[c * CHUNK + l];
-                }
-            }
-            *o = acc;
+            // rows holding NaN or inf: the float product, so they propagate
+            let mut wf = vec![0.0f32; in_f];
+            expand(q, cs, &mut wf);
+            *o = float_dot(&wf, &x[r * in_f..(r + 1) * in_f]);
             continue;
         }
         let qx = &qr.qx[r * in_f..(r + 1) * in_f];
-        let (dx, sx) = (&qr.dx[r * n_ch..(r + 1) * n_ch], &qr.sx[r * n_ch..(r + 1) * n_ch]);
+        let (dx, sx) = (
+            &qr.dx[r * n_ch..(r + 1) * n_ch],
+            &qr.sx[r * n_ch..(r + 1) * n_ch],
+        );
         let mut acc = 0.0f32;
         for c in 0..n_ch {
-            let (a, b) = chunk_dot(&q[c * CHUNK..(c + 1) * CHUNK], &qx[c * CHUNK..(c + 1) * CHUNK]);
+            let (a, b) = chunk_dot(
+                &q[c * CHUNK..(c + 1) * CHUNK],
+                &qx[c * CHUNK..(c + 1) * CHUNK],
+            );
             let s = &cs[c];
             acc += dx[c] * (s.scale[0] * a as f32 + s.scale[1] * b as f32) + s.offset * sx[c];
         }
@@ -132,10 +174,11 @@ fn row_dots(q: &[i8], cs: &[ChunkScale], x: &[f32], qr: &QuantizedRows, in_f: us
 fn tile<S: Simd>(
     s: S,
     t: QType,
+    mode: Activations,
     w: &[u8],
     j0: usize,
     x: &[f32],
-    qr: &QuantizedRows,
+    qr: Option<&QuantizedRows>,
     rows: usize,
     in_f: usize,
     out: &mut [f32],
@@ -148,6 +191,7 @@ fn tile<S: Simd>(
             let mut q = vec![0i8; in_f];
             let mut cs = vec![ChunkScale::default(); in_f / CHUNK];
             let per_block = bs / CHUNK;
+            let mut wf = vec![0.0f32; if mode == Activations::Float { in_f } else { 0 }];
             for (i, o) in out.chunks_exact_mut(rows).enumerate() {
                 let wr = &w[(j0 + i) * row_bytes..(j0 + i + 1) * row_bytes];
                 for (k, blk) in wr.chunks_exact(ts).enumerate() {
@@ -158,10 +202,28 @@ fn tile<S: Simd>(
                         &mut cs[k * per_block..(k + 1) * per_block],
                     );
                 }
-                row_dots(&q, &cs, x, qr, in_f, o);
+                match (mode, qr) {
+                    (Activations::Int8, Some(qr)) => row_dots(&q, &cs, x, qr, in_f, o),
+                    _ => {
+                        expand(&q, &cs, &mut wf);
+                        for (r, v) in o.iter_mut().enumerate() {
+                            *v = float_dot(&wf, &x[r * in_f..(r + 1) * in_f]);
+                        }
+                    }
+                }
             }
         },
     )
+}
+
+/// How x meets the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// x stays float32: each weight row is decoded (bit-identical to the
+    /// reference) into a float32 panel and dotted in float32.
+    Float,
+    /// x quantized to int8 per 32 values, integer dots (see the module docs).
+    Int8,
 }
 
 /// `y = x @ W.T + bias`: x (rows, in_f), qweight (out_f, in_f / block_size *
@@ -171,6 +233,7 @@ pub fn quantized_linear_forward(
     x: &[f32],
     qweight: &[u8],
     t: QType,
+    mode: Activations,
     bias: Option<&[f32]>,
     y: &mut [f32],
     rows: usize,
@@ -212,10 +275,12 @@ pub fn quantized_linear_forward(
     if in_f == 0 {
         y.fill(0.0);
     } else {
-        let qr = dispatch!(|s| s.vectorize(
-            #[inline(always)]
-            || quantize_rows(x, rows, in_f)
-        ));
+        let qr = (mode == Activations::Int8).then(|| {
+            dispatch!(|s| s.vectorize(
+                #[inline(always)]
+                || quantize_rows(x, rows, in_f)
+            ))
+        });
         let macs = ny.saturating_mul(in_f);
         let tasks = if macs <= SERIAL_MACS {
             1
@@ -224,15 +289,32 @@ pub fn quantized_linear_forward(
         };
         let per_task = out_f.div_ceil(tasks);
         let arch = crate::simd::Arch::best();
-        let mut yt = if rows == 1 { Vec::new() } else { vec![0.0f32; ny] };
+        let mut yt = if rows == 1 {
+            Vec::new()
+        } else {
+            vec![0.0f32; ny]
+        };
         let dst: &mut [f32] = if rows == 1 { &mut *y } else { &mut yt };
         let run = |(i, out): (usize, &mut [f32])| {
-            dispatch!(arch, |s| tile(s, t, qweight, i * per_task, x, &qr, rows, in_f, out))
+            dispatch!(arch, |s| tile(
+                s,
+                t,
+                mode,
+                qweight,
+                i * per_task,
+                x,
+                qr.as_ref(),
+                rows,
+                in_f,
+                out
+            ))
         };
         if tasks == 1 {
             run((0, dst));
         } else {
-            dst.par_chunks_mut(per_task * rows).enumerate().for_each(run);
+            dst.par_chunks_mut(per_task * rows)
+                .enumerate()
+                .for_each(run);
         }
         if rows > 1 {
             for (j, col) in yt.chunks_exact(rows).enumerate() {

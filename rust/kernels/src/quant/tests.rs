@@ -2,7 +2,7 @@
 //! weights, within the bound of activation quantization, on every token.
 
 use super::blocks::{decode_block, ChunkScale, QType, CHUNK};
-use super::quantized_linear_forward;
+use super::{quantized_linear_forward, Activations};
 use crate::simd::Arch;
 
 /// A small deterministic generator (xorshift), so the tests need no crate.
@@ -23,7 +23,9 @@ impl Rng {
 /// Random blocks whose f16 fields are finite values in [2^-10, 2^-6).
 fn random_weight(t: QType, out_f: usize, in_f: usize, rng: &mut Rng) -> Vec<u8> {
     let n_blocks = out_f * in_f / t.block_size();
-    let mut w: Vec<u8> = (0..n_blocks * t.type_size()).map(|_| rng.next() as u8).collect();
+    let mut w: Vec<u8> = (0..n_blocks * t.type_size())
+        .map(|_| rng.next() as u8)
+        .collect();
     for blk in w.chunks_exact_mut(t.type_size()) {
         for &at in t.half_offsets() {
             let h: u16 = 0x1400 | (rng.next() as u16 & 0x0fff);
@@ -40,7 +42,12 @@ fn decode(t: QType, w: &[u8], out_f: usize, in_f: usize) -> Vec<f32> {
     let (bs, per) = (t.block_size(), t.block_size() / CHUNK);
     for row in w.chunks_exact(in_f / bs * t.type_size()) {
         for (k, blk) in row.chunks_exact(t.type_size()).enumerate() {
-            decode_block(t, blk, &mut q[k * bs..(k + 1) * bs], &mut cs[k * per..(k + 1) * per]);
+            decode_block(
+                t,
+                blk,
+                &mut q[k * bs..(k + 1) * bs],
+                &mut cs[k * per..(k + 1) * per],
+            );
         }
         for (l, &v) in q.iter().enumerate() {
             let s = cs[l / CHUNK];
@@ -50,7 +57,7 @@ fn decode(t: QType, w: &[u8], out_f: usize, in_f: usize) -> Vec<f32> {
     out
 }
 
-fn check(t: QType, rows: usize, in_f: usize, out_f: usize, with_bias: bool) {
+fn check(t: QType, mode: Activations, rows: usize, in_f: usize, out_f: usize, with_bias: bool) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (rows * 31 + in_f * 7 + out_f) as u64);
     let w = random_weight(t, out_f, in_f, &mut rng);
     let wf = decode(t, &w, out_f, in_f);
@@ -59,7 +66,7 @@ fn check(t: QType, rows: usize, in_f: usize, out_f: usize, with_bias: bool) {
     let b = with_bias.then_some(&bias[..]);
     for arch in Arch::supported() {
         let mut y = vec![f32::NAN; rows * out_f];
-        arch.forced(|| quantized_linear_forward(&x, &w, t, b, &mut y, rows, in_f, out_f))
+        arch.forced(|| quantized_linear_forward(&x, &w, t, mode, b, &mut y, rows, in_f, out_f))
             .unwrap();
         for r in 0..rows {
             for j in 0..out_f {
@@ -78,6 +85,11 @@ fn check(t: QType, rows: usize, in_f: usize, out_f: usize, with_bias: bool) {
                     }
                 }
                 let got = y[r * out_f + j] as f64;
+                let bound = if mode == Activations::Int8 {
+                    bound
+                } else {
+                    0.0
+                };
                 let tol = bound * 1.001 + 1e-5 * mag + 1e-6;
                 assert!(
                     (got - exact).abs() <= tol,
@@ -95,9 +107,12 @@ fn check(t: QType, rows: usize, in_f: usize, out_f: usize, with_bias: bool) {
 fn quant_every_type_odd_sizes() {
     for t in QType::ALL {
         let bs = t.block_size();
-        for &(rows, n_blocks, out_f) in &[(1, 1, 1), (2, 3, 17), (5, 1, 3), (1, 2, 1030), (64, 2, 33)]
+        for &(rows, n_blocks, out_f) in
+            &[(1, 1, 1), (2, 3, 17), (5, 1, 3), (1, 2, 1030), (64, 2, 33)]
         {
-            check(t, rows, n_blocks * bs, out_f, rows % 2 == 1);
+            for mode in [Activations::Float, Activations::Int8] {
+                check(t, mode, rows, n_blocks * bs, out_f, rows % 2 == 1);
+            }
         }
     }
 }
@@ -112,9 +127,12 @@ fn quant_nonfinite_rows_propagate() {
     x[in_f + 3] = f32::NAN;
     x[2 * in_f + 40] = f32::INFINITY;
     let wf = decode(t, &w, out_f, in_f);
-    for arch in Arch::supported() {
+    for (arch, mode) in Arch::supported()
+        .into_iter()
+        .flat_map(|a| [(a, Activations::Float), (a, Activations::Int8)])
+    {
         let mut y = vec![0.0; rows * out_f];
-        arch.forced(|| quantized_linear_forward(&x, &w, t, None, &mut y, rows, in_f, out_f))
+        arch.forced(|| quantized_linear_forward(&x, &w, t, mode, None, &mut y, rows, in_f, out_f))
             .unwrap();
         assert!(y[..out_f].iter().all(|v| v.is_finite()));
         assert!(y[out_f..2 * out_f].iter().all(|v| v.is_nan()));
@@ -135,10 +153,43 @@ fn quant_bad_shapes_refused() {
     let w = vec![0u8; 34 * 2];
     let x = vec![0.0f32; 64];
     let mut y = vec![0.0f32; 2];
-    assert!(quantized_linear_forward(&x, &w, QType::Q8_0, None, &mut y, 1, 64, 2).is_err());
+    assert!(quantized_linear_forward(
+        &x,
+        &w,
+        QType::Q8_0,
+        Activations::Float,
+        None,
+        &mut y,
+        1,
+        64,
+        2
+    )
+    .is_err());
     let mut y = vec![0.0f32; 1];
-    assert!(quantized_linear_forward(&x, &w, QType::Q8_0, None, &mut y, 1, 64, 1).is_ok());
-    assert!(quantized_linear_forward(&x[..48], &w, QType::Q8_0, None, &mut y, 1, 48, 1).is_err());
+    assert!(quantized_linear_forward(
+        &x,
+        &w,
+        QType::Q8_0,
+        Activations::Float,
+        None,
+        &mut y,
+        1,
+        64,
+        1
+    )
+    .is_ok());
+    assert!(quantized_linear_forward(
+        &x[..48],
+        &w,
+        QType::Q8_0,
+        Activations::Int8,
+        None,
+        &mut y,
+        1,
+        48,
+        1
+    )
+    .is_err());
     assert_eq!(QType::from_name("q4_k"), Some(QType::Q4K));
     assert_eq!(QType::from_name("Q2_K"), None);
 }
