@@ -35,6 +35,8 @@ class Tokenizer:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.chat_template = chat_template
+        self._compiled = None  # (template text, jinja2 Template) once rendered
+        self.pre: Optional[str] = None  # a GGUF file's tokenizer.ggml.pre
 
     @property
     def vocab_size(self) -> int:
@@ -69,8 +71,57 @@ class Tokenizer:
         """Renders a conversation the way the model was trained to read it."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
-        return render_chatml(messages, add_generation_prompt=add_generation_prompt,
-                             default_system=_default_system(self.chat_template))
+        if self._compiled is None or self._compiled[0] is not self.chat_template:
+            try:
+                compiled = compile_chat_template(self.chat_template)
+            except TemplateError as e:
+                raise ValueError(f"chat template: {e}") from None
+            self._compiled = (self.chat_template, compiled)
+        special = {}
+        for key, i in (("bos_token", self.bos_id), ("eos_token", self.eos_id)):
+            tok = self.inner.id_to_token(i) if i is not None else None
+            special[key] = tok or ""
+        try:
+            return self._compiled[1].render(messages=list(messages),
+                                            add_generation_prompt=add_generation_prompt,
+                                            **special)
+        except TemplateError as e:
+            raise ValueError(f"chat template: {e}") from None
+
+
+class TemplateError(ValueError):
+    """A chat template that does not compile or render (raise_exception included)."""
+
+
+def compile_chat_template(template: str):
+    """The Jinja template of a model's chat prompts, compiled as transformers compiles
+    it: a sandboxed environment (a template cannot reach Python internals), blocks
+    trimmed, ``raise_exception(msg)`` available; TemplateError for a bad template."""
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        raise ImportError("chat templates need the jinja2 package: pip install jinja2") from e
+
+    def raise_exception(message):
+        raise TemplateError(str(message))
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    try:
+        compiled = env.from_string(template)
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"the template does not compile ({e})") from None
+
+    class Rendering:
+        def render(self, **kw):
+            try:
+                return compiled.render(**kw)
+            except jinja2.TemplateError as e:
+                raise TemplateError(str(e)) from None
+
+    return Rendering()
 
 
 def _default_system(template: str) -> Optional[str]:
@@ -129,6 +180,11 @@ def _byte_level_bpe(vocab: Dict[str, int], merges, *, split_digits: bool, source
     except Exception as e:  # e.g. a merge of tokens not in the vocabulary
         raise ValueError(f"{source}: the tokenizers library refused the vocabulary or merges "
                          f"({e})") from None
+    except BaseException as e:  # a Rust panic in the library (PanicException)
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(f"{source}: the tokenizers library failed on the vocabulary or "
+                         f"merges ({e})") from None
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if split_digits:
         inner.pre_tokenizer = pre_tokenizers.Sequence(
@@ -218,6 +274,15 @@ def bpe_from_gguf_metadata(meta: Dict, *, source: str = "GGUF metadata") -> Toke
     from tokenizers import AddedToken
 
     control = [t for t, kind in zip(tokens, types) if kind == 3]
-    inner.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    return Tokenizer(inner, pad_id=ids["padding_token_id"], bos_id=ids["bos_token_id"],
-                     eos_id=ids["eos_token_id"], chat_template=template)
+    try:
+        inner.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in control])
+    except BaseException as e:  # a Rust panic in the library (PanicException)
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(f"{source}: the tokenizers library refused the special tokens "
+                         f"({e})") from None
+    tok = Tokenizer(inner, pad_id=ids["padding_token_id"], bos_id=ids["bos_token_id"],
+                    eos_id=ids["eos_token_id"], chat_template=template)
+    tok.pre = pre  # the file's pre-tokenizer name (save_gguf writes it back)
+    return tok
