@@ -335,7 +335,7 @@ def smollm_pair():
     except MissingPackage as e:
         pytest.skip(str(e))
     quantized, tok = load_gguf(path, backend="numpy", max_seq_len=256)
-    floats, _ = load_smollm(backend="numpy", max_seq_len=256)
+    floats, _ = load_smollm(backend="numpy", max_seq_len=256, dequantize=True)
     return quantized, floats, tok
 
 

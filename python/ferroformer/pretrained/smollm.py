@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct (a 30-layer Llama) on ferroformer's ``Llama``: the
-4-bit GGUF file dequantised to float32, its byte-level BPE tokenizer and
-ChatML template.
+4-bit GGUF file loaded by ``ferroformer.load_gguf`` (its matrices kept in their
+memory-mapped blocks; ``dequantize=True`` decodes everything to float32
+instead), its byte-level BPE tokenizer and ChatML template.
 
 llama.cpp's converter permuted the rows of Q and K so that RoPE rotates
 adjacent pairs (x[2i], x[2i+1]); ferroformer's rope op rotates adjacent
@@ -89,12 +90,26 @@ def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: 
                 tie_embeddings="output.weight" not in tensors)
 
 
-def load_smollm(backend=None, max_seq_len: int = 2048, path=None):
+def load_smollm(backend=None, max_seq_len: int = 2048, path=None, *, dequantize: bool = False):
     """(Llama in eval mode, tokenizer with chat template) of SmolLM2-135M-Instruct, from
-    its package (or from the GGUF file at ``path``). The file is checked first
-    (ValueError naming it), and its metadata against the tensors' shapes before the
-    model is built."""
+    its package (or from the GGUF file at ``path``), through ``ferroformer.load_gguf``:
+    the weight matrices stay in the file's memory-mapped 4-bit blocks. The file is
+    checked first (ValueError naming it), and its metadata against the tensors' shapes
+    before the model is built. ``dequantize=True``: every tensor decoded to float32 into
+    a plain float Llama instead (seconds, and several times the file in memory)."""
     path = package_path(NAME) if path is None else os.fspath(path)
+    if dequantize:
+        return _load_dequantized(path, backend, max_seq_len)
+    from ..quant.gguf_file import load_gguf
+
+    model, tok = load_gguf(path, backend=backend, max_seq_len=max_seq_len)
+    if not isinstance(model, Llama) or tok is None:  # a gpt2 file, or no BPE tokenizer
+        raise ValueError(f"{path}: not a valid {NAME} GGUF file: expected a llama file with "
+                         f"a byte-level BPE tokenizer")
+    return model, tok
+
+
+def _load_dequantized(path: str, backend, max_seq_len: int):
     meta, tensors = read_gguf(path)
     config = llama_config_from_gguf(meta, tensors, max_seq_len, path)
     try:

@@ -57,6 +57,7 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
           10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 class TensorInfo(NamedTuple):
@@ -91,6 +92,17 @@ class _Reader:
         if vtype == _STRING:
             return self.string()
         itype, count = self.scalar("I"), self.scalar("Q")
+        if itype == _STRING:  # a vocabulary: one tight loop, no call per string
+            buf, pos, out = self.buf, self.pos, []
+            length = _U64.unpack_from
+            append = out.append
+            for _ in range(count):
+                (n,) = length(buf, pos)
+                pos += 8
+                append(buf[pos:pos + n].decode("utf-8"))
+                pos += n
+            self.pos = pos
+            return out
         if itype in _NUMPY:  # numbers in one read
             dtype = np.dtype(_NUMPY[itype])
             a = np.frombuffer(self.buf, dtype, count, self.pos)
@@ -230,10 +242,12 @@ def _llama(meta, t: _Tensors, max_seq_len, backend):
                                "ff.fc2.weight", "lm_head.weight"))}
     matrices["lm_head"] = groups.get("lm_head.weight", ["token_embd.weight"])
     # built untied, so that the head comes from the factory as the file's blocks rather
-    # than as a float matrix tied to a float embedding; config says what the file is
-    model = Llama(**{**config, "tie_embeddings": False}, linear=_factory(matrices, t),
-                  backend=backend, rng=0)
-    model.config["tie_embeddings"] = config["tie_embeddings"]
+    # than as a float matrix tied to a float embedding, and over a one-token vocabulary
+    # (drawing a float table of the real one took most of a load; the quantized table
+    # replaces it); config says what the file is
+    model = Llama(**{**config, "tie_embeddings": False, "vocab_size": 1},
+                  linear=_factory(matrices, t), backend=backend, rng=0)
+    model.config.update(tie_embeddings=config["tie_embeddings"], vocab_size=config["vocab_size"])
     _set_embedding(model, "tok_emb", t.blocks("token_embd.weight"))
     floats = {k: t.floats(v[0]) for k, v in groups.items() if k.endswith(("ln1.weight",
                                                                         "ln2.weight"))}
@@ -287,7 +301,9 @@ def _gpt2(meta, t: _Tensors, max_seq_len, backend):
                   override={"wpe.weight": (max_seq_len, *positions[1:])})
     matrices = {k[:-len(".weight")]: v for k, v in groups.items()
                 if k.endswith(".weight") and k.split(".")[-2] in ("qkv", "proj", "fc1", "fc2")}
-    model = GPT(**config, linear=_factory(matrices, t), backend=backend, rng=0)
+    model = GPT(**{**config, "vocab_size": 1}, linear=_factory(matrices, t), backend=backend,
+                rng=0)  # a one-token float table, replaced by the blocks (as for Llama)
+    model.config["vocab_size"] = config["vocab_size"]
     _set_embedding(model, "wte", t.blocks("token_embd.weight"))
     q_head = QuantizedLinear(t.blocks(head))
     q_head.ops = model.ops
@@ -322,6 +338,8 @@ def _factory(matrices: Dict[str, List[str]], t: _Tensors):
         parts = [t.blocks(n) for n in matrices[name]]
         b = np.zeros(out_features, dtype) if bias else None
         layer = QuantizedLinear(parts, b, dtype=dtype)
+        if name in ("lm_head", "head"):  # built over a one-token vocabulary (see _llama)
+            out_features = layer.out_features
         if (layer.in_features, layer.out_features) != (in_features, out_features):
             raise ValueError(f"{t.where}: {name} is ({layer.out_features}, "
                              f"{layer.in_features}), the model needs ({out_features}, "
