@@ -10,7 +10,7 @@ import importlib
 from .. import __version__
 
 #: one module of this package per command, in the order --help lists them
-COMMANDS = ("bench", "demo", "embed", "chat", "train", "generate", "inspect")
+COMMANDS = ("bench", "demo", "embed", "chat", "train", "generate", "quantize", "inspect")
 DESCRIPTION = """Transformers on NumPy arrays with Rust kernels; --help on each command.
 
 Every failure is one error: line on stderr: exit code 2 for a bad argument,
