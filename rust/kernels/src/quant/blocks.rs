@@ -132,6 +132,13 @@ pub struct ChunkScale {
     pub offset: f32,
 }
 
+/// Chunk `j` of `q` as a fixed-size array: no bounds checks in the loops,
+/// which then vectorise.
+#[inline(always)]
+fn q32(q: &mut [i8], j: usize) -> &mut [i8; 32] {
+    (&mut q[32 * j..32 * j + 32]).try_into().expect("32 values")
+}
+
 /// Decodes one block into `block_size / 32` chunks: `q` gets the block's
 /// values as int8, `cs` one [`ChunkScale`] per chunk.
 #[inline(always)]
@@ -139,7 +146,8 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
     match t {
         QType::Q8_0 => {
             let d = half(b, 0);
-            for (o, &v) in q[..32].iter_mut().zip(&b[2..34]) {
+            let src: &[u8; 32] = b[2..34].try_into().expect("32 bytes");
+            for (o, &v) in q32(q, 0).iter_mut().zip(src) {
                 *o = v as i8;
             }
             cs[0] = ChunkScale {
@@ -154,6 +162,8 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
             } else {
                 (&b[4..20], 0, half(b, 2))
             };
+            let qs: &[u8; 16] = qs.try_into().expect("16 bytes");
+            let q = q32(q, 0);
             for l in 0..16 {
                 q[l] = (qs[l] & 0x0F) as i8 - bias;
                 q[l + 16] = (qs[l] >> 4) as i8 - bias;
@@ -171,6 +181,8 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
                 (4, &b[8..24], 0, half(b, 2))
             };
             let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+            let qs: &[u8; 16] = qs.try_into().expect("16 bytes");
+            let q = q32(q, 0);
             for l in 0..16 {
                 let lo = (qs[l] & 0x0F) | ((((qh >> l) & 1) as u8) << 4);
                 let hi = (qs[l] >> 4) | ((((qh >> (l + 16)) & 1) as u8) << 4);
@@ -192,15 +204,21 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
             };
             for j in 0..8 {
                 let (sc, m) = k4_scale_min(scales, j);
-                let src = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                let src: &[u8; 32] = qs[32 * (j / 2)..32 * (j / 2) + 32].try_into().expect("32");
                 let shift = 4 * (j % 2);
-                let dst = &mut q[32 * j..32 * j + 32];
-                for l in 0..32 {
-                    let mut v = (src[l] >> shift) & 0x0F;
-                    if let Some(qh) = qh {
-                        v |= ((qh[l] >> j) & 1) << 4;
+                let dst = q32(q, j);
+                match qh {
+                    None => {
+                        for l in 0..32 {
+                            dst[l] = ((src[l] >> shift) & 0x0F) as i8;
+                        }
                     }
-                    dst[l] = v as i8;
+                    Some(qh) => {
+                        let qh: &[u8; 32] = qh.try_into().expect("32 bytes");
+                        for l in 0..32 {
+                            dst[l] = (((src[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4)) as i8;
+                        }
+                    }
                 }
                 let s = d * sc as f32;
                 cs[j] = ChunkScale {
@@ -214,10 +232,11 @@ pub fn decode_block(t: QType, b: &[u8], q: &mut [i8], cs: &mut [ChunkScale]) {
             let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
             for j in 0..8 {
                 let (h, g) = (j / 4, j % 4);
-                let low = &ql[64 * h + 32 * (g % 2)..64 * h + 32 * (g % 2) + 32];
-                let high = &qh[32 * h..32 * h + 32];
+                let at = 64 * h + 32 * (g % 2);
+                let low: &[u8; 32] = ql[at..at + 32].try_into().expect("32 bytes");
+                let high: &[u8; 32] = qh[32 * h..32 * h + 32].try_into().expect("32 bytes");
                 let shift = 4 * (g / 2);
-                let dst = &mut q[32 * j..32 * j + 32];
+                let dst = q32(q, j);
                 for l in 0..32 {
                     let v = ((low[l] >> shift) & 0x0F) | (((high[l] >> (2 * g)) & 3) << 4);
                     dst[l] = v as i8 - 32;

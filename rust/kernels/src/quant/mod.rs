@@ -92,6 +92,10 @@ fn quantize_rows(x: &[f32], rows: usize, in_f: usize) -> QuantizedRows {
 /// `sum(q[..16] * qx[..16])` and the same over `[16..32]`.
 #[inline(always)]
 fn chunk_dot(q: &[i8], qx: &[i8]) -> (i32, i32) {
+    let (q, qx): (&[i8; CHUNK], &[i8; CHUNK]) = (
+        q.try_into().expect("a chunk"),
+        qx.try_into().expect("a chunk"),
+    );
     let (mut a, mut b) = (0i32, 0i32);
     for l in 0..16 {
         a += q[l] as i32 * qx[l] as i32;
@@ -124,11 +128,56 @@ fn float_dot(w: &[f32], x: &[f32]) -> f32 {
 /// (`scale * q + offset`, never fused).
 #[inline(always)]
 fn expand(q: &[i8], cs: &[ChunkScale], wf: &mut [f32]) {
-    for (c, s) in cs.iter().enumerate() {
-        for l in 0..CHUNK {
-            wf[c * CHUNK + l] = s.scale[l / 16] * q[c * CHUNK + l] as f32 + s.offset;
+    for ((s, qc), wc) in cs
+        .iter()
+        .zip(q.chunks_exact(CHUNK))
+        .zip(wf.chunks_exact_mut(CHUNK))
+    {
+        let (qc, wc): (&[i8; CHUNK], &mut [f32; CHUNK]) = (
+            qc.try_into().expect("a chunk"),
+            wc.try_into().expect("a chunk"),
+        );
+        for l in 0..16 {
+            wc[l] = s.scale[0] * qc[l] as f32 + s.offset;
+            wc[l + 16] = s.scale[1] * qc[l + 16] as f32 + s.offset;
         }
     }
+}
+
+/// `acc[l] += a[l] * b[l]` over 16 lanes.
+#[inline(always)]
+fn mac16(acc: &mut [f32; 16], a: &[f32; 16], b: &[f32]) {
+    let b: &[f32; 16] = b.try_into().expect("16 values");
+    for l in 0..16 {
+        acc[l] += a[l] * b[l];
+    }
+}
+
+/// [`float_dot`] of one row `w` with four rows of x at once (w loaded once).
+#[inline(always)]
+fn float_dot4(w: &[f32], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32]) -> [f32; 4] {
+    let (mut a0, mut a1, mut a2, mut a3) = ([0.0f32; 16], [0.0; 16], [0.0; 16], [0.0; 16]);
+    let n = w.len() / 16 * 16;
+    let (x0, x1, x2, x3) = (
+        &x0[..w.len()],
+        &x1[..w.len()],
+        &x2[..w.len()],
+        &x3[..w.len()],
+    );
+    for i in (0..n).step_by(16) {
+        let a: &[f32; 16] = w[i..i + 16].try_into().expect("16 values");
+        mac16(&mut a0, a, &x0[i..i + 16]);
+        mac16(&mut a1, a, &x1[i..i + 16]);
+        mac16(&mut a2, a, &x2[i..i + 16]);
+        mac16(&mut a3, a, &x3[i..i + 16]);
+    }
+    let tail = |x: &[f32]| -> f32 { w[n..].iter().zip(&x[n..]).map(|(a, b)| a * b).sum() };
+    [
+        a0.iter().sum::<f32>() + tail(x0),
+        a1.iter().sum::<f32>() + tail(x1),
+        a2.iter().sum::<f32>() + tail(x2),
+        a3.iter().sum::<f32>() + tail(x3),
+    ]
 }
 
 /// One decoded weight row against every row of x: `out[r]` for each r.
@@ -206,8 +255,15 @@ fn tile<S: Simd>(
                     (Activations::Int8, Some(qr)) => row_dots(&q, &cs, x, qr, in_f, o),
                     _ => {
                         expand(&q, &cs, &mut wf);
-                        for (r, v) in o.iter_mut().enumerate() {
-                            *v = float_dot(&wf, &x[r * in_f..(r + 1) * in_f]);
+                        let xr = |r: usize| &x[r * in_f..(r + 1) * in_f];
+                        let mut r = 0;
+                        while r + 4 <= rows {
+                            let d = float_dot4(&wf, xr(r), xr(r + 1), xr(r + 2), xr(r + 3));
+                            o[r..r + 4].copy_from_slice(&d);
+                            r += 4;
+                        }
+                        for (k, v) in o[r..].iter_mut().enumerate() {
+                            *v = float_dot(&wf, xr(r + k));
                         }
                     }
                 }
