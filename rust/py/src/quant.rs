@@ -41,7 +41,9 @@ fn quantized_linear_forward<'py>(
                 "{op}: x {x_shape:?} must be (rows, in) and qweight {w_shape:?} (out, row_bytes)"
             )));
         };
-        if in_f % t.block_size() != 0 || in_f / t.block_size() * t.type_size() != row_bytes {
+        if !in_f.is_multiple_of(t.block_size())
+            || in_f / t.block_size() * t.type_size() != row_bytes
+        {
             return Err(PyValueError::new_err(format!(
                 "{op}: x {x_shape:?} has in = {in_f}, but {} qweight {w_shape:?} rows hold \
                  {} blocks of {} values",

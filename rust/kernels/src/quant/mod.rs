@@ -317,7 +317,7 @@ pub fn quantized_linear_forward(
     else {
         return Err(shape_err());
     };
-    if in_f % bs != 0
+    if !in_f.is_multiple_of(bs)
         || x.len() != nx
         || y.len() != ny
         || Some(qweight.len()) != out_f.checked_mul(row_bytes)
