@@ -44,6 +44,9 @@ def _gguf():
     return gguf
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Little-endian reads from a buffer; each refuses to pass the end (truncated)."""
 
@@ -77,6 +80,27 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise self.bad(f"{what} is not UTF-8 ({e})") from None
 
+    def strings(self, count: int, what: str) -> None:
+        """Skips over ``count`` strings (a vocabulary: tens of thousands), checking each
+        length and that each is UTF-8, in one loop of local variables."""
+        buf, pos, size = self.buf, self.pos, self.size
+        length = _U64.unpack_from
+        for i in range(count):
+            if size - pos < 8:
+                self.pos = pos
+                self.need(8, f"the length of {what}[{i}]")
+            (n,) = length(buf, pos)
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                self.need(n, f"{what}[{i}]")
+            try:
+                buf[pos:pos + n].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise self.bad(f"{what}[{i}] is not UTF-8 ({e})") from None
+            pos += n
+        self.pos = pos
+
     def value(self, vtype: int, what: str, depth: int = 0) -> None:
         """Skips over one value of type vtype, checking its lengths and strings."""
         if vtype in _SCALARS:
@@ -103,6 +127,9 @@ class _Cursor:
             if count > self.left() // least:
                 raise self.bad(f"{what} claims {count} elements, more than the "
                                f"{self.left()} bytes left in the file can hold")
+            if itype == _STRING:
+                self.strings(count, what)
+                return
             for i in range(count):
                 self.value(itype, f"{what}[{i}]", depth + 1)
         else:
