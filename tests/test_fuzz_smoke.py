@@ -46,3 +46,18 @@ def test_fuzz_target_runs(target, tmp_path):
         print(line)
     if os.environ.get("FUZZ_STRICT") == "1":
         assert not crashes, "\n".join(crashes)
+
+
+@pytest.mark.parametrize("target", ["ops"])
+def test_fixed_findings_stay_fixed(target):
+    """Every saved input of a fixed finding (fuzz/regressions/py-<target>) replays ``ok``:
+    the target's own verdict (no exception outside the allowed ones, numpy == rust, no
+    hang or second-long call on a tiny input)."""
+    folder = os.path.join(FUZZ, "regressions", f"py-{target}")
+    inputs = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    cmd = [sys.executable, os.path.join(FUZZ, "python", "replay.py"), f"fuzz_{target}", *inputs]
+    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
+    verdicts = [line for line in p.stdout.splitlines() if line.startswith(folder)]
+    assert len(verdicts) == len(inputs), p.stdout[-3000:] + p.stderr[-3000:]
+    bad = [line for line in verdicts if not line.endswith("\tok")]
+    assert not bad, "\n".join(bad)

@@ -70,6 +70,11 @@ class NumpyBackend(Backend):
     def _matmul(self, a, b, trans_a, trans_b):
         a = np.swapaxes(a, -1, -2) if trans_a else a
         b = np.swapaxes(b, -1, -2) if trans_b else b
+        if a.size == 0 or b.size == 0:
+            # NumPy loops over the batch even when every matrix is empty: seconds for
+            # 2^31 of them. An empty operand gives an empty result or one of zeros.
+            shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+            return np.zeros(shape, np.result_type(a, b))
         return np.ascontiguousarray(np.matmul(a, b))
 
     def _quantized_linear_forward(self, x, qweight, qtype, bias):
