@@ -82,10 +82,11 @@ def test_int8_bound_is_tight_enough_to_fail():
     assert np.abs(got8 - want).max() > 10 * np.abs(got32 - want).max()
 
 
+@pytest.mark.parametrize("rows", [4, 12])  # 12: the float mode's panel (GEMM) path
 @pytest.mark.parametrize("int8", [False, True])
-def test_nonfinite_rows_propagate_like_the_reference(int8):
+def test_nonfinite_rows_propagate_like_the_reference(int8, rows):
     w = weight_blocks("Q4_K", 7, 256)
-    x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((rows, 256)).astype(np.float32)
     x[1, 5], x[2, 100], x[3, 7] = np.nan, np.inf, -np.inf
     got = N.quantized_linear_forward(x, w, "Q4_K", None, int8)
     want = reference(x.astype(np.float64), w, "Q4_K")

@@ -22,7 +22,10 @@
 //! multiplied in float32 with the decoded weights instead, so non-finite
 //! values propagate as in the reference.
 //!
-//! One routine serves decode and prefill: x is quantized once per call,
+//! Prefill in the float mode (8 rows of x or more): slabs of W are decoded
+//! into an L2-sized float32 panel and multiplied by the crate's GEMM, so
+//! each weight block is decoded once per call and used for every row.
+//! Otherwise x is quantized once per call (int8 mode),
 //! then the output rows are split over the rayon pool; each task decodes a
 //! weight row once into an int8 panel (L1-resident) and dots it against
 //! every row of x (which, quantized, stays in L2 for a 128-token prompt),
@@ -272,6 +275,71 @@ fn tile<S: Simd>(
     )
 }
 
+/// Rows of x from which the float mode decodes slabs of W into float32
+/// panels and multiplies them by the crate's GEMM (prefill).
+const PANEL_ROWS: usize = 8;
+/// Decoded values per panel: 256 KiB of float32, L2-resident.
+const PANEL_VALUES: usize = 1 << 16;
+
+/// Weight rows `w` (n, row_bytes) decoded to float32 `wf` (n, in_f),
+/// bit-identical to the reference.
+fn decode_rows<S: Simd>(s: S, t: QType, w: &[u8], in_f: usize, wf: &mut [f32]) {
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let (bs, ts) = (t.block_size(), t.type_size());
+            let per_block = bs / CHUNK;
+            let mut q = vec![0i8; in_f];
+            let mut cs = vec![ChunkScale::default(); in_f / CHUNK];
+            for (wr, out) in w
+                .chunks_exact(in_f / bs * ts)
+                .zip(wf.chunks_exact_mut(in_f))
+            {
+                for (k, blk) in wr.chunks_exact(ts).enumerate() {
+                    decode_block(
+                        t,
+                        blk,
+                        &mut q[k * bs..(k + 1) * bs],
+                        &mut cs[k * per_block..(k + 1) * per_block],
+                    );
+                }
+                expand(&q, &cs, out);
+            }
+        },
+    )
+}
+
+/// The float mode for many rows: slabs of W decoded into a float32 panel,
+/// each multiplied by x with `matmul::linear_forward` (which also carries
+/// NaN and inf as the reference does); y (rows, out_f) written slab by slab.
+fn panel_product(
+    x: &[f32],
+    qweight: &[u8],
+    t: QType,
+    y: &mut [f32],
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Result<()> {
+    let row_bytes = in_f / t.block_size() * t.type_size();
+    let slab = (PANEL_VALUES / in_f).max(16).min(out_f);
+    let mut wf = vec![0.0f32; slab * in_f];
+    let mut yp = vec![0.0f32; rows * slab];
+    for j0 in (0..out_f).step_by(slab) {
+        let n = slab.min(out_f - j0);
+        let (w, wf) = (
+            &qweight[j0 * row_bytes..(j0 + n) * row_bytes],
+            &mut wf[..n * in_f],
+        );
+        dispatch!(|s| decode_rows(s, t, w, in_f, wf));
+        crate::matmul::linear_forward(x, wf, None, &mut yp[..rows * n], rows, in_f, n)?;
+        for (yr, pr) in y.chunks_exact_mut(out_f).zip(yp.chunks_exact(n)) {
+            yr[j0..j0 + n].copy_from_slice(pr);
+        }
+    }
+    Ok(())
+}
+
 /// How x meets the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activations {
@@ -330,6 +398,8 @@ pub fn quantized_linear_forward(
     }
     if in_f == 0 {
         y.fill(0.0);
+    } else if mode == Activations::Float && rows >= PANEL_ROWS {
+        panel_product(x, qweight, t, y, rows, in_f, out_f)?;
     } else {
         let qr = (mode == Activations::Int8).then(|| {
             dispatch!(|s| s.vectorize(
