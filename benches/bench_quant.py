@@ -6,7 +6,8 @@ Run: python benches/bench_quant.py [--threads 2] [--repeats 7] [--types Q4_1,Q8_
      [--int8]
 Not part of the test run (the pytest-benchmark test at the end runs under
 ``pytest benches/bench_quant.py``). Shapes are SmolLM2-135M's: in 576 -> out 576, 192, 1536,
-1536 -> 576, and the 49152 x 576 vocabulary head; one row (decode) and 128 rows (prefill).
+1536 -> 576, and the 49152 x 576 vocabulary head (the K types only where in is a multiple
+of 256, as in llama.cpp's mixes); one row (decode) and 128 rows (prefill).
 GB/s counts the weight bytes streamed once per call; "of bw" divides by the measured
 streaming rate (a numpy sum over a 512 MB array, the best of a few).
 """
@@ -69,6 +70,10 @@ def main(argv=None):
           f"{'f32 ms':>8} {'vs f32':>6} {'deq+mm':>7}" + (f" {'int8 ms':>8}" if args.int8 else ""))
     for name in args.types.split(","):
         for out_f, in_f in SHAPES:
+            if in_f % block_format(name).block_size:
+                print(f"{name:5} {out_f:>6}x{in_f:<5} skipped: in is not a whole number of "
+                      f"{block_format(name).block_size}-value blocks")
+                continue
             w = weight(name, out_f, in_f, rng)
             wf = dequantize(w, name)
             for rows in ROWS:
