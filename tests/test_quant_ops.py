@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytest.importorskip("gguf")  # the Q8_0..Q5_1 quantizers are gguf's (pretrained extra)
+
 from ferroformer.backends import base
 from ferroformer.quant import FORMATS, QUANTIZERS, dequantize, quantize
 
