@@ -202,6 +202,11 @@ class NumpyBackend(Backend):
         return x if groups == 1 else np.repeat(x, groups, axis=1)
 
     def _attention_forward(self, q, k, v, causal, scale, key_padding_mask):
+        if q.size == 0 or k.shape[2] == 0:
+            # nothing to attend to (or no queries): o = 0, lse = -inf, built directly;
+            # NumPy's batched products loop for seconds over 2^31 empty heads
+            b, h, t, _ = q.shape
+            return np.zeros(q.shape, q.dtype), np.full((b, h, t), -np.inf, q.dtype)
         groups = q.shape[1] // k.shape[1]
         k, v = self._repeat_kv(k, groups), self._repeat_kv(v, groups)
         s = (q @ np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
