@@ -152,44 +152,14 @@ fn quant_nonfinite_rows_propagate() {
 fn quant_bad_shapes_refused() {
     let w = vec![0u8; 34 * 2];
     let x = vec![0.0f32; 64];
-    let mut y = vec![0.0f32; 2];
-    assert!(quantized_linear_forward(
-        &x,
-        &w,
-        QType::Q8_0,
-        Activations::Float,
-        None,
-        &mut y,
-        1,
-        64,
-        2
-    )
-    .is_err());
-    let mut y = vec![0.0f32; 1];
-    assert!(quantized_linear_forward(
-        &x,
-        &w,
-        QType::Q8_0,
-        Activations::Float,
-        None,
-        &mut y,
-        1,
-        64,
-        1
-    )
-    .is_ok());
-    assert!(quantized_linear_forward(
-        &x[..48],
-        &w,
-        QType::Q8_0,
-        Activations::Int8,
-        None,
-        &mut y,
-        1,
-        48,
-        1
-    )
-    .is_err());
+    // One row of x against w's (2, 64) Q8_0 blocks, into `out` outputs.
+    let call = |x: &[f32], mode, inp, out: usize| {
+        let mut y = vec![0.0f32; out];
+        quantized_linear_forward(x, &w, QType::Q8_0, mode, None, &mut y, 1, inp, out)
+    };
+    assert!(call(&x, Activations::Float, 64, 2).is_err());
+    assert!(call(&x, Activations::Float, 64, 1).is_ok());
+    assert!(call(&x[..48], Activations::Int8, 48, 1).is_err());
     assert_eq!(QType::from_name("q4_k"), Some(QType::Q4K));
     assert_eq!(QType::from_name("Q2_K"), None);
 }
