@@ -114,7 +114,7 @@ fn half(b: &[u8], at: usize) -> f32 {
 
 /// The 6-bit scale and min of sub-block `j` of Q4_K / Q5_K (get_scale_min_k4).
 #[inline(always)]
-fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
+pub(super) fn k4_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

@@ -35,6 +35,8 @@
 pub mod blocks;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use blocks::QType;
 use blocks::{decode_block, ChunkScale, CHUNK};
@@ -246,6 +248,22 @@ fn tile<S: Simd>(
             let mut wf = vec![0.0f32; if mode == Activations::Float { in_f } else { 0 }];
             for (i, o) in out.chunks_exact_mut(rows).enumerate() {
                 let wr = &w[(j0 + i) * row_bytes..(j0 + i + 1) * row_bytes];
+                #[cfg(target_arch = "x86_64")]
+                if let (Activations::Int8, Some(qr), Some(a)) = (mode, qr, s.avx2()) {
+                    if qr.finite.iter().all(|&f| f) {
+                        // straight from the block bytes (x86.rs)
+                        let n_ch = in_f / CHUNK;
+                        for (r, v) in o.iter_mut().enumerate() {
+                            let xr = x86::QRow {
+                                qx: &qr.qx[r * in_f..(r + 1) * in_f],
+                                dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
+                                sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
+                            };
+                            *v = a.quant_row_dot(t, wr, xr);
+                        }
+                        continue;
+                    }
+                }
                 for (k, blk) in wr.chunks_exact(ts).enumerate() {
                     decode_block(
                         t,

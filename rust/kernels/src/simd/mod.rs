@@ -112,6 +112,13 @@ pub(crate) trait Simd: Copy + Send + Sync + std::fmt::Debug + 'static {
     fn avx512(self) -> Option<Avx512> {
         None
     }
+
+    /// The AVX2 token, when this token implies AVX2 (AVX2 and AVX-512 do).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn avx2(self) -> Option<Avx2> {
+        None
+    }
 }
 
 /// The token of plain Rust, which every CPU runs.

@@ -47,13 +47,6 @@ impl Avx512 {
     pub unsafe fn new_unchecked() -> Self {
         Avx512 { _private: () }
     }
-
-    /// The AVX2 token: every CPU with this one has that one.
-    #[inline(always)]
-    #[allow(dead_code)]
-    pub fn avx2(self) -> Avx2 {
-        Avx2 { _private: () }
-    }
 }
 
 impl Simd for Avx2 {
@@ -66,6 +59,11 @@ impl Simd for Avx2 {
         }
         // SAFETY: the token exists, so the CPU has AVX2 and FMA.
         unsafe { with_avx2(f) }
+    }
+
+    #[inline(always)]
+    fn avx2(self) -> Option<Avx2> {
+        Some(self)
     }
 }
 
@@ -84,5 +82,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn avx512(self) -> Option<Avx512> {
         Some(self)
+    }
+
+    #[inline(always)]
+    fn avx2(self) -> Option<Avx2> {
+        Some(Avx2 { _private: () })
     }
 }
