@@ -646,7 +646,8 @@ def make_module(compute_capability="90"):
     for name in ("asarray", "ascontiguousarray", "empty", "empty_like", "zeros", "stack", "sort",
                  "arange", "cumsum", "bincount", "broadcast_to", "swapaxes", "count_nonzero", "any",
                  "argmax", "ones", "full", "isfinite", "array", "zeros_like", "ones_like", "full_like",
-                 "concatenate", "where", "repeat", "sqrt", "maximum", "abs", "take_along_axis"):
+                 "concatenate", "where", "repeat", "sqrt", "maximum", "abs", "take_along_axis",
+                 "minimum", "trunc", "copysign", "isnan"):
         setattr(cp, name, _fn(getattr(np, name)))
     for name in ("int64", "int32", "bool_", "float32", "float16", "float64", "int8", "uint8"):
         setattr(cp, name, getattr(np, name))

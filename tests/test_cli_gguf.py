@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
     """(file without a chat template, file with one) of a 2-layer Llama of mixed types."""
     tmp = tmp_path_factory.mktemp("gguf")
     plain, _ = llama_file(tmp)
-    model, tok = ff.load_gguf(plain, backend="numpy")
+    model, tok = ff.load_gguf(plain, backend="numpy", activations="float")
     tok.chat_template = CHATML
     chat = tmp / "chat.gguf"
     ff.save_gguf(model, chat, tokenizer=tok)
@@ -51,7 +51,7 @@ def test_generate_prints_the_greedy_continuation(tiny, capsys):
     assert main(["generate", "--gguf", str(path), "--prompt", "tt t", "--max-new-tokens",
                  "6", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
-    model, tok = ff.load_gguf(path, backend="numpy")
+    model, tok = ff.load_gguf(path, backend="numpy", activations="float")
     new = model.generate(np.array([tok.encode("tt t")]), 6, eos_id=tok.eos_id)[0]
     want = tok.decode([t for t in new.tolist() if t != tok.eos_id])
     assert out == want + "\n"
@@ -64,7 +64,7 @@ def test_chat_renders_the_files_template(tiny, capsys):
     out = capsys.readouterr().out
     from ferroformer.pretrained.smollm import chat
 
-    model, tok = ff.load_gguf(path, backend="numpy")
+    model, tok = ff.load_gguf(path, backend="numpy", activations="float")
     assert out == chat(model, tok, "hello", max_new_tokens=5) + "\n"
 
 
@@ -80,8 +80,8 @@ def test_quantize_a_gguf_file(tiny, tmp_path, capsys, qtype):
     out = tmp_path / "q.gguf"
     assert main(["quantize", str(src), str(out), "--type", qtype]) == 0
     assert capsys.readouterr().out == f"wrote {out} ({qtype.upper()})\n"
-    model, tok = ff.load_gguf(out, backend="numpy")
-    orig, _ = ff.load_gguf(src, backend="numpy")
+    model, tok = ff.load_gguf(out, backend="numpy", activations="float")
+    orig, _ = ff.load_gguf(src, backend="numpy", activations="float")
     for blk in model.blocks:
         for lin in (blk.attn.qkv, blk.attn.proj, blk.ff.fc1, blk.ff.fc2):
             assert isinstance(lin, QuantizedLinear) and lin.qtype == qtype.upper()
@@ -104,10 +104,10 @@ def test_quantize_a_checkpoint(tmp_path, capsys):
     out = tmp_path / "model.gguf"
     with pytest.warns(UserWarning, match="tokenizer model 'none'"):
         assert main(["quantize", str(ckpt), str(out), "--type", "q8_0"]) == 0
-        back, tok = ff.load_gguf(out, backend="numpy")
+        back, tok = ff.load_gguf(out, backend="numpy", activations="float")
     assert tok is None and back.blocks[0].attn.qkv.qtype == "Q8_0"
     ids = np.array([[1, 2, 3]])
-    want = ff.quantize(model.eval(), "q8_0")(ids)
+    want = ff.quantize(model.eval(), "q8_0", activations="float")(ids)
     assert_close(back(ids), want, rtol=1e-5, atol=1e-5)
 
 

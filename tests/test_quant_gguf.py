@@ -171,7 +171,7 @@ def is_mapped(a) -> bool:
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_llama_file_loads_as_its_blocks(tmp_path, tied, rng):
     path, twin = llama_file(tmp_path, tied=tied)
-    model, tok = load_gguf(path, backend="numpy")
+    model, tok = load_gguf(path, backend="numpy", activations="float")
     assert not model.training and model.config["tie_embeddings"] == tied
     assert model.config["max_seq_len"] == 64 and model.config["rope_base"] == 5e4
     # no float weight matrix anywhere: only norms are float parameters
@@ -192,10 +192,29 @@ def test_llama_file_loads_as_its_blocks(tmp_path, tied, rng):
 
 def test_llama_file_max_seq_len_and_backend(tmp_path, rng, host_backend):
     path, twin = llama_file(tmp_path)
-    model, _ = load_gguf(path, backend=host_backend, max_seq_len=16)
+    model, _ = load_gguf(path, backend=host_backend, max_seq_len=16, activations="float")
     assert model.config["max_seq_len"] == 16 and model.ops is host_backend
     ids = rng.integers(0, 256, (1, 7))
     assert_close(np.asarray(model(ids)), twin(ids), rtol=1e-3, atol=1e-3)
+
+
+def test_llama_file_int8_activations_agree_on_every_host_backend(tmp_path, rng, host_backend):
+    """The default int8 mode: the same rounding of x on every backend, so the rust
+    backend's integer dots give the numpy reference's logits (the op-level tests hold
+    them to 1e-5); both stay near the float model's."""
+    path, twin = llama_file(tmp_path)
+    model, _ = load_gguf(path, backend=host_backend, max_seq_len=16)
+    ref, _ = load_gguf(path, backend="numpy", max_seq_len=16)
+    assert {m.activations for m in model.modules() if isinstance(m, QuantizedLinear)} == {"int8"}
+    ids = rng.integers(0, 256, (2, 7))
+    got, want, exact = np.asarray(model(ids)), ref(ids), twin(ids)
+    # equal up to float32 summation, except where that flips a rounding of x to
+    # int8 in a later layer (a step of one quantum, max|x_chunk| / 127)
+    assert np.abs(got - want).max() < 0.01 * np.abs(exact).max()
+    assert np.abs(want - exact).max() < 0.05 * np.abs(exact).max()
+    assert np.abs(want - exact).max() > 0  # the rounding is really there
+    with pytest.raises(ValueError, match="load_gguf: activations must be"):
+        load_gguf(path, activations="int4")
 
 
 def gpt2_file(tmp_path, seed=0):
@@ -234,7 +253,7 @@ def gpt2_file(tmp_path, seed=0):
 
 def test_gpt2_file_loads_as_its_blocks(tmp_path, rng):
     path, twin = gpt2_file(tmp_path)
-    model, _ = load_gguf(path, backend="numpy", max_seq_len=20)
+    model, _ = load_gguf(path, backend="numpy", max_seq_len=20, activations="float")
     assert model.config["max_seq_len"] == 20
     assert isinstance(model.head, QuantizedLinear) and model.head.qtype == "Q8_0"
     assert not any(isinstance(m, (Linear, Embedding)) for m in model.modules())
@@ -334,7 +353,7 @@ def smollm_pair():
         path = package_path("SmolLM2-135M-Instruct")
     except MissingPackage as e:
         pytest.skip(str(e))
-    quantized, tok = load_gguf(path, backend="numpy", max_seq_len=256)
+    quantized, tok = load_gguf(path, backend="numpy", max_seq_len=256, activations="float")
     floats, _ = load_smollm(backend="numpy", max_seq_len=256, dequantize=True)
     return quantized, floats, tok
 
@@ -348,3 +367,12 @@ def test_smollm_quantized_matches_the_dequantizing_loader(smollm_pair):
     new_q = quantized.generate(ids, 4)
     assert np.array_equal(new_q, floats.generate(ids, 4))
     assert tok.decode(new_q[0].tolist()).strip().startswith("Paris")
+    # the default int8 activations: the same answer
+    from ferroformer.quant import set_activations
+
+    try:
+        set_activations(quantized, "int8")
+        new_8 = quantized.generate(ids, 4)
+        assert tok.decode(new_8[0].tolist()).strip().startswith("Paris")
+    finally:
+        set_activations(quantized, "float")

@@ -75,6 +75,67 @@ def test_every_block_type_equals_the_float64_product(backend, name, rows, out_f,
     assert_close(got, want - bias, rtol=1e-4, atol=1e-4 * np.sqrt(in_f), name=name)
 
 
+def int8_bound(x, qweight, name):
+    """The derived bound of the int8 mode: sum over chunks of max|x_c| / 254 * sum |w_c|
+    for every (row, output), float64."""
+    w = np.abs(dequantize(qweight, name).astype(np.float64))
+    rows, in_f = x.shape
+    amax = np.abs(x.astype(np.float64)).reshape(rows, in_f // 32, 32).max(-1)
+    wsum = w.reshape(w.shape[0], in_f // 32, 32).sum(-1)
+    return amax / 254 @ wsum.T
+
+
+@pytest.mark.parametrize("name", [n for n in FORMATS if FORMATS[n].block_size > 1])
+@pytest.mark.parametrize("rows,out_f,blocks", [(1, 1, 1), (1, 67, 3), (3, 7, 2), (9, 33, 1)])
+def test_int8_activations_equal_their_reference_within_the_bound(backend, name, rows, out_f,
+                                                                 blocks):
+    """activations="int8": the product of the reference's rounded x with the decoded
+    weights (to float32 summation), and within the derived bound of the float product."""
+    from ferroformer.quant.reference import int8_activations
+
+    fmt = FORMATS[name]
+    in_f = blocks * fmt.block_size
+    q = weight_blocks(name, out_f, in_f, seed=rows + 5)
+    x = np.random.default_rng(out_f + 1).standard_normal((rows, in_f)).astype(f32)
+    x[0, :32] *= 1e-3  # a chunk far smaller than the rest
+    if in_f > 64:
+        x[-1, 32:64] = 0.0  # an all-zero chunk
+    bias = np.random.default_rng(2).standard_normal(out_f).astype(f32)
+    got = backend.quantized_linear_forward(x, q, name, bias, activations="int8")
+    xt = int8_activations(x)
+    assert xt.dtype == f32 and not np.array_equal(xt, x)
+    assert_close(got, expected(xt, q, name, bias), rtol=1e-5, atol=1e-5 * np.sqrt(in_f),
+                 name=f"{name} int8")
+    exact = expected(x, q, name, bias)
+    slack = int8_bound(x, q, name) * 1.001 + 1e-4 * np.sqrt(in_f)
+    assert (np.abs(np.asarray(got, np.float64) - exact) <= slack).all()
+
+
+def test_int8_rounding_rules():
+    from ferroformer.quant.reference import int8_activations
+
+    x = np.zeros((3, 32), f32)
+    x[0, 0], x[0, 1], x[0, 2] = 127.0, 0.5, -0.5  # d = 1: halves away from zero
+    x[1, 0], x[1, 1] = 2.0 ** -140, 2.0 ** -149  # subnormal d: 1/d overflows
+    x[2, 3] = np.nan
+    xt = int8_activations(x)
+    assert xt[0, 0] == 127 and xt[0, 1] == 1 and xt[0, 2] == -1 and (xt[0, 3:] == 0).all()
+    assert np.isfinite(xt[1]).all()
+    assert np.isnan(xt[2, 3]) and (xt[2, :3] == 0).all()  # a non-finite row is kept as is
+
+
+def test_int8_nonfinite_rows_propagate(backend):
+    x, q, name, bias = valid_case()
+    x = x.reshape(6, 64).copy()
+    x[1, 5], x[3, 40] = np.nan, np.inf
+    got = np.asarray(backend.quantized_linear_forward(x, q, name, bias, activations="int8"))
+    want = expected(x, q, name, bias)
+    assert np.isnan(got[1]).all() and np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    with pytest.raises(ValueError, match=rf"{OP}: activations must be"):
+        backend.quantized_linear_forward(x, q, name, bias, activations="int4")
+
+
 def test_leading_dims_and_layouts(backend):
     x, q, name, bias = valid_case()
     want = expected(x, q, name, bias)

@@ -55,12 +55,12 @@ def reader_meta(path):
 def test_round_trip_gives_the_same_logits(tmp_path, cls, tied, qtype):
     model = small(cls, tied)
     if qtype is not None:
-        ff.quantize(model, qtype)
+        ff.quantize(model, qtype, activations="float")
     want = model(IDS)
     path = tmp_path / "m.gguf"
     with pytest.warns(UserWarning, match="tokenizer model 'none'"):
         ff.save_gguf(model, path)
-        back, tok = ff.load_gguf(path, backend="numpy")
+        back, tok = ff.load_gguf(path, backend="numpy", activations="float")
     assert tok is None
     # the same weights; q, k, v (gate, up) now three (two) products instead of one
     assert_close(back(IDS), want, rtol=1e-5, atol=1e-5)
@@ -87,10 +87,10 @@ def test_round_trip_gives_the_same_logits(tmp_path, cls, tied, qtype):
 @pytest.mark.parametrize("tied", [False, True])
 def test_a_loaded_file_with_mixed_types_saves_unchanged(tmp_path, tied):
     path, _ = llama_file(tmp_path, tied=tied)
-    model, tok = ff.load_gguf(path, backend="numpy")
+    model, tok = ff.load_gguf(path, backend="numpy", activations="float")
     out = tmp_path / "again.gguf"
     ff.save_gguf(model, out, tokenizer=tok)
-    back, tok2 = ff.load_gguf(out, backend="numpy")
+    back, tok2 = ff.load_gguf(out, backend="numpy", activations="float")
     np.testing.assert_array_equal(back(IDS), model(IDS))
     _, t1 = reader_meta(path)
     _, t2 = reader_meta(out)
@@ -101,7 +101,7 @@ def test_a_loaded_file_with_mixed_types_saves_unchanged(tmp_path, tied):
 
 def test_the_tokenizer_and_chat_template_go_with_the_model(tmp_path):
     path, _ = llama_file(tmp_path)
-    model, tok = ff.load_gguf(path, backend="numpy")
+    model, tok = ff.load_gguf(path, backend="numpy", activations="float")
     tok.chat_template = CHATML
     out = tmp_path / "chat.gguf"
     ff.save_gguf(model, out, tokenizer=tok)
@@ -109,7 +109,7 @@ def test_the_tokenizer_and_chat_template_go_with_the_model(tmp_path):
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
     assert meta["tokenizer.ggml.merges"] == ["Ġ t"] and meta["tokenizer.chat_template"] == CHATML
     assert len(meta["tokenizer.ggml.tokens"]) == 257
-    _, tok2 = ff.load_gguf(out, backend="numpy")
+    _, tok2 = ff.load_gguf(out, backend="numpy", activations="float")
     msgs = [{"role": "user", "content": "hi"}]
     assert tok2.apply_chat_template(msgs) == ("<|im_start|>user\nhi<|im_end|>\n"
                                               "<|im_start|>assistant\n")
@@ -118,7 +118,7 @@ def test_the_tokenizer_and_chat_template_go_with_the_model(tmp_path):
 
 def test_chat_templates_are_sandboxed_and_may_raise(tmp_path):
     path, _ = llama_file(tmp_path)
-    _, tok = ff.load_gguf(path, backend="numpy")
+    _, tok = ff.load_gguf(path, backend="numpy", activations="float")
     tok.chat_template = "{{ raise_exception('only user turns') }}"
     with pytest.raises(ValueError, match="only user turns"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])
@@ -140,10 +140,10 @@ def test_smollm_load_save_load_gives_the_same_logits(tmp_path):
         src = package_path("SmolLM2-135M-Instruct")
     except MissingPackage as e:
         pytest.skip(str(e))
-    model, tok = ff.load_gguf(src, backend="numpy", max_seq_len=64)
+    model, tok = ff.load_gguf(src, backend="numpy", activations="float", max_seq_len=64)
     out = tmp_path / "smol.gguf"
     ff.save_gguf(model, out, tokenizer=tok)
-    back, tok2 = ff.load_gguf(out, backend="numpy", max_seq_len=64)
+    back, tok2 = ff.load_gguf(out, backend="numpy", activations="float", max_seq_len=64)
     ids = np.array([tok.encode("The capital of France is")])
     np.testing.assert_array_equal(back(ids), model(ids))
     assert tok2.encode("Hello, world! 123") == tok.encode("Hello, world! 123")

@@ -93,12 +93,24 @@ class Backend:
         self._room(op, math.prod(xs[:-1]) * ws[0] * dtype.itemsize, x, w)
         return self._linear_forward(x, w, b)
 
-    def quantized_linear_forward(self, x, qweight, qtype, bias=None):
+    def quantized_linear_forward(self, x, qweight, qtype, bias=None, *,
+                                 activations: str = "float"):
         """``x @ W.T + bias`` with W held as GGUF blocks: x (..., in) float, qweight
         (out, row_bytes) uint8 (host memory, or this backend's arrays), each row
         in / block_size blocks of ``qtype`` (a name such as "Q4_K", or a GGML type
-        number), bias (out,) of x's dtype -> (..., out) of x's dtype."""
+        number), bias (out,) of x's dtype -> (..., out) of x's dtype.
+
+        ``activations="float"``: the product with the decoded weights (the exact
+        reference, up to summation order). ``"int8"``: x is first rounded to int8 per
+        32 values (``quant.reference.int8_activations``; what llama.cpp does), which
+        lets the rust backend use integer dot products, about 3x faster for decoding;
+        the result moves from the float one by at most ``sum over chunks of
+        max|x_chunk| / 254 * sum |w_chunk|``. F32, F16 and BF16 weights are always
+        multiplied in floats."""
         op = "quantized_linear_forward"
+        if activations not in ("float", "int8"):
+            raise ValueError(f"{op}: activations must be \"float\" or \"int8\", got "
+                             f"{activations!r:.40}")
         if bias is None:
             dtype = self._float(op, x=x)
         else:
@@ -115,14 +127,16 @@ class Backend:
         x2 = x.reshape(rows, in_f)
         if not x2.flags.c_contiguous:
             x2 = self.xp.ascontiguousarray(x2)
-        y = self._quantized_linear_forward(x2, qweight, fmt.name, bias)
+        int8 = activations == "int8" and fmt.block_size > 1
+        y = self._quantized_linear_forward(x2, qweight, fmt.name, bias, int8)
         return y.reshape((*xs[:-1], ws[0]))
 
-    def _quantized_linear_forward(self, x, qweight, qtype, bias):
-        """x (rows, in) C-contiguous; default: the NumPy reference (dequantize, multiply)."""
-        from ..quant.reference import quantized_linear_forward
+    def _quantized_linear_forward(self, x, qweight, qtype, bias, int8):
+        """x (rows, in) C-contiguous; default: the NumPy reference (dequantize, multiply),
+        of x rounded as the int8 mode rounds it where ``int8``."""
+        from ..quant.reference import int8_activations, quantized_linear_forward
 
-        return quantized_linear_forward(x, qweight, qtype, bias)
+        return quantized_linear_forward(int8_activations(x) if int8 else x, qweight, qtype, bias)
 
     def linear_backward(self, dy, x, w, *, has_bias: bool = True):
         """dy (..., out), x (..., in), w (out, in) → (dx, dw, db or None)."""

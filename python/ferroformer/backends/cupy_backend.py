@@ -357,13 +357,16 @@ class CupyBackend(Backend):
             y += b
         return y.reshape((*x.shape[:-1], w.shape[0]))
 
-    def _quantized_linear_forward(self, x, qweight, qtype, bias):
+    def _quantized_linear_forward(self, x, qweight, qtype, bias, int8):
         """The blocks decode on the host a slab of rows at a time (a device qweight is
-        brought over slab by slab); each slab is multiplied on the device by cuBLAS."""
+        brought over slab by slab); each slab is multiplied on the device by cuBLAS
+        (x rounded on the device first in the int8 mode)."""
         from ..quant.formats import dequantize
-        from ..quant.reference import _SLAB_VALUES
+        from ..quant.reference import _SLAB_VALUES, int8_activations
 
         xp = self.xp
+        if int8:
+            x = int8_activations(x, xp)
         out_f, in_f = qweight.shape[0], x.shape[1]
         y = xp.empty((x.shape[0], out_f), x.dtype)
         rows = max(1, _SLAB_VALUES // max(in_f, 1))

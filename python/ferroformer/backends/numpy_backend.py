@@ -77,12 +77,6 @@ class NumpyBackend(Backend):
             return np.zeros(shape, np.result_type(a, b))
         return np.ascontiguousarray(np.matmul(a, b))
 
-    def _quantized_linear_forward(self, x, qweight, qtype, bias):
-        # the exact reference: decode a slab of rows at a time, multiply (quant/reference.py)
-        from ..quant.reference import quantized_linear_forward
-
-        return quantized_linear_forward(x, qweight, qtype, bias)
-
     def _linear_forward(self, x, w, b):
         # one product over the rows (a batched x @ w.T loops over the leading dims,
         # for seconds where they hold billions of empty rows)

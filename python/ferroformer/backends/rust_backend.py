@@ -50,19 +50,19 @@ class RustBackend(Backend):
         dx, dw, db = N.linear_backward(_rows(dy), _rows(x), _c(w), has_bias)
         return dx.reshape(x.shape), dw, db
 
-    def _quantized_linear_forward(self, x, qweight, qtype, bias):
+    def _quantized_linear_forward(self, x, qweight, qtype, bias, int8):
         """x (rows, in) float32 C-contiguous, qweight (out, row_bytes) uint8 blocks of
-        ``qtype`` -> (rows, out), straight from the blocks: each weight row is decoded
-        (bit-identical to the reference) into a float32 panel and dotted in float32
-        (the kernel's int8-activation mode is not used here; see rust/kernels/src/quant).
-        float64 x and the float types (F32, F16, BF16) go to the NumPy reference."""
+        ``qtype`` -> (rows, out), straight from the blocks (rust/kernels/src/quant):
+        float mode, each weight row decoded (bit-identical to the reference) and dotted
+        in float32; int8 mode, integer dots of the unpacked blocks with x quantized per
+        32 values. float64 x and the float types (F32, F16, BF16) go to the NumPy
+        reference."""
         from ..quant.formats import block_format
-        from ..quant.reference import quantized_linear_forward as reference
 
         name = block_format(qtype).name
         if x.dtype != np.float32 or name in ("F32", "F16", "BF16"):
-            return reference(x, qweight, name, bias)
-        y = N.quantized_linear_forward(_rows(x), _c(qweight), name, _c(bias))
+            return super()._quantized_linear_forward(x, qweight, qtype, bias, int8)
+        y = N.quantized_linear_forward(_rows(x), _c(qweight), name, _c(bias), int8)
         return y.reshape((*x.shape[:-1], qweight.shape[0]))
 
     def _softmax_forward(self, x, scale, causal):

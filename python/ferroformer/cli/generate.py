@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=non_negative_int, default=None,
                    help="seed for sampling (reproducible output)")
+    from .chat import add_activations
+
+    add_activations(g)
     g.add_argument("--backend", choices=BACKENDS, default=None)
 
 
@@ -77,7 +80,7 @@ def _run_gguf(args) -> int:
 
     from .chat import load_gguf_for_text
 
-    model, tok = load_gguf_for_text(args.gguf, args.backend)
+    model, tok = load_gguf_for_text(args.gguf, args.backend, args.activations)
     ids = tok.encode(args.prompt)
     limit = int(model.config["max_seq_len"])
     n = args.max_new_tokens or 64

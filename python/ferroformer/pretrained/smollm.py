@@ -90,19 +90,25 @@ def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: 
                 tie_embeddings="output.weight" not in tensors)
 
 
-def load_smollm(backend=None, max_seq_len: int = 2048, path=None, *, dequantize: bool = False):
+def load_smollm(backend=None, max_seq_len: int = 2048, path=None, *, dequantize: bool = False,
+                activations: str = "float"):
     """(Llama in eval mode, tokenizer with chat template) of SmolLM2-135M-Instruct, from
     its package (or from the GGUF file at ``path``), through ``ferroformer.load_gguf``:
     the weight matrices stay in the file's memory-mapped 4-bit blocks. The file is
     checked first (ValueError naming it), and its metadata against the tensors' shapes
     before the model is built. ``dequantize=True``: every tensor decoded to float32 into
-    a plain float Llama instead (seconds, and several times the file in memory)."""
+    a plain float Llama instead (seconds, and several times the file in memory).
+    ``activations``: "float" (the default here: the float model's answers) or "int8"
+    (llama.cpp's arithmetic, about 3x faster decoding; this 135M model is fragile
+    enough that its greedy answers then change, e.g. to the capital question, exactly
+    as llama.cpp's do)."""
     path = package_path(NAME) if path is None else os.fspath(path)
     if dequantize:
         return _load_dequantized(path, backend, max_seq_len)
     from ..quant.gguf_file import load_gguf
 
-    model, tok = load_gguf(path, backend=backend, max_seq_len=max_seq_len)
+    model, tok = load_gguf(path, backend=backend, max_seq_len=max_seq_len,
+                           activations=activations)
     if not isinstance(model, Llama) or tok is None:  # a gpt2 file, or no BPE tokenizer
         raise ValueError(f"{path}: not a valid {NAME} GGUF file: expected a llama file with "
                          f"a byte-level BPE tokenizer")

@@ -16,7 +16,7 @@ gguf_write.py  save_gguf: GPT and Llama models, float or quantized, as GGUF file
 from .formats import FORMATS, BlockFormat, block_format, dequantize
 from .gguf_file import load_gguf
 from .gguf_write import save_gguf
-from .layers import QuantizedEmbedding, QuantizedLinear, quantize_model
+from .layers import QuantizedEmbedding, QuantizedLinear, quantize_model, set_activations
 from .quantize import QUANTIZERS, quantize
 from .reference import quantized_linear_forward
 from .tensor import QuantizedTensor
@@ -24,5 +24,5 @@ from .tensor import QuantizedTensor
 __all__ = [
     "FORMATS", "QUANTIZERS", "BlockFormat", "QuantizedEmbedding", "QuantizedLinear",
     "QuantizedTensor", "block_format", "dequantize", "load_gguf", "quantize", "quantize_model",
-    "quantized_linear_forward", "save_gguf",
+    "quantized_linear_forward", "save_gguf", "set_activations",
 ]

@@ -47,7 +47,7 @@ from ..pretrained.gguf_file import check_gguf
 from ..pretrained.smollm import llama_config_from_gguf
 from ..pretrained.tokenizer import bpe_from_gguf_metadata
 from .formats import block_format, dequantize
-from .layers import QuantizedEmbedding, QuantizedLinear
+from .layers import QuantizedEmbedding, QuantizedLinear, _activations, set_activations
 from .tensor import QuantizedTensor
 
 WHAT = "GGUF file"
@@ -355,11 +355,13 @@ def _set_embedding(model, attr: str, table: QuantizedTensor) -> None:
     setattr(model, attr, emb)
 
 
-def load_gguf(path, *, backend=None, max_seq_len=None):
+def load_gguf(path, *, backend=None, max_seq_len=None, activations="int8"):
     """(model in eval mode, tokenizer or None) of a GGUF file of architecture ``llama``
     or ``gpt2`` (see the module's docstring). ``max_seq_len`` defaults to the file's
     context length. FileNotFoundError for a missing file; ValueError naming the file for
-    a damaged one, another architecture or an unsupported tensor type."""
+    a damaged one, another architecture or an unsupported tensor type. ``activations``
+    ("int8" or "float") is set on every QuantizedLinear (see layers.py)."""
+    _activations("load_gguf", activations)
     path = os.fspath(path)
     where = f"{path}: not a valid {WHAT}"
     f, size = open_regular(path, WHAT)
@@ -375,6 +377,7 @@ def load_gguf(path, *, backend=None, max_seq_len=None):
         tok = _tokenizer(meta, path, where)
         model = build(meta, tensors, max_seq_len, backend)
     model.eval()
+    set_activations(model, activations)
     return model, tok
 
 

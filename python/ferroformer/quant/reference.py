@@ -19,6 +19,35 @@ from .formats import block_format, dequantize
 
 OP = "quantized_linear_forward"
 _SLAB_VALUES = 1 << 22  # decoded weights per slab: 16 MB of float32
+CHUNK = 32  # activations are quantized per 32 values
+
+
+def int8_activations(x, xp=np):
+    """x (rows, in) as the int8 mode of the op sees it: each chunk of 32 values of a
+    row rounded to ``d * q`` with ``d = max|x| / 127`` and ``q = round(x / d)`` an
+    int8 in [-127, 127] (llama.cpp's q8_0; halves round away from zero; computed in
+    x's dtype, as the Rust kernel does in float32). Rows holding NaN or inf stay as
+    they are (the kernel multiplies those in floats, so that they propagate).
+
+    The op's int8 result is the exact product of this with the decoded weights, up
+    to summation order: per chunk ``sum(w * d q) = d * sum(w q)``, which the kernel
+    forms from integer sums. Its distance from the float product is at most
+    ``sum over chunks of d / 2 * sum |w|``."""
+    rows, n = x.shape
+    if n % CHUNK:
+        raise ValueError(f"{OP}: int8 activations need in_features a multiple of {CHUNK}, "
+                         f"got {n}")
+    xc = x.reshape(rows, n // CHUNK, CHUNK)
+    amax = xp.abs(xc).max(axis=-1, keepdims=True)
+    d = amax / x.dtype.type(127)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = xp.where(d > 0, x.dtype.type(1) / xp.where(d > 0, d, 1), 0).astype(x.dtype)
+        r = (xc * inv).astype(np.float64)
+        q = xp.minimum(xp.maximum(xp.trunc(r + xp.copysign(0.5, r)), -127), 127)
+    q = xp.where(xp.isnan(q), 0, q).astype(x.dtype)  # 0 * inf where d is subnormal
+    xt = (d * q).reshape(rows, n)
+    finite = xp.isfinite(x).all(axis=1, keepdims=True)
+    return xp.where(finite, xt, x)
 
 
 def quantized_linear_forward(x, qweight, qtype, bias=None):
