@@ -14,15 +14,15 @@
 //! signed types (Q8_0, Q6_K) use the sign trick: `|q|` (at most 128) times
 //! `qx` with q's sign, `2 * 128 * 127 = 32512 < 2^15`.
 //!
-//! Types whose weights are `d * q` with q signed around a bias (Q4_0, Q5_0)
-//! take q unsigned and the bias into the chunk's offset, exactly as Q4_1:
-//! `w = d * u + offset`, so every type is `dx * scale * sum(u * qx) +
-//! offset * sx` per chunk (`sx = dx * sum(qx)`), the identity of the module
-//! docs with the integer sums exact.
+//! Types with a minimum (Q4_1, Q5_1, Q4_K, Q5_K) are `w = scale * u +
+//! offset` with u unsigned, so their chunks are `dx * scale * sum(u * qx) +
+//! offset * sx` (`sx = dx * sum(qx)`), the identity of the module docs with
+//! the integer sums exact; the others (Q8_0, Q4_0, Q5_0, Q6_K) are `scale *
+//! q` with q signed (the bias subtracted in bytes) and no offset.
 
 use std::arch::x86_64::*;
 
-use super::blocks::{f16_to_f32, k4_scale_min, QType, CHUNK};
+use super::blocks::{k4_scale_min, QType, CHUNK};
 use crate::simd::Avx2;
 
 /// One quantized row of activations: int8 values, and per chunk of 32 the
@@ -45,9 +45,9 @@ impl Avx2 {
             "quant_row_dot: activation row of {} values for a weight row of {n_ch} chunks",
             x.qx.len()
         );
-        // SAFETY: the token exists, so the CPU has AVX2 and FMA, the features
-        // these functions are compiled with; the lengths they index by were
-        // checked above.
+        // SAFETY: the token exists, so the CPU has AVX2, FMA and F16C, the
+        // features these functions are compiled with; the lengths they index
+        // by were checked above.
         unsafe {
             match t {
                 QType::Q8_0 => dot_q8_0(w, x),
@@ -61,13 +61,35 @@ impl Avx2 {
     }
 }
 
-#[inline(always)]
+/// The f16 at byte `at` of `b` (F16C's exact conversion), for Q6_K's scale at
+/// the end of its block (once per 256 values).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
 fn half(b: &[u8], at: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+    let h = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_insert_epi32::<0>(
+        _mm_setzero_si128(),
+        h as i32,
+    )))
+}
+
+/// The two f16 at bytes 0..4 of `b` (a block's `d` and `m`; where the block
+/// has only `d`, the second is its first data bytes, unused).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn halves2(b: &[u8]) -> (f32, f32) {
+    let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    // `black_box` keeps the whole 32-bit move: where only `d` is used, LLVM
+    // otherwise narrows it to a 16-bit insert into whatever register is free
+    // (the running sums), which chains every block to the one before and
+    // halved the speed of Q4_0 and Q5_0.
+    let iv = std::hint::black_box(_mm_cvtsi32_si128(v as i32));
+    let f = _mm_cvtph_ps(iv);
+    (_mm_cvtss_f32(f), _mm_cvtss_f32(_mm_movehdup_ps(f)))
 }
 
 /// 32 bytes from a slice of exactly 32.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load32(b: &[u8; 32]) -> __m256i {
     // SAFETY: `b` holds 32 readable bytes; the load is unaligned.
@@ -75,15 +97,23 @@ fn load32(b: &[u8; 32]) -> __m256i {
 }
 
 /// 16 bytes from a slice of exactly 16.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load16(b: &[u8; 16]) -> __m128i {
     // SAFETY: `b` holds 16 readable bytes; the load is unaligned.
     unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
 }
 
+/// 32 signed bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_i8(q: &[i8; 32]) -> __m256i {
+    // SAFETY: `q` holds 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+}
+
 /// The activation chunk `c` of `x` as 32 signed bytes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load_qx(x: &QRow<'_>, c: usize) -> __m256i {
     let q: &[i8; 32] = x.qx[c * CHUNK..(c + 1) * CHUNK]
@@ -95,7 +125,7 @@ fn load_qx(x: &QRow<'_>, c: usize) -> __m256i {
 
 /// `sum(a * b)` over 32 unsigned bytes `a` and signed bytes `b`, as eight
 /// 32-bit partial sums: lanes 0-3 hold bytes 0-15, lanes 4-7 bytes 16-31.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn dot_bytes(a: __m256i, b: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
@@ -103,20 +133,20 @@ fn dot_bytes(a: __m256i, b: __m256i) -> __m256i {
 
 /// [`dot_bytes`] for signed `q` (at least -128): `|q|` times `b` with the
 /// sign of q.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn dot_signed(q: __m256i, b: __m256i) -> __m256i {
     dot_bytes(_mm256_abs_epi8(q), _mm256_sign_epi8(b, q))
 }
 
 /// `acc + sums * scale`, the sums converted to float.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn scaled(acc: __m256, sums: __m256i, scale: __m256) -> __m256 {
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -126,7 +156,7 @@ fn hsum(v: __m256) -> f32 {
 }
 
 /// The 32 bits of `bits` as 32 bytes, byte i = 0x10 where bit i is set.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn fifth_bits(bits: u32) -> __m256i {
     let spread = _mm256_shuffle_epi8(
@@ -144,7 +174,7 @@ fn fifth_bits(bits: u32) -> __m256i {
 }
 
 /// 16 bytes of packed nibbles as 32 bytes: the low nibbles, then the high.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn nibbles16(qs: &[u8; 16]) -> __m256i {
     let raw = load16(qs);
@@ -154,66 +184,77 @@ fn nibbles16(qs: &[u8; 16]) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(w: &[u8], x: QRow<'_>) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (c, b) in w.chunks_exact(34).enumerate() {
+    for (b, (qx, &dx)) in w.chunks_exact(34).zip(x.qx.chunks_exact(CHUNK).zip(x.dx)) {
         let q = load32(b[2..34].try_into().expect("32 bytes"));
-        let s = _mm256_set1_ps(half(b, 0) * x.dx[c]);
-        acc = scaled(acc, dot_signed(q, load_qx(&x, c)), s);
+        let qx = load_i8(qx.try_into().expect("a chunk"));
+        acc = scaled(acc, dot_signed(q, qx), _mm256_set1_ps(halves2(b).0 * dx));
     }
     hsum(acc)
 }
 
-/// Q4_0 (`d * (u - 8)`) and Q4_1 (`d * u + m`).
-#[target_feature(enable = "avx2,fma")]
+/// Q4_0 (`d * (u - 8)`) and Q4_1 (`d * u + m`). Q4_0 takes `q = u - 8` signed
+/// (the sign trick, as Q8_0) rather than `-8 d` as an offset: a scalar sum of
+/// offsets per block made Q4_0 half as fast as Q4_1.
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4(with_min: bool, w: &[u8], x: QRow<'_>) -> f32 {
-    let (ts, at) = if with_min { (20, 4) } else { (18, 2) };
+    if !with_min {
+        let eight = _mm256_set1_epi8(8);
+        let mut acc = _mm256_setzero_ps();
+        for (b, (qx, &dx)) in w.chunks_exact(18).zip(x.qx.chunks_exact(CHUNK).zip(x.dx)) {
+            let q = _mm256_sub_epi8(nibbles16(b[2..18].try_into().expect("16 bytes")), eight);
+            let qx = load_i8(qx.try_into().expect("a chunk"));
+            acc = scaled(acc, dot_signed(q, qx), _mm256_set1_ps(halves2(b).0 * dx));
+        }
+        return hsum(acc);
+    }
     let mut acc = _mm256_setzero_ps();
     let mut off = 0.0f32;
-    for (c, b) in w.chunks_exact(ts).enumerate() {
-        let d = half(b, 0);
-        let u = nibbles16(b[at..at + 16].try_into().expect("16 bytes"));
-        acc = scaled(
-            acc,
-            dot_bytes(u, load_qx(&x, c)),
-            _mm256_set1_ps(d * x.dx[c]),
-        );
-        let offset = if with_min { half(b, 2) } else { -8.0 * d };
-        off += offset * x.sx[c];
+    let chunks = x.qx.chunks_exact(CHUNK).zip(x.dx).zip(x.sx);
+    for (b, ((qx, &dx), &sx)) in w.chunks_exact(20).zip(chunks) {
+        let (d, m) = halves2(b);
+        let u = nibbles16(b[4..20].try_into().expect("16 bytes"));
+        let qx = load_i8(qx.try_into().expect("a chunk"));
+        acc = scaled(acc, dot_bytes(u, qx), _mm256_set1_ps(d * dx));
+        off += m * sx;
     }
     hsum(acc) + off
 }
 
-/// Q5_0 (`d * (u - 16)`) and Q5_1 (`d * u + m`).
-#[target_feature(enable = "avx2,fma")]
+/// Q5_0 (`d * (u - 16)`, signed as Q4_0) and Q5_1 (`d * u + m`).
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5(with_min: bool, w: &[u8], x: QRow<'_>) -> f32 {
     let (ts, qh_at) = if with_min { (24, 4) } else { (22, 2) };
+    let sixteen = _mm256_set1_epi8(16);
     let mut acc = _mm256_setzero_ps();
     let mut off = 0.0f32;
-    for (c, b) in w.chunks_exact(ts).enumerate() {
-        let d = half(b, 0);
+    let chunks = x.qx.chunks_exact(CHUNK).zip(x.dx).zip(x.sx);
+    for (b, ((qx, &dx), &sx)) in w.chunks_exact(ts).zip(chunks) {
+        let (d, m) = halves2(b);
         let qh = u32::from_le_bytes(b[qh_at..qh_at + 4].try_into().expect("4 bytes"));
         let qs: &[u8; 16] = b[qh_at + 4..qh_at + 20].try_into().expect("16 bytes");
         let u = _mm256_or_si256(nibbles16(qs), fifth_bits(qh));
-        acc = scaled(
-            acc,
-            dot_bytes(u, load_qx(&x, c)),
-            _mm256_set1_ps(d * x.dx[c]),
-        );
-        let offset = if with_min { half(b, 2) } else { -16.0 * d };
-        off += offset * x.sx[c];
+        let qx = load_i8(qx.try_into().expect("a chunk"));
+        let s = _mm256_set1_ps(d * dx);
+        if with_min {
+            acc = scaled(acc, dot_bytes(u, qx), s);
+            off += m * sx;
+        } else {
+            acc = scaled(acc, dot_signed(_mm256_sub_epi8(u, sixteen), qx), s);
+        }
     }
     hsum(acc) + off
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4k(w: &[u8], x: QRow<'_>) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut off = 0.0f32;
     for (k, b) in w.chunks_exact(144).enumerate() {
-        let (d, dmin) = (half(b, 0), half(b, 2));
+        let (d, dmin) = halves2(b);
         let scales = &b[4..16];
         for p in 0..4 {
             let raw = load32(b[16 + 32 * p..48 + 32 * p].try_into().expect("32 bytes"));
@@ -234,13 +275,13 @@ fn dot_q4k(w: &[u8], x: QRow<'_>) -> f32 {
     hsum(acc) + off
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5k(w: &[u8], x: QRow<'_>) -> f32 {
     let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
     let mut acc = _mm256_setzero_ps();
     let mut off = 0.0f32;
     for (k, b) in w.chunks_exact(176).enumerate() {
-        let (d, dmin) = (half(b, 0), half(b, 2));
+        let (d, dmin) = halves2(b);
         let scales = &b[4..16];
         let qh = load32(b[16..48].try_into().expect("32 bytes"));
         for p in 0..4 {
@@ -266,7 +307,7 @@ fn dot_q5k(w: &[u8], x: QRow<'_>) -> f32 {
     hsum(acc) + off
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q6k(w: &[u8], x: QRow<'_>) -> f32 {
     let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     let bias = _mm256_set1_epi8(32);

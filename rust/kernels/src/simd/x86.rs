@@ -3,20 +3,20 @@
 
 use super::{cpu_features, Simd, AVX2_FMA, AVX512};
 
-/// AVX2 and FMA.
+/// AVX2, FMA and F16C.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Avx2 {
     _private: (),
 }
 
-/// AVX-512F, with AVX2 and FMA.
+/// AVX-512F, with AVX2, FMA and F16C.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Avx512 {
     _private: (),
 }
 
 impl Avx2 {
-    /// The token, if this CPU has AVX2 and FMA.
+    /// The token, if this CPU has AVX2, FMA and F16C.
     #[inline]
     pub fn try_new() -> Option<Self> {
         (cpu_features() & AVX2_FMA != 0).then_some(Avx2 { _private: () })
@@ -25,7 +25,7 @@ impl Avx2 {
     /// The token without asking.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2, FMA and F16C.
     #[allow(dead_code)]
     pub unsafe fn new_unchecked() -> Self {
         Avx2 { _private: () }
@@ -33,7 +33,7 @@ impl Avx2 {
 }
 
 impl Avx512 {
-    /// The token, if this CPU has AVX-512F, AVX2 and FMA.
+    /// The token, if this CPU has AVX-512F, AVX2, FMA and F16C.
     #[inline]
     pub fn try_new() -> Option<Self> {
         (cpu_features() & AVX512 != 0).then_some(Avx512 { _private: () })
@@ -42,7 +42,7 @@ impl Avx512 {
     /// The token without asking.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F, AVX2 and FMA.
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
     #[allow(dead_code)]
     pub unsafe fn new_unchecked() -> Self {
         Avx512 { _private: () }
