@@ -425,7 +425,30 @@ def _outputs(out):
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def _compare(op, what, got, want):
+def _cancellation(op, args):
+    """The float32 rounding a norm's backward cannot avoid: dx is ``rstd (g dy -
+    mean(g dy) - xhat mean(g dy xhat))``, whose terms cancel; with statistics that do
+    not fit x (the generator's arrays may replace them) ``|xhat|`` is large and the
+    float32 result is off by about ``C eps rstd |g dy| (1 + |xhat|)^2`` however it is
+    computed. The allowance for output 0, as an absolute error."""
+    if op not in ("layernorm_backward", "rmsnorm_backward"):
+        return 0.0
+    dy, x, gamma = (np.asarray(v, np.float64) for v in args[:3])
+    if op == "layernorm_backward":
+        mean, rstd = (np.asarray(v, np.float64) for v in args[3:5])
+        xhat = (x - mean[..., None]) * rstd[..., None]
+    else:
+        rstd = np.asarray(args[3], np.float64)
+        xhat = x * rstd[..., None]
+    c = x.shape[-1]
+    with np.errstate(all="ignore"):
+        term = np.abs(rstd[..., None]) * np.abs(gamma * dy).max(axis=-1, keepdims=True) \
+            * (1 + np.abs(xhat).max(axis=-1, keepdims=True)) ** 2
+        slack = float(np.nan_to_num(term, nan=0.0, posinf=0.0).max(initial=0.0))
+    return 64 * c * float(np.finfo(np.float32).eps) * slack
+
+
+def _compare(op, what, got, want, slack=0.0):
     got, want = _outputs(got), _outputs(want)
     if len(got) != len(want):
         raise harness.Finding(f"mismatch-arity:{what}", f"{op}: {len(got)} outputs, numpy gives {len(want)}")
@@ -451,7 +474,8 @@ def _compare(op, what, got, want):
                                   f"{g64.flat[j]} vs numpy {w64.flat[j]} (shape {g.shape})")
         fin = np.isfinite(w64)
         scale = max(1.0, float(np.abs(w64[fin]).max(initial=0.0)))
-        bad = np.abs(g64 - w64)[fin] > 1e-3 * scale + 1e-3 * np.abs(w64[fin])
+        allow = 1e-3 * scale + (slack if i == 0 else 0.0)
+        bad = np.abs(g64 - w64)[fin] > allow + 1e-3 * np.abs(w64[fin])
         if bad.any():
             j = np.flatnonzero(fin)[np.flatnonzero(bad)[0]]
             raise harness.Finding(f"mismatch-value:{what}", f"{op} output {i} at flat {j}: "
@@ -479,10 +503,11 @@ def one_input(data: bytes) -> None:
     want, want_err = _call(NUMPY, op, [_copy(x, np.float64) for x in args],
                            {k: _copy(v, np.float64) for k, v in kw.items()})
     if want_err is None:
+        slack = _cancellation(op, args)
         if got_np is not None:
-            _compare(op, "numpy-layout", got_np, want)
+            _compare(op, "numpy-layout", got_np, want, slack)
         if got_rs is not None:
-            _compare(op, "rust", got_rs, want)
+            _compare(op, "rust", got_rs, want, slack)
     if (rs_err is None) != (np_err is None):
         err = rs_err or np_err
         who = "rust" if rs_err is not None else "numpy"

@@ -140,19 +140,29 @@ class NumpyBackend(Backend):
         return dx, dgamma
 
     # -- activations -----------------------------------------------------------
+    @staticmethod
+    def _gelu_sigmoid(x):
+        """``sigmoid(2u) = 0.5 (1 + tanh(u))`` of tanh-GELU, ``u = sqrt(2/pi) (x +
+        0.044715 x^3)``, without the cancellation of ``1 + tanh(u)`` for x far below 0
+        (where it is 0 in float32 long before the true value underflows)."""
+        t = x.dtype.type
+        two_u = t(2 * _SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)
+        with np.errstate(over="ignore"):
+            return t(1) / (t(1) + np.exp(-two_u))
+
     def _gelu_forward(self, x, approximate):
         t = x.dtype.type
         if approximate == "tanh":
-            return t(0.5) * x * (t(1) + np.tanh(t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)))
+            return x * self._gelu_sigmoid(x)
         return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2.0))))
 
     def _gelu_backward(self, dy, x, approximate):
         t = x.dtype.type
         if approximate == "tanh":
-            u = t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)
-            th = np.tanh(u)
+            # d/dx [x s] = s + 2 x s (1 - s) u', s = sigmoid(2u)
+            s = self._gelu_sigmoid(x)
             du = t(_SQRT_2_OVER_PI) * (t(1) + t(3 * 0.044715) * x * x)
-            return dy * (t(0.5) * (t(1) + th) + t(0.5) * x * (t(1) - th * th) * du)
+            return dy * (s + t(2) * x * s * (t(1) - s) * du)
         cdf = t(0.5) * (t(1) + _erf(x / t(math.sqrt(2.0))))
         pdf = np.exp(t(-0.5) * x * x) / t(math.sqrt(2.0 * math.pi))
         return dy * (cdf + x * pdf)
