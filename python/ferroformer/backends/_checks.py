@@ -295,15 +295,25 @@ def linear_shapes(x: Shape, w: Shape, b: Optional[Shape]) -> None:
         raise shape_error(op, "bias must be (out,)", w=w, b=b)
 
 
+_FORMAT_OF: dict = {}  # type names seen -> BlockFormat
+
+
 def quantized_format(op: str, qtype):
     """The BlockFormat of ``qtype`` (a name or a GGML type number); TypeError for
     another kind of value, ValueError naming a type that is not supported."""
+    if type(qtype) is str:  # the common case, once per product: no import, no lookup
+        fmt = _FORMAT_OF.get(qtype)
+        if fmt is not None:
+            return fmt
     from ..quant.formats import block_format
 
     if isinstance(qtype, (bool, np.bool_)):
         raise _not_a(op, "qtype", "a block type name or a GGML type number", qtype)
     try:
-        return block_format(qtype)
+        fmt = block_format(qtype)
+        if type(qtype) is str:
+            _FORMAT_OF[qtype] = fmt
+        return fmt
     except TypeError:
         raise _not_a(op, "qtype", "a block type name or a GGML type number", qtype) from None
     except ValueError as e:

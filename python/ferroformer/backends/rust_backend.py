@@ -57,13 +57,11 @@ class RustBackend(Backend):
         in float32; int8 mode, integer dots of the unpacked blocks with x quantized per
         32 values. float64 x and the float types (F32, F16, BF16) go to the NumPy
         reference."""
-        from ..quant.formats import block_format
-
-        name = block_format(qtype).name
-        if x.dtype != np.float32 or name in ("F32", "F16", "BF16"):
+        # Backend.quantized_linear_forward hands in x as (rows, in) C-contiguous and
+        # qtype as the format's name
+        if x.dtype != np.float32 or qtype in ("F32", "F16", "BF16"):
             return super()._quantized_linear_forward(x, qweight, qtype, bias, int8)
-        y = N.quantized_linear_forward(_rows(x), _c(qweight), name, _c(bias), int8)
-        return y.reshape((*x.shape[:-1], qweight.shape[0]))
+        return N.quantized_linear_forward(_c(x), _c(qweight), qtype, _c(bias), int8)
 
     def _softmax_forward(self, x, scale, causal):
         return N.softmax_forward(_c(x), scale, causal)
