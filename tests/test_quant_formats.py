@@ -457,11 +457,17 @@ def test_reference_product_checks_its_arguments(rng):
 def test_quantized_linear_is_linear_over_the_decoded_matrix(rng):
     lin = Linear(64, 9, rng=rng)
     lin.bias.data = rng.standard_normal(9).astype(np.float32)
-    q = QuantizedLinear.from_linear(lin, "Q4_1")
+    q = QuantizedLinear.from_linear(lin, "Q4_1", activations="float")
     w = q.dequantize()
     assert q.qtype == "Q4_1" and w.shape == (9, 64) and q.nbytes == 9 * 40
     x = rng.standard_normal((2, 5, 64)).astype(np.float32)
     assert_close(q(x), x @ w.T + lin.bias.data, rtol=1e-5, atol=1e-5)
+    # the default, int8 activations: linear over the decoded matrix in x rounded per 32
+    from ferroformer.quant.reference import int8_activations
+
+    q.activations = "int8"
+    xt = int8_activations(x.reshape(10, 64)).reshape(x.shape)
+    assert_close(q(x), xt @ w.T + lin.bias.data, rtol=1e-5, atol=1e-5)
     assert relative_rms(q(x), lin(x)) < 0.1  # and Q4_1 is close to the float layer (0.04)
     assert [n for n, _ in q.named_parameters()] == ["bias"]
 
@@ -470,7 +476,7 @@ def test_quantized_linear_stacks_parts_of_different_types(rng):
     a = QuantizedTensor(quantize(rng.standard_normal((5, 256)), "Q4_K"), "Q4_K", (5, 256))
     b = QuantizedTensor(quantize(rng.standard_normal((3, 256)), "Q6_K"), "Q6_K", (3, 256))
     bias = rng.standard_normal(8).astype(np.float32)
-    q = QuantizedLinear([a, b], bias)
+    q = QuantizedLinear([a, b], bias, activations="float")
     assert q.out_features == 8 and q.qtype == "Q4_K+Q6_K"
     x = rng.standard_normal((4, 256)).astype(np.float32)
     w = np.concatenate([a.dequantize(), b.dequantize()])
@@ -541,7 +547,7 @@ LOGITS_BOUND = {"Q8_0": 0.03, "Q6_K": 0.08, "Q4_K": 0.3, "Q4_0": 0.3}
 def test_quantized_model_logits(make, qtype, d, rng):
     ids = rng.integers(0, 96, (2, 12))
     model = make(d)
-    quantized = quantize_model(make(d), qtype)
+    quantized = quantize_model(make(d), qtype, activations="float")
     linears = {n for n, m in quantized.named_modules() if isinstance(m, QuantizedLinear)}
     floats = {n for n, m in quantized.named_modules() if type(m) is Linear}
     head = "head" if make is small_gpt else "lm_head"
