@@ -164,14 +164,6 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _is_memory_error(e: BaseException) -> bool:
-    while e is not None:
-        if isinstance(e, MemoryError):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def _restart() -> None:
     print(f"== restart: the fuzzing process holds {_rss() >> 20} MB (its own growth); "
           f"starting afresh", flush=True)
@@ -207,7 +199,8 @@ def run(one_input, allowed, *, hidden=HIDDEN, time_limit=None) -> None:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
-            if _is_memory_error(e) and _rss() > RESTART_FRACTION * MEMORY_LIMIT / 2:
+            memory = isinstance(e, MemoryError) or _hidden_cause(e, MemoryError) is not None
+            if memory and _rss() > RESTART_FRACTION * MEMORY_LIMIT / 2:
                 _restart()  # the fuzzing process's own growth, not this input's
             _report(data, e)
 

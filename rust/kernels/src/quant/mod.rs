@@ -242,28 +242,31 @@ fn tile<S: Simd>(
         || {
             let (bs, ts) = (t.block_size(), t.type_size());
             let row_bytes = in_f / bs * ts;
-            let mut q = vec![0i8; in_f];
-            let mut cs = vec![ChunkScale::default(); in_f / CHUNK];
-            let per_block = bs / CHUNK;
-            let mut wf = vec![0.0f32; if mode == Activations::Float { in_f } else { 0 }];
-            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
-                let wr = &w[(j0 + i) * row_bytes..(j0 + i + 1) * row_bytes];
-                #[cfg(target_arch = "x86_64")]
-                if let (Activations::Int8, Some(qr), Some(a)) = (mode, qr, s.avx2()) {
-                    if qr.finite.iter().all(|&f| f) {
-                        // straight from the block bytes (x86.rs)
-                        let n_ch = in_f / CHUNK;
+            let weight_row = |i: usize| &w[(j0 + i) * row_bytes..(j0 + i + 1) * row_bytes];
+            #[cfg(target_arch = "x86_64")]
+            if let (Activations::Int8, Some(qr), Some(a)) = (mode, qr, s.avx2()) {
+                if qr.finite.iter().all(|&f| f) {
+                    // straight from the block bytes (x86.rs), no decoded row
+                    let n_ch = in_f / CHUNK;
+                    for (i, o) in out.chunks_exact_mut(rows).enumerate() {
                         for (r, v) in o.iter_mut().enumerate() {
                             let xr = x86::QRow {
                                 qx: &qr.qx[r * in_f..(r + 1) * in_f],
                                 dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
                                 sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
                             };
-                            *v = a.quant_row_dot(t, wr, xr);
+                            *v = a.quant_row_dot(t, weight_row(i), xr);
                         }
-                        continue;
                     }
+                    return;
                 }
+            }
+            let mut q = vec![0i8; in_f];
+            let mut cs = vec![ChunkScale::default(); in_f / CHUNK];
+            let per_block = bs / CHUNK;
+            let mut wf = vec![0.0f32; if mode == Activations::Float { in_f } else { 0 }];
+            for (i, o) in out.chunks_exact_mut(rows).enumerate() {
+                let wr = weight_row(i);
                 for (k, blk) in wr.chunks_exact(ts).enumerate() {
                     decode_block(
                         t,

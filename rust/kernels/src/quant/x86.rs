@@ -53,8 +53,8 @@ impl Avx2 {
                 QType::Q8_0 => dot_q8_0(w, x),
                 QType::Q4_0 | QType::Q4_1 => dot_q4(t == QType::Q4_1, w, x),
                 QType::Q5_0 | QType::Q5_1 => dot_q5(t == QType::Q5_1, w, x),
-                QType::Q4K => dot_q4k(w, x),
-                QType::Q5K => dot_q5k(w, x),
+                QType::Q4K => dot_k(false, w, x),
+                QType::Q5K => dot_k(true, w, x),
                 QType::Q6K => dot_q6k(w, x),
             }
         }
@@ -248,44 +248,25 @@ fn dot_q5(with_min: bool, w: &[u8], x: QRow<'_>) -> f32 {
     hsum(acc) + off
 }
 
+/// Q4_K and, `with_high`, Q5_K (whose fifth bits come from the block's `qh`):
+/// sub-block j of 32 is `d * sc_j * u - dmin * m_j`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4k(w: &[u8], x: QRow<'_>) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut off = 0.0f32;
-    for (k, b) in w.chunks_exact(144).enumerate() {
-        let (d, dmin) = halves2(b);
-        let scales = &b[4..16];
-        for p in 0..4 {
-            let raw = load32(b[16 + 32 * p..48 + 32 * p].try_into().expect("32 bytes"));
-            let halves = [
-                _mm256_and_si256(raw, m4),
-                _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-            ];
-            for (h, u) in halves.into_iter().enumerate() {
-                let j = 2 * p + h;
-                let c = 8 * k + j;
-                let (sc, m) = k4_scale_min(scales, j);
-                let s = _mm256_set1_ps(d * sc as f32 * x.dx[c]);
-                acc = scaled(acc, dot_bytes(u, load_qx(&x, c)), s);
-                off -= dmin * m as f32 * x.sx[c];
-            }
-        }
-    }
-    hsum(acc) + off
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5k(w: &[u8], x: QRow<'_>) -> f32 {
+fn dot_k(with_high: bool, w: &[u8], x: QRow<'_>) -> f32 {
+    let (ts, qs_at) = if with_high { (176, 48) } else { (144, 16) };
     let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
     let mut acc = _mm256_setzero_ps();
     let mut off = 0.0f32;
-    for (k, b) in w.chunks_exact(176).enumerate() {
+    for (k, b) in w.chunks_exact(ts).enumerate() {
         let (d, dmin) = halves2(b);
         let scales = &b[4..16];
-        let qh = load32(b[16..48].try_into().expect("32 bytes"));
+        let qh = if with_high {
+            load32(b[16..48].try_into().expect("32 bytes"))
+        } else {
+            _mm256_setzero_si256()
+        };
         for p in 0..4 {
-            let raw = load32(b[48 + 32 * p..80 + 32 * p].try_into().expect("32 bytes"));
+            let at = qs_at + 32 * p;
+            let raw = load32(b[at..at + 32].try_into().expect("32 bytes"));
             let halves = [
                 _mm256_and_si256(raw, m4),
                 _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
@@ -293,10 +274,15 @@ fn dot_q5k(w: &[u8], x: QRow<'_>) -> f32 {
             for (h, low) in halves.into_iter().enumerate() {
                 let j = 2 * p + h;
                 let c = 8 * k + j;
-                // bit j of each qh byte, moved to bit 4 (16-bit shifts: the
-                // mask keeps each byte's own bit)
-                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
-                let u = _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
+                let u = if with_high {
+                    // bit j of each qh byte, moved to bit 4 (16-bit shifts: the
+                    // mask keeps each byte's own bit)
+                    let bit =
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
+                    _mm256_or_si256(low, _mm256_slli_epi16(bit, 4))
+                } else {
+                    low
+                };
                 let (sc, m) = k4_scale_min(scales, j);
                 let s = _mm256_set1_ps(d * sc as f32 * x.dx[c]);
                 acc = scaled(acc, dot_bytes(u, load_qx(&x, c)), s);
