@@ -60,7 +60,8 @@ def measure(gb: float = 1.0, threads: int = 2, repeat: int = 5) -> Dict[str, flo
         ff.set_num_threads(threads)
         rust = ff.backend("rust")
         rates[f"ferroformer gemv ({threads} threads)"] = (
-            nbytes / _best(lambda: rust.linear_forward(x, w), repeat) / 1e9)
+            nbytes / _best(lambda: rust.linear_forward(x, w), repeat) / 1e9
+        )
     except Exception as e:  # the extension is optional here
         print(f"ferroformer gemv skipped: {type(e).__name__}: {e}")
     return rates

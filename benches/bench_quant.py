@@ -33,7 +33,7 @@ def weight(name, out_f, in_f, rng):
     fmt = block_format(name)
     w = rng.integers(0, 256, (out_f * in_f // fmt.block_size, fmt.type_size), dtype=np.uint8)
     for at in fmt.half_offsets:
-        w[:, at:at + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+        w[:, at : at + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
     return w.reshape(out_f, -1)
 
 
@@ -66,13 +66,17 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     bw = bandwidth()
     print(f"streaming bandwidth (numpy sum, 512 MB): {bw:.1f} GB/s; threads {args.threads}")
-    print(f"{'type':5} {'out x in':>12} {'rows':>4} {'ms':>8} {'GB/s':>6} {'of bw':>6} "
-          f"{'f32 ms':>8} {'vs f32':>6} {'deq+mm':>7}" + (f" {'int8 ms':>8}" if args.int8 else ""))
+    print(
+        f"{'type':5} {'out x in':>12} {'rows':>4} {'ms':>8} {'GB/s':>6} {'of bw':>6} "
+        f"{'f32 ms':>8} {'vs f32':>6} {'deq+mm':>7}" + (f" {'int8 ms':>8}" if args.int8 else "")
+    )
     for name in args.types.split(","):
         for out_f, in_f in SHAPES:
             if in_f % block_format(name).block_size:
-                print(f"{name:5} {out_f:>6}x{in_f:<5} skipped: in is not a whole number of "
-                      f"{block_format(name).block_size}-value blocks")
+                print(
+                    f"{name:5} {out_f:>6}x{in_f:<5} skipped: in is not a whole number of "
+                    f"{block_format(name).block_size}-value blocks"
+                )
                 continue
             w = weight(name, out_f, in_f, rng)
             wf = dequantize(w, name)
@@ -82,11 +86,14 @@ def main(argv=None):
                 f32 = timed(lambda: ops.linear_forward(x, wf), args.repeats)
                 deq = timed(lambda: x @ dequantize(w, name).T, max(1, args.repeats // 3))
                 gbs = w.nbytes / ours / 1e9
-                line = (f"{name:5} {out_f:>6}x{in_f:<5} {rows:>4} {ours * 1e3:8.3f} {gbs:6.1f} "
-                        f"{gbs / bw:6.0%} {f32 * 1e3:8.3f} {f32 / ours:5.2f}x {deq / ours:6.1f}x")
+                line = (
+                    f"{name:5} {out_f:>6}x{in_f:<5} {rows:>4} {ours * 1e3:8.3f} {gbs:6.1f} "
+                    f"{gbs / bw:6.0%} {f32 * 1e3:8.3f} {f32 / ours:5.2f}x {deq / ours:6.1f}x"
+                )
                 if args.int8:
-                    i8 = timed(lambda: N.quantized_linear_forward(x, w, name, None, True),
-                               args.repeats)
+                    i8 = timed(
+                        lambda: N.quantized_linear_forward(x, w, name, None, True), args.repeats
+                    )
                     line += f" {i8 * 1e3:8.3f}"
                 print(line, flush=True)
 

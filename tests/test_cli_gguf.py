@@ -21,9 +21,11 @@ from helpers import assert_close
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("jinja2")
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-          "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,22 @@ def one_error_line(capsys, names):
 
 def test_generate_prints_the_greedy_continuation(tiny, capsys):
     path, _ = tiny
-    assert main(["generate", "--gguf", str(path), "--prompt", "tt t", "--max-new-tokens",
-                 "6", "--backend", "numpy"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--gguf",
+                str(path),
+                "--prompt",
+                "tt t",
+                "--max-new-tokens",
+                "6",
+                "--backend",
+                "numpy",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     model, tok = ff.load_gguf(path, backend="numpy", activations="float")
     new = model.generate(np.array([tok.encode("tt t")]), 6, eos_id=tok.eos_id)[0]
@@ -59,8 +75,10 @@ def test_generate_prints_the_greedy_continuation(tiny, capsys):
 
 def test_chat_renders_the_files_template(tiny, capsys):
     _, path = tiny
-    assert main(["chat", "--gguf", str(path), "hello", "--max-new-tokens", "5",
-                 "--backend", "numpy"]) == 0
+    assert (
+        main(["chat", "--gguf", str(path), "hello", "--max-new-tokens", "5", "--backend", "numpy"])
+        == 0
+    )
     out = capsys.readouterr().out
     from ferroformer.pretrained.smollm import chat
 
@@ -92,13 +110,19 @@ def test_quantize_a_gguf_file(tiny, tmp_path, capsys, qtype):
     assert tok.chat_template == CHATML
     ids = np.array([[5, 9, 256, 30]])
     scale = np.abs(orig(ids)).max()
-    assert_close(model(ids) / scale, orig(ids) / scale, rtol=0,
-                 atol=0.05 if qtype == "q8_0" else 0.3, name=qtype)
+    assert_close(
+        model(ids) / scale,
+        orig(ids) / scale,
+        rtol=0,
+        atol=0.05 if qtype == "q8_0" else 0.3,
+        name=qtype,
+    )
 
 
 def test_quantize_a_checkpoint(tmp_path, capsys):
-    model = GPT(vocab_size=40, max_seq_len=16, d_model=64, n_heads=2, n_layers=1,
-                backend="numpy", rng=0)
+    model = GPT(
+        vocab_size=40, max_seq_len=16, d_model=64, n_heads=2, n_layers=1, backend="numpy", rng=0
+    )
     ckpt = tmp_path / "model.safetensors"
     save_checkpoint(ckpt, model)
     out = tmp_path / "model.gguf"
@@ -125,14 +149,19 @@ def test_bad_files_are_one_error_line(tmp_path, capsys, command):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    cases = [(tmp_path / "nowhere.gguf", "no such"), (truncated, "not a valid GGUF"),
-             (other, "architecture 'mamba' is not supported")]
+    cases = [
+        (tmp_path / "nowhere.gguf", "no such"),
+        (truncated, "not a valid GGUF"),
+        (other, "architecture 'mamba' is not supported"),
+    ]
     if command != "quantize":
         cases.append((text, "not a valid GGUF"))
     for path, match in cases:
-        argv = {"generate": ["generate", "--gguf", str(path), "--prompt", "x"],
-                "chat": ["chat", "--gguf", str(path), "hi"],
-                "quantize": ["quantize", str(path), str(tmp_path / "o.gguf")]}[command]
+        argv = {
+            "generate": ["generate", "--gguf", str(path), "--prompt", "x"],
+            "chat": ["chat", "--gguf", str(path), "hi"],
+            "quantize": ["quantize", str(path), str(tmp_path / "o.gguf")],
+        }[command]
         assert main(argv) == 1, path
         line = one_error_line(capsys, str(path))
         assert match in line, line

@@ -18,8 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUZZ = os.path.join(ROOT, "fuzz")
 RUNS = 200
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
-                                reason="atheris is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None, reason="atheris is not installed"
+)
 
 
 @pytest.mark.parametrize("target", ["ops", "files", "cli"])
@@ -30,17 +31,37 @@ def test_fuzz_target_runs(target, tmp_path):
     seeds = os.path.join(FUZZ, "corpus", f"py-{target}")
     if os.path.isdir(seeds):
         dirs.append(seeds)
-    env = {**os.environ, "FUZZ_KEEP_GOING": "1", "FUZZ_ARTIFACTS": str(tmp_path / "artifacts"),
-           "FUZZ_MEMORY_MB": "2048"}
-    cmd = [sys.executable, os.path.join(FUZZ, "python", f"fuzz_{target}.py"), f"-runs={RUNS}",
-           "-seed=1", "-timeout=0", "-rss_limit_mb=2048",
-           f"-artifact_prefix={tmp_path}{os.sep}", *dirs]
-    p = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                       errors="replace", timeout=300)
+    env = {
+        **os.environ,
+        "FUZZ_KEEP_GOING": "1",
+        "FUZZ_ARTIFACTS": str(tmp_path / "artifacts"),
+        "FUZZ_MEMORY_MB": "2048",
+    }
+    cmd = [
+        sys.executable,
+        os.path.join(FUZZ, "python", f"fuzz_{target}.py"),
+        f"-runs={RUNS}",
+        "-seed=1",
+        "-timeout=0",
+        "-rss_limit_mb=2048",
+        f"-artifact_prefix={tmp_path}{os.sep}",
+        *dirs,
+    ]
+    p = subprocess.run(
+        cmd,
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=300,
+    )
     out = p.stdout + p.stderr
     tail = out[-3000:]
     assert p.returncode == 0, f"fuzz_{target}.py exited {p.returncode}:\n{tail}"
-    assert re.search(rf"^Done {RUNS} runs", out, re.M), f"fuzz_{target}.py did not run {RUNS} inputs:\n{tail}"
+    assert re.search(rf"^Done {RUNS} runs", out, re.M), (
+        f"fuzz_{target}.py did not run {RUNS} inputs:\n{tail}"
+    )
     crashes = [line for line in out.splitlines() if line.startswith("CRASH ")]
     for line in crashes:
         print(line)

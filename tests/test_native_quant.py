@@ -21,8 +21,9 @@ import ferroformer as ff
 from ferroformer.quant.formats import FORMATS, block_format, dequantize
 from ferroformer.quant.reference import quantized_linear_forward as reference
 
-pytestmark = pytest.mark.skipif("rust" not in ff.available_backends(),
-                                reason="needs the rust backend")
+pytestmark = pytest.mark.skipif(
+    "rust" not in ff.available_backends(), reason="needs the rust backend"
+)
 N = pytest.importorskip("ferroformer._native")
 TYPES = [n for n, f in FORMATS.items() if f.block_size > 1]
 
@@ -34,7 +35,7 @@ def weight_blocks(name, out_f, in_f, seed=0):
     w = rng.integers(0, 256, (out_f * in_f // fmt.block_size, fmt.type_size), dtype=np.uint8)
     for at in fmt.half_offsets:
         h = (0x1400 | rng.integers(0, 0x1000, len(w))).astype("<u2")
-        w[:, at:at + 2] = h.view(np.uint8).reshape(-1, 2)
+        w[:, at : at + 2] = h.view(np.uint8).reshape(-1, 2)
     return w.reshape(out_f, -1)
 
 
@@ -61,15 +62,19 @@ def check(name, rows, out_f, blocks, bias, int8, seed=0):
     tol = bounds(x.astype(np.float64), dequantize(w, name).astype(np.float64), int8)
     err = np.abs(got - want)
     assert got.shape == (rows, out_f) and got.dtype == np.float32
-    assert (err <= tol).all(), (f"{name} int8={int8} rows {rows} out {out_f} in {in_f}: max "
-                                f"err {err.max():.3g}, worst err/bound {(err / tol).max():.3g}")
+    assert (err <= tol).all(), (
+        f"{name} int8={int8} rows {rows} out {out_f} in {in_f}: max "
+        f"err {err.max():.3g}, worst err/bound {(err / tol).max():.3g}"
+    )
     return got, want
 
 
 @pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("name", TYPES)
-@pytest.mark.parametrize("rows, out_f, blocks", [(1, 1, 1), (2, 3, 3), (5, 17, 1), (1, 1030, 2),
-                                                 (64, 33, 2), (130, 3, 1)])
+@pytest.mark.parametrize(
+    "rows, out_f, blocks",
+    [(1, 1, 1), (2, 3, 3), (5, 17, 1), (1, 1030, 2), (64, 33, 2), (130, 3, 1)],
+)
 def test_every_type_within_the_bound(name, rows, out_f, blocks, int8):
     check(name, rows, out_f, blocks, bias=rows % 2 == 1, int8=int8)
 
@@ -94,8 +99,9 @@ def test_nonfinite_rows_propagate_like_the_reference(int8, rows):
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     fin = np.isfinite(want)
     assert np.isfinite(got[0]).all() and fin[0].all()
-    np.testing.assert_array_equal(np.sign(got[~fin & ~np.isnan(want)]),
-                                  np.sign(want[~fin & ~np.isnan(want)]))
+    np.testing.assert_array_equal(
+        np.sign(got[~fin & ~np.isnan(want)]), np.sign(want[~fin & ~np.isnan(want)])
+    )
 
 
 def test_read_only_mmap_weights(tmp_path):
@@ -105,8 +111,9 @@ def test_read_only_mmap_weights(tmp_path):
     mm = np.memmap(path, np.uint8, "r", shape=w.shape)
     assert not mm.flags.writeable
     x = np.random.default_rng(4).standard_normal((3, 512)).astype(np.float32)
-    np.testing.assert_array_equal(N.quantized_linear_forward(x, mm, "Q6_K"),
-                                  N.quantized_linear_forward(x, w, "Q6_K"))
+    np.testing.assert_array_equal(
+        N.quantized_linear_forward(x, mm, "Q6_K"), N.quantized_linear_forward(x, w, "Q6_K")
+    )
     ops = ff.backend("rust")
     got = ops.quantized_linear_forward(x, mm, "Q6_K")
     want = reference(x.astype(np.float64), w, "Q6_K")
@@ -136,12 +143,15 @@ def test_bad_arguments_are_refused_naming_the_op():
 def test_lower_simd_tokens(simd):
     """The same checks with the kernels held to a lower token (the level is read once per
     process, so in a subprocess); the Rust tests loop over every token too."""
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_native_quant as t\n"
-            "for n in t.TYPES:\n"
-            "    for i8 in (False, True):\n"
-            "        t.check(n, 5, 17, 2, True, i8); t.check(n, 1, 33, 1, False, i8)\n"
-            "        t.check(n, 64, 5, 1, False, i8)\n")
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_native_quant as t\n"
+        "for n in t.TYPES:\n"
+        "    for i8 in (False, True):\n"
+        "        t.check(n, 5, 17, 2, True, i8); t.check(n, 1, 33, 1, False, i8)\n"
+        "        t.check(n, 64, 5, 1, False, i8)\n"
+    )
     env = dict(os.environ, FERROFORMER_SIMD=simd)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]

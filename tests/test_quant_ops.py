@@ -28,16 +28,23 @@ def weight_blocks(name, out_f, in_f, seed=0):
     if name in QUANTIZERS:
         return quantize(w, name)
     if name in ("F32", "F16"):
-        return np.ascontiguousarray(w.astype({"F32": "<f4", "F16": "<f2"}[name])).view(np.uint8).reshape(out_f, -1)
+        return (
+            np.ascontiguousarray(w.astype({"F32": "<f4", "F16": "<f2"}[name]))
+            .view(np.uint8)
+            .reshape(out_f, -1)
+        )
     if name == "BF16":
-        return np.ascontiguousarray((w.view(np.uint32) >> 16).astype("<u2")).view(
-            np.uint8).reshape(out_f, -1)
+        return (
+            np.ascontiguousarray((w.view(np.uint32) >> 16).astype("<u2"))
+            .view(np.uint8)
+            .reshape(out_f, -1)
+        )
     fmt = FORMATS[name]
     n = in_f // fmt.block_size
     raw = rng.integers(0, 256, (out_f, n, fmt.type_size), dtype=np.uint8)
     for at in fmt.half_offsets:
         h = (rng.standard_normal((out_f, n)) * 0.01).astype(np.float16)
-        raw[:, :, at:at + 2] = h.view(np.uint8).reshape(out_f, n, 2)
+        raw[:, :, at : at + 2] = h.view(np.uint8).reshape(out_f, n, 2)
     return raw.reshape(out_f, -1)
 
 
@@ -87,8 +94,9 @@ def int8_bound(x, qweight, name):
 
 @pytest.mark.parametrize("name", [n for n in FORMATS if FORMATS[n].block_size > 1])
 @pytest.mark.parametrize("rows,out_f,blocks", [(1, 1, 1), (1, 67, 3), (3, 7, 2), (9, 33, 1)])
-def test_int8_activations_equal_their_reference_within_the_bound(backend, name, rows, out_f,
-                                                                 blocks):
+def test_int8_activations_equal_their_reference_within_the_bound(
+    backend, name, rows, out_f, blocks
+):
     """activations="int8": the product of the reference's rounded x with the decoded
     weights (to float32 summation), and within the derived bound of the float product."""
     from ferroformer.quant.reference import int8_activations
@@ -104,8 +112,9 @@ def test_int8_activations_equal_their_reference_within_the_bound(backend, name, 
     got = backend.quantized_linear_forward(x, q, name, bias, activations="int8")
     xt = int8_activations(x)
     assert xt.dtype == f32 and not np.array_equal(xt, x)
-    assert_close(got, expected(xt, q, name, bias), rtol=1e-5, atol=1e-5 * np.sqrt(in_f),
-                 name=f"{name} int8")
+    assert_close(
+        got, expected(xt, q, name, bias), rtol=1e-5, atol=1e-5 * np.sqrt(in_f), name=f"{name} int8"
+    )
     exact = expected(x, q, name, bias)
     slack = int8_bound(x, q, name) * 1.001 + 1e-4 * np.sqrt(in_f)
     assert (np.abs(np.asarray(got, np.float64) - exact) <= slack).all()
@@ -116,7 +125,7 @@ def test_int8_rounding_rules():
 
     x = np.zeros((3, 32), f32)
     x[0, 0], x[0, 1], x[0, 2] = 127.0, 0.5, -0.5  # d = 1: halves away from zero
-    x[1, 0], x[1, 1] = 2.0 ** -140, 2.0 ** -149  # subnormal d: 1/d overflows
+    x[1, 0], x[1, 1] = 2.0**-140, 2.0**-149  # subnormal d: 1/d overflows
     x[2, 3] = np.nan
     xt = int8_activations(x)
     assert xt[0, 0] == 127 and xt[0, 1] == 1 and xt[0, 2] == -1 and (xt[0, 3:] == 0).all()
@@ -148,8 +157,9 @@ def test_leading_dims_and_layouts(backend):
     ro = x.copy()
     ro.flags.writeable = False
     for layout in (strided, fortran, ro, x[::-1][::-1]):
-        assert_close(backend.quantized_linear_forward(layout, q, name, bias), want, rtol=1e-5,
-                     atol=1e-5)
+        assert_close(
+            backend.quantized_linear_forward(layout, q, name, bias), want, rtol=1e-5, atol=1e-5
+        )
     empty = backend.quantized_linear_forward(np.zeros((0, 64), f32), q, name, bias)
     assert empty.shape == (0, 5)
 
@@ -163,8 +173,7 @@ def test_float64_on_the_numpy_backend(ref):
 
 @pytest.mark.parametrize("which", ["x", "qweight", "bias"])
 def test_non_arrays_are_type_errors(backend, which):
-    for bad in ([[1.0]], 1.5, 3, True, "x", np.float32(1.0)) + ((None,) if which != "bias"
-                                                              else ()):
+    for bad in ([[1.0]], 1.5, 3, True, "x", np.float32(1.0)) + ((None,) if which != "bias" else ()):
         x, q, name, bias = valid_case()
         args = {"x": x, "qweight": q, "bias": bias}
         args[which] = bad
@@ -188,8 +197,11 @@ def test_wrong_dtypes_are_type_errors(backend):
 def test_unknown_or_unsupported_types_are_refused_by_name(backend):
     x, q, _, bias = valid_case()
     for bad in ("Q2_K", "IQ4_NL", "q9", "TQ1_0"):
-        with pytest.raises(ValueError, match=rf"{OP}: quantized type {bad.upper()} is not "
-                                             "supported"):
+        with pytest.raises(
+            ValueError,
+            match=rf"{OP}: quantized type {bad.upper()} is not "
+            "supported",
+        ):
             backend.quantized_linear_forward(x, q, bad, bias)
     with pytest.raises(ValueError, match=rf"{OP}: quantized type .*Q2_K.* is not supported"):
         backend.quantized_linear_forward(x, q, 10, bias)  # GGML type 10 is Q2_K
@@ -198,12 +210,20 @@ def test_unknown_or_unsupported_types_are_refused_by_name(backend):
             backend.quantized_linear_forward(x, q, bad, bias)
 
 
-@pytest.mark.parametrize("which,shape,match", [
-    ("x", (2, 3, 63), r"in = 64"), ("x", (), r"x \(\)"), ("x", (64, 1), r"in = 64"),
-    ("qweight", (5, 33), r"whole Q8_0 blocks \(34 bytes"), ("qweight", (5,), "qweight"),
-    ("qweight", (5, 34, 1), "qweight"), ("qweight", (5, 102), "in = 96"),
-    ("bias", (4,), r"bias must be \(out,\)"), ("bias", (5, 1), r"bias must be \(out,\)"),
-])
+@pytest.mark.parametrize(
+    "which,shape,match",
+    [
+        ("x", (2, 3, 63), r"in = 64"),
+        ("x", (), r"x \(\)"),
+        ("x", (64, 1), r"in = 64"),
+        ("qweight", (5, 33), r"whole Q8_0 blocks \(34 bytes"),
+        ("qweight", (5,), "qweight"),
+        ("qweight", (5, 34, 1), "qweight"),
+        ("qweight", (5, 102), "in = 96"),
+        ("bias", (4,), r"bias must be \(out,\)"),
+        ("bias", (5, 1), r"bias must be \(out,\)"),
+    ],
+)
 def test_shapes_that_do_not_fit_are_value_errors(backend, which, shape, match):
     x, q, name, bias = valid_case()
     args = {"x": x, "qweight": q, "bias": bias}

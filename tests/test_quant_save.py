@@ -22,18 +22,32 @@ gguf = pytest.importorskip("gguf")
 pytest.importorskip("jinja2")
 
 IDS = np.array([[1, 5, 9, 200, 3, 77, 12]])
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-          "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def small(cls, tied=True):
     if cls is Llama:
-        return Llama(vocab_size=257, max_seq_len=32, d_model=256, n_heads=4, n_kv_heads=2,
-                     n_layers=2, d_ff=512, rope_base=5e4, norm_eps=1e-5, tie_embeddings=tied,
-                     backend="numpy", rng=3).eval()
-    return GPT(vocab_size=257, max_seq_len=32, d_model=256, n_heads=4, n_layers=2,
-               backend="numpy", rng=3).eval()
+        return Llama(
+            vocab_size=257,
+            max_seq_len=32,
+            d_model=256,
+            n_heads=4,
+            n_kv_heads=2,
+            n_layers=2,
+            d_ff=512,
+            rope_base=5e4,
+            norm_eps=1e-5,
+            tie_embeddings=tied,
+            backend="numpy",
+            rng=3,
+        ).eval()
+    return GPT(
+        vocab_size=257, max_seq_len=32, d_model=256, n_heads=4, n_layers=2, backend="numpy", rng=3
+    ).eval()
 
 
 def reader_meta(path):
@@ -49,8 +63,9 @@ def reader_meta(path):
     return meta, {t.name: t.tensor_type.name for t in r.tensors}
 
 
-@pytest.mark.parametrize("cls,tied", [(Llama, True), (Llama, False), (GPT, True)],
-                         ids=["llama-tied", "llama", "gpt2"])
+@pytest.mark.parametrize(
+    "cls,tied", [(Llama, True), (Llama, False), (GPT, True)], ids=["llama-tied", "llama", "gpt2"]
+)
 @pytest.mark.parametrize("qtype", [None, *QUANTIZERS])
 def test_round_trip_gives_the_same_logits(tmp_path, cls, tied, qtype):
     model = small(cls, tied)
@@ -111,8 +126,9 @@ def test_the_tokenizer_and_chat_template_go_with_the_model(tmp_path):
     assert len(meta["tokenizer.ggml.tokens"]) == 257
     _, tok2 = ff.load_gguf(out, backend="numpy", activations="float")
     msgs = [{"role": "user", "content": "hi"}]
-    assert tok2.apply_chat_template(msgs) == ("<|im_start|>user\nhi<|im_end|>\n"
-                                              "<|im_start|>assistant\n")
+    assert tok2.apply_chat_template(msgs) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert tok2.apply_chat_template(msgs, add_generation_prompt=False).endswith("<|im_end|>\n")
 
 
@@ -153,10 +169,19 @@ def test_smollm_load_save_load_gives_the_same_logits(tmp_path):
     m2, t2 = reader_meta(out)
     assert t1 == t2
     assert m2["llama.context_length"] == 64  # the model's max_seq_len
-    for key in ("llama.rope.freq_base", "llama.embedding_length", "llama.feed_forward_length",
-                "llama.attention.head_count_kv", "llama.attention.layer_norm_rms_epsilon", "tokenizer.ggml.pre",
-                "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
-                "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.chat_template"):
+    for key in (
+        "llama.rope.freq_base",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count_kv",
+        "llama.attention.layer_norm_rms_epsilon",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.chat_template",
+    ):
         assert m2[key] == m1[key], key
 
 

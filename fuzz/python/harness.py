@@ -71,7 +71,9 @@ def _site(exc: BaseException) -> str:
     f = (ours or frames or [None])[-1]
     if f is None:
         return "?"
-    name = os.path.relpath(f.filename, _ROOT) if _ROOT in f.filename else os.path.basename(f.filename)
+    name = (
+        os.path.relpath(f.filename, _ROOT) if _ROOT in f.filename else os.path.basename(f.filename)
+    )
     return f"{name}:{f.lineno}"
 
 
@@ -131,8 +133,10 @@ def _timed(one_input, data, allowed, hidden):
     except allowed as e:
         cause = _hidden_cause(e, hidden)
         if cause is not None:
-            raise Finding(f"hidden-{type(cause).__name__}@{_site(e)}",
-                          f"{type(e).__name__} wrapping {type(cause).__name__}: {e}") from e
+            raise Finding(
+                f"hidden-{type(cause).__name__}@{_site(e)}",
+                f"{type(e).__name__} wrapping {type(cause).__name__}: {e}",
+            ) from e
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     return time.perf_counter() - start
@@ -165,8 +169,11 @@ def _rss() -> int:
 
 
 def _restart() -> None:
-    print(f"== restart: the fuzzing process holds {_rss() >> 20} MB (its own growth); "
-          f"starting afresh", flush=True)
+    print(
+        f"== restart: the fuzzing process holds {_rss() >> 20} MB (its own growth); "
+        f"starting afresh",
+        flush=True,
+    )
     os._exit(RESTART_STATUS)
 
 

@@ -34,8 +34,11 @@ def main(name: str) -> None:
         ops.softmax_forward(x)
         ops.gelu_forward(x)
 
-    refused = (lambda: ops.matmul(a, bad), lambda: ops.layernorm_forward(x, g[:3], be),
-               lambda: ops.matmul(a.astype(np.int32), b))
+    refused = (
+        lambda: ops.matmul(a, bad),
+        lambda: ops.layernorm_forward(x, g[:3], be),
+        lambda: ops.matmul(a.astype(np.int32), b),
+    )
 
     def errors():
         for f in refused:

@@ -114,15 +114,18 @@ class RustBackend(Backend):
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         lse = _c(lse.astype(np.float32, copy=False))
-        return N.attention_backward(_c(do), _c(q), _c(k), _c(v), _c(o), lse, causal, scale, _c(mask))
+        return N.attention_backward(
+            _c(do), _c(q), _c(k), _c(v), _c(o), lse, causal, scale, _c(mask)
+        )
 
     def _cross_entropy_forward(self, logits, targets, ignore_index, label_smoothing):
         return N.cross_entropy_forward(_c(logits), _c(targets), ignore_index, label_smoothing)
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):
         lse = _c(lse.astype(np.float32, copy=False))
-        return N.cross_entropy_backward(_c(logits), _c(targets), lse, ignore_index,
-                                        label_smoothing, grad)
+        return N.cross_entropy_backward(
+            _c(logits), _c(targets), lse, ignore_index, label_smoothing, grad
+        )
 
     def _embedding_forward(self, weight, ids):
         return N.embedding_forward(_c(weight), _c(ids))

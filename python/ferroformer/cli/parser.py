@@ -23,8 +23,11 @@ def command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ferroformer", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ferroformer",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"ferroformer {__version__}")
     p.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

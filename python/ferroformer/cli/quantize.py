@@ -12,15 +12,24 @@ TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "quantize", help="quantize a checkpoint or GGUF file into a GGUF file", parents=[DEBUG],
+        "quantize",
+        help="quantize a checkpoint or GGUF file into a GGUF file",
+        parents=[DEBUG],
         description="Read IN (a checkpoint written by `train`, or a GGUF file of a llama or "
-                    "gpt2 model), quantize its linear layers to --type (a GGUF file's "
-                    "layers are decoded first; embeddings and a tied head keep their "
-                    "blocks) and write OUT as a GGUF file that llama.cpp loads.")
+        "gpt2 model), quantize its linear layers to --type (a GGUF file's "
+        "layers are decoded first; embeddings and a tied head keep their "
+        "blocks) and write OUT as a GGUF file that llama.cpp loads.",
+    )
     p.add_argument("input", metavar="IN", help="a ferroformer checkpoint or a GGUF file")
     p.add_argument("output", metavar="OUT", help="the GGUF file to write")
-    p.add_argument("--type", dest="qtype", choices=TYPES, default="q4_k",
-                   type=str.lower, help="the block type (default: q4_k)")
+    p.add_argument(
+        "--type",
+        dest="qtype",
+        choices=TYPES,
+        default="q4_k",
+        type=str.lower,
+        help="the block type (default: q4_k)",
+    )
 
 
 def _is_gguf(path: str) -> bool:
@@ -60,8 +69,9 @@ def _layers(model):
             if isinstance(child, Linear) and id(child.weight) not in tables:
                 found.append((parent, name, child))
             elif isinstance(child, QuantizedLinear) and not (
-                    len(child.parts) == 1
-                    and child.parts[0].data.__array_interface__["data"][0] in tables):
+                len(child.parts) == 1
+                and child.parts[0].data.__array_interface__["data"][0] in tables
+            ):
                 found.append((parent, name, child))
     return found
 
@@ -74,16 +84,25 @@ def quantize_layers(model, qtype: str, progress=_progress):
 
     fmt = block_format(qtype)
     layers = _layers(model)
-    bad = [f"{name} (in_features {layer.in_features})" for _, name, layer in layers
-           if layer.in_features % fmt.block_size]
+    bad = [
+        f"{name} (in_features {layer.in_features})"
+        for _, name, layer in layers
+        if layer.in_features % fmt.block_size
+    ]
     if bad:
-        raise ValueError(f"quantize: {fmt.name} needs in_features that are multiples of "
-                         f"{fmt.block_size}; these layers are not: {', '.join(bad[:4])}")
+        raise ValueError(
+            f"quantize: {fmt.name} needs in_features that are multiples of "
+            f"{fmt.block_size}; these layers are not: {', '.join(bad[:4])}"
+        )
     for parent, name, layer in progress(layers, f"quantizing to {fmt.name}"):
         if isinstance(layer, QuantizedLinear):
             bias = None if layer.bias is None else layer.bias.data
-            flt = Linear(layer.in_features, layer.out_features, bias=bias is not None,
-                         weight=layer.dequantize())
+            flt = Linear(
+                layer.in_features,
+                layer.out_features,
+                bias=bias is not None,
+                weight=layer.dequantize(),
+            )
             if bias is not None:
                 flt.bias.data = bias
             flt.ops = layer.ops
@@ -108,8 +127,9 @@ def run(args) -> int:
 
         model, tok = load_checkpoint(args.input, backend="numpy").model, None
     if not isinstance(model, (GPT, Llama)):
-        raise ValueError(f"{args.input}: a {type(model).__name__} model; GGUF files hold GPT "
-                         f"and Llama models")
+        raise ValueError(
+            f"{args.input}: a {type(model).__name__} model; GGUF files hold GPT and Llama models"
+        )
     quantize_layers(model, args.qtype)
     save_gguf(model, args.output, tokenizer=tok)
     print(f"wrote {args.output} ({args.qtype.upper()})")

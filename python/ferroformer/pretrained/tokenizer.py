@@ -20,7 +20,9 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError as e:
-        raise ImportError("pretrained tokenizers need the tokenizers package: pip install tokenizers") from e
+        raise ImportError(
+            "pretrained tokenizers need the tokenizers package: pip install tokenizers"
+        ) from e
     return tokenizers
 
 
@@ -28,8 +30,15 @@ class Tokenizer:
     """A thin wrapper: ``encode``/``decode`` of text, batch encoding to a
     padded id array with its attention mask, and the special-token ids."""
 
-    def __init__(self, inner, *, pad_id: int = 0, bos_id: Optional[int] = None,
-                 eos_id: Optional[int] = None, chat_template: Optional[str] = None):
+    def __init__(
+        self,
+        inner,
+        *,
+        pad_id: int = 0,
+        bos_id: Optional[int] = None,
+        eos_id: Optional[int] = None,
+        chat_template: Optional[str] = None,
+    ):
         self.inner = inner
         self.pad_id = pad_id
         self.bos_id = bos_id
@@ -51,8 +60,13 @@ class Tokenizer:
     def token_to_id(self, token: str) -> Optional[int]:
         return self.inner.token_to_id(token)
 
-    def batch(self, texts: Sequence[str], *, max_length: Optional[int] = None,
-              add_special_tokens: bool = True):
+    def batch(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: Optional[int] = None,
+        add_special_tokens: bool = True,
+    ):
         """Encodes texts into (ids (B, T) int64, mask (B, T) bool, True at real
         tokens), right-padded with ``pad_id`` to the longest (at most max_length)."""
         encs = [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
@@ -66,8 +80,9 @@ class Tokenizer:
             mask[i, : len(e)] = True
         return ids, mask
 
-    def apply_chat_template(self, messages: Sequence[Dict[str, str]], *,
-                            add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[Dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
         """Renders a conversation the way the model was trained to read it."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
@@ -82,9 +97,9 @@ class Tokenizer:
             tok = self.inner.id_to_token(i) if i is not None else None
             special[key] = tok or ""
         try:
-            return self._compiled[1].render(messages=list(messages),
-                                            add_generation_prompt=add_generation_prompt,
-                                            **special)
+            return self._compiled[1].render(
+                messages=list(messages), add_generation_prompt=add_generation_prompt, **special
+            )
         except TemplateError as e:
             raise ValueError(f"chat template: {e}") from None
 
@@ -106,8 +121,9 @@ def compile_chat_template(template: str):
     def raise_exception(message):
         raise TemplateError(str(message))
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.globals["raise_exception"] = raise_exception
     try:
         compiled = env.from_string(template)
@@ -131,7 +147,7 @@ def _default_system(template: str) -> Optional[str]:
     if i < 0:
         return None
     j = template.find("<|im_end|>", i)
-    return template[i + len(start): j]
+    return template[i + len(start) : j]
 
 
 def render_chatml(messages, *, add_generation_prompt=True, default_system=None) -> str:
@@ -143,7 +159,9 @@ def render_chatml(messages, *, add_generation_prompt=True, default_system=None) 
         out.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
     for m in messages:
         if m.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"chat message role must be system, user or assistant, got {m.get('role')!r}")
+            raise ValueError(
+                f"chat message role must be system, user or assistant, got {m.get('role')!r}"
+            )
         out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
     if add_generation_prompt:
         out.append("<|im_start|>assistant\n")
@@ -178,17 +196,20 @@ def _byte_level_bpe(vocab: Dict[str, int], merges, *, split_digits: bool, source
     try:
         inner = tk.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     except Exception as e:  # e.g. a merge of tokens not in the vocabulary
-        raise ValueError(f"{source}: the tokenizers library refused the vocabulary or merges "
-                         f"({e})") from None
+        raise ValueError(
+            f"{source}: the tokenizers library refused the vocabulary or merges ({e})"
+        ) from None
     except BaseException as e:  # a Rust panic in the library (PanicException)
         if type(e).__name__ != "PanicException":
             raise
-        raise ValueError(f"{source}: the tokenizers library failed on the vocabulary or "
-                         f"merges ({e})") from None
+        raise ValueError(
+            f"{source}: the tokenizers library failed on the vocabulary or merges ({e})"
+        ) from None
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if split_digits:
         inner.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level])
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
     else:
         inner.pre_tokenizer = byte_level
     inner.decoder = decoders.ByteLevel()
@@ -210,8 +231,9 @@ def gpt2_from_files(folder: str) -> Tokenizer:
             continue
         pair = tuple(line.split(" "))
         if len(pair) != 2 or not all(pair):
-            raise ValueError(f"{bpe}: not a valid vocab.bpe: line {i} is not two tokens "
-                             f"({line[:80]!r})")
+            raise ValueError(
+                f"{bpe}: not a valid vocab.bpe: line {i} is not two tokens ({line[:80]!r})"
+            )
         merges.append(pair)
     inner = _byte_level_bpe(vocab, merges, split_digits=False, source=f"{folder}: vocab.bpe")
     eot = vocab.get("<|endoftext|>")
@@ -226,8 +248,9 @@ def _check_vocab(vocab, where: str) -> None:
     ids = set()
     for tok, i in vocab.items():
         if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_TOKEN_ID):
-            raise ValueError(f"{where}: token {tok[:40]!r} has id {i!r:.40}, not an int in "
-                             f"[0, {MAX_TOKEN_ID})")
+            raise ValueError(
+                f"{where}: token {tok[:40]!r} has id {i!r:.40}, not an int in [0, {MAX_TOKEN_ID})"
+            )
         if i in ids:
             raise ValueError(f"{where}: id {i} is given to more than one token")
         ids.add(i)
@@ -237,8 +260,10 @@ def _list_of(meta, key, kind, where, default=None):
     v = meta.get(key, default)
     # the types present, in one pass at C speed (a vocabulary holds 50k entries);
     # subclasses (bool for int) only where the exact type is missing
-    if not isinstance(v, list) or not (set(map(type, v)) <= {kind} or all(
-            isinstance(x, kind) and not isinstance(x, bool) for x in v)):
+    if not isinstance(v, list) or not (
+        set(map(type, v)) <= {kind}
+        or all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+    ):
         raise ValueError(f"{where}: {key} must be a list of {kind.__name__}")
     return v
 
@@ -261,10 +286,12 @@ def bpe_from_gguf_metadata(meta: Dict, *, source: str = "GGUF metadata") -> Toke
     ids = {}
     for key, default in (("padding_token_id", 0), ("bos_token_id", None), ("eos_token_id", None)):
         v = meta.get(f"tokenizer.ggml.{key}", default)
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool)
-                                  and 0 <= v < len(tokens)):
-            raise ValueError(f"{source}: tokenizer.ggml.{key} {v!r:.40} is not a token id "
-                             f"below {len(tokens)}")
+        if v is not None and not (
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(tokens)
+        ):
+            raise ValueError(
+                f"{source}: tokenizer.ggml.{key} {v!r:.40} is not a token id below {len(tokens)}"
+            )
         ids[key] = v
     pre = meta.get("tokenizer.ggml.pre", "gpt2")
     template = meta.get("tokenizer.chat_template")
@@ -276,14 +303,19 @@ def bpe_from_gguf_metadata(meta: Dict, *, source: str = "GGUF metadata") -> Toke
 
     control = [t for t, kind in zip(tokens, types) if kind == 3]
     try:
-        inner.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                  for t in control])
+        inner.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     except BaseException as e:  # a Rust panic in the library (PanicException)
         if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
             raise
-        raise ValueError(f"{source}: the tokenizers library refused the special tokens "
-                         f"({e})") from None
-    tok = Tokenizer(inner, pad_id=ids["padding_token_id"], bos_id=ids["bos_token_id"],
-                    eos_id=ids["eos_token_id"], chat_template=template)
+        raise ValueError(
+            f"{source}: the tokenizers library refused the special tokens ({e})"
+        ) from None
+    tok = Tokenizer(
+        inner,
+        pad_id=ids["padding_token_id"],
+        bos_id=ids["bos_token_id"],
+        eos_id=ids["eos_token_id"],
+        chat_template=template,
+    )
     tok.pre = pre  # the file's pre-tokenizer name (save_gguf writes it back)
     return tok

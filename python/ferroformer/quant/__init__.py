@@ -22,7 +22,18 @@ from .reference import quantized_linear_forward
 from .tensor import QuantizedTensor
 
 __all__ = [
-    "FORMATS", "QUANTIZERS", "BlockFormat", "QuantizedEmbedding", "QuantizedLinear",
-    "QuantizedTensor", "block_format", "dequantize", "load_gguf", "quantize", "quantize_model",
-    "quantized_linear_forward", "save_gguf", "set_activations",
+    "FORMATS",
+    "QUANTIZERS",
+    "BlockFormat",
+    "QuantizedEmbedding",
+    "QuantizedLinear",
+    "QuantizedTensor",
+    "block_format",
+    "dequantize",
+    "load_gguf",
+    "quantize",
+    "quantize_model",
+    "quantized_linear_forward",
+    "save_gguf",
+    "set_activations",
 ]

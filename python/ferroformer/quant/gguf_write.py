@@ -56,23 +56,27 @@ def _row_ranges(layer, sizes: List[int], what: str) -> List[Tuple[np.ndarray, Op
         w = _floats(layer.weight.data)
         out, at = [], 0
         for n in sizes:
-            out.append((w[at:at + n], None))
+            out.append((w[at : at + n], None))
             at += n
         return out
     if not isinstance(layer, QuantizedLinear):
-        raise TypeError(f"save_gguf: {what} is a {type(layer).__name__}, not a Linear or "
-                        f"QuantizedLinear")
+        raise TypeError(
+            f"save_gguf: {what} is a {type(layer).__name__}, not a Linear or QuantizedLinear"
+        )
     bounds, at = [], 0
     for p in layer.parts:
         bounds.append((at, at + p.out_features, p))
         at += p.out_features
     out, at = [], 0
     for n in sizes:
-        pieces = [(max(a, at) - a, min(b, at + n) - a, p) for a, b, p in bounds
-                  if a < at + n and b > at]
+        pieces = [
+            (max(a, at) - a, min(b, at + n) - a, p) for a, b, p in bounds if a < at + n and b > at
+        ]
         if len({p.qtype for _, _, p in pieces}) != 1:
-            raise ValueError(f"save_gguf: rows [{at}, {at + n}) of {what} span block types "
-                             f"{[p.qtype for _, _, p in pieces]}; one tensor has one type")
+            raise ValueError(
+                f"save_gguf: rows [{at}, {at + n}) of {what} span block types "
+                f"{[p.qtype for _, _, p in pieces]}; one tensor has one type"
+            )
         data = np.concatenate([p.data[lo:hi] for lo, hi, p in pieces])
         out.append((data, pieces[0][2].qtype))
         at += n
@@ -90,8 +94,11 @@ class _Tensors:
             self.types[name] = 0
         else:
             fmt = block_format(qtype)
-            self.writer.add_tensor(name, np.ascontiguousarray(data),
-                                   raw_dtype=self.gguf.GGMLQuantizationType(fmt.ggml_type))
+            self.writer.add_tensor(
+                name,
+                np.ascontiguousarray(data),
+                raw_dtype=self.gguf.GGMLQuantizationType(fmt.ggml_type),
+            )
             self.types[name] = fmt.ggml_type
 
     def matrix(self, name: str, layer, what: str) -> None:
@@ -117,8 +124,11 @@ def _tied(head, emb) -> bool:
         return head.weight is emb.weight
     if isinstance(head, QuantizedLinear) and isinstance(emb, QuantizedEmbedding):
         a, b = head.parts[0].data, emb.table.data
-        return (len(head.parts) == 1 and a.shape == b.shape
-                and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+        return (
+            len(head.parts) == 1
+            and a.shape == b.shape
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        )
     return False
 
 
@@ -142,12 +152,20 @@ def _llama(model: Llama, t: _Tensors, w, gguf) -> None:
     for i, blk in enumerate(model.blocks):
         g = f"blk.{i}."
         t.add(g + "attn_norm.weight", blk.ln1.weight.data)
-        t.split([g + "attn_q.weight", g + "attn_k.weight", g + "attn_v.weight"], blk.attn.qkv,
-                [nh * hd, nkv * hd, nkv * hd], f"blocks.{i}.attn.qkv")
+        t.split(
+            [g + "attn_q.weight", g + "attn_k.weight", g + "attn_v.weight"],
+            blk.attn.qkv,
+            [nh * hd, nkv * hd, nkv * hd],
+            f"blocks.{i}.attn.qkv",
+        )
         t.matrix(g + "attn_output.weight", blk.attn.proj, f"blocks.{i}.attn.proj")
         t.add(g + "ffn_norm.weight", blk.ln2.weight.data)
-        t.split([g + "ffn_gate.weight", g + "ffn_up.weight"], blk.ff.fc1, [d_ff, d_ff],
-                f"blocks.{i}.ff.fc1")
+        t.split(
+            [g + "ffn_gate.weight", g + "ffn_up.weight"],
+            blk.ff.fc1,
+            [d_ff, d_ff],
+            f"blocks.{i}.ff.fc1",
+        )
         t.matrix(g + "ffn_down.weight", blk.ff.fc2, f"blocks.{i}.ff.fc2")
     t.add("output_norm.weight", model.norm.weight.data)
     if not _tied(model.lm_head, model.tok_emb):
@@ -167,8 +185,12 @@ def _gpt2(model: GPT, t: _Tensors, w, gguf) -> None:
     t.add("position_embd.weight", model.wpe.weight.data)
     for i, blk in enumerate(model.blocks):
         g = f"blk.{i}."
-        for theirs, layer in (("attn_qkv", blk.attn.qkv), ("attn_output", blk.attn.proj),
-                              ("ffn_up", blk.ff.fc1), ("ffn_down", blk.ff.fc2)):
+        for theirs, layer in (
+            ("attn_qkv", blk.attn.qkv),
+            ("attn_output", blk.attn.proj),
+            ("ffn_up", blk.ff.fc1),
+            ("ffn_down", blk.ff.fc2),
+        ):
             t.matrix(g + theirs + ".weight", layer, f"blocks.{i}.{theirs}")
             if layer.bias is not None:
                 t.add(g + theirs + ".bias", layer.bias.data)
@@ -189,17 +211,21 @@ def _tokenizer_metadata(w, tokenizer, vocab_size: int) -> None:
     inner = tokenizer.inner
     vocab = inner.get_vocab(with_added_tokens=True)
     if len(vocab) != vocab_size or sorted(vocab.values()) != list(range(vocab_size)):
-        raise ValueError(f"save_gguf: the tokenizer has {len(vocab)} tokens (ids "
-                         f"{min(vocab.values(), default=0)}..{max(vocab.values(), default=0)}), "
-                         f"the model's vocabulary {vocab_size}")
+        raise ValueError(
+            f"save_gguf: the tokenizer has {len(vocab)} tokens (ids "
+            f"{min(vocab.values(), default=0)}..{max(vocab.values(), default=0)}), "
+            f"the model's vocabulary {vocab_size}"
+        )
     tokens = [""] * vocab_size
     for tok, i in vocab.items():
         tokens[i] = tok
     spec = json.loads(inner.to_str())
     model = spec.get("model", {})
     if model.get("type") != "BPE":
-        raise ValueError(f"save_gguf: only byte-level BPE tokenizers are written, this one is "
-                         f"{model.get('type')!r}")
+        raise ValueError(
+            f"save_gguf: only byte-level BPE tokenizers are written, this one is "
+            f"{model.get('type')!r}"
+        )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     special = {a["content"] for a in spec.get("added_tokens", []) if a.get("special")}
     w.add_tokenizer_model("gpt2")
@@ -207,8 +233,7 @@ def _tokenizer_metadata(w, tokenizer, vocab_size: int) -> None:
     w.add_token_list(tokens)
     w.add_token_types([3 if tok in special else 1 for tok in tokens])
     w.add_token_merges(merges)
-    for key, v in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id),
-                   ("pad", tokenizer.pad_id)):
+    for key, v in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id), ("pad", tokenizer.pad_id)):
         if v is not None:
             getattr(w, f"add_{key}_token_id")(int(v))
     if tokenizer.chat_template is not None:
@@ -237,13 +262,14 @@ def save_gguf(model, path, tokenizer=None) -> None:
     path = os.fspath(path)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ValueError(f"{path}: not a regular file (a device, FIFO, socket or "
-                             f"directory); refusing to replace it")
+            raise ValueError(
+                f"{path}: not a regular file (a device, FIFO, socket or "
+                f"directory); refusing to replace it"
+            )
     except FileNotFoundError:
         pass
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
         w = gguf.GGUFWriter(tmp, arch)

@@ -43,8 +43,7 @@ from .tensor import QuantizedTensor
 
 def _activations(where: str, mode) -> str:
     if mode not in ("int8", "float"):
-        raise ValueError(f"{where}: activations must be \"int8\" or \"float\", got "
-                         f"{mode!r:.40}")
+        raise ValueError(f'{where}: activations must be "int8" or "float", got {mode!r:.40}')
     return mode
 
 
@@ -59,33 +58,45 @@ def set_activations(model: Module, mode: str) -> Module:
 
 
 def _frozen(layer: str) -> RuntimeError:
-    return RuntimeError(f"{layer}.backward: quantized weights are frozen (inference only); "
-                        "train the float model and quantize it afterwards")
+    return RuntimeError(
+        f"{layer}.backward: quantized weights are frozen (inference only); "
+        "train the float model and quantize it afterwards"
+    )
 
 
 class QuantizedLinear(Module):
     """y = x @ W.T + b with W held as GGUF blocks; ``weight``: a QuantizedTensor
     (out, in), or a sequence of them with the same in_features stacked by rows."""
 
-    def __init__(self, weight: Union[QuantizedTensor, Sequence[QuantizedTensor]], bias=None, *,
-                 dtype=np.float32, activations: str = "int8"):
+    def __init__(
+        self,
+        weight: Union[QuantizedTensor, Sequence[QuantizedTensor]],
+        bias=None,
+        *,
+        dtype=np.float32,
+        activations: str = "int8",
+    ):
         super().__init__()
         self.activations = _activations("QuantizedLinear", activations)
         parts = (weight,) if isinstance(weight, QuantizedTensor) else tuple(weight)
         if not parts or not all(isinstance(p, QuantizedTensor) for p in parts):
-            raise TypeError("QuantizedLinear: weight must be a QuantizedTensor or a non-empty "
-                            "sequence of them")
+            raise TypeError(
+                "QuantizedLinear: weight must be a QuantizedTensor or a non-empty sequence of them"
+            )
         in_f = parts[0].in_features
         if any(p.in_features != in_f for p in parts):
-            raise ValueError(f"QuantizedLinear: stacked parts must share in_features, got "
-                             f"{[p.shape for p in parts]}")
+            raise ValueError(
+                f"QuantizedLinear: stacked parts must share in_features, got "
+                f"{[p.shape for p in parts]}"
+            )
         self.parts = parts
         self.in_features, self.out_features = in_f, sum(p.out_features for p in parts)
         if bias is not None:
             bias = np.asarray(to_host(bias), dtype=dtype)
             if bias.shape != (self.out_features,):
-                raise ValueError(f"QuantizedLinear: bias must be ({self.out_features},), "
-                                 f"got {bias.shape}")
+                raise ValueError(
+                    f"QuantizedLinear: bias must be ({self.out_features},), got {bias.shape}"
+                )
             bias = Parameter(bias.copy())
         self.bias = bias
 
@@ -95,8 +106,7 @@ class QuantizedLinear(Module):
         w = to_host(linear.weight.data)
         raw = quantize(w, qtype)
         bias = None if linear.bias is None else to_host(linear.bias.data)
-        q = cls(QuantizedTensor(raw, qtype, w.shape), bias, dtype=w.dtype,
-                activations=activations)
+        q = cls(QuantizedTensor(raw, qtype, w.shape), bias, dtype=w.dtype, activations=activations)
         q.ops, q.training = linear.ops, linear.training
         return q
 
@@ -130,8 +140,10 @@ class QuantizedLinear(Module):
         return sum(p.nbytes for p in self.parts)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_features}, {self.out_features}, {self.qtype}, "
-                f"bias={self.bias is not None}, activations={self.activations}")
+        return (
+            f"{self.in_features}, {self.out_features}, {self.qtype}, "
+            f"bias={self.bias is not None}, activations={self.activations}"
+        )
 
 
 class QuantizedEmbedding(Module):
@@ -141,8 +153,9 @@ class QuantizedEmbedding(Module):
     def __init__(self, table: QuantizedTensor, *, dtype=np.float32):
         super().__init__()
         if not isinstance(table, QuantizedTensor):
-            raise TypeError(f"QuantizedEmbedding: table must be a QuantizedTensor, got "
-                            f"{type(table).__name__}")
+            raise TypeError(
+                f"QuantizedEmbedding: table must be a QuantizedTensor, got {type(table).__name__}"
+            )
         self.table = table
         self.num_embeddings, self.dim = table.shape
         self._dtype = np.dtype(dtype)
@@ -151,13 +164,17 @@ class QuantizedEmbedding(Module):
         """ids (...) int -> (..., dim)."""
         ids = to_host(ids)
         if not isinstance(ids, np.ndarray) or not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"embedding_forward: ids must be an integer array, got "
-                            f"{getattr(ids, 'dtype', type(ids).__name__)}")
+            raise TypeError(
+                f"embedding_forward: ids must be an integer array, got "
+                f"{getattr(ids, 'dtype', type(ids).__name__)}"
+            )
         flat = ids.reshape(-1)
         if flat.size and (flat.min() < 0 or flat.max() >= self.num_embeddings):
             bad = flat[(flat < 0) | (flat >= self.num_embeddings)][0]
-            raise IndexError(f"embedding_forward: id {int(bad)} is out of range for "
-                             f"{self.num_embeddings} embeddings")
+            raise IndexError(
+                f"embedding_forward: id {int(bad)} is out of range for "
+                f"{self.num_embeddings} embeddings"
+            )
         rows = dequantize(self.table.data[flat], self.table.format)
         y = rows.astype(self._dtype, copy=False).reshape(*ids.shape, self.dim)
         return self.ops.asarray(y)
@@ -179,26 +196,34 @@ def quantize_model(model: Module, qtype, *, activations: str = "int8") -> Module
     _activations("quantize_model", activations)
     fmt = block_format(qtype)
     if fmt.name not in QUANTIZERS:
-        raise ValueError(f"quantize_model: no quantizer for {fmt.name}; choose one of "
-                         f"{', '.join(QUANTIZERS)}")
+        raise ValueError(
+            f"quantize_model: no quantizer for {fmt.name}; choose one of {', '.join(QUANTIZERS)}"
+        )
     tied = {id(m.weight) for m in model.modules() if isinstance(m, Embedding)}
     found = []
     for parent_name, parent in model.named_modules():
         for name, child in parent._modules.items():
             if isinstance(child, Linear) and id(child.weight) not in tied:
-                found.append((f"{parent_name}.{name}" if parent_name else name, parent, name,
-                              child))
-    bad = [f"{path} (in_features {m.in_features})" for path, _, _, m in found
-           if m.in_features % fmt.block_size]
+                found.append(
+                    (f"{parent_name}.{name}" if parent_name else name, parent, name, child)
+                )
+    bad = [
+        f"{path} (in_features {m.in_features})"
+        for path, _, _, m in found
+        if m.in_features % fmt.block_size
+    ]
     if bad:
-        raise ValueError(f"quantize_model: {fmt.name} needs in_features that are multiples of "
-                         f"{fmt.block_size}; these layers are not: {', '.join(bad)}")
+        raise ValueError(
+            f"quantize_model: {fmt.name} needs in_features that are multiples of "
+            f"{fmt.block_size}; these layers are not: {', '.join(bad)}"
+        )
     done = {}  # a layer reached from two parents is quantized once
     for _, parent, name, child in found:
         q = done.get(id(child))
         if q is None:
-            q = done[id(child)] = QuantizedLinear.from_linear(child, fmt.name,
-                                                              activations=activations)
+            q = done[id(child)] = QuantizedLinear.from_linear(
+                child, fmt.name, activations=activations
+            )
         setattr(parent, name, q)
         if isinstance(parent, ModuleList):
             parent._list[int(name)] = q
