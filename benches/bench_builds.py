@@ -103,8 +103,10 @@ def main() -> int:
     print(f"| case | base ms (best) | new ms (best) | new/base (median of {args.rounds} pairs) |")
     print("|---|---|---|---|")
     for case, rs in ratios.items():
-        print(f"| {case} | {min(times['base'][case]) * 1e3:.4f} | {min(times['new'][case]) * 1e3:.4f} "
-              f"| {statistics.median(rs):.3f} |")
+        print(
+            f"| {case} | {min(times['base'][case]) * 1e3:.4f} | {min(times['new'][case]) * 1e3:.4f} "
+            f"| {statistics.median(rs):.3f} |"
+        )
     return 0
 
 

@@ -40,12 +40,15 @@ CALLS = 20
 SPIN_SECONDS = 0.05
 F32 = 4
 
-_SPIN = cp.RawKernel(r"""
+_SPIN = cp.RawKernel(
+    r"""
 extern "C" __global__ void spin(long long cycles) {
     const long long start = clock64();
     while (clock64() - start < cycles) { }
 }
-""", "spin")
+""",
+    "spin",
+)
 
 
 def gpu_seconds(fn, calls=CALLS):
@@ -115,14 +118,20 @@ def _ce(rng):
 
 
 def _embedding(rng):
-    return {"w": _normal(rng, VOCAB, C), "ids": cp.asarray(rng.integers(0, VOCAB, (B, T))),
-            "dy": _normal(rng, B, T, C)}
+    return {
+        "w": _normal(rng, VOCAB, C),
+        "ids": cp.asarray(rng.integers(0, VOCAB, (B, T))),
+        "dy": _normal(rng, B, T, C),
+    }
 
 
 def _rope(rng):
     theta = np.arange(T)[:, None] * 10000.0 ** (-np.arange(HEAD_DIM // 2) / (HEAD_DIM // 2))
-    return {"x": _normal(rng, B, HEADS, T, HEAD_DIM),
-            "cos": cp.asarray(np.cos(theta), cp.float32), "sin": cp.asarray(np.sin(theta), cp.float32)}
+    return {
+        "x": _normal(rng, B, HEADS, T, HEAD_DIM),
+        "cos": cp.asarray(np.cos(theta), cp.float32),
+        "sin": cp.asarray(np.sin(theta), cp.float32),
+    }
 
 
 def _adamw(rng, n=124_000_000):
@@ -146,50 +155,134 @@ def _aten(torch):
 
 
 CASES = [
-    Case("softmax fwd (B,H,T,T)", _scores, lambda o, t: o.softmax_forward(t["x"]),
-         lambda t: 2 * _n(t), lambda torch, t: torch.softmax(t["x"], -1)),
-    Case("softmax fwd causal, scale", _scores,
-         lambda o, t: o.softmax_forward(t["x"], scale=0.125, causal=True), lambda t: 2 * _n(t)),
-    Case("softmax bwd", _scores, lambda o, t: o.softmax_backward(t["dy"], t["y"]),
-         lambda t: 3 * _n(t),
-         lambda torch, t: _aten(torch)._softmax_backward_data(t["dy"], t["y"], -1, torch.float32)),
-    Case("layernorm fwd", _norm, lambda o, t: o.layernorm_forward(t["x"], t["gamma"], t["beta"]),
-         lambda t: 2 * _n(t),
-         lambda torch, t: _aten(torch).native_layer_norm(t["x"], [C], t["gamma"], t["beta"], 1e-5)),
-    Case("layernorm bwd", _norm,
-         lambda o, t: o.layernorm_backward(t["dy"], t["x"], t["gamma"], t["mean"], t["rstd"]),
-         lambda t: 3 * _n(t),
-         lambda torch, t: _aten(torch).native_layer_norm_backward(
-             t["dy"], t["x"], [C], t["mean"][:, None], t["rstd"][:, None], t["gamma"], t["beta"],
-             [True, True, True])),
-    Case("rmsnorm fwd", _norm, lambda o, t: o.rmsnorm_forward(t["x"], t["gamma"]), lambda t: 2 * _n(t)),
-    Case("rmsnorm bwd", _norm, lambda o, t: o.rmsnorm_backward(t["dy"], t["x"], t["gamma"], t["rstd"]),
-         lambda t: 3 * _n(t)),
-    Case("gelu fwd (tanh)", lambda rng: _rows(rng, HIDDEN), lambda o, t: o.gelu_forward(t["x"]),
-         lambda t: 2 * _n(t),
-         lambda torch, t: torch.nn.functional.gelu(t["x"], approximate="tanh")),
-    Case("gelu bwd (tanh)", lambda rng: _rows(rng, HIDDEN), lambda o, t: o.gelu_backward(t["dy"], t["x"]),
-         lambda t: 3 * _n(t),
-         lambda torch, t: _aten(torch).gelu_backward(t["dy"], t["x"], approximate="tanh")),
-    Case("swiglu fwd", lambda rng: _rows(rng, HIDDEN), lambda o, t: o.swiglu_forward(t["x"], t["dy"]),
-         lambda t: 3 * _n(t), lambda torch, t: torch.nn.functional.silu(t["x"]) * t["dy"]),
-    Case("swiglu bwd", lambda rng: _rows(rng, HIDDEN),
-         lambda o, t: o.swiglu_backward(t["dy"], t["x"], t["dy"]), lambda t: 5 * _n(t)),
-    Case("cross-entropy fwd", _ce, lambda o, t: o.cross_entropy_forward(t["z"], t["t"]),
-         lambda t: _n(t, "z"), lambda torch, t: torch.nn.functional.cross_entropy(t["z"], t["t"])),
-    Case("cross-entropy bwd", _ce,
-         lambda o, t: o.cross_entropy_backward(t["z"], t["t"], t.setdefault(
-             "lse", ff.backend("cupy").cross_entropy_forward(t["z"], t["t"])[1])),
-         lambda t: 2 * _n(t, "z")),
-    Case("embedding fwd", _embedding, lambda o, t: o.embedding_forward(t["w"], t["ids"]),
-         lambda t: 2 * _n(t, "dy"), lambda torch, t: torch.nn.functional.embedding(t["ids"], t["w"])),
-    Case("embedding bwd", _embedding, lambda o, t: o.embedding_backward(t["dy"], t["ids"], VOCAB),
-         lambda t: _n(t, "dy") + _n(t, "w"),
-         lambda torch, t: _aten(torch).embedding_dense_backward(t["dy"], t["ids"], VOCAB, -1, False)),
-    Case("rope fwd", _rope, lambda o, t: o.rope_forward(t["x"], t["cos"], t["sin"]), lambda t: 2 * _n(t)),
-    Case("adamw step (124M)", _adamw,
-         lambda o, t: o.adamw_step(t["p"], t["g"], t["m"], t["v"], lr=1e-3, weight_decay=0.1, step=3),
-         lambda t: 7 * _n(t, "p"), _torch_adamw),
+    Case(
+        "softmax fwd (B,H,T,T)",
+        _scores,
+        lambda o, t: o.softmax_forward(t["x"]),
+        lambda t: 2 * _n(t),
+        lambda torch, t: torch.softmax(t["x"], -1),
+    ),
+    Case(
+        "softmax fwd causal, scale",
+        _scores,
+        lambda o, t: o.softmax_forward(t["x"], scale=0.125, causal=True),
+        lambda t: 2 * _n(t),
+    ),
+    Case(
+        "softmax bwd",
+        _scores,
+        lambda o, t: o.softmax_backward(t["dy"], t["y"]),
+        lambda t: 3 * _n(t),
+        lambda torch, t: _aten(torch)._softmax_backward_data(t["dy"], t["y"], -1, torch.float32),
+    ),
+    Case(
+        "layernorm fwd",
+        _norm,
+        lambda o, t: o.layernorm_forward(t["x"], t["gamma"], t["beta"]),
+        lambda t: 2 * _n(t),
+        lambda torch, t: _aten(torch).native_layer_norm(t["x"], [C], t["gamma"], t["beta"], 1e-5),
+    ),
+    Case(
+        "layernorm bwd",
+        _norm,
+        lambda o, t: o.layernorm_backward(t["dy"], t["x"], t["gamma"], t["mean"], t["rstd"]),
+        lambda t: 3 * _n(t),
+        lambda torch, t: _aten(torch).native_layer_norm_backward(
+            t["dy"],
+            t["x"],
+            [C],
+            t["mean"][:, None],
+            t["rstd"][:, None],
+            t["gamma"],
+            t["beta"],
+            [True, True, True],
+        ),
+    ),
+    Case(
+        "rmsnorm fwd",
+        _norm,
+        lambda o, t: o.rmsnorm_forward(t["x"], t["gamma"]),
+        lambda t: 2 * _n(t),
+    ),
+    Case(
+        "rmsnorm bwd",
+        _norm,
+        lambda o, t: o.rmsnorm_backward(t["dy"], t["x"], t["gamma"], t["rstd"]),
+        lambda t: 3 * _n(t),
+    ),
+    Case(
+        "gelu fwd (tanh)",
+        lambda rng: _rows(rng, HIDDEN),
+        lambda o, t: o.gelu_forward(t["x"]),
+        lambda t: 2 * _n(t),
+        lambda torch, t: torch.nn.functional.gelu(t["x"], approximate="tanh"),
+    ),
+    Case(
+        "gelu bwd (tanh)",
+        lambda rng: _rows(rng, HIDDEN),
+        lambda o, t: o.gelu_backward(t["dy"], t["x"]),
+        lambda t: 3 * _n(t),
+        lambda torch, t: _aten(torch).gelu_backward(t["dy"], t["x"], approximate="tanh"),
+    ),
+    Case(
+        "swiglu fwd",
+        lambda rng: _rows(rng, HIDDEN),
+        lambda o, t: o.swiglu_forward(t["x"], t["dy"]),
+        lambda t: 3 * _n(t),
+        lambda torch, t: torch.nn.functional.silu(t["x"]) * t["dy"],
+    ),
+    Case(
+        "swiglu bwd",
+        lambda rng: _rows(rng, HIDDEN),
+        lambda o, t: o.swiglu_backward(t["dy"], t["x"], t["dy"]),
+        lambda t: 5 * _n(t),
+    ),
+    Case(
+        "cross-entropy fwd",
+        _ce,
+        lambda o, t: o.cross_entropy_forward(t["z"], t["t"]),
+        lambda t: _n(t, "z"),
+        lambda torch, t: torch.nn.functional.cross_entropy(t["z"], t["t"]),
+    ),
+    Case(
+        "cross-entropy bwd",
+        _ce,
+        lambda o, t: o.cross_entropy_backward(
+            t["z"],
+            t["t"],
+            t.setdefault("lse", ff.backend("cupy").cross_entropy_forward(t["z"], t["t"])[1]),
+        ),
+        lambda t: 2 * _n(t, "z"),
+    ),
+    Case(
+        "embedding fwd",
+        _embedding,
+        lambda o, t: o.embedding_forward(t["w"], t["ids"]),
+        lambda t: 2 * _n(t, "dy"),
+        lambda torch, t: torch.nn.functional.embedding(t["ids"], t["w"]),
+    ),
+    Case(
+        "embedding bwd",
+        _embedding,
+        lambda o, t: o.embedding_backward(t["dy"], t["ids"], VOCAB),
+        lambda t: _n(t, "dy") + _n(t, "w"),
+        lambda torch, t: _aten(torch).embedding_dense_backward(t["dy"], t["ids"], VOCAB, -1, False),
+    ),
+    Case(
+        "rope fwd",
+        _rope,
+        lambda o, t: o.rope_forward(t["x"], t["cos"], t["sin"]),
+        lambda t: 2 * _n(t),
+    ),
+    Case(
+        "adamw step (124M)",
+        _adamw,
+        lambda o, t: o.adamw_step(
+            t["p"], t["g"], t["m"], t["v"], lr=1e-3, weight_decay=0.1, step=3
+        ),
+        lambda t: 7 * _n(t, "p"),
+        _torch_adamw,
+    ),
 ]
 IDS = [c.name for c in CASES]
 
@@ -211,9 +304,13 @@ def _record(benchmark, case, fn, t, copy_rate, peer):
     seconds = gpu_seconds(fn)
     rate = case.bytes(t) / seconds
     benchmark.group = case.name
-    benchmark.extra_info.update(peer=peer, gpu_us=seconds * 1e6, gbytes_per_s=rate / 1e9,
-                                bandwidth_vs_copy=rate / copy_rate,
-                                copy_gbytes_per_s=copy_rate / 1e9)
+    benchmark.extra_info.update(
+        peer=peer,
+        gpu_us=seconds * 1e6,
+        gbytes_per_s=rate / 1e9,
+        bandwidth_vs_copy=rate / copy_rate,
+        copy_gbytes_per_s=copy_rate / 1e9,
+    )
 
     def burst():
         for _ in range(CALLS):
@@ -229,11 +326,16 @@ def test_cupy(benchmark, ops, inputs, copy_rate, case):
     _record(benchmark, case, lambda: case.run(ops, t), t, copy_rate, "ferroformer cupy")
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.torch], ids=[c.name for c in CASES if c.torch])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.torch], ids=[c.name for c in CASES if c.torch]
+)
 def test_torch(benchmark, inputs, copy_rate, case):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA here")
     t = _inputs(inputs, case)
-    shared = {k: torch.as_tensor(v, device="cuda") if isinstance(v, cp.ndarray) else v for k, v in t.items()}
+    shared = {
+        k: torch.as_tensor(v, device="cuda") if isinstance(v, cp.ndarray) else v
+        for k, v in t.items()
+    }
     _record(benchmark, case, lambda: case.torch(torch, shared), t, copy_rate, "torch cuda")

@@ -50,6 +50,7 @@ TINY = dict(vocab_size=512, max_seq_len=256, d_model=64, n_heads=4, n_layers=2)
 
 # -- timing a greedy decode ------------------------------------------------------------
 
+
 @dataclass
 class Run:
     """One contender's greedy decode: the generated tokens, the prefill time, and the
@@ -130,11 +131,14 @@ def greedy(decoder: Decoder, prompt: Sequence[int], n_new: int, name: str = "") 
         last = decoder.step(tokens[-1])
         tokens.append(int(np.argmax(last)))
     t2 = time.perf_counter()
-    return Run(name, tokens, t1 - t0, t2 - t1, np.array(logits, np.float32), np.array(last, np.float32))
+    return Run(
+        name, tokens, t1 - t0, t2 - t1, np.array(logits, np.float32), np.array(last, np.float32)
+    )
 
 
-def measure(contenders: Dict[str, Tuple[Decoder, int]], prompt: Sequence[int],
-            repeat: int = 2) -> List[Run]:
+def measure(
+    contenders: Dict[str, Tuple[Decoder, int]], prompt: Sequence[int], repeat: int = 2
+) -> List[Run]:
     """Each contender (name -> (decoder, new tokens)) warmed up, then ``repeat`` rounds
     taking the contenders in turn, so that a burst of load from elsewhere hits all of
     them alike; the best prefill and the best decode time of each. The rounds of one
@@ -153,12 +157,16 @@ def measure(contenders: Dict[str, Tuple[Decoder, int]], prompt: Sequence[int],
                 continue
             if old.tokens != run.tokens:
                 raise RuntimeError(f"{name}: two runs of the same greedy decode differ")
-            old.prefill_s, old.decode_s = min(old.prefill_s, run.prefill_s), min(old.decode_s, run.decode_s)
+            old.prefill_s, old.decode_s = (
+                min(old.prefill_s, run.prefill_s),
+                min(old.decode_s, run.decode_s),
+            )
         print(f"round {i + 1}: " + "; ".join(rates), flush=True)
     return [best[k] for k in contenders]
 
 
 # -- threads and machine -----------------------------------------------------------------
+
 
 def default_threads() -> int:
     try:
@@ -222,14 +230,17 @@ def machine_info(thread_notes: Sequence[str]) -> str:
 
 # -- reporting --------------------------------------------------------------------------
 
+
 def compare_tokens(a: Run, b: Run) -> str:
     """One line: do a and b generate the same greedy tokens (over the shorter run)?"""
     n = min(len(a.tokens), len(b.tokens))
     diff = float(np.max(np.abs(a.prefill_logits - b.prefill_logits)))
     first = next((i for i in range(n) if a.tokens[i] != b.tokens[i]), None)
     verdict = "MATCH" if first is None else f"DIFFER from token {first}"
-    line = (f"{a.name} vs {b.name}: greedy tokens {verdict} over the first {n} "
-            f"({len(set(a.tokens[:n]))} distinct; prefill logits max |diff| {diff:.2e}")
+    line = (
+        f"{a.name} vs {b.name}: greedy tokens {verdict} over the first {n} "
+        f"({len(set(a.tokens[:n]))} distinct; prefill logits max |diff| {diff:.2e}"
+    )
     if len(a.tokens) == len(b.tokens):
         line += f", last step {float(np.max(np.abs(a.last_logits - b.last_logits))):.2e}"
     return line + ")"
@@ -246,12 +257,16 @@ def table(runs: Sequence[Run], ref: Optional[str] = "torch") -> str:
     for r in runs:
         cells = [r.name, f"{r.prefill_s * 1e3:.1f}", f"{r.tokens_per_s:.1f}", str(r.steps)]
         if base is not None:
-            cells += [f"{base.prefill_s / r.prefill_s:.2f}x", f"{r.tokens_per_s / base.tokens_per_s:.2f}x"]
+            cells += [
+                f"{base.prefill_s / r.prefill_s:.2f}x",
+                f"{r.tokens_per_s / base.tokens_per_s:.2f}x",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # -- PyTorch GPT-2 with a KV cache ---------------------------------------------------------
+
 
 def torch_gpt(state: Dict[str, np.ndarray], cfg: Dict, eps: float = 1e-5):
     """A PyTorch eager GPT-2 (tied head, learned positions, pre-norm LayerNorm, GELU
@@ -274,12 +289,13 @@ def torch_gpt(state: Dict[str, np.ndarray], cfg: Dict, eps: float = 1e-5):
         def forward(self, x, kc, vc, pos):
             b, t, _ = x.shape
             q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, hd).permute(2, 0, 3, 1, 4)
-            kc[:, :, pos:pos + t] = k
-            vc[:, :, pos:pos + t] = v
+            kc[:, :, pos : pos + t] = k
+            vc[:, :, pos : pos + t] = v
             # a prefill from position 0 is plain causal; a one-token step sees everything
             assert t == 1 or pos == 0, "multi-token steps after a prefix are not needed here"
-            a = F.scaled_dot_product_attention(q, kc[:, :, :pos + t], vc[:, :, :pos + t],
-                                               is_causal=t > 1)
+            a = F.scaled_dot_product_attention(
+                q, kc[:, :, : pos + t], vc[:, :, : pos + t], is_causal=t > 1
+            )
             x = x + self.proj(a.transpose(1, 2).reshape(b, t, c))
             return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
 
@@ -307,8 +323,12 @@ def torch_gpt(state: Dict[str, np.ndarray], cfg: Dict, eps: float = 1e-5):
     if missing or [u for u in unexpected if u != "head.weight"]:
         raise RuntimeError(f"torch GPT-2: missing {missing}, unexpected {unexpected}")
     model.eval()
-    return TorchDecoder(model, lambda cap: [(torch.zeros(1, h, cap, hd), torch.zeros(1, h, cap, hd))
-                                            for _ in range(n_layers)])
+    return TorchDecoder(
+        model,
+        lambda cap: [
+            (torch.zeros(1, h, cap, hd), torch.zeros(1, h, cap, hd)) for _ in range(n_layers)
+        ],
+    )
 
 
 class TorchDecoder(Decoder):
@@ -339,6 +359,7 @@ class TorchDecoder(Decoder):
 
 # -- where a rust decode step spends its time ---------------------------------------------
 
+
 def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
     """Wall time of single-token steps of a ferroformer GPT or Llama split into the
     vocabulary head, the per-layer linears, attention (cache write, RoPE, kernel,
@@ -348,9 +369,12 @@ def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
     spent: Dict[str, float] = {}
     head = model.head if hasattr(model, "head") else model.lm_head
     final_norm = model.ln_f if hasattr(model, "ln_f") else model.norm
-    lin_key, head_key, attn_key, act_key = ("per-layer linears", "vocabulary head (GEMV)",
-                                            "attention (cache write, rope, kernel, reshapes)",
-                                            "norms + activation")
+    lin_key, head_key, attn_key, act_key = (
+        "per-layer linears",
+        "vocabulary head (GEMV)",
+        "attention (cache write, rope, kernel, reshapes)",
+        "norms + activation",
+    )
 
     def wrap(module, key, inner_keys=()):
         inner = module.forward
@@ -364,6 +388,7 @@ def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
             dt -= sum(spent.get(k, 0.0) - before[k] for k in inner_keys)
             spent[key] = spent.get(key, 0.0) + dt
             return out
+
         object.__setattr__(module, "forward", timed_forward)
 
     wrap(head, head_key)
@@ -379,7 +404,7 @@ def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
         wrap(blk.ln2, act_key)
     dec = FerroDecoder(model)
     try:
-        greedy(dec, prompt, 4)                      # warm-up
+        greedy(dec, prompt, 4)  # warm-up
         dec.start(len(prompt) + n_steps + 1)
         dec.prefill(np.asarray(prompt, np.int64))
         spent.clear()
@@ -392,20 +417,30 @@ def profile_decode_step(model, prompt: Sequence[int], n_steps: int = 16) -> str:
         for m in model.modules():
             m.__dict__.pop("forward", None)
     spent["rest (embeddings, residuals, argmax, Python)"] = total - sum(spent.values())
-    lines = [f"rust decode step ({type(model).__name__}), mean of {n_steps} steps: "
-             f"{total / n_steps * 1e3:.2f} ms",
-             "| part | ms/step | share |", "|---|---:|---:|"]
+    lines = [
+        f"rust decode step ({type(model).__name__}), mean of {n_steps} steps: "
+        f"{total / n_steps * 1e3:.2f} ms",
+        "| part | ms/step | share |",
+        "|---|---:|---:|",
+    ]
     for k, v in sorted(spent.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v / n_steps * 1e3:.2f} | {v / total:.0%} |")
-    mb = {head_key: head.weight.data.nbytes / 1e6,
-          lin_key: sum(lin.weight.data.nbytes for lin in linears) / 1e6}
-    lines.append(f"weights read per token: head {mb[head_key]:.0f} MB, per-layer linears "
-                 f"{mb[lin_key]:.0f} MB; effective bandwidth: "
-                 + ", ".join(f"{k} {mb[k] / 1e3 / (spent[k] / n_steps):.1f} GB/s" for k in mb if spent.get(k)))
+    mb = {
+        head_key: head.weight.data.nbytes / 1e6,
+        lin_key: sum(lin.weight.data.nbytes for lin in linears) / 1e6,
+    }
+    lines.append(
+        f"weights read per token: head {mb[head_key]:.0f} MB, per-layer linears "
+        f"{mb[lin_key]:.0f} MB; effective bandwidth: "
+        + ", ".join(
+            f"{k} {mb[k] / 1e3 / (spent[k] / n_steps):.1f} GB/s" for k in mb if spent.get(k)
+        )
+    )
     return "\n".join(lines)
 
 
 # -- the memory-bandwidth ceiling -------------------------------------------------------
+
 
 def bandwidth_bound(model, repeats: int = 5) -> str:
     """The decode speed that reading every weight once per token allows at the
@@ -418,16 +453,21 @@ def bandwidth_bound(model, repeats: int = 5) -> str:
     x = np.ones((1, k), np.float32)
     rust = ff.backend("rust")
     rates = {}
-    for name, fn in (("numpy", lambda: x @ w.T), ("ferroformer", lambda: rust.matmul(x, w, trans_b=True))):
+    for name, fn in (
+        ("numpy", lambda: x @ w.T),
+        ("ferroformer", lambda: rust.matmul(x, w, trans_b=True)),
+    ):
         fn()
         best = min(_timed(fn) for _ in range(repeats))
         rates[name] = w.nbytes / best / 1e9
     per_token = sum(p.data.nbytes for n, p in model.named_parameters() if not n.startswith("wpe."))
     best_rate = max(rates.values())
-    return (f"memory bandwidth: one-row x @ W.T over a {w.nbytes / 1e6:.0f} MB W streams at "
-            + ", ".join(f"{n} {r:.1f} GB/s" for n, r in rates.items())
-            + f"; the weights read per token ({per_token / 1e6:.0f} MB) at {best_rate:.1f} GB/s "
-            f"bound decoding at {best_rate * 1e9 / per_token:.1f} tokens/s")
+    return (
+        f"memory bandwidth: one-row x @ W.T over a {w.nbytes / 1e6:.0f} MB W streams at "
+        + ", ".join(f"{n} {r:.1f} GB/s" for n, r in rates.items())
+        + f"; the weights read per token ({per_token / 1e6:.0f} MB) at {best_rate:.1f} GB/s "
+        f"bound decoding at {best_rate * 1e9 / per_token:.1f} tokens/s"
+    )
 
 
 def _timed(fn) -> float:
@@ -438,24 +478,46 @@ def _timed(fn) -> float:
 
 # -- main -------------------------------------------------------------------------------
 
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help="threads for every contender (default: the CPUs this process may use)")
-    p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens to generate (default 64)")
-    p.add_argument("--numpy-tokens", type=int, default=16,
-                   help="tokens for the (slow) numpy backend (default 16)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="threads for every contender (default: the CPUs this process may use)",
+    )
+    p.add_argument(
+        "--new-tokens", type=int, default=64, help="greedy tokens to generate (default 64)"
+    )
+    p.add_argument(
+        "--numpy-tokens",
+        type=int,
+        default=16,
+        help="tokens for the (slow) numpy backend (default 16)",
+    )
     p.add_argument("--prompt-len", type=int, default=128, help="random prompt length (default 128)")
-    p.add_argument("--repeat", type=int, default=2,
-                   help="rounds over the contenders; the best prefill and decode of each (default 2)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="rounds over the contenders; the best prefill and decode of each (default 2)",
+    )
     p.add_argument("--small", action="store_true", help="a tiny model, for a quick check")
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
-    p.add_argument("--profile", action="store_true",
-                   help="also split a rust decode step into head / linears / attention / rest")
-    p.add_argument("--no-bound", action="store_true",
-                   help="skip measuring the memory-bandwidth ceiling (a 400 MB matrix)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also split a rust decode step into head / linears / attention / rest",
+    )
+    p.add_argument(
+        "--no-bound",
+        action="store_true",
+        help="skip measuring the memory-bandwidth ceiling (a 400 MB matrix)",
+    )
     args = p.parse_args(argv)
     if args.new_tokens < 2:
         p.error("--new-tokens must be >= 2 (one from the prefill, the rest timed as decode)")
@@ -467,8 +529,11 @@ def main(argv=None) -> None:
         p.error(f"--prompt-len + --new-tokens exceeds max_seq_len {cfg['max_seq_len']}")
     notes = set_threads(args.threads)
     print(machine_info(notes))
-    print(f"# GPT {cfg}, fp32, random weights (rng=0), batch 1, prompt {args.prompt_len} "
-          f"random tokens (seed 0), {args.new_tokens} new tokens greedy\n", flush=True)
+    print(
+        f"# GPT {cfg}, fp32, random weights (rng=0), batch 1, prompt {args.prompt_len} "
+        f"random tokens (seed 0), {args.new_tokens} new tokens greedy\n",
+        flush=True,
+    )
 
     prompt = np.random.default_rng(0).integers(0, cfg["vocab_size"], args.prompt_len).tolist()
     model = GPT(**cfg, backend="rust", rng=0)

@@ -61,11 +61,14 @@ def summary(request):
         return
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     torch = _torch()
-    lines = [f"\n### GPU training ({cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, "
-             f"CuPy {cp.__version__}, torch {torch.__version__ if torch else 'absent'}, "
-             f"{time.strftime('%Y-%m-%d')})", "",
-             "| case | ferroformer | PyTorch | speed vs PyTorch | target |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"\n### GPU training ({cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, "
+        f"CuPy {cp.__version__}, torch {torch.__version__ if torch else 'absent'}, "
+        f"{time.strftime('%Y-%m-%d')})",
+        "",
+        "| case | ferroformer | PyTorch | speed vs PyTorch | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for case, ours, theirs, unit, target in RESULTS:
         ratio = f"{theirs / ours:.2f}x" if theirs else "-"
         theirs_text = f"{theirs:.3f} {unit}" if theirs else "-"
@@ -78,8 +81,13 @@ def _record(benchmark, case, ours, theirs, unit, target, **extra):
     """One row of the summary: the time of each library (lower is better;
     theirs is None without torch); speed vs PyTorch is theirs / ours."""
     RESULTS.append((case, ours, theirs, unit, target))
-    benchmark.extra_info.update(ferroformer=ours, torch=theirs, unit=unit,
-                                speed_vs_torch=(theirs / ours) if theirs else None, **extra)
+    benchmark.extra_info.update(
+        ferroformer=ours,
+        torch=theirs,
+        unit=unit,
+        speed_vs_torch=(theirs / ours) if theirs else None,
+        **extra,
+    )
 
 
 def _normal(rng, *shape):
@@ -87,6 +95,7 @@ def _normal(rng, *shape):
 
 
 # -- attention ---------------------------------------------------------------------------
+
 
 def _attention_flops(t):
     """Forward + backward FLOPs of causal attention (forward 2 products, backward 5;
@@ -123,10 +132,16 @@ def test_attention_forward_backward(benchmark, ops, t):
         ref = sdpa(tq, tk, tv, is_causal=True).float()
         got = torch.as_tensor(o.astype(np.float32), device="cuda")
         assert float((got - ref).abs().max()) < 3e-2
-    _record(benchmark, f"attention fwd+bwd B={B} H={H} T={t} D={D} causal bf16", seconds * 1e3,
-            theirs and theirs * 1e3, "ms", ">= 0.8x",
-            tflops=_attention_flops(t) / seconds / 1e12,
-            torch_tflops=theirs and _attention_flops(t) / theirs / 1e12)
+    _record(
+        benchmark,
+        f"attention fwd+bwd B={B} H={H} T={t} D={D} causal bf16",
+        seconds * 1e3,
+        theirs and theirs * 1e3,
+        "ms",
+        ">= 0.8x",
+        tflops=_attention_flops(t) / seconds / 1e12,
+        torch_tflops=theirs and _attention_flops(t) / theirs / 1e12,
+    )
     benchmark.pedantic(lambda: (ours(), cp.cuda.Device().synchronize()), rounds=3, iterations=1)
 
 
@@ -144,14 +159,24 @@ def test_decode_attention(benchmark, ops, t):
         sdpa = torch.nn.functional.scaled_dot_product_attention
         # one query row sees every key (torch aligns is_causal top-left, so leave it off)
         theirs = gpu_seconds(lambda: sdpa(tq, tk, tv))
-    _record(benchmark, f"decode attention B=1 H={H} T={t} D={D} bf16", seconds * 1e6,
-            theirs and theirs * 1e6, "us", "-",
-            gbytes_per_s=2 * t * H * D * 2 / seconds / 1e9)
-    benchmark.pedantic(lambda: (ops.attention_forward(q, k, v, causal=True), cp.cuda.Device().synchronize()),
-                       rounds=3, iterations=10)
+    _record(
+        benchmark,
+        f"decode attention B=1 H={H} T={t} D={D} bf16",
+        seconds * 1e6,
+        theirs and theirs * 1e6,
+        "us",
+        "-",
+        gbytes_per_s=2 * t * H * D * 2 / seconds / 1e9,
+    )
+    benchmark.pedantic(
+        lambda: (ops.attention_forward(q, k, v, causal=True), cp.cuda.Device().synchronize()),
+        rounds=3,
+        iterations=10,
+    )
 
 
 # -- GPT-2 small -----------------------------------------------------------------------------
+
 
 def _torch_gpt2(torch):
     """GPT-2 small in PyTorch eager: the same layout as ferroformer.models.GPT."""
@@ -167,8 +192,10 @@ def _torch_gpt2(torch):
 
         def forward(self, x):
             b, t, _ = x.shape
-            q, k, v = (z.view(b, t, heads, c // heads).transpose(1, 2)
-                       for z in self.qkv(self.ln1(x)).split(c, dim=2))
+            q, k, v = (
+                z.view(b, t, heads, c // heads).transpose(1, 2)
+                for z in self.qkv(self.ln1(x)).split(c, dim=2)
+            )
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
             return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
@@ -233,7 +260,9 @@ def test_gpt2_small_training_step(benchmark, ops):
         def torch_step():
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 logits = net(tids)
-                loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), ttargets.view(-1))
+                loss = torch.nn.functional.cross_entropy(
+                    logits.view(-1, logits.shape[-1]), ttargets.view(-1)
+                )
             loss.backward()
             topt.step()
             topt.zero_grad(set_to_none=True)
@@ -242,9 +271,16 @@ def test_gpt2_small_training_step(benchmark, ops):
         theirs = _wall_seconds(torch_step, STEPS)
         del net, topt
     tokens = GPT2_BATCH * GPT2_T
-    _record(benchmark, f"GPT-2 small train step B={GPT2_BATCH} T={GPT2_T} bf16 AdamW", seconds * 1e3,
-            theirs and theirs * 1e3, "ms", "<= 1.3x PyTorch's time",
-            tokens_per_s=tokens / seconds, torch_tokens_per_s=theirs and tokens / theirs)
+    _record(
+        benchmark,
+        f"GPT-2 small train step B={GPT2_BATCH} T={GPT2_T} bf16 AdamW",
+        seconds * 1e3,
+        theirs and theirs * 1e3,
+        "ms",
+        "<= 1.3x PyTorch's time",
+        tokens_per_s=tokens / seconds,
+        torch_tokens_per_s=theirs and tokens / theirs,
+    )
     benchmark.pedantic(ours, rounds=3, iterations=1)
 
 
@@ -276,7 +312,14 @@ def test_gpt2_small_greedy_decode(benchmark, ops):
             return out
 
         theirs = _wall_seconds(torch_decode, 2) / new_tokens
-    _record(benchmark, "GPT-2 small greedy decode, batch 1, no KV cache (tokens/s = 1000 / ms)",
-            seconds * 1e3, theirs and theirs * 1e3, "ms/token", "-",
-            tokens_per_s=1.0 / seconds, torch_tokens_per_s=theirs and 1.0 / theirs)
+    _record(
+        benchmark,
+        "GPT-2 small greedy decode, batch 1, no KV cache (tokens/s = 1000 / ms)",
+        seconds * 1e3,
+        theirs and theirs * 1e3,
+        "ms/token",
+        "-",
+        tokens_per_s=1.0 / seconds,
+        torch_tokens_per_s=theirs and 1.0 / theirs,
+    )
     benchmark.pedantic(lambda: greedy_complete(model, ids, n_new=8), rounds=2, iterations=1)

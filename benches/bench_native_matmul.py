@@ -138,8 +138,10 @@ def train(rng, args):
             f"linear_backward (out={out_f:4d}, in={in_f:4d}): ours {2 * g / t_ours:4.0f} "
             f"numpy {2 * g / t_np:4.0f} GFLOP/s, ratio {t_np / t_ours:.2f}"
         )
-    print(f"sum of the single products: ours {tot_ours * 1e3:.1f} ms, numpy "
-          f"{tot_np * 1e3:.1f} ms, ratio {tot_np / tot_ours:.2f}")
+    print(
+        f"sum of the single products: ours {tot_ours * 1e3:.1f} ms, numpy "
+        f"{tot_np * 1e3:.1f} ms, ratio {tot_np / tot_ours:.2f}"
+    )
 
 
 def decode(rng, args):

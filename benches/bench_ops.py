@@ -33,7 +33,9 @@ def test_op(benchmark, inputs, case, name):
     benchmark(case.run, ops, inputs[f"{case.name} {case.size}"])
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.torch], ids=[i for c, i in zip(CASES, IDS) if c.torch])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.torch], ids=[i for c, i in zip(CASES, IDS) if c.torch]
+)
 def test_op_torch(benchmark, inputs, case):
     torch = pytest.importorskip("torch")
     data = inputs[f"{case.name} {case.size}"]

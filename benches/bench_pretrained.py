@@ -58,10 +58,12 @@ from bench_decode import (
 
 QUESTION = "What is the capital of France?"
 
-_WORDS = ("the quick brown fox jumps over a lazy dog while rain falls on quiet streets "
-          "and children laugh in small gardens near old stone bridges that cross rivers "
-          "scientists measure distant stars with careful patience every night music plays "
-          "softly in crowded cafes where people read books about history art and travel").split()
+_WORDS = (
+    "the quick brown fox jumps over a lazy dog while rain falls on quiet streets "
+    "and children laugh in small gardens near old stone bridges that cross rivers "
+    "scientists measure distant stars with careful patience every night music plays "
+    "softly in crowded cafes where people read books about history art and travel"
+).split()
 
 
 def sentences(n: int, seed: int = 0) -> List[str]:
@@ -87,6 +89,7 @@ def _load(name: str, backend: str):
 
 
 # -- (a) all-MiniLM-L6-v2 ---------------------------------------------------------------
+
 
 def torch_minilm(state: Dict[str, np.ndarray], cfg: Dict):
     """A PyTorch eager BERT encoder (post-norm, erf GELU, SDPA with a padding mask)
@@ -139,7 +142,11 @@ def torch_minilm(state: Dict[str, np.ndarray], cfg: Dict):
         def forward(self, ids, mask):
             """ids (B, T), mask (B, T) bool True at real tokens -> pooled, normalised (B, C)."""
             t = ids.shape[1]
-            x = self.tok_emb(ids) + self.pos_emb(torch.arange(t)) + self.seg_emb(torch.zeros_like(ids))
+            x = (
+                self.tok_emb(ids)
+                + self.pos_emb(torch.arange(t))
+                + self.seg_emb(torch.zeros_like(ids))
+            )
             x = self.emb_ln(x)
             keep = mask[:, None, None, :]
             for blk in self.blocks:
@@ -160,7 +167,7 @@ def embed_torch(model, tok, texts: Sequence[str], batch_size: int = 32, max_leng
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            ids, mask = tok.batch(texts[i:i + batch_size], max_length=max_length)
+            ids, mask = tok.batch(texts[i : i + batch_size], max_length=max_length)
             out.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
     return np.concatenate(out)
 
@@ -176,13 +183,17 @@ def bench_minilm(args, torch) -> None:
     model, tok = loaded
     texts = sentences(args.sentences)
     lens = [len(tok.encode(s)) for s in texts]
-    print(f"# {len(texts)} sentences, {min(lens)}-{max(lens)} tokens (mean {np.mean(lens):.0f}), "
-          f"best of {args.repeat} rounds taken in turn", flush=True)
+    print(
+        f"# {len(texts)} sentences, {min(lens)}-{max(lens)} tokens (mean {np.mean(lens):.0f}), "
+        f"best of {args.repeat} rounds taken in turn",
+        flush=True,
+    )
 
     def ferro(backend):
         def run(items):
             model.to(backend)
             return embed(model, tok, items, batch_size=args.batch)
+
         return run
 
     contenders = {"ferroformer rust": (ferro("rust"), texts)}
@@ -213,8 +224,10 @@ def bench_minilm(args, torch) -> None:
             continue
         r = embs[ref][: len(e)]
         cos = np.sum(e * r, axis=1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
-        print(f"{k} vs {ref}: embeddings min cosine {cos.min():.7f}, "
-              f"max |diff| {np.max(np.abs(e - r)):.2e} over {len(e)} sentences")
+        print(
+            f"{k} vs {ref}: embeddings min cosine {cos.min():.7f}, "
+            f"max |diff| {np.max(np.abs(e - r)):.2e} over {len(e)} sentences"
+        )
     print()
     names = list(rates)
     head = ["contender", "sentences/s"] + (["vs torch"] if "torch" in rates else [])
@@ -230,6 +243,7 @@ def bench_minilm(args, torch) -> None:
 
 # -- (b) SmolLM2-135M-Instruct ---------------------------------------------------------
 
+
 def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
     """A PyTorch eager Llama (RMSNorm, RoPE on adjacent pairs, SwiGLU with fc1 rows
     [gate | up], grouped-query SDPA, tied or untied head) holding ferroformer
@@ -242,11 +256,14 @@ def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
     hkv = cfg.get("n_kv_heads") or h
     d, eps, n_layers = c // h, cfg["norm_eps"], cfg["n_layers"]
     d_ff = state["blocks.0.ff.fc1.weight"].shape[0] // 2  # the config may leave it to the default
-    cos, sin = (torch.from_numpy(a) for a in rope_tables(cfg["max_seq_len"], d, cfg["rope_base"], np.float32))
+    cos, sin = (
+        torch.from_numpy(a)
+        for a in rope_tables(cfg["max_seq_len"], d, cfg["rope_base"], np.float32)
+    )
 
     def rope(x, pos):
         t = x.shape[-2]
-        cs, sn = cos[pos:pos + t], sin[pos:pos + t]
+        cs, sn = cos[pos : pos + t], sin[pos : pos + t]
         x0, x1 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x0 * cs - x1 * sn, x0 * sn + x1 * cs), dim=-1).flatten(-2)
 
@@ -260,11 +277,12 @@ def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
             b, t, _ = x.shape
             q, k, v = self.qkv(x).split((h * d, hkv * d, hkv * d), dim=-1)
             q = rope(q.view(b, t, h, d).transpose(1, 2), pos)
-            kc[:, :, pos:pos + t] = rope(k.view(b, t, hkv, d).transpose(1, 2), pos)
-            vc[:, :, pos:pos + t] = v.view(b, t, hkv, d).transpose(1, 2)
+            kc[:, :, pos : pos + t] = rope(k.view(b, t, hkv, d).transpose(1, 2), pos)
+            vc[:, :, pos : pos + t] = v.view(b, t, hkv, d).transpose(1, 2)
             assert t == 1 or pos == 0, "multi-token steps after a prefix are not needed here"
-            a = F.scaled_dot_product_attention(q, kc[:, :, :pos + t], vc[:, :, :pos + t],
-                                               is_causal=t > 1, enable_gqa=True)
+            a = F.scaled_dot_product_attention(
+                q, kc[:, :, : pos + t], vc[:, :, : pos + t], is_causal=t > 1, enable_gqa=True
+            )
             return self.proj(a.transpose(1, 2).reshape(b, t, h * d))
 
     class FF(tnn.Module):
@@ -310,8 +328,12 @@ def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
     if cfg.get("tie_embeddings"):
         model.lm_head.weight = model.tok_emb.weight
     model.eval()
-    return TorchDecoder(model, lambda cap: [(torch.zeros(1, hkv, cap, d), torch.zeros(1, hkv, cap, d))
-                                            for _ in range(n_layers)])
+    return TorchDecoder(
+        model,
+        lambda cap: [
+            (torch.zeros(1, hkv, cap, d), torch.zeros(1, hkv, cap, d)) for _ in range(n_layers)
+        ],
+    )
 
 
 def bench_smollm(args, torch) -> None:
@@ -322,8 +344,11 @@ def bench_smollm(args, torch) -> None:
         return
     model, tok = loaded
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTION}]))
-    print(f"# chat-templated {QUESTION!r}: {len(prompt)} prompt tokens, {args.new_tokens} new "
-          f"tokens (no stop at end-of-turn, so every contender decodes the same count)", flush=True)
+    print(
+        f"# chat-templated {QUESTION!r}: {len(prompt)} prompt tokens, {args.new_tokens} new "
+        f"tokens (no stop at end-of-turn, so every contender decodes the same count)",
+        flush=True,
+    )
     contenders = {"ferroformer rust": (FerroDecoder(model, "rust"), args.new_tokens)}
     if torch is not None:
         contenders["torch"] = (torch_llama(model.state_dict(), model.config), args.new_tokens)
@@ -351,27 +376,51 @@ def bench_smollm(args, torch) -> None:
 
 # -- main --------------------------------------------------------------------------------
 
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--only", choices=("minilm", "smollm"), help="run one model only")
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help="threads for every contender (default: the CPUs this process may use)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="threads for every contender (default: the CPUs this process may use)",
+    )
     p.add_argument("--sentences", type=int, default=256, help="MiniLM sentences (default 256)")
-    p.add_argument("--numpy-sentences", type=int, default=64,
-                   help="MiniLM sentences for the numpy backend (default 64)")
+    p.add_argument(
+        "--numpy-sentences",
+        type=int,
+        default=64,
+        help="MiniLM sentences for the numpy backend (default 64)",
+    )
     p.add_argument("--batch", type=int, default=32, help="MiniLM batch size (default 32)")
-    p.add_argument("--repeat", type=int, default=2,
-                   help="rounds over the contenders; each keeps its best (default 2)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="rounds over the contenders; each keeps its best (default 2)",
+    )
     p.add_argument("--new-tokens", type=int, default=64, help="SmolLM2 greedy tokens (default 64)")
-    p.add_argument("--numpy-tokens", type=int, default=16,
-                   help="SmolLM2 tokens for the numpy backend (default 16)")
-    p.add_argument("--small", action="store_true",
-                   help="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens")
+    p.add_argument(
+        "--numpy-tokens",
+        type=int,
+        default=16,
+        help="SmolLM2 tokens for the numpy backend (default 16)",
+    )
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens",
+    )
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
-    p.add_argument("--profile", action="store_true",
-                   help="also split a rust SmolLM2 decode step into head / linears / attention / rest")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also split a rust SmolLM2 decode step into head / linears / attention / rest",
+    )
     args = p.parse_args(argv)
     if args.small:
         args.sentences, args.numpy_sentences = 64, 32

@@ -32,15 +32,16 @@ def _peers():
 @pytest.mark.parametrize("name", _peers())
 def test_train_step_throughput(benchmark, name):
     step = make_step(name)
-    step()                                                      # warm-up (allocations, pools)
+    step()  # warm-up (allocations, pools)
     benchmark.extra_info["tokens_per_step"] = TOKENS
     benchmark.pedantic(step, rounds=3, iterations=1)
     benchmark.extra_info["tokens_per_s"] = TOKENS / benchmark.stats.stats.mean
 
 
 def main(rounds: int = 3):
-    rates = run_train_table(_peers(), rounds,
-                            progress=lambda n, r: print(f"{n:6s} {r:9,.0f} tokens/s", flush=True))
+    rates = run_train_table(
+        _peers(), rounds, progress=lambda n, r: print(f"{n:6s} {r:9,.0f} tokens/s", flush=True)
+    )
     print(format_train_table(rates))
 
 

@@ -36,13 +36,18 @@ import cuda_host
 SM_COUNT = 4
 SHARED_DEFAULT_LIMIT = 48 * 1024
 HOST_ORDER = 0  # the order host-run kernels run a block's threads in: 0 ascending, 1 descending
-HOST_WORK_LIMIT = 2**27  # larger flash launches (query x key x head dim products) take the NumPy twins
+HOST_WORK_LIMIT = (
+    2**27
+)  # larger flash launches (query x key x head dim products) take the NumPy twins
 # cudaDataType -> NumPy dtype, for the GEMMs
 CUDA_DTYPES = {0: np.dtype(np.float32), 2: np.dtype(np.float16)}
 if bfloat16_dtype() is not None:
     CUDA_DTYPES[14] = bfloat16_dtype()
-TEMPLATE_DTYPES = {"float": np.dtype(np.float32), "__half": np.dtype(np.float16),
-                   "__nv_bfloat16": bfloat16_dtype()}
+TEMPLATE_DTYPES = {
+    "float": np.dtype(np.float32),
+    "__half": np.dtype(np.float16),
+    "__nv_bfloat16": bfloat16_dtype(),
+}
 
 
 class DeviceArray(np.ndarray):
@@ -80,28 +85,61 @@ def _buffer_at(ptr, nbytes, dtype=np.float32):
 
 # -- cuBLAS ---------------------------------------------------------------------------
 
-def _gemm_strided_batched_ex(handle, transa, transb, m, n, k, alpha, a, atype, lda, stride_a,
-                             b, btype, ldb, stride_b, beta, c, ctype, ldc, stride_c, batch,
-                             compute, algo):
+
+def _gemm_strided_batched_ex(
+    handle,
+    transa,
+    transb,
+    m,
+    n,
+    k,
+    alpha,
+    a,
+    atype,
+    lda,
+    stride_a,
+    b,
+    btype,
+    ldb,
+    stride_b,
+    beta,
+    c,
+    ctype,
+    ldc,
+    stride_c,
+    batch,
+    compute,
+    algo,
+):
     """cublasGemmStridedBatchedEx, column-major: C_i = alpha op(A_i) op(B_i) + beta C_i.
     A and B of one type (float32, float16 or bfloat16), C of theirs or float32."""
     assert atype == btype and atype in CUDA_DTYPES and ctype in (atype, 0), (atype, btype, ctype)
     assert compute == cublas.CUBLAS_COMPUTE_32F, "float32 compute"
-    assert all(isinstance(v, int) for v in (m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch))
+    assert all(
+        isinstance(v, int) for v in (m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch)
+    )
     assert m >= 1 and n >= 1 and k >= 1 and batch >= 1
     one = np.ctypeslib.as_array((ctypes.c_float * 1).from_address(alpha))[0]
     zero = np.ctypeslib.as_array((ctypes.c_float * 1).from_address(beta))[0]
     assert (one, zero) == (1.0, 0.0)
 
-    def matrices(ptr, rows, cols, ld, stride, dtype):  # col-major (rows, cols), leading dimension ld
+    def matrices(
+        ptr, rows, cols, ld, stride, dtype
+    ):  # col-major (rows, cols), leading dimension ld
         assert ld >= max(1, rows), f"leading dimension {ld} < {rows} rows"
         count = (batch - 1) * stride + (cols - 1) * ld + rows
         size = dtype.itemsize
         flat = _buffer_at(ptr, size * count, dtype)
-        return np.lib.stride_tricks.as_strided(flat, (batch, rows, cols), (size * stride, size, size * ld))
+        return np.lib.stride_tricks.as_strided(
+            flat, (batch, rows, cols), (size * stride, size, size * ld)
+        )
 
-    op_a = matrices(a, *((m, k) if transa == cublas.CUBLAS_OP_N else (k, m)), lda, stride_a, CUDA_DTYPES[atype])
-    op_b = matrices(b, *((k, n) if transb == cublas.CUBLAS_OP_N else (n, k)), ldb, stride_b, CUDA_DTYPES[btype])
+    op_a = matrices(
+        a, *((m, k) if transa == cublas.CUBLAS_OP_N else (k, m)), lda, stride_a, CUDA_DTYPES[atype]
+    )
+    op_b = matrices(
+        b, *((k, n) if transb == cublas.CUBLAS_OP_N else (n, k)), ldb, stride_b, CUDA_DTYPES[btype]
+    )
     op_a = op_a if transa == cublas.CUBLAS_OP_N else op_a.transpose(0, 2, 1)
     op_b = op_b if transb == cublas.CUBLAS_OP_N else op_b.transpose(0, 2, 1)
     assert stride_c >= m * n or batch == 1
@@ -110,7 +148,10 @@ def _gemm_strided_batched_ex(handle, transa, transb, m, n, k, alpha, a, atype, l
 
 
 cublas = types.SimpleNamespace(
-    CUBLAS_OP_N=0, CUBLAS_OP_T=1, CUBLAS_COMPUTE_32F=68, CUBLAS_GEMM_DEFAULT=-1,
+    CUBLAS_OP_N=0,
+    CUBLAS_OP_T=1,
+    CUBLAS_COMPUTE_32F=68,
+    CUBLAS_GEMM_DEFAULT=-1,
     gemmStridedBatchedEx=_gemm_strided_batched_ex,
 )
 
@@ -119,14 +160,23 @@ cublas = types.SimpleNamespace(
 
 POINTER_DTYPES = {"T": np.float32, "float": np.float32, "i64": np.int64, "bool": np.bool_}
 SCALAR_TYPES = {"i64": np.int64, "int": np.int32, "float": np.float32}
-FLAT_KERNELS = {"activation_forward", "activation_backward", "swiglu_forward", "swiglu_backward",
-                "column_sum", "rope", "adamw_step"}
+FLAT_KERNELS = {
+    "activation_forward",
+    "activation_backward",
+    "swiglu_forward",
+    "swiglu_backward",
+    "column_sum",
+    "rope",
+    "adamw_step",
+}
 
 
 def _const_pointers(code):
     """kernel name -> names of its const pointer parameters (its inputs)."""
-    return {name: {m.group(1) for m in re.finditer(r"const\s+\w+\s*\*\s*(\w+)", params)}
-            for name, params in re.findall(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", code)}
+    return {
+        name: {m.group(1) for m in re.finditer(r"const\s+\w+\s*\*\s*(\w+)", params)}
+        for name, params in re.findall(r"__global__\s+void\s+(\w+)\s*\(([^)]*)\)", code)
+    }
 
 
 def _signatures(code):
@@ -153,11 +203,17 @@ class Kernel:
 
     def _pointer_dtype(self, ptype):
         """T is the kernel's storage type, its first template argument."""
-        return TEMPLATE_DTYPES[self.template_args[0]] if ptype == "T" else np.dtype(POINTER_DTYPES[ptype])
+        return (
+            TEMPLATE_DTYPES[self.template_args[0]]
+            if ptype == "T"
+            else np.dtype(POINTER_DTYPES[ptype])
+        )
 
     def __call__(self, grid, block, args, shared_mem=0):
         assert isinstance(grid, tuple) and isinstance(block, tuple) and isinstance(args, tuple)
-        assert len(args) == len(self.params), f"{self.expression}: {len(args)} arguments, wants {len(self.params)}"
+        assert len(args) == len(self.params), (
+            f"{self.expression}: {len(args)} arguments, wants {len(self.params)}"
+        )
         named = {}
         for value, (pname, ptype, pointer) in zip(args, self.params):
             where = f"{self.expression} argument {pname}"
@@ -171,7 +227,9 @@ class Kernel:
                 assert value.flags.c_contiguous, f"{where} is not contiguous"
                 named[pname] = np.asarray(value).reshape(-1)
             else:
-                assert type(value) is SCALAR_TYPES[ptype], f"{where}: {type(value).__name__} for {ptype}"
+                assert type(value) is SCALAR_TYPES[ptype], (
+                    f"{where}: {type(value).__name__} for {ptype}"
+                )
                 named[pname] = value.item()
         self._check_launch(grid, block, shared_mem, named)
         if self.expression in _host_kernels() and _host_work(self.name, named) <= HOST_WORK_LIMIT:
@@ -190,8 +248,9 @@ class Kernel:
             g = _Guarded(np.asarray(value).reshape(-1), pname in self.inputs)
             values.append(g.address)
             guarded.append((pname, g))
-        cuda_host.host_module(family, dtype).launch(self.expression, grid, block, shared_mem, values,
-                                                    HOST_ORDER)
+        cuda_host.host_module(family, dtype).launch(
+            self.expression, grid, block, shared_mem, values, HOST_ORDER
+        )
         for pname, g in guarded:
             g.finish(f"{self.expression} argument {pname}")
 
@@ -233,6 +292,7 @@ class RawModule:
 
 # -- the flash attention kernels: launch geometry, host runs --------------------------------
 
+
 class _Guarded:
     """A copy of a kernel argument between NaN-filled guards (0xff bytes); an
     output (not an input) starts as 0xff too. finish() checks that the guards,
@@ -245,13 +305,13 @@ class _Guarded:
         n = array.nbytes
         self.raw = np.full(n + 2 * self.GUARD + 256, 0xFF, np.uint8)
         self.start = self.GUARD + (-(self.raw.ctypes.data + self.GUARD)) % 256
-        self.inner = self.raw[self.start:self.start + n]
+        self.inner = self.raw[self.start : self.start + n]
         if is_input:
             self.inner[...] = array.view(np.uint8)
         self.address = self.inner.ctypes.data
 
     def finish(self, what):
-        before, after = self.raw[:self.start], self.raw[self.start + self.inner.size:]
+        before, after = self.raw[: self.start], self.raw[self.start + self.inner.size :]
         assert (before == 0xFF).all() and (after == 0xFF).all(), f"{what}: written out of bounds"
         if self.is_input:
             assert (self.inner == self.array.view(np.uint8)).all(), f"{what}: an input was written"
@@ -280,7 +340,9 @@ def _check_flash(k, grid, block, shared_mem, a):
         rows = 64
         for name, x in a.items():
             if isinstance(x, np.ndarray) and x.dtype == TEMPLATE_DTYPES[k.template_args[0]]:
-                assert x.ctypes.data % 16 == 0, f"{k.expression} argument {name} is not 16-byte aligned"
+                assert x.ctypes.data % 16 == 0, (
+                    f"{k.expression} argument {name} is not 16-byte aligned"
+                )
     else:
         assert dim == min(m for m in sources.SIMT_HEAD_DIMS if d <= m)
         rows = 16
@@ -344,8 +406,9 @@ def _attention_forward_flash(k, q, k_, v, key_mask, o, lse, **a):
     e = np.exp(s - np.where(np.isfinite(mx), mx, 0.0))
     total = e.sum(axis=-1, keepdims=True)
     o.reshape(q4.shape)[...] = (e / np.where(total > 0, total, 1.0)) @ v4
-    lse.reshape(q4.shape[:3])[...] = np.where(total[..., 0] > 0, np.log(np.where(total > 0, total, 1.0))[..., 0]
-                                              + mx[..., 0], -np.inf)
+    lse.reshape(q4.shape[:3])[...] = np.where(
+        total[..., 0] > 0, np.log(np.where(total > 0, total, 1.0))[..., 0] + mx[..., 0], -np.inf
+    )
 
 
 def _flash_backward_terms(a, q, k_, v, d_out, lse, delta, key_mask):
@@ -383,14 +446,16 @@ def _attention_decode_partial(k, q, k_, v, key_mask, partial, Hq, Hkv, Tk, D, sc
     b, q4, k4, v4, hidden = _flash_arrays(a)
     width = int(k.template_args[1]) + 2
     out = partial.reshape(splits, b * Hq, width)
-    s2 = np.where(hidden, -np.inf, scale * (q4 @ np.swapaxes(k4, -1, -2)) / math.log(2))  # log2 domain
+    s2 = np.where(
+        hidden, -np.inf, scale * (q4 @ np.swapaxes(k4, -1, -2)) / math.log(2)
+    )  # log2 domain
     for split in range(splits):
         keys = slice(split * chunk, min(Tk, (split + 1) * chunk))
         part = s2[..., keys].reshape(b * Hq, -1)
         m = part.max(axis=1, initial=-np.inf)
         e = np.exp2(part - np.where(np.isfinite(m), m, 0.0)[:, None])
         out[split, :, :D] = (e[:, None, :] @ v4[..., keys, :].reshape(b * Hq, -1, D))[:, 0]
-        out[split, :, D:width - 2] = 0.0
+        out[split, :, D : width - 2] = 0.0
         out[split, :, width - 2] = m
         out[split, :, width - 1] = e.sum(axis=1)
 
@@ -401,21 +466,30 @@ def _attention_decode_merge(k, partial, o, lse, rows, D, width, splits):
     top = m.max(axis=0)
     weight = np.exp2(m - np.where(np.isfinite(top), top, 0.0))
     total = (weight * part[:, :, width - 1]).sum(axis=0)
-    o.reshape(rows, D)[...] = (weight[:, :, None] * part[:, :, :D]).sum(axis=0) / np.where(total > 0, total, 1)[:, None]
-    lse[...] = np.where(total > 0, (top + np.log2(np.where(total > 0, total, 1))) * math.log(2), -np.inf)
+    o.reshape(rows, D)[...] = (weight[:, :, None] * part[:, :, :D]).sum(axis=0) / np.where(
+        total > 0, total, 1
+    )[:, None]
+    lse[...] = np.where(
+        total > 0, (top + np.log2(np.where(total > 0, total, 1))) * math.log(2), -np.inf
+    )
 
 
 def _twin(fn):
     """Adapts a flash twin to the emulator's keyword call (the kernels' k is a keyword too)."""
+
     def call(kernel, **named):
         named["k_"] = named.pop("k")
         return fn(kernel, **named)
+
     return call
 
 
 FLASH_LAUNCHES = {
-    **{f"attention_{kernel}_{kind}": _check_flash for kernel in ("forward", "backward_kv", "backward_q")
-       for kind in ("simt", "mma")},
+    **{
+        f"attention_{kernel}_{kind}": _check_flash
+        for kernel in ("forward", "backward_kv", "backward_q")
+        for kind in ("simt", "mma")
+    },
     "attention_decode_partial": _check_decode,
 }
 DEVICE_CC = [90]  # the emulated device's compute capability (make_module sets it)
@@ -431,14 +505,19 @@ def _masked(k, rows, C, Tq, rows_per_batch, causal, key_mask):
 
 
 def _softmax_forward(k, x, y, lse, key_mask, rows, C, Tq, rows_per_batch, scale, causal):
-    s = np.where(_masked(k, rows, C, Tq, rows_per_batch, causal, key_mask), -np.inf,
-                 scale * x.reshape(rows, C).astype(np.float64))
+    s = np.where(
+        _masked(k, rows, C, Tq, rows_per_batch, causal, key_mask),
+        -np.inf,
+        scale * x.reshape(rows, C).astype(np.float64),
+    )
     mx = s.max(axis=1, keepdims=True, initial=-np.inf)
     e = np.exp(s - np.where(np.isfinite(mx), mx, 0))
     total = e.sum(axis=1, keepdims=True)
     y.reshape(rows, C)[...] = e / np.where(total > 0, total, 1)
     if lse is not None:
-        lse[...] = np.where(total[:, 0] > 0, np.log(np.where(total[:, 0] > 0, total[:, 0], 1)) + mx[:, 0], -np.inf)
+        lse[...] = np.where(
+            total[:, 0] > 0, np.log(np.where(total[:, 0] > 0, total[:, 0], 1)) + mx[:, 0], -np.inf
+        )
 
 
 def _softmax_backward(k, dy, y, dx, rows, C, scale):
@@ -446,12 +525,17 @@ def _softmax_backward(k, dy, y, dx, rows, C, scale):
     dx.reshape(rows, C)[...] = scale * y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
 
-def _attention_backward_scores(k, s_p, dp_ds, d_out, out, lse, key_mask, rows, C, Tq,
-                               rows_per_batch, D, scale, causal):
+def _attention_backward_scores(
+    k, s_p, dp_ds, d_out, out, lse, key_mask, rows, C, Tq, rows_per_batch, D, scale, causal
+):
     s, dp = s_p.reshape(rows, C), dp_ds.reshape(rows, C)
-    delta = (d_out.reshape(rows, D).astype(np.float64) * out.reshape(rows, D)).sum(axis=1, keepdims=True)
+    delta = (d_out.reshape(rows, D).astype(np.float64) * out.reshape(rows, D)).sum(
+        axis=1, keepdims=True
+    )
     hidden = _masked(k, rows, C, Tq, rows_per_batch, causal, key_mask) | ~np.isfinite(lse)[:, None]
-    p = np.where(hidden, 0.0, np.exp(scale * s.astype(np.float64) - np.where(hidden, 0, lse[:, None])))
+    p = np.where(
+        hidden, 0.0, np.exp(scale * s.astype(np.float64) - np.where(hidden, 0, lse[:, None]))
+    )
     s[...] = p
     dp[...] = scale * p * (dp - delta)
 
@@ -468,14 +552,18 @@ def _norm_forward(k, x, gamma, beta, y, mean, rstd, rows, C, eps):
     rstd[...] = r
 
 
-def _norm_backward(k, dy, x, gamma, mean, rstd, dx, partial, rows, C, rows_per_block, acc_in_shared):
+def _norm_backward(
+    k, dy, x, gamma, mean, rstd, dx, partial, rows, C, rows_per_block, acc_in_shared
+):
     centered = k.template_args[1] == "true"
     dy, x = dy.reshape(rows, C).astype(np.float64), x.reshape(rows, C).astype(np.float64)
     mu = mean if centered else np.zeros(rows)
     xhat = (x - mu[:, None]) * rstd[:, None]
     g = dy * gamma
     centered_g = g - g.mean(axis=1, keepdims=True) if centered else g
-    dx.reshape(rows, C)[...] = rstd[:, None] * (centered_g - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    dx.reshape(rows, C)[...] = rstd[:, None] * (
+        centered_g - xhat * (g * xhat).mean(axis=1, keepdims=True)
+    )
     parts = partial.reshape(-1, 2, C)
     for b in range(parts.shape[0]):
         chunk = slice(b * rows_per_block, min(rows, (b + 1) * rows_per_block))
@@ -582,7 +670,7 @@ def _embedding_backward(k, dy, order, offsets, dweight, V, C):
     dy = dy.reshape(-1, C)
     dw = dweight.reshape(V, C)
     for v in range(V):
-        positions = order[offsets[v]:offsets[v + 1]]
+        positions = order[offsets[v] : offsets[v + 1]]
         assert (np.diff(positions) > 0).all(), "positions of one id must ascend"
         acc = np.zeros(C, np.float32)
         for p in positions:  # the kernel's order: float32, one position after the other
@@ -599,8 +687,23 @@ def _rope(k, x, cosines, sines, out, pairs, positions, half, sin_sign):
     out[1::2] = x0 * s + x1 * c
 
 
-def _adamw_step(k, param, grad, m, v, n, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-                decay, bias1, bias2):
+def _adamw_step(
+    k,
+    param,
+    grad,
+    m,
+    v,
+    n,
+    lr,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    eps,
+    decay,
+    bias1,
+    bias2,
+):
     f = np.float32
     m[...] = f(beta1) * m + f(one_minus_beta1) * grad
     v[...] = f(beta2) * v + f(one_minus_beta2) * grad * grad
@@ -609,8 +712,14 @@ def _adamw_step(k, param, grad, m, v, n, lr, beta1, one_minus_beta1, beta2, one_
 
 TWINS = {
     **{f"attention_forward_{kind}": _twin(_attention_forward_flash) for kind in ("simt", "mma")},
-    **{f"attention_backward_kv_{kind}": _twin(_attention_backward_kv_flash) for kind in ("simt", "mma")},
-    **{f"attention_backward_q_{kind}": _twin(_attention_backward_q_flash) for kind in ("simt", "mma")},
+    **{
+        f"attention_backward_kv_{kind}": _twin(_attention_backward_kv_flash)
+        for kind in ("simt", "mma")
+    },
+    **{
+        f"attention_backward_q_{kind}": _twin(_attention_backward_q_flash)
+        for kind in ("simt", "mma")
+    },
     "attention_backward_delta": _attention_backward_delta,
     "attention_decode_partial": _twin(_attention_decode_partial),
     "attention_decode_merge": _attention_decode_merge,
@@ -635,6 +744,7 @@ TWINS = {
 
 # -- the module itself --------------------------------------------------------------------
 
+
 def _fn(f):
     return lambda *a, **kw: _wrap(f(*a, **kw))
 
@@ -643,27 +753,68 @@ def make_module(compute_capability="90"):
     """A module standing in for cupy, as far as the cupy backend uses it."""
     DEVICE_CC[0] = int(compute_capability)
     cp = types.ModuleType("cupy")
-    for name in ("asarray", "ascontiguousarray", "empty", "empty_like", "zeros", "stack", "sort",
-                 "arange", "cumsum", "bincount", "broadcast_to", "swapaxes", "count_nonzero", "any",
-                 "argmax", "ones", "full", "isfinite", "array", "zeros_like", "ones_like", "full_like",
-                 "concatenate", "where", "repeat", "sqrt", "maximum", "abs", "take_along_axis"):
+    for name in (
+        "asarray",
+        "ascontiguousarray",
+        "empty",
+        "empty_like",
+        "zeros",
+        "stack",
+        "sort",
+        "arange",
+        "cumsum",
+        "bincount",
+        "broadcast_to",
+        "swapaxes",
+        "count_nonzero",
+        "any",
+        "argmax",
+        "ones",
+        "full",
+        "isfinite",
+        "array",
+        "zeros_like",
+        "ones_like",
+        "full_like",
+        "concatenate",
+        "where",
+        "repeat",
+        "sqrt",
+        "maximum",
+        "abs",
+        "take_along_axis",
+        "minimum",
+        "trunc",
+        "copysign",
+        "isnan",
+    ):
         setattr(cp, name, _fn(getattr(np, name)))
     for name in ("int64", "int32", "bool_", "float32", "float16", "float64", "int8", "uint8"):
         setattr(cp, name, getattr(np, name))
     cp.ndarray = DeviceArray
     cp.RawModule = RawModule
-    cp.lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
-        as_strided=_fn(lambda x, shape, strides: np.lib.stride_tricks.as_strided(x, shape, strides))))
-    device = types.SimpleNamespace(attributes={"MultiProcessorCount": SM_COUNT},
-                                   compute_capability=str(compute_capability))
+    cp.lib = types.SimpleNamespace(
+        stride_tricks=types.SimpleNamespace(
+            as_strided=_fn(
+                lambda x, shape, strides: np.lib.stride_tricks.as_strided(x, shape, strides)
+            )
+        )
+    )
+    device = types.SimpleNamespace(
+        attributes={"MultiProcessorCount": SM_COUNT}, compute_capability=str(compute_capability)
+    )
     compiler = types.SimpleNamespace(CompileException=type("CompileException", (Exception,), {}))
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=RuntimeError)
-    cp.cuda = types.SimpleNamespace(Device=lambda: device, get_cublas_handle=lambda: 0, cublas=cublas,
-                                    compiler=compiler, runtime=runtime)
+    cp.cuda = types.SimpleNamespace(
+        Device=lambda: device,
+        get_cublas_handle=lambda: 0,
+        cublas=cublas,
+        compiler=compiler,
+        runtime=runtime,
+    )
     return cp
 
 
 def backend(compute_capability="90"):
     """A CupyBackend running on the stand-in."""
     return CupyBackend(make_module(compute_capability))
-

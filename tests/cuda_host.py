@@ -32,8 +32,16 @@ from ferroformer.backends import cuda
 SHIM = Path(__file__).with_name("cuda_host_shim.h")
 HOST_FAMILIES = ("flash_attention", "flash_attention_mma")
 CXX = os.environ.get("CXX", "g++")
-FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-DFERRO_HOST", "-DFERRO_HALF_TYPES",
-         "-Wno-unknown-pragmas", "-ffp-contract=off")
+FLAGS = (
+    "-std=c++17",
+    "-O2",
+    "-shared",
+    "-fPIC",
+    "-DFERRO_HOST",
+    "-DFERRO_HALF_TYPES",
+    "-Wno-unknown-pragmas",
+    "-ffp-contract=off",
+)
 SCALAR_CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float32: ctypes.c_float}
 
 
@@ -41,21 +49,31 @@ SCALAR_CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float32:
 def unavailable():
     """None where kernels can run on the host, else why not."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"host kernels need Linux on x86-64 (this is {platform.system()} {platform.machine()})"
+        return (
+            f"host kernels need Linux on x86-64 (this is {platform.system()} {platform.machine()})"
+        )
     if shutil.which(CXX) is None:
         return f"host kernels need a C++ compiler ({CXX} not found)"
     return None
 
 
 def family_dtypes(family):
-    return cuda.TENSOR_CORE_DTYPES if family in cuda.TENSOR_CORE_FAMILIES else tuple(cuda.STORAGE_TYPES)
+    return (
+        cuda.TENSOR_CORE_DTYPES
+        if family in cuda.TENSOR_CORE_FAMILIES
+        else tuple(cuda.STORAGE_TYPES)
+    )
 
 
 @functools.cache
 def kernel_index():
     """name expression -> (family, dtype) for every kernel that runs on the host."""
-    return {name: (family, dtype) for family in HOST_FAMILIES for dtype in family_dtypes(family)
-            for name in cuda.name_expressions(family, dtype)}
+    return {
+        name: (family, dtype)
+        for family in HOST_FAMILIES
+        for dtype in family_dtypes(family)
+        for name in cuda.name_expressions(family, dtype)
+    }
 
 
 def _program(code, names):
@@ -64,7 +82,8 @@ def _program(code, names):
         f"                               void** args, int order, char* error, size_t error_len) {{\n"
         f"    return ferro_host::launch(grid, block, shared, order,\n"
         f"        [args] {{ ferro_host::call_kernel(&{name}, args); }}, error, error_len);\n}}"
-        for i, name in enumerate(names))
+        for i, name in enumerate(names)
+    )
     return f'#include "{SHIM}"\n{code}\n{launchers}\n'
 
 
@@ -75,7 +94,9 @@ class HostModule:
     def __init__(self, code, names, tag="kernels"):
         self.names = list(names)
         program = _program(code, self.names)
-        key = hashlib.sha256("\0".join((program, SHIM.read_text(), CXX, *FLAGS)).encode()).hexdigest()[:24]
+        key = hashlib.sha256(
+            "\0".join((program, SHIM.read_text(), CXX, *FLAGS)).encode()
+        ).hexdigest()[:24]
         build = Path(tempfile.gettempdir()) / "ferroformer-cuda-host"
         build.mkdir(exist_ok=True)
         library = build / f"{tag}-{key}.so"
@@ -85,8 +106,11 @@ class HostModule:
             source = build / f"{tag}-{key}.cpp"
             source.write_text(program)
             partial = library.with_suffix(f".{os.getpid()}.tmp")
-            result = subprocess.run([CXX, *FLAGS, f"-I{build}", str(source), "-o", str(partial)],
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [CXX, *FLAGS, f"-I{build}", str(source), "-o", str(partial)],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode:
                 raise RuntimeError(f"host build of {tag} failed:\n{result.stderr[-6000:]}")
             os.replace(partial, library)
@@ -95,8 +119,15 @@ class HostModule:
         for i, name in enumerate(self.names):
             fn = getattr(self.library, f"ferro_launch_{i}")
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t,
-                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+            fn.argtypes = [
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.c_size_t,
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+            ]
             self.functions[name] = fn
 
     def launch(self, name, grid, block, shared_mem, args, order=0):
@@ -120,4 +151,6 @@ class HostModule:
 @functools.cache
 def host_module(family, dtype):
     """The kernels of one family of backends/cuda/ for one storage type."""
-    return HostModule(cuda.source(family), cuda.name_expressions(family, dtype), f"{family}-{dtype}")
+    return HostModule(
+        cuda.source(family), cuda.name_expressions(family, dtype), f"{family}-{dtype}"
+    )

@@ -10,7 +10,9 @@ def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
     """Compares arrays (or tuples of arrays); on failure prints the shapes,
     the first values and the largest difference, as llm.c's checks do."""
     if isinstance(actual, (tuple, list)):
-        assert len(actual) == len(expected), f"{name}: {len(actual)} outputs, expected {len(expected)}"
+        assert len(actual) == len(expected), (
+            f"{name}: {len(actual)} outputs, expected {len(expected)}"
+        )
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert_close(a, e, rtol=rtol, atol=atol, name=f"{name}[{i}]")
         return

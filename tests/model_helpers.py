@@ -13,11 +13,27 @@ from helpers import assert_close, numerical_grad
 
 # every native function the rust backend calls for a whole model's training step
 MODEL_KERNELS = (
-    "linear_forward", "linear_backward", "layernorm_forward", "layernorm_backward",
-    "rmsnorm_forward", "rmsnorm_backward", "gelu_forward", "gelu_backward", "relu_forward",
-    "relu_backward", "swiglu_forward", "swiglu_backward", "attention_forward",
-    "attention_backward", "embedding_forward", "embedding_backward", "rope_forward",
-    "rope_backward", "cross_entropy_forward", "cross_entropy_backward", "adamw_step",
+    "linear_forward",
+    "linear_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "rmsnorm_forward",
+    "rmsnorm_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "relu_forward",
+    "relu_backward",
+    "swiglu_forward",
+    "swiglu_backward",
+    "attention_forward",
+    "attention_backward",
+    "embedding_forward",
+    "embedding_backward",
+    "rope_forward",
+    "rope_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "adamw_step",
 )
 
 
@@ -49,8 +65,18 @@ def _numerical_at(loss, x, idx, eps=1e-6):
     return out
 
 
-def check_grads(module, args, rng, *, kwargs=None, wrt=(), samples=None, rtol=1e-5, atol=1e-7,
-                backward_kwargs=None):
+def check_grads(
+    module,
+    args,
+    rng,
+    *,
+    kwargs=None,
+    wrt=(),
+    samples=None,
+    rtol=1e-5,
+    atol=1e-7,
+    backward_kwargs=None,
+):
     """Checks ``module.backward`` against central differences of sum(g * forward).
 
     ``wrt``: the float input arrays whose gradients backward returns, in order.
@@ -81,8 +107,15 @@ def check_grads(module, args, rng, *, kwargs=None, wrt=(), samples=None, rtol=1e
     for name, p in module.named_parameters():
         assert p.grad is not None, f"{name} got no gradient"
         if samples is None:
-            assert_close(p.grad, numerical_grad(loss, p.data), rtol=rtol, atol=atol, name=f"d {name}")
+            assert_close(
+                p.grad, numerical_grad(loss, p.data), rtol=rtol, atol=atol, name=f"d {name}"
+            )
         else:
             idx = rng.choice(p.data.size, size=min(samples, p.data.size), replace=False)
-            assert_close(p.grad.reshape(-1)[idx], _numerical_at(loss, p.data, idx),
-                         rtol=rtol, atol=atol, name=f"d {name}")
+            assert_close(
+                p.grad.reshape(-1)[idx],
+                _numerical_at(loss, p.data, idx),
+                rtol=rtol,
+                atol=atol,
+                name=f"d {name}",
+            )

@@ -33,8 +33,9 @@ def test_cupy_missing_says_why():
 def test_default_is_fastest_available():
     code = "import ferroformer as ff; print(ff.backend().name)"
     env = {k: v for k, v in os.environ.items() if k != "FERROFORMER_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     want = next(n for n in ("cupy", "rust", "numpy") if n in ff.available_backends())
     assert out == want
 
@@ -42,8 +43,9 @@ def test_default_is_fastest_available():
 def test_environment_variable_sets_default():
     code = "import ferroformer as ff; print(ff.backend().name)"
     env = dict(os.environ, FERROFORMER_BACKEND="numpy")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "numpy"
 
 

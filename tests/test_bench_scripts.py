@@ -17,10 +17,20 @@ from ferroformer.models import BERT, GPT, Llama
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benches"))
 import bench_decode as bd
 
-pytestmark = pytest.mark.skipif("rust" not in ff.available_backends(), reason="needs the rust backend")
+pytestmark = pytest.mark.skipif(
+    "rust" not in ff.available_backends(), reason="needs the rust backend"
+)
 
-TINY_LLAMA = dict(vocab_size=96, max_seq_len=64, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2,
-                  rope_base=100000.0, tie_embeddings=True)
+TINY_LLAMA = dict(
+    vocab_size=96,
+    max_seq_len=64,
+    d_model=64,
+    n_heads=4,
+    n_kv_heads=2,
+    n_layers=2,
+    rope_base=100000.0,
+    tie_embeddings=True,
+)
 
 
 def _prompt(n, vocab, seed=1):
@@ -64,8 +74,17 @@ def test_torch_bert_peer_matches_with_padding():
     torch = pytest.importorskip("torch")
     import bench_pretrained as bp
 
-    model = BERT(vocab_size=80, max_seq_len=32, d_model=32, n_heads=4, n_layers=2, dropout=0.0,
-                 gelu_approximate="none", backend="rust", rng=0).eval()
+    model = BERT(
+        vocab_size=80,
+        max_seq_len=32,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        dropout=0.0,
+        gelu_approximate="none",
+        backend="rust",
+        rng=0,
+    ).eval()
     ids = np.random.default_rng(2).integers(1, 80, (3, 10))
     mask = np.ones((3, 10), bool)
     mask[1, 6:] = mask[2, 3:] = False

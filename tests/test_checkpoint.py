@@ -21,14 +21,32 @@ TASK = CopyTask(n_symbols=6, max_len=5)
 
 
 def gpt(seed=0, **kw):
-    return GPT(TASK.vocab_size, max_seq_len=16, d_model=16, n_heads=2, n_layers=2, dropout=0.1,
-               backend="numpy", rng=seed, **kw)
+    return GPT(
+        TASK.vocab_size,
+        max_seq_len=16,
+        d_model=16,
+        n_heads=2,
+        n_layers=2,
+        dropout=0.1,
+        backend="numpy",
+        rng=seed,
+        **kw,
+    )
 
 
 def trainer(model, **kw):
     opt = AdamW(model, lr=3e-3, weight_decay=0.1)
-    return Trainer(model, opt, TASK.lm_batch_fn(8), schedule=LRSchedule(3e-3, 3, 12), grad_clip=1.0,
-                   accum_steps=2, seed=7, progress=False, **kw)
+    return Trainer(
+        model,
+        opt,
+        TASK.lm_batch_fn(8),
+        schedule=LRSchedule(3e-3, 3, 12),
+        grad_clip=1.0,
+        accum_steps=2,
+        seed=7,
+        progress=False,
+        **kw,
+    )
 
 
 def test_resume_gives_exactly_the_uninterrupted_losses(tmp_path):
@@ -36,8 +54,8 @@ def test_resume_gives_exactly_the_uninterrupted_losses(tmp_path):
     full.fit(12)
     path = tmp_path / "ckpt.safetensors"
     first = trainer(gpt(), checkpoint_path=path, checkpoint_every=5)
-    first.fit(7)                                       # the checkpoint holds step 5
-    resumed = trainer(gpt(seed=99))                    # different initial weights and dropout seeds
+    first.fit(7)  # the checkpoint holds step 5
+    resumed = trainer(gpt(seed=99))  # different initial weights and dropout seeds
     resumed.resume(path)
     assert resumed.step == 5
     resumed.fit(12)
@@ -47,8 +65,17 @@ def test_resume_gives_exactly_the_uninterrupted_losses(tmp_path):
 
 
 def test_round_trip_rebuilds_model_and_optimizer(tmp_path, rng):
-    model = Transformer(9, 9, d_model=8, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=16,
-                        backend="numpy", rng=0)
+    model = Transformer(
+        9,
+        9,
+        d_model=8,
+        n_heads=2,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        d_ff=16,
+        backend="numpy",
+        rng=0,
+    )
     opt = SGD(model, lr=0.1, momentum=0.9)
     tr = Trainer(model, opt, CopyTask(5, 1, 4).seq2seq_batch_fn(4), seed=0, progress=False)
     tr.fit(2)
@@ -70,7 +97,7 @@ def test_round_trip_rebuilds_model_and_optimizer(tmp_path, rng):
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     path = tmp_path / "a.safetensors"
     save_checkpoint(path, gpt())
-    save_checkpoint(path, gpt(seed=1))                 # overwrite in place
+    save_checkpoint(path, gpt(seed=1))  # overwrite in place
     assert os.listdir(tmp_path) == ["a.safetensors"]
     tensors, meta = read_checkpoint(path)
     assert json.loads(meta["model_config"])["d_model"] == 16
@@ -103,7 +130,7 @@ def _rewrite(path, header: dict, body: bytes):
 
 def _split(data):
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def test_truncated_file(saved):
@@ -160,12 +187,14 @@ def test_shape_that_does_not_fit_its_bytes(saved):
 
 def test_wrong_shapes_for_the_model(saved, tmp_path):
     path, _ = saved
-    other = GPT(TASK.vocab_size, max_seq_len=16, d_model=32, n_heads=2, n_layers=2, backend="numpy", rng=0)
+    other = GPT(
+        TASK.vocab_size, max_seq_len=16, d_model=32, n_heads=2, n_layers=2, backend="numpy", rng=0
+    )
     with pytest.raises(ValueError, match="written for GPT"):
         load_checkpoint(path, model=other)
     header, body = _split(path.read_bytes())
     cfg = json.loads(header["__metadata__"]["model_config"])
-    cfg["d_model"] = 32                                 # config and weights disagree
+    cfg["d_model"] = 32  # config and weights disagree
     header["__metadata__"]["model_config"] = json.dumps(cfg)
     _rewrite(path, header, body)
     with pytest.raises(ValueError, match="shape"):
@@ -174,26 +203,32 @@ def test_wrong_shapes_for_the_model(saved, tmp_path):
 
 def test_hostile_config_and_metadata(saved):
     path, data = saved
-    for key, value in [("model_config", json.dumps({"vocab_size": 10**12})),
-                       ("model_config", json.dumps({"vocab_size": 9, "__import__": "os"})),
-                       ("model_class", "os.system"),
-                       ("step", "-3"),
-                       ("rng", json.dumps({"model": {"drop": {"bit_generator": "Evil"}}})),
-                       ("optimizer", "{broken")]:
+    for key, value in [
+        ("model_config", json.dumps({"vocab_size": 10**12})),
+        ("model_config", json.dumps({"vocab_size": 9, "__import__": "os"})),
+        ("model_class", "os.system"),
+        ("step", "-3"),
+        ("rng", json.dumps({"model": {"drop": {"bit_generator": "Evil"}}})),
+        ("optimizer", "{broken"),
+    ]:
         header, body = _split(data)
         header["__metadata__"][key] = value
         _rewrite(path, header, body)
         with pytest.raises(ValueError):
             model = gpt()
-            load_checkpoint(path, model if key == "optimizer" else None,
-                            AdamW(model) if key == "optimizer" else None, backend="numpy")
+            load_checkpoint(
+                path,
+                model if key == "optimizer" else None,
+                AdamW(model) if key == "optimizer" else None,
+                backend="numpy",
+            )
 
 
 def test_non_finite_weights(saved):
     path, data = saved
     header, body = _split(data)
     a, _ = header["model/wte.weight"]["data_offsets"]
-    body = body[:a] + np.float32(np.nan).tobytes() + body[a + 4:]
+    body = body[:a] + np.float32(np.nan).tobytes() + body[a + 4 :]
     _rewrite(path, header, body)
     with pytest.raises(ValueError, match="finite"):
         load_checkpoint(path, backend="numpy")

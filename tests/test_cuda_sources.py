@@ -38,7 +38,11 @@ def _nvidia_wheel_dirs(sub):
 
 
 def _load_nvrtc():
-    candidates = [p for d in _nvidia_wheel_dirs("lib") for p in sorted(glob.glob(os.path.join(d, "libnvrtc.so.*")))]
+    candidates = [
+        p
+        for d in _nvidia_wheel_dirs("lib")
+        for p in sorted(glob.glob(os.path.join(d, "libnvrtc.so.*")))
+    ]
     found = ctypes.util.find_library("nvrtc")
     if found:
         candidates.append(found)
@@ -51,7 +55,9 @@ def _load_nvrtc():
 
 
 NVRTC = _load_nvrtc()
-pytestmark = pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+pytestmark = pytest.mark.skipif(
+    NVRTC is None, reason="libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)"
+)
 
 
 def _check(status, what):
@@ -64,8 +70,10 @@ def compile_family(family, dtype, options):
     """Compiles one family with NVRTC; returns (log, {name expression: lowered name})."""
     prog = ctypes.c_void_p()
     code = cuda.source(family).encode()
-    _check(NVRTC.nvrtcCreateProgram(ctypes.byref(prog), code, f"{family}.cu".encode(), 0, None, None),
-           "nvrtcCreateProgram")
+    _check(
+        NVRTC.nvrtcCreateProgram(ctypes.byref(prog), code, f"{family}.cu".encode(), 0, None, None),
+        "nvrtcCreateProgram",
+    )
     names = cuda.name_expressions(family, dtype)
     try:
         for name in names:
@@ -81,7 +89,10 @@ def compile_family(family, dtype, options):
         lowered = {}
         for name in names:
             out = ctypes.c_char_p()
-            _check(NVRTC.nvrtcGetLoweredName(prog, name.encode(), ctypes.byref(out)), f"lowered name of {name}")
+            _check(
+                NVRTC.nvrtcGetLoweredName(prog, name.encode(), ctypes.byref(out)),
+                f"lowered name of {name}",
+            )
             lowered[name] = out.value.decode()
         return log, lowered
     finally:
@@ -89,7 +100,9 @@ def compile_family(family, dtype, options):
 
 
 def _assert_clean(log, what):
-    problems = [line for line in log.splitlines() if re.search(r"warning|[1-9]\d* bytes spill", line)]
+    problems = [
+        line for line in log.splitlines() if re.search(r"warning|[1-9]\d* bytes spill", line)
+    ]
     assert not problems, f"{what}:\n" + "\n".join(problems)
 
 
@@ -106,7 +119,9 @@ def test_family_compiles_float32(family, arch):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("family", sorted(cuda.FAMILIES))
 def test_family_compiles_half_types(family, dtype):
-    headers = [d for d in _nvidia_wheel_dirs("include") if os.path.exists(os.path.join(d, "cuda_bf16.h"))]
+    headers = [
+        d for d in _nvidia_wheel_dirs("include") if os.path.exists(os.path.join(d, "cuda_bf16.h"))
+    ]
     if not headers:
         pytest.skip("CUDA headers not found (pip install nvidia-cuda-runtime-cu12)")
     options = (*cuda.options(dtype), *CUPY_OPTIONS, "-arch=sm_80", f"-I{headers[0]}")

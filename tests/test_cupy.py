@@ -28,9 +28,12 @@ from helpers import assert_close
 
 # -- the loader, on every machine ---------------------------------------------------
 
+
 def test_loader_without_cupy_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy now raises ImportError
-    with pytest.raises(BackendUnavailable, match=r"needs CuPy: pip install 'ferroformer\[cuda12\]'"):
+    with pytest.raises(
+        BackendUnavailable, match=r"needs CuPy: pip install 'ferroformer\[cuda12\]'"
+    ):
         load_cupy_backend()
 
 
@@ -38,7 +41,9 @@ def _fake_cupy(get_device_count):
     class CUDARuntimeError(RuntimeError):
         pass
 
-    runtime = types.SimpleNamespace(getDeviceCount=get_device_count, CUDARuntimeError=CUDARuntimeError)
+    runtime = types.SimpleNamespace(
+        getDeviceCount=get_device_count, CUDARuntimeError=CUDARuntimeError
+    )
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = type("CompileException", (Exception,), {})
     cuda = types.ModuleType("cupy.cuda")
@@ -50,7 +55,11 @@ def _fake_cupy(get_device_count):
 
 def test_loader_without_gpu_says_so(monkeypatch):
     cupy, _ = _fake_cupy(lambda: 0)
-    for name, module in (("cupy", cupy), ("cupy.cuda", cupy.cuda), ("cupy.cuda.compiler", cupy.cuda.compiler)):
+    for name, module in (
+        ("cupy", cupy),
+        ("cupy.cuda", cupy.cuda),
+        ("cupy.cuda.compiler", cupy.cuda.compiler),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     with pytest.raises(BackendUnavailable, match="found no CUDA GPU"):
         load_cupy_backend()
@@ -61,7 +70,11 @@ def test_loader_with_unusable_driver_says_why(monkeypatch):
         raise error("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
 
     cupy, error = _fake_cupy(no_driver)
-    for name, module in (("cupy", cupy), ("cupy.cuda", cupy.cuda), ("cupy.cuda.compiler", cupy.cuda.compiler)):
+    for name, module in (
+        ("cupy", cupy),
+        ("cupy.cuda", cupy.cuda),
+        ("cupy.cuda.compiler", cupy.cuda.compiler),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     with pytest.raises(BackendUnavailable, match="no usable CUDA GPU .*InsufficientDriver"):
         load_cupy_backend()
@@ -90,6 +103,7 @@ def test_row_launch_shapes():
 
 # -- the contract on the GPU ------------------------------------------------------------
 
+
 @pytest.fixture
 def cupy_ops():
     if NO_GPU is not None:
@@ -97,16 +111,19 @@ def cupy_ops():
     return ff.backend("cupy")  # with a GPU present it must load: an error here fails
 
 
-
-
 # -- what only a device backend has -------------------------------------------------------
+
 
 def test_results_live_on_the_device(cupy_ops, rng):
     cp = cupy_ops.xp
     x = cp.asarray(rng.standard_normal((7, 65)), np.float32)
     g = cp.ones(65, np.float32)
-    outputs = [cupy_ops.softmax_forward(x), *cupy_ops.layernorm_forward(x, g, g),
-               cupy_ops.matmul(x, x, trans_b=True), cupy_ops.gelu_forward(x)]
+    outputs = [
+        cupy_ops.softmax_forward(x),
+        *cupy_ops.layernorm_forward(x, g, g),
+        cupy_ops.matmul(x, x, trans_b=True),
+        cupy_ops.gelu_forward(x),
+    ]
     for y in outputs:
         assert isinstance(y, cp.ndarray) and y.flags.c_contiguous and y.dtype == np.float32
 
@@ -139,7 +156,9 @@ def test_matmul_takes_transposed_and_broadcast_views(cupy_ops, ref, rng):
     got = cupy_ops.matmul(cp.swapaxes(da, -1, -2), cp.swapaxes(db, -1, -2))  # both views, no flags
     assert_close(got.get(), ref.matmul(a, b, trans_a=True, trans_b=True), rtol=1e-5, atol=1e-5)
     got = cupy_ops.matmul(da[:, :1], db, trans_a=True, trans_b=True)  # (3, 1) x (4,) batches
-    assert_close(got.get(), ref.matmul(a[:, :1], b, trans_a=True, trans_b=True), rtol=1e-5, atol=1e-5)
+    assert_close(
+        got.get(), ref.matmul(a[:, :1], b, trans_a=True, trans_b=True), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("cols", [8192, 50257])
@@ -150,11 +169,23 @@ def test_long_rows(cupy_ops, ref, rng, cols):
     gamma, beta = rng.standard_normal(cols), rng.standard_normal(cols)
     on = OnDevice(cupy_ops)
     test_ops.compare(on, ref, lambda o, x: o.softmax_forward(x, scale=0.5), [x])
-    test_ops.compare(on, ref, lambda o, x, g, b: o.layernorm_forward(x, g, b), [x, gamma, beta],
-                     rtol=1e-3, atol=1e-4)
+    test_ops.compare(
+        on,
+        ref,
+        lambda o, x, g, b: o.layernorm_forward(x, g, b),
+        [x, gamma, beta],
+        rtol=1e-3,
+        atol=1e-4,
+    )
     _, mean, rstd = ref.layernorm_forward(x, gamma, beta)
-    test_ops.compare(on, ref, lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r),
-                     [dy, x, gamma, mean, rstd], rtol=1e-3, atol=1e-3)
+    test_ops.compare(
+        on,
+        ref,
+        lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r),
+        [dy, x, gamma, mean, rstd],
+        rtol=1e-3,
+        atol=1e-3,
+    )
     targets = rng.integers(0, cols, 9)
     loss, lse = on.cross_entropy_forward(x.astype(np.float32), targets)
     want_loss, want_lse = ref.cross_entropy_forward(x, targets)

@@ -51,13 +51,13 @@ HOST = cuda_host.unavailable()
 CASES = [
     # B, Hq, Hkv, Tq, Tk, D
     (1, 1, 1, 1, 1, 16),
-    (2, 4, 2, 37, 45, 40),    # GQA, partial tiles, a head dim that is no power of two
+    (2, 4, 2, 37, 45, 40),  # GQA, partial tiles, a head dim that is no power of two
     (1, 2, 1, 70, 70, 64),
-    (2, 2, 2, 100, 33, 64),   # Tq > Tk: causal rows that see no key
+    (2, 2, 2, 100, 33, 64),  # Tq > Tk: causal rows that see no key
     (1, 1, 1, 65, 130, 128),  # Tq < Tk, several key tiles
-    (1, 2, 1, 33, 50, 256),   # CUDA cores only (D > 128)
-    (1, 3, 1, 17, 17, 16),    # MQA
-    (2, 2, 2, 1, 300, 96),    # one query row: the split-K decode path
+    (1, 2, 1, 33, 50, 256),  # CUDA cores only (D > 128)
+    (1, 3, 1, 17, 17, 16),  # MQA
+    (2, 2, 2, 1, 300, 96),  # one query row: the split-K decode path
 ]
 
 
@@ -92,8 +92,9 @@ def check_attention(ops, case, dtype_name, causal, masked, rng):
     assert_close(o, o_ref, rtol=tol, atol=tol * np.abs(o_ref).max(initial=1.0), name="o")
     assert_close(lse, lse_ref, rtol=tol, atol=tol, name="lse")
     # the backward from the reference's o and lse, so that it is checked on its own
-    grads = ops.attention_backward(*(x.astype(dtype) for x in (do, q, k, v, o_ref)),
-                                   lse_ref.astype(np.float32), **kw)
+    grads = ops.attention_backward(
+        *(x.astype(dtype) for x in (do, q, k, v, o_ref)), lse_ref.astype(np.float32), **kw
+    )
     grads_ref = ref.attention_backward(do, q, k, v, o_ref, lse_ref, **kw)
     for name, g, want in zip(("dq", "dk", "dv"), grads, grads_ref):
         assert g.dtype == dtype
@@ -104,6 +105,7 @@ def check_attention(ops, case, dtype_name, causal, masked, rng):
 
 
 # -- the kernels' CUDA C++ on the host ------------------------------------------------------
+
 
 @pytest.fixture
 def launches(monkeypatch):
@@ -127,18 +129,26 @@ def expected_kernels(case, dtype_name, tensor_cores):
         kind, dim = "mma", mma_head_dim(d)
     else:
         kind, dim = "simt", simt_head_dim(d)
-    forward = (f"attention_decode_partial<{ctype}, {simt_head_dim(d)}>" if tq == 1
-               else f"attention_forward_{kind}<{ctype}, {dim}>")
-    return [forward, f"attention_backward_kv_{kind}<{ctype}, {dim}>",
-            f"attention_backward_q_{kind}<{ctype}, {dim}>"]
+    forward = (
+        f"attention_decode_partial<{ctype}, {simt_head_dim(d)}>"
+        if tq == 1
+        else f"attention_forward_{kind}<{ctype}, {dim}>"
+    )
+    return [
+        forward,
+        f"attention_backward_kv_{kind}<{ctype}, {dim}>",
+        f"attention_backward_q_{kind}<{ctype}, {dim}>",
+    ]
 
 
 @pytest.mark.skipif(HOST is not None, reason=str(HOST))
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("dtype_name,device", [(d, cc) for d in DTYPES for cc in ("90", "75")
-                                               if d != "float32" or cc == "90"])
+@pytest.mark.parametrize(
+    "dtype_name,device",
+    [(d, cc) for d in DTYPES for cc in ("90", "75") if d != "float32" or cc == "90"],
+)
 def test_kernels_on_host_match_reference(case, causal, masked, dtype_name, device, launches, rng):
     ops = OnDevice(cuda_emulator.backend(device))
     check_attention(ops, case, dtype_name, causal, masked, rng)
@@ -163,8 +173,8 @@ def test_strided_and_misaligned_inputs(rng):
     ops = cuda_emulator.backend("90")
     xp, ref = ops.xp, NumpyBackend()
     dtype = np.dtype(np.float16)
-    q = rng.standard_normal((1, 40, 2, 64)).astype(dtype)           # (B, T, H, D): heads are a view
-    flat = np.empty(2 * 40 * 64 + 1, dtype)                          # k one element off alignment
+    q = rng.standard_normal((1, 40, 2, 64)).astype(dtype)  # (B, T, H, D): heads are a view
+    flat = np.empty(2 * 40 * 64 + 1, dtype)  # k one element off alignment
     k = flat[1:].reshape(1, 2, 40, 64)
     k[...] = rng.standard_normal(k.shape)
     dq = xp.asarray(q).transpose(0, 2, 1, 3)
@@ -175,7 +185,9 @@ def test_strided_and_misaligned_inputs(rng):
     o_ref, lse_ref = ref.attention_forward(q64, k64, k64, causal=True)
     assert_close(o, o_ref, rtol=1e-2, atol=1e-2)
     grads = ops.attention_backward(dk, dq, dk, dk, o, lse, causal=True)  # dO misaligned too
-    for g, want in zip(grads, ref.attention_backward(k64, q64, k64, k64, o_ref, lse_ref, causal=True)):
+    for g, want in zip(
+        grads, ref.attention_backward(k64, q64, k64, k64, o_ref, lse_ref, causal=True)
+    ):
         assert_close(g, want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
 
 
@@ -184,7 +196,9 @@ def test_too_little_shared_memory_fails_on_host(monkeypatch, rng):
     """The host run would catch a launch that asks for less shared memory than the kernel uses."""
     import ferroformer.backends.cupy_backend as cb
 
-    monkeypatch.setattr(cb, "simt_shared_bytes", lambda kernel, d_max: simt_shared_bytes(kernel, d_max) - 256)
+    monkeypatch.setattr(
+        cb, "simt_shared_bytes", lambda kernel, d_max: simt_shared_bytes(kernel, d_max) - 256
+    )
     ops = OnDevice(cuda_emulator.backend("90"))
     with pytest.raises(AssertionError, match="past the dynamic shared memory"):
         check_attention(ops, (1, 1, 1, 20, 20, 64), "float32", False, False, rng)
@@ -244,15 +258,20 @@ __global__ void early_read(const float* in, float* out) {
 def harness():
     if HOST is not None:
         pytest.skip(HOST)
-    return cuda_host.HostModule(HARNESS_KERNELS, ["rotate<1>", "rotate<0>", "divergent", "mma_tile",
-                                                  "early_read"], "harness")
+    return cuda_host.HostModule(
+        HARNESS_KERNELS,
+        ["rotate<1>", "rotate<0>", "divergent", "mma_tile", "early_read"],
+        "harness",
+    )
 
 
 def test_harness_runs_a_correct_kernel(harness):
     x = np.arange(64, dtype=np.float32)
     out = np.zeros(64, np.float32)
     for order in (0, 1):
-        harness.launch("rotate<1>", (1,), (64,), 256, [x.ctypes.data, out.ctypes.data, np.int32(64)], order)
+        harness.launch(
+            "rotate<1>", (1,), (64,), 256, [x.ctypes.data, out.ctypes.data, np.int32(64)], order
+        )
         assert (out == np.roll(x, -1)).all()
 
 
@@ -261,7 +280,9 @@ def test_harness_exposes_a_missing_barrier(harness):
     stale = []
     for order in (0, 1):
         out = np.zeros(64, np.float32)
-        harness.launch("rotate<0>", (1,), (64,), 256, [x.ctypes.data, out.ctypes.data, np.int32(64)], order)
+        harness.launch(
+            "rotate<0>", (1,), (64,), 256, [x.ctypes.data, out.ctypes.data, np.int32(64)], order
+        )
         stale.append(np.isnan(out).any())
     assert any(stale)
 
@@ -290,6 +311,7 @@ def test_harness_cp_async_lands_at_the_wait(harness):
 
 # -- NVRTC: every storage type, sm_75 / sm_80 / sm_90 ----------------------------------------
 
+
 def _compile(family, dtype, arch):
     import test_cuda_sources as sources_test
 
@@ -298,20 +320,29 @@ def _compile(family, dtype, arch):
     headers = cuda.header_dirs()
     if dtype != "float32" and not headers:
         pytest.skip("CUDA headers not found (pip install nvidia-cuda-runtime-cu12)")
-    options = (*cuda.options(dtype, headers), *sources_test.CUPY_OPTIONS, f"-arch={arch}", "-Xptxas=-v")
+    options = (
+        *cuda.options(dtype, headers),
+        *sources_test.CUPY_OPTIONS,
+        f"-arch={arch}",
+        "-Xptxas=-v",
+    )
     return sources_test.compile_family(family, dtype, options)
 
 
-COMPILE_CASES = ([("flash_attention", d, a) for d in ("float32", "float16", "bfloat16")
-                  for a in ("sm_75", "sm_80", "sm_90")]
-                 + [("flash_attention_mma", d, a) for d in cuda.TENSOR_CORE_DTYPES for a in ("sm_80", "sm_90")])
+COMPILE_CASES = [
+    ("flash_attention", d, a)
+    for d in ("float32", "float16", "bfloat16")
+    for a in ("sm_75", "sm_80", "sm_90")
+] + [("flash_attention_mma", d, a) for d in cuda.TENSOR_CORE_DTYPES for a in ("sm_80", "sm_90")]
 
 
 @pytest.mark.parametrize("family,dtype,arch", COMPILE_CASES)
 def test_flash_kernels_compile(family, dtype, arch):
     log, lowered = _compile(family, dtype, arch)
     names = {v: k for k, v in lowered.items()}
-    problems = [line for line in log.splitlines() if re.search(r"warning|[1-9]\d* bytes spill", line)]
+    problems = [
+        line for line in log.splitlines() if re.search(r"warning|[1-9]\d* bytes spill", line)
+    ]
     assert not problems, "\n".join(problems)
     current = None
     print(f"\n{family} {dtype} {arch}")
@@ -334,11 +365,29 @@ def test_every_tensor_core_kernel_is_listed():
 
 # -- launch geometry -------------------------------------------------------------------------
 
+
 def test_head_dim_instantiations():
-    assert [simt_head_dim(d) for d in (1, 16, 64, 65, 128, 129, 256, 257)] == \
-        [64, 64, 64, 128, 128, 256, 256, None]
-    assert [mma_head_dim(d) for d in (8, 16, 40, 64, 72, 128, 136, 12, 100)] == \
-        [64, 64, 64, 64, 128, 128, None, None, None]
+    assert [simt_head_dim(d) for d in (1, 16, 64, 65, 128, 129, 256, 257)] == [
+        64,
+        64,
+        64,
+        128,
+        128,
+        256,
+        256,
+        None,
+    ]
+    assert [mma_head_dim(d) for d in (8, 16, 40, 64, 72, 128, 136, 12, 100)] == [
+        64,
+        64,
+        64,
+        64,
+        128,
+        128,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_shared_memory_fits_without_opt_in():
@@ -350,17 +399,30 @@ def test_shared_memory_fits_without_opt_in():
             assert mma_shared_bytes(kernel, head_dim) <= 48 * 1024
 
 
-@pytest.mark.parametrize("rows,tk,sms", [(1, 1, 132), (12, 1024, 132), (12, 4097, 132), (96, 1024, 132),
-                                         (8, 65, 4), (1, 10**6, 132), (4096, 300, 108)])
+@pytest.mark.parametrize(
+    "rows,tk,sms",
+    [
+        (1, 1, 132),
+        (12, 1024, 132),
+        (12, 4097, 132),
+        (96, 1024, 132),
+        (8, 65, 4),
+        (1, 10**6, 132),
+        (4096, 300, 108),
+    ],
+)
 def test_decode_split_covers_every_key_once(rows, tk, sms):
     splits, chunk = decode_split(rows, tk, sms)
     assert splits >= 1 and splits * chunk >= tk and (splits - 1) * chunk < tk
     assert chunk >= min(tk, 64)
-    wanted = min(-(-4 * sms // rows), max(1, tk // 64))  # about 4 blocks an SM, 64 keys or more each
+    wanted = min(
+        -(-4 * sms // rows), max(1, tk // 64)
+    )  # about 4 blocks an SM, 64 keys or more each
     assert wanted / 2 <= splits <= wanted
 
 
 # -- on a GPU ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def gpu():
@@ -369,7 +431,12 @@ def gpu():
     return ff.backend("cupy")
 
 
-GPU_CASES = [*CASES, (4, 12, 12, 1024, 1024, 64), (2, 8, 2, 333, 1000, 128), (1, 4, 4, 1, 4096, 128)]
+GPU_CASES = [
+    *CASES,
+    (4, 12, 12, 1024, 1024, 64),
+    (2, 8, 2, 333, 1000, 128),
+    (1, 4, 4, 1, 4096, 128),
+]
 
 
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
@@ -395,8 +462,18 @@ def test_gpu_tensor_cores_agree_with_cuda_cores(gpu, dtype_name, rng):
     outs = []
     for ops in (gpu, cuda_cores):
         o, lse = ops.attention_forward(q, k, v, causal=True, key_padding_mask=mask)
-        outs.append([x.astype(np.float32).get() for x in
-                     (o, lse, *ops.attention_backward(do, q, k, v, o, lse, causal=True, key_padding_mask=mask))])
+        outs.append(
+            [
+                x.astype(np.float32).get()
+                for x in (
+                    o,
+                    lse,
+                    *ops.attention_backward(
+                        do, q, k, v, o, lse, causal=True, key_padding_mask=mask
+                    ),
+                )
+            ]
+        )
     for a, b in zip(*outs):
         assert_close(a, b, rtol=2e-2, atol=2e-2 * np.abs(b[np.isfinite(b)]).max(initial=1.0))
 
@@ -433,8 +510,12 @@ def test_gpu_backward_is_deterministic(gpu, dtype_name, rng):
     for _ in range(3):
         again = gpu.attention_backward(do, q, k, v, o, lse, **kw)
         for a, b in zip(first, again):
-            assert bool((a.view(np.uint16 if a.itemsize == 2 else np.uint32) ==
-                         b.view(np.uint16 if b.itemsize == 2 else np.uint32)).all())
+            assert bool(
+                (
+                    a.view(np.uint16 if a.itemsize == 2 else np.uint32)
+                    == b.view(np.uint16 if b.itemsize == 2 else np.uint32)
+                ).all()
+            )
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
@@ -447,5 +528,10 @@ def test_gpu_decode_matches_the_last_row_of_the_forward(gpu, dtype_name, rng):
     o_full, lse_full = gpu.attention_forward(q, k, v, causal=True)
     o_one, lse_one = gpu.attention_forward(q[:, :, -1:], k, v, causal=True)
     tol = TOLERANCE[dtype_name]
-    assert_close(o_one.astype(np.float32).get(), o_full[:, :, -1:].astype(np.float32).get(), rtol=tol, atol=tol)
+    assert_close(
+        o_one.astype(np.float32).get(),
+        o_full[:, :, -1:].astype(np.float32).get(),
+        rtol=tol,
+        atol=tol,
+    )
     assert_close(lse_one.get(), lse_full[:, :, -1:].get(), rtol=1e-4, atol=1e-4)

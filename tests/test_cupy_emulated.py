@@ -22,8 +22,6 @@ def emulated():
     return cuda_emulator.backend()
 
 
-
-
 def test_loader_returns_the_backend_when_a_gpu_is_there(monkeypatch):
     fake = cuda_emulator.make_module()
     monkeypatch.setitem(sys.modules, "cupy", fake)

@@ -23,8 +23,9 @@ def test_wrong_dtype_is_type_error(backend):
     with pytest.raises(TypeError, match="targets must hold integers"):
         backend.cross_entropy_forward(z(2, 3), z(2))
     with pytest.raises(TypeError, match="key_padding_mask must be bool"):
-        backend.attention_forward(z(1, 1, 2, 4), z(1, 1, 2, 4), z(1, 1, 2, 4),
-                                  key_padding_mask=z(1, 2))
+        backend.attention_forward(
+            z(1, 1, 2, 4), z(1, 1, 2, 4), z(1, 1, 2, 4), key_padding_mask=z(1, 2)
+        )
 
 
 def test_rust_rejects_float64():
@@ -39,7 +40,10 @@ def test_rust_rejects_float64():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda o: o.matmul(z(2, 3), z(4, 5)), r"matmul: inner dimensions differ .*\(2, 3\).*\(4, 5\)"),
+        (
+            lambda o: o.matmul(z(2, 3), z(4, 5)),
+            r"matmul: inner dimensions differ .*\(2, 3\).*\(4, 5\)",
+        ),
         (lambda o: o.matmul(z(2, 2, 3), z(3, 3, 4)), "batch dimensions do not broadcast"),
         (lambda o: o.matmul(z(3), z(3, 1)), "at least 2 dimensions"),
         (lambda o: o.linear_forward(z(2, 3), z(4, 5)), r"linear_forward: .*x \(2, 3\), w \(4, 5\)"),
@@ -48,25 +52,39 @@ def test_rust_rejects_float64():
         (lambda o: o.softmax_forward(z(3), causal=True), "causal mask needs at least 2"),
         (lambda o: o.softmax_backward(z(2, 3), z(3, 2)), "softmax_backward: shapes must match"),
         (lambda o: o.layernorm_forward(z(2, 3), z(4), z(3)), r"gamma must be \(3,\)"),
-        (lambda o: o.layernorm_backward(z(2, 3), z(2, 3), z(3), z(3), z(2)), "mean must have shape"),
+        (
+            lambda o: o.layernorm_backward(z(2, 3), z(2, 3), z(3), z(3), z(2)),
+            "mean must have shape",
+        ),
         (lambda o: o.rmsnorm_forward(z(2, 3), z(2)), "rmsnorm_forward"),
         (lambda o: o.gelu_forward(z(2), approximate="fast"), "approximate must be"),
         (lambda o: o.swiglu_forward(z(2, 3), z(3, 2)), "swiglu_forward: shapes must match"),
         (lambda o: o.cross_entropy_forward(z(2, 3), np.zeros(3, np.int64)), r"targets \(N,\)"),
-        (lambda o: o.cross_entropy_forward(z(2, 3), np.zeros(2, np.int64), label_smoothing=2.0),
-         "label_smoothing"),
+        (
+            lambda o: o.cross_entropy_forward(z(2, 3), np.zeros(2, np.int64), label_smoothing=2.0),
+            "label_smoothing",
+        ),
         (lambda o: o.embedding_forward(z(3), np.zeros(2, np.int64)), r"weight must be \(V, C\)"),
         (lambda o: o.embedding_backward(z(2, 4), np.zeros(3, np.int64), 5), "dy must be ids.shape"),
         (lambda o: o.rope_forward(z(2, 3), z(2, 1), z(2, 1)), "D even"),
         (lambda o: o.rope_forward(z(2, 4), z(3, 2), z(3, 2)), r"cos and sin must be \(T, D/2\)"),
         (lambda o: o.attention_forward(z(1, 3, 2, 4), z(1, 2, 2, 4), z(1, 2, 2, 4)), "multiple"),
-        (lambda o: o.attention_forward(z(1, 2, 2, 4), z(1, 2, 2, 8), z(1, 2, 2, 8)), "attention_forward"),
-        (lambda o: o.attention_forward(z(2, 1, 2, 4), z(2, 1, 3, 4), z(2, 1, 3, 4),
-                                       key_padding_mask=np.zeros((2, 2), bool)),
-         r"key_padding_mask must be \(B, Tk\)"),
+        (
+            lambda o: o.attention_forward(z(1, 2, 2, 4), z(1, 2, 2, 8), z(1, 2, 2, 8)),
+            "attention_forward",
+        ),
+        (
+            lambda o: o.attention_forward(
+                z(2, 1, 2, 4), z(2, 1, 3, 4), z(2, 1, 3, 4), key_padding_mask=np.zeros((2, 2), bool)
+            ),
+            r"key_padding_mask must be \(B, Tk\)",
+        ),
         (lambda o: o.adamw_step(z(3), z(3), z(3), z(4), lr=0.1, step=1), "adamw_step"),
         (lambda o: o.adamw_step(z(3), z(3), z(3), z(3), lr=0.1, step=0), "step counts from 1"),
-        (lambda o: o.adamw_step(z(3, 2).T, z(2, 3), z(2, 3), z(2, 3), lr=0.1, step=1), "C-contiguous"),
+        (
+            lambda o: o.adamw_step(z(3, 2).T, z(2, 3), z(2, 3), z(2, 3), lr=0.1, step=1),
+            "C-contiguous",
+        ),
     ],
 )
 def test_shape_errors_are_value_errors(backend, call, match):

@@ -28,9 +28,21 @@ def llama(be, dtype=np.float32, **kw):
 
 
 def seq2seq(be, dtype=np.float32):
-    return Transformer(23, 29, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
-                       d_ff=64, dropout=0.0, max_seq_len=40, pad_id=0, backend=be, dtype=dtype,
-                       rng=3)
+    return Transformer(
+        23,
+        29,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_seq_len=40,
+        pad_id=0,
+        backend=be,
+        dtype=dtype,
+        rng=3,
+    )
 
 
 DECODERS = [gpt, llama]
@@ -53,7 +65,7 @@ def test_cached_logits_match_full_forward_float64(make):
     cache = m.new_cache(3, 13)
     got = [m(ids[:, :6], cache=cache)]
     for t in range(6, 13):
-        got.append(m(ids[:, t:t + 1], cache=cache))
+        got.append(m(ids[:, t : t + 1], cache=cache))
     assert len(cache) == 13
     assert_close(np.concatenate(got, axis=1), full, rtol=1e-10, atol=1e-10)
 
@@ -68,7 +80,7 @@ def test_cached_logits_match_full_forward(be, make):
     cache = m.new_cache(2, 40)
     steps = [host(m(m.ops.asarray(ids[:, :1]), cache=cache))]
     for t in range(1, 29):
-        steps.append(host(m(m.ops.asarray(ids[:, t:t + 1]), cache=cache)))
+        steps.append(host(m(m.ops.asarray(ids[:, t : t + 1]), cache=cache)))
     assert_close(np.concatenate(steps, axis=1), full, rtol=2e-4, atol=2e-5)
 
 
@@ -76,8 +88,11 @@ def test_cached_logits_match_full_forward(be, make):
 @pytest.mark.parametrize("make", DECODERS)
 def test_generate_with_and_without_cache_same_tokens(be, make):
     m = make(be)
-    for kw in (dict(), dict(temperature=1.0, top_k=20, seed=7),
-               dict(temperature=0.7, top_p=0.9, seed=3)):
+    for kw in (
+        dict(),
+        dict(temperature=1.0, top_k=20, seed=7),
+        dict(temperature=0.7, top_p=0.9, seed=3),
+    ):
         a = m.generate(PROMPTS, max_new_tokens=12, **kw)
         b = m.generate(PROMPTS, max_new_tokens=12, use_cache=False, **kw)
         assert a.shape == (4, 12) and a.dtype == np.int64
@@ -96,7 +111,9 @@ def test_seq2seq_generate_with_and_without_cache(be):
     # each source alone (its padding dropped) decodes to the same tokens
     a = m.generate(src, max_len=10, bos_id=1)
     for i, n in enumerate([5, 3, 1]):
-        np.testing.assert_array_equal(m.generate(src[i:i + 1, :n], max_len=10, bos_id=1), a[i:i + 1])
+        np.testing.assert_array_equal(
+            m.generate(src[i : i + 1, :n], max_len=10, bos_id=1), a[i : i + 1]
+        )
 
 
 @pytest.mark.parametrize("be", BACKENDS)
@@ -113,8 +130,10 @@ def test_seq2seq_cached_logits_and_cross_kv_once(be):
     calls.clear()
     memory = m.encode(src)
     cache = m.new_cache(2, 8)
-    steps = [host(m.decode(m.ops.asarray(tgt[:, t:t + 1]), memory, src=src, cache=cache))
-             for t in range(6)]
+    steps = [
+        host(m.decode(m.ops.asarray(tgt[:, t : t + 1]), memory, src=src, cache=cache))
+        for t in range(6)
+    ]
     assert len(calls) == len(m.decoder), "cross-attention K/V must be computed once per layer"
     assert_close(np.concatenate(steps, axis=1), full, rtol=2e-4, atol=2e-5)
 
@@ -126,8 +145,9 @@ def test_batched_prompts_generate_what_each_alone_does(be, make):
     m = make(be)
     batch = m.generate(PROMPTS, max_new_tokens=10)
     for i, p in enumerate(PROMPTS):
-        np.testing.assert_array_equal(batch[i], m.generate([p], max_new_tokens=10)[0],
-                                      err_msg=f"prompt {i}")
+        np.testing.assert_array_equal(
+            batch[i], m.generate([p], max_new_tokens=10)[0], err_msg=f"prompt {i}"
+        )
 
 
 @pytest.mark.parametrize("make", DECODERS)
@@ -164,10 +184,10 @@ def test_eos_stops_rows_and_the_loop():
         hits = np.flatnonzero(ref == eos)
         if hits.size:
             k = hits[0]
-            np.testing.assert_array_equal(row[:k + 1], ref[:k + 1])
+            np.testing.assert_array_equal(row[: k + 1], ref[: k + 1])
             assert (row[k:] == eos).all()
         else:
-            np.testing.assert_array_equal(row, ref[:row.size])
+            np.testing.assert_array_equal(row, ref[: row.size])
     if all((r == eos).any() for r in free):
         assert out.shape[1] == max(np.flatnonzero(r == eos)[0] for r in free) + 1
     one = m.generate([PROMPTS[1]], max_new_tokens=12, eos_id=eos)
@@ -181,12 +201,15 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
     c = m.generate(PROMPTS, max_new_tokens=15, temperature=1.5, seed=12)
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
-    np.testing.assert_array_equal(m.generate(PROMPTS, max_new_tokens=8, temperature=2.0, top_k=1,
-                                             seed=0), m.generate(PROMPTS, max_new_tokens=8))
+    np.testing.assert_array_equal(
+        m.generate(PROMPTS, max_new_tokens=8, temperature=2.0, top_k=1, seed=0),
+        m.generate(PROMPTS, max_new_tokens=8),
+    )
     # a tiny nucleus keeps only the top token too
-    np.testing.assert_array_equal(m.generate(PROMPTS, max_new_tokens=8, temperature=1.0,
-                                             top_p=1e-9, seed=0),
-                                  m.generate(PROMPTS, max_new_tokens=8))
+    np.testing.assert_array_equal(
+        m.generate(PROMPTS, max_new_tokens=8, temperature=1.0, top_p=1e-9, seed=0),
+        m.generate(PROMPTS, max_new_tokens=8),
+    )
 
 
 def test_callback_sees_each_step():
@@ -252,7 +275,7 @@ def test_attention_layer_cache_one_token_at_a_time(be, kind):
     cache = KVCache(attn.ops, [attn], 2, 16)
     steps = []
     for t in range(9):
-        steps.append(host(attn(attn.ops.asarray(x[:, t:t + 1]), cache=cache.layer(0))))
+        steps.append(host(attn(attn.ops.asarray(x[:, t : t + 1]), cache=cache.layer(0))))
         cache.advance(1)
     assert_close(np.concatenate(steps, 1), full, rtol=1e-4, atol=1e-5)
 
@@ -283,14 +306,19 @@ def test_attention_kv_len_reads_only_the_used_rows(be):
     v = rng.standard_normal((2, 2, 11, 16)).astype(np.float32)
     mask = np.zeros((2, 11), bool)
     mask[1, :2] = True
-    kb, vb = np.full((2, 2, 20, 16), np.nan, np.float32), np.full((2, 2, 20, 16), np.nan, np.float32)
+    kb, vb = (
+        np.full((2, 2, 20, 16), np.nan, np.float32),
+        np.full((2, 2, 20, 16), np.nan, np.float32),
+    )
     kb[:, :, :11], vb[:, :, :11] = k, v
     mb = np.ones((2, 20), bool)
     mb[:, :11] = mask
-    want, wl = ops.attention_forward(*map(ops.asarray, (q, k, v)), causal=True,
-                                     key_padding_mask=ops.asarray(mask))
-    got, gl = ops.attention_forward(*map(ops.asarray, (q, kb, vb)), causal=True,
-                                    key_padding_mask=ops.asarray(mb), kv_len=11)
+    want, wl = ops.attention_forward(
+        *map(ops.asarray, (q, k, v)), causal=True, key_padding_mask=ops.asarray(mask)
+    )
+    got, gl = ops.attention_forward(
+        *map(ops.asarray, (q, kb, vb)), causal=True, key_padding_mask=ops.asarray(mb), kv_len=11
+    )
     np.testing.assert_array_equal(host(got), host(want))
     np.testing.assert_array_equal(host(gl), host(wl))
     with pytest.raises(ValueError, match="kv_len"):

@@ -38,8 +38,16 @@ def test_matmul_grad(ref, rng):
 
             def bwd(g, a, b):
                 # d(op(a) @ op(b)): grads expressed through matmul itself
-                da = ref.matmul(b, g, trans_a=tb, trans_b=True) if ta else ref.matmul(g, b, trans_b=not tb)
-                db = ref.matmul(a, g, trans_a=not ta) if not tb else ref.matmul(g, a, trans_a=True, trans_b=ta)
+                da = (
+                    ref.matmul(b, g, trans_a=tb, trans_b=True)
+                    if ta
+                    else ref.matmul(g, b, trans_b=not tb)
+                )
+                db = (
+                    ref.matmul(a, g, trans_a=not ta)
+                    if not tb
+                    else ref.matmul(g, a, trans_a=True, trans_b=ta)
+                )
                 return da, db.sum(axis=0)
 
             check(lambda a, b: ref.matmul(a, b, trans_a=ta, trans_b=tb), bwd, [a, b], rng)
@@ -53,9 +61,14 @@ def test_linear_grad(ref, rng):
 @pytest.mark.parametrize("causal", [False, True])
 def test_softmax_grad(ref, rng, causal):
     x = rng.standard_normal((2, 4, 5))
-    check(lambda x: ref.softmax_forward(x, scale=0.8, causal=causal),
-          lambda g, x: ref.softmax_backward(g, ref.softmax_forward(x, scale=0.8, causal=causal), scale=0.8),
-          [x], rng)
+    check(
+        lambda x: ref.softmax_forward(x, scale=0.8, causal=causal),
+        lambda g, x: ref.softmax_backward(
+            g, ref.softmax_forward(x, scale=0.8, causal=causal), scale=0.8
+        ),
+        [x],
+        rng,
+    )
 
 
 def test_layernorm_grad(ref, rng):
@@ -81,8 +94,12 @@ def test_rmsnorm_grad(ref, rng):
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 def test_gelu_grad(ref, rng, approximate):
     x = 3 * rng.standard_normal((4, 5))
-    check(lambda x: ref.gelu_forward(x, approximate=approximate),
-          lambda g, x: ref.gelu_backward(g, x, approximate=approximate), [x], rng)
+    check(
+        lambda x: ref.gelu_forward(x, approximate=approximate),
+        lambda g, x: ref.gelu_backward(g, x, approximate=approximate),
+        [x],
+        rng,
+    )
 
 
 def test_relu_silu_swiglu_grads(ref, rng):
@@ -111,15 +128,24 @@ def test_cross_entropy_grad(ref, rng, smoothing):
 def test_embedding_grad(ref, rng):
     w = rng.standard_normal((6, 3))
     ids = np.array([[0, 5, 5], [2, 0, 1]])
-    check(lambda w: ref.embedding_forward(w, ids),
-          lambda g, w: ref.embedding_backward(g, ids, 6), [w], rng)
+    check(
+        lambda w: ref.embedding_forward(w, ids),
+        lambda g, w: ref.embedding_backward(g, ids, 6),
+        [w],
+        rng,
+    )
 
 
 def test_rope_grad(ref, rng):
     x = rng.standard_normal((2, 5, 6))
     theta = rng.standard_normal((5, 3))
     cos, sin = np.cos(theta), np.sin(theta)
-    check(lambda x: ref.rope_forward(x, cos, sin), lambda g, x: ref.rope_backward(g, cos, sin), [x], rng)
+    check(
+        lambda x: ref.rope_forward(x, cos, sin),
+        lambda g, x: ref.rope_backward(g, cos, sin),
+        [x],
+        rng,
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -25,7 +25,7 @@ def main(capsys, *args):
     """(exit code, stdout, stderr) of cli.main in this process."""
     try:
         code = cli.main([str(a) for a in args])
-    except SystemExit as e:   # argparse's usage errors
+    except SystemExit as e:  # argparse's usage errors
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -40,24 +40,27 @@ def one_error(capsys, *args) -> str:
 
 
 # -- usage errors: exit 2, argparse's message naming the flag --------------------------------
-@pytest.mark.parametrize("args, flag", [
-    (["train", "--steps", "0"], "--steps"),
-    (["train", "--steps", "ten"], "--steps"),
-    (["train", "--lr", "nan"], "--lr"),
-    (["train", "--lr", "-1e-3"], "--lr"),
-    (["train", "--lr", "inf"], "--lr"),
-    (["train", "--digits", "10"], "--digits"),
-    (["train", "--seed", "-1"], "--seed"),
-    (["train", "--eval-examples", "-5"], "--eval-examples"),
-    (["train", "--task", "poetry"], "--task"),
-    (["demo", "--steps", "0"], "--steps"),
-    (["demo", "--digits", "0"], "--digits"),
-    (["bench", "--threads", "100000"], "--threads"),
-    (["bench", "--repeat", "0"], "--repeat"),
-    (["generate", "--checkpoint", "x", "--prompt", "1", "--seed", "-2"], "--seed"),
-    (["generate", "--checkpoint", "x", "--prompt", "1", "--top-k", "0"], "--top-k"),
-    (["no-such-command"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--steps", "ten"], "--steps"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--lr", "-1e-3"], "--lr"),
+        (["train", "--lr", "inf"], "--lr"),
+        (["train", "--digits", "10"], "--digits"),
+        (["train", "--seed", "-1"], "--seed"),
+        (["train", "--eval-examples", "-5"], "--eval-examples"),
+        (["train", "--task", "poetry"], "--task"),
+        (["demo", "--steps", "0"], "--steps"),
+        (["demo", "--digits", "0"], "--digits"),
+        (["bench", "--threads", "100000"], "--threads"),
+        (["bench", "--repeat", "0"], "--repeat"),
+        (["generate", "--checkpoint", "x", "--prompt", "1", "--seed", "-2"], "--seed"),
+        (["generate", "--checkpoint", "x", "--prompt", "1", "--top-k", "0"], "--top-k"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
 def test_usage_errors_exit_2(capsys, args, flag):
     code, _, err = main(capsys, *args)
     assert code == 2 and flag in err and "Traceback" not in err
@@ -80,20 +83,35 @@ def test_a_fifo_in_a_checkpoint_dir_does_not_count(capsys, tmp_path):
 
 
 def test_device_is_refused(capsys):
-    assert "not a regular file" in one_error(capsys, "generate", "--checkpoint", "/dev/zero",
-                                             "--prompt", "1")
+    assert "not a regular file" in one_error(
+        capsys, "generate", "--checkpoint", "/dev/zero", "--prompt", "1"
+    )
 
 
-@pytest.mark.parametrize("args, says", [
-    (["generate", "--checkpoint", "{tmp}", "--prompt", "1"], "no checkpoint"),
-    (["generate", "--checkpoint", "{tmp}/none.safetensors", "--prompt", "1"], "no such checkpoint"),
-    (["generate", "--checkpoint", "{tmp}", "--prompt", "1", "--temperature", "nan"], "--temperature"),
-    (["generate", "--checkpoint", "{tmp}", "--prompt", "1", "--temperature", "-1"], "--temperature"),
-    (["train", "--checkpoint-dir", "{tmp}/file", "--steps", "1", *TINY], "is a file"),
-    (["train", "--plot", "{tmp}", "--steps", "1", *TINY], "is a directory"),
-    (["inspect", "--checkpoint", "{tmp}", "--prompt", "1", "--plot", "{tmp}/no/such/a.png"],
-     "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["generate", "--checkpoint", "{tmp}", "--prompt", "1"], "no checkpoint"),
+        (
+            ["generate", "--checkpoint", "{tmp}/none.safetensors", "--prompt", "1"],
+            "no such checkpoint",
+        ),
+        (
+            ["generate", "--checkpoint", "{tmp}", "--prompt", "1", "--temperature", "nan"],
+            "--temperature",
+        ),
+        (
+            ["generate", "--checkpoint", "{tmp}", "--prompt", "1", "--temperature", "-1"],
+            "--temperature",
+        ),
+        (["train", "--checkpoint-dir", "{tmp}/file", "--steps", "1", *TINY], "is a file"),
+        (["train", "--plot", "{tmp}", "--steps", "1", *TINY], "is a directory"),
+        (
+            ["inspect", "--checkpoint", "{tmp}", "--prompt", "1", "--plot", "{tmp}/no/such/a.png"],
+            "does not exist",
+        ),
+    ],
+)
 def test_runtime_errors_are_one_line(capsys, tmp_path, args, says):
     (tmp_path / "file").write_text("x")
     line = one_error(capsys, *[a.format(tmp=tmp_path) for a in args])
@@ -101,26 +119,54 @@ def test_runtime_errors_are_one_line(capsys, tmp_path, args, says):
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_allocating(capsys):
-    line = one_error(capsys, "train", "--d-model", "65536", "--heads", "1", "--layers", "512",
-                     "--steps", "1", "--no-progress")
+    line = one_error(
+        capsys,
+        "train",
+        "--d-model",
+        "65536",
+        "--heads",
+        "1",
+        "--layers",
+        "512",
+        "--steps",
+        "1",
+        "--no-progress",
+    )
     assert line.startswith("error: out of memory:") and "GiB" in line and "--d-model" in line
 
 
 def test_an_unwritable_checkpoint_dir_fails_before_training(capsys, tmp_path):
     # /proc takes no new entries, even from root
-    line = one_error(capsys, "train", "--checkpoint-dir", "/proc/ferroformer-ckpt", "--steps",
-                     "1", *TINY)
+    line = one_error(
+        capsys, "train", "--checkpoint-dir", "/proc/ferroformer-ckpt", "--steps", "1", *TINY
+    )
     assert "/proc/ferroformer-ckpt" in line
     (tmp_path / "file").write_text("x")
-    line = one_error(capsys, "train", "--checkpoint-dir", tmp_path / "file" / "sub", "--steps",
-                     "1", *TINY)
+    line = one_error(
+        capsys, "train", "--checkpoint-dir", tmp_path / "file" / "sub", "--steps", "1", *TINY
+    )
     assert "Not a directory" in line
 
 
 def _train(capsys, d, *extra):
-    code, out, err = main(capsys, "train", "--task", "copy", "--model", "gpt", "--length", "3",
-                          "--steps", "2", "--eval-examples", "0", "--checkpoint-dir", d, *TINY,
-                          *extra)
+    code, out, err = main(
+        capsys,
+        "train",
+        "--task",
+        "copy",
+        "--model",
+        "gpt",
+        "--length",
+        "3",
+        "--steps",
+        "2",
+        "--eval-examples",
+        "0",
+        "--checkpoint-dir",
+        d,
+        *TINY,
+        *extra,
+    )
     assert code == 0, err
     return out
 
@@ -140,27 +186,53 @@ def test_a_checkpoint_from_something_else_is_named(capsys, tmp_path):
     save_checkpoint(path, ck.model, step=2, extra=dict(ck.extra, run=run))
     assert "invalid" in one_error(capsys, "generate", "--checkpoint", path, "--prompt", "12")
     # a broken schedule stops --resume
-    save_checkpoint(path, ck.model, ck.optimizer if hasattr(ck, "optimizer") else None, step=2,
-                    extra=dict(ck.extra, schedule={"base_lr": "x"}))
-    line = one_error(capsys, "train", "--checkpoint-dir", d, "--resume", "--steps", "3",
-                     "--no-progress")
+    save_checkpoint(
+        path,
+        ck.model,
+        ck.optimizer if hasattr(ck, "optimizer") else None,
+        step=2,
+        extra=dict(ck.extra, schedule={"base_lr": "x"}),
+    )
+    line = one_error(
+        capsys, "train", "--checkpoint-dir", d, "--resume", "--steps", "3", "--no-progress"
+    )
     assert "schedule" in line or "optimizer" in line
 
 
 def test_resume_refuses_fewer_steps_than_reached(capsys, tmp_path):
     d = tmp_path / "run"
     _train(capsys, d)
-    line = one_error(capsys, "train", "--checkpoint-dir", d, "--resume", "--steps", "1",
-                     "--no-progress")
+    line = one_error(
+        capsys, "train", "--checkpoint-dir", d, "--resume", "--steps", "1", "--no-progress"
+    )
     assert "below step 2" in line
 
 
-def test_diverging_training_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys,
-                                                                                   tmp_path):
+def test_diverging_training_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    capsys, tmp_path
+):
     d = tmp_path / "run"
-    code, _, err = main(capsys, "train", "--task", "copy", "--model", "gpt", "--length", "3",
-                          "--steps", "50", "--eval-examples", "0", "--checkpoint-dir", d,
-                          "--checkpoint-every", "1", "--lr", "1e38", *TINY)
+    code, _, err = main(
+        capsys,
+        "train",
+        "--task",
+        "copy",
+        "--model",
+        "gpt",
+        "--length",
+        "3",
+        "--steps",
+        "50",
+        "--eval-examples",
+        "0",
+        "--checkpoint-dir",
+        d,
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        "1e38",
+        *TINY,
+    )
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1, err
     assert "training stopped at step" in lines[0] and "the last good checkpoint is" in lines[0]
@@ -173,11 +245,13 @@ def test_diverging_training_stops_with_the_step_and_keeps_the_last_good_checkpoi
 
 # -- --debug and unexpected errors --------------------------------------------------------------
 def test_debug_prints_the_traceback(capsys, tmp_path):
-    code, _, err = main(capsys, "generate", "--checkpoint", tmp_path / "none", "--prompt", "1",
-                        "--debug")
+    code, _, err = main(
+        capsys, "generate", "--checkpoint", tmp_path / "none", "--prompt", "1", "--debug"
+    )
     assert code == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
-    code, _, err = main(capsys, "--debug", "generate", "--checkpoint", tmp_path / "none",
-                        "--prompt", "1")
+    code, _, err = main(
+        capsys, "--debug", "generate", "--checkpoint", tmp_path / "none", "--prompt", "1"
+    )
     assert code == 1 and "Traceback" in err
 
 
@@ -199,24 +273,46 @@ def test_ctrl_c_exits_130(capsys, monkeypatch):
     assert code == 130 and err.strip() == "interrupted"
 
 
-@pytest.mark.parametrize("exc, want", [
-    (FileNotFoundError(2, "No such file or directory", "/x"), "error: /x: No such file or directory"),
-    (ValueError("two\n  lines"), "error: two lines"),
-    (MemoryError(), "error: out of memory"),
-    (RecursionError("deep"), "error: unexpected RecursionError: deep (--debug shows the traceback)"),
-    (TypeError(""), "error: unexpected TypeError: TypeError (--debug shows the traceback)"),
-])
+@pytest.mark.parametrize(
+    "exc, want",
+    [
+        (
+            FileNotFoundError(2, "No such file or directory", "/x"),
+            "error: /x: No such file or directory",
+        ),
+        (ValueError("two\n  lines"), "error: two lines"),
+        (MemoryError(), "error: out of memory"),
+        (
+            RecursionError("deep"),
+            "error: unexpected RecursionError: deep (--debug shows the traceback)",
+        ),
+        (TypeError(""), "error: unexpected TypeError: TypeError (--debug shows the traceback)"),
+    ],
+)
 def test_error_line(exc, want):
     assert cli.error_line(exc) == want
 
 
 def test_the_entry_point_answers_in_one_line():
     """The installed module as a user runs it: exit code and stderr of a real process."""
-    out = subprocess.run([sys.executable, "-m", "ferroformer", "generate", "--checkpoint",
-                          "/dev/null", "--prompt", "1"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferroformer",
+            "generate",
+            "--checkpoint",
+            "/dev/null",
+            "--prompt",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: /dev/null: not a regular file")
-    json.dumps(out.stderr)   # printable text
+    json.dumps(out.stderr)  # printable text
 
 
 def test_version(capsys):

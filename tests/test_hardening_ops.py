@@ -77,8 +77,11 @@ def op_cases():
         "softmax_forward": ([x3], {"scale": 0.5, "causal": True}, "x"),
         "softmax_backward": ([x3, pos(2, 3, 6, seed=1) / 8], {"scale": 0.5}, "dy y"),
         "layernorm_forward": ([x3, pos(6), vals(6, seed=2)], {"eps": 1e-5}, "x gamma beta"),
-        "layernorm_backward": ([vals(2, 3, 6, seed=1), x3, pos(6), ln_mean, ln_rstd], {},
-                               "dy x gamma mean rstd"),
+        "layernorm_backward": (
+            [vals(2, 3, 6, seed=1), x3, pos(6), ln_mean, ln_rstd],
+            {},
+            "dy x gamma mean rstd",
+        ),
         "rmsnorm_forward": ([x3, pos(6)], {"eps": 1e-5}, "x gamma"),
         "rmsnorm_backward": ([vals(2, 3, 6, seed=1), x3, pos(6), rms_rstd], {}, "dy x gamma rstd"),
         "gelu_forward": ([x3], {"approximate": "tanh"}, "x"),
@@ -89,19 +92,27 @@ def op_cases():
         "silu_backward": ([vals(2, 3, 6, seed=1), x3], {}, "dy x"),
         "swiglu_forward": ([x3, vals(2, 3, 6, seed=1)], {}, "gate up"),
         "swiglu_backward": ([vals(2, 3, 6, seed=2), x3, vals(2, 3, 6, seed=1)], {}, "dh gate up"),
-        "attention_forward": ([q, k, v], {"causal": True, "scale": 0.5, "key_padding_mask": mask},
-                              "q k v"),
-        "attention_backward": ([vals(1, 2, 3, 4, seed=5), q, k, v, vals(1, 2, 3, 4, seed=6),
-                                _attention_lse(q, k)], {"scale": 0.5}, "do q k v o lse"),
+        "attention_forward": (
+            [q, k, v],
+            {"causal": True, "scale": 0.5, "key_padding_mask": mask},
+            "q k v",
+        ),
+        "attention_backward": (
+            [vals(1, 2, 3, 4, seed=5), q, k, v, vals(1, 2, 3, 4, seed=6), _attention_lse(q, k)],
+            {"scale": 0.5},
+            "do q k v o lse",
+        ),
         "cross_entropy_forward": ([logits, targets], {"label_smoothing": 0.1}, "logits targets"),
-        "cross_entropy_backward": ([logits, targets, lse_ce], {"grad": 0.5},
-                                   "logits targets lse"),
+        "cross_entropy_backward": ([logits, targets, lse_ce], {"grad": 0.5}, "logits targets lse"),
         "embedding_forward": ([vals(4, 3), ids], {}, "weight ids"),
         "embedding_backward": ([vals(2, 3, 5), ids, 4], {}, "dy ids num_embeddings"),
         "rope_forward": ([vals(2, 3, 4), cos, sin], {}, "x cos sin"),
         "rope_backward": ([vals(2, 3, 4), cos, sin], {}, "dy cos sin"),
-        "adamw_step": ([vals(7), vals(7, seed=1), vals(7, seed=2) / 4, pos(7) / 4],
-                       {"lr": 0.1, "weight_decay": 0.01, "step": 3}, "param grad m v"),
+        "adamw_step": (
+            [vals(7), vals(7, seed=1), vals(7, seed=2) / 4, pos(7) / 4],
+            {"lr": 0.1, "weight_decay": 0.01, "step": 3},
+            "param grad m v",
+        ),
     }
 
 
@@ -137,8 +148,14 @@ def test_the_contract_is_checked_in_one_place(backend):
 
 
 def test_every_op_is_covered():
-    public = {n for n in vars(base.Backend) if not n.startswith("_") and callable(getattr(base.Backend, n))}
-    assert public - {"asarray"} == set(OPS)
+    public = {
+        n
+        for n in vars(base.Backend)
+        if not n.startswith("_") and callable(getattr(base.Backend, n))
+    }
+    # quantized_linear_forward (raw uint8 blocks and a type name) has its cases in
+    # tests/test_quant_ops.py
+    assert public - {"asarray"} == set(OPS) | {"quantized_linear_forward"}
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -147,8 +164,12 @@ def test_valid_arguments_run(backend, ref, op):
     (and the backend agrees with the float64 reference on them)."""
     args, kw, _ = case(op)
     got = run(backend, op, args, kw)
-    want = run(ref, op, [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == f32
-                         else a for a in args], kw)
+    want = run(
+        ref,
+        op,
+        [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == f32 else a for a in args],
+        kw,
+    )
     if op.startswith("cross_entropy_forward"):
         got, want = (got[0], *got[1:]), (want[0], *want[1:])
     assert_close(got, want, rtol=1e-4, atol=1e-5, name=op)
@@ -176,8 +197,13 @@ def test_a_wrong_dtype_is_a_type_error(backend, op):
     for i, name in array_positions(op):
         args, _, _ = case(op)
         kind = args[i].dtype.kind
-        wrong = ([np.int32, np.complex64, np.bool_] if kind == "f" else
-                 [np.float32, np.bool_] if kind == "i" else [np.uint8, np.float32])
+        wrong = (
+            [np.int32, np.complex64, np.bool_]
+            if kind == "f"
+            else [np.float32, np.bool_]
+            if kind == "i"
+            else [np.uint8, np.float32]
+        )
         for dtype in wrong:
             args, kw, _ = case(op)
             args[i] = args[i].astype(dtype)
@@ -198,18 +224,27 @@ def test_non_native_byte_order_is_a_type_error(backend, op):
 def test_extra_arrays_of_the_wrong_kind(backend, op):
     if op == "key_padding_mask":
         for which in ("attention_forward", "attention_backward"):
-            for bad, err in [([[False] * 5], TypeError), (np.zeros((1, 5), np.uint8), TypeError),
-                             (np.zeros((1, 5), f32), TypeError), (np.zeros((1, 4), bool), ValueError),
-                             (np.zeros(5, bool), ValueError), (np.zeros((2, 5), bool), ValueError)]:
+            for bad, err in [
+                ([[False] * 5], TypeError),
+                (np.zeros((1, 5), np.uint8), TypeError),
+                (np.zeros((1, 5), f32), TypeError),
+                (np.zeros((1, 4), bool), ValueError),
+                (np.zeros(5, bool), ValueError),
+                (np.zeros((2, 5), bool), ValueError),
+            ]:
                 args, kw, _ = case(which)
                 kw["key_padding_mask"] = bad
                 with pytest.raises(err, match=rf"{which}: .*key_padding_mask"):
                     run(backend, which, args, kw)
         return
     for which, i in (("attention_backward", 5), ("cross_entropy_backward", 2)):
-        for bad, err in [(None, TypeError), (np.zeros(4, np.int64), TypeError),
-                         (np.zeros(4, np.complex64), TypeError), (np.zeros(3, f32), ValueError),
-                         (np.zeros((1, 2, 4), f32), ValueError)]:
+        for bad, err in [
+            (None, TypeError),
+            (np.zeros(4, np.int64), TypeError),
+            (np.zeros(4, np.complex64), TypeError),
+            (np.zeros(3, f32), ValueError),
+            (np.zeros((1, 2, 4), f32), ValueError),
+        ]:
             args, kw, _ = case(which)
             args[i] = bad
             with pytest.raises(err, match=rf"{which}: .*lse"):
@@ -222,25 +257,50 @@ def test_extra_arrays_of_the_wrong_kind(backend, op):
 SCALARS = [
     ("matmul", "trans_a", [1, None, "yes", 1.0], [], [np.bool_(False)]),
     ("linear_backward", "has_bias", [1, None, "True"], [], [np.bool_(True)]),
-    ("softmax_forward", "scale", ["1", None, 1j, [0.5], np.ones(1)], [math.nan, math.inf, 1e300],
-     [np.float32(0.5), np.array(0.5), 1, np.int64(1)]),
+    (
+        "softmax_forward",
+        "scale",
+        ["1", None, 1j, [0.5], np.ones(1)],
+        [math.nan, math.inf, 1e300],
+        [np.float32(0.5), np.array(0.5), 1, np.int64(1)],
+    ),
     ("softmax_forward", "causal", [0, "no", None], [], [np.bool_(True)]),
     ("softmax_backward", "scale", [None, "2"], [-math.inf], [2]),
     ("layernorm_forward", "eps", [None, "1e-5", True], [-1e-5, math.nan], [0, np.float64(1e-3)]),
     ("rmsnorm_forward", "eps", [None], [-1.0, math.inf], [0.0]),
     ("gelu_forward", "approximate", [None, 1, True], ["erf", "", "TANH"], ["none"]),
     ("gelu_backward", "approximate", [None], ["fast"], ["tanh"]),
-    ("attention_forward", "scale", ["0.5", 1j, True], [math.nan, -math.inf, 1e39],
-     [None, np.float32(0.25), 2]),
+    (
+        "attention_forward",
+        "scale",
+        ["0.5", 1j, True],
+        [math.nan, -math.inf, 1e39],
+        [None, np.float32(0.25), 2],
+    ),
     ("attention_forward", "causal", [1, None], [], [False]),
-    ("attention_forward", "kv_len", [1.5, "2", True, [2]], [-1, 6, 2**63, -(2**70)],
-     [np.int64(3), np.array(2), 5, 0]),
+    (
+        "attention_forward",
+        "kv_len",
+        [1.5, "2", True, [2]],
+        [-1, 6, 2**63, -(2**70)],
+        [np.int64(3), np.array(2), 5, 0],
+    ),
     ("attention_backward", "causal", ["true"], [], [True]),
     ("attention_backward", "scale", ["1"], [math.nan], [None]),
-    ("cross_entropy_forward", "ignore_index", [1.5, None, "x", True], [2**63, -(2**63) - 1],
-     [np.int32(-100), np.array(-100)]),
-    ("cross_entropy_forward", "label_smoothing", [None, "0.1", 1j], [-0.1, 1.5, math.nan],
-     [0, 1, np.float32(0.25)]),
+    (
+        "cross_entropy_forward",
+        "ignore_index",
+        [1.5, None, "x", True],
+        [2**63, -(2**63) - 1],
+        [np.int32(-100), np.array(-100)],
+    ),
+    (
+        "cross_entropy_forward",
+        "label_smoothing",
+        [None, "0.1", 1j],
+        [-0.1, 1.5, math.nan],
+        [0, 1, np.float32(0.25)],
+    ),
     ("cross_entropy_backward", "grad", [None, "1"], [math.nan, math.inf], [2, np.float32(0.5)]),
     ("cross_entropy_backward", "ignore_index", [None], [2**64], [np.int64(-100)]),
     ("adamw_step", "lr", [None, "0.1"], [-0.1, math.nan, math.inf], [0, np.float32(0.01)]),
@@ -252,8 +312,9 @@ SCALARS = [
 ]
 
 
-@pytest.mark.parametrize("op,key,type_errors,value_errors,good", SCALARS,
-                         ids=[f"{s[0]}-{s[1]}" for s in SCALARS])
+@pytest.mark.parametrize(
+    "op,key,type_errors,value_errors,good", SCALARS, ids=[f"{s[0]}-{s[1]}" for s in SCALARS]
+)
 def test_scalars(backend, op, key, type_errors, value_errors, good):
     for bad in type_errors:
         args, kw, _ = case(op)
@@ -276,19 +337,27 @@ def test_scalar_kinds_give_the_same_result(backend):
     args, kw, _ = case("softmax_forward")
     want = run(backend, "softmax_forward", args, {**kw, "scale": 0.5})
     for scale in (np.float32(0.5), np.float64(0.5), np.array(0.5), np.array(0.5, f32)):
-        assert_close(run(backend, "softmax_forward", args, {**kw, "scale": scale}), want, rtol=0,
-                     atol=0)
+        assert_close(
+            run(backend, "softmax_forward", args, {**kw, "scale": scale}), want, rtol=0, atol=0
+        )
     args, kw, _ = case("attention_forward")
     want = run(backend, "attention_forward", args, {**kw, "kv_len": 4})
     for kv_len in (np.int64(4), np.int32(4), np.array(4)):
-        assert_close(run(backend, "attention_forward", args, {**kw, "kv_len": kv_len}), want,
-                     rtol=0, atol=0)
+        assert_close(
+            run(backend, "attention_forward", args, {**kw, "kv_len": kv_len}), want, rtol=0, atol=0
+        )
 
 
 def test_num_embeddings(backend):
     op = "embedding_backward"
-    for bad, err in [(1.5, TypeError), (None, TypeError), (True, TypeError), ("4", TypeError),
-                     (-1, ValueError), (2**63, ValueError)]:
+    for bad, err in [
+        (1.5, TypeError),
+        (None, TypeError),
+        (True, TypeError),
+        ("4", TypeError),
+        (-1, ValueError),
+        (2**63, ValueError),
+    ]:
         args, kw, _ = case(op)
         args[2] = bad
         with pytest.raises(err, match=f"{op}: num_embeddings"):
@@ -329,8 +398,12 @@ def test_targets_out_of_range_are_index_errors(backend, bad):
 
 
 def test_other_integer_dtypes_give_the_same_result(backend):
-    for op in ("embedding_forward", "embedding_backward", "cross_entropy_forward",
-               "cross_entropy_backward"):
+    for op in (
+        "embedding_forward",
+        "embedding_backward",
+        "cross_entropy_forward",
+        "cross_entropy_backward",
+    ):
         args, kw, _ = case(op)
         want = run(backend, op, args, kw)
         for dtype in (np.int32, np.int16) + ((np.uint8,) if op.startswith("embedding") else ()):
@@ -352,12 +425,18 @@ def test_ignore_index_may_be_any_value(backend):
 
 # (op, argument index, bad shape, what the message says)
 BAD_SHAPES = [
-    ("matmul", 0, (3,), "at least 2 dimensions"), ("matmul", 1, (5, 4), "inner dimensions differ"),
-    ("matmul", 0, (2, 3, 5), "inner"), ("linear_forward", 1, (5, 3), r"x \(3, 4\), w \(5, 3\)"),
-    ("linear_forward", 1, (5, 4, 1), "w"), ("linear_forward", 2, (4,), r"bias must be \(out,\)"),
-    ("linear_forward", 0, (), "x"), ("layernorm_forward", 0, (2, 0), "C = 0"),
-    ("rmsnorm_backward", 1, (2, 3, 0), None), ("linear_backward", 0, (3, 4), "dy"),
-    ("linear_backward", 0, (2, 5), "dy"), ("linear_backward", 1, (), "x"),
+    ("matmul", 0, (3,), "at least 2 dimensions"),
+    ("matmul", 1, (5, 4), "inner dimensions differ"),
+    ("matmul", 0, (2, 3, 5), "inner"),
+    ("linear_forward", 1, (5, 3), r"x \(3, 4\), w \(5, 3\)"),
+    ("linear_forward", 1, (5, 4, 1), "w"),
+    ("linear_forward", 2, (4,), r"bias must be \(out,\)"),
+    ("linear_forward", 0, (), "x"),
+    ("layernorm_forward", 0, (2, 0), "C = 0"),
+    ("rmsnorm_backward", 1, (2, 3, 0), None),
+    ("linear_backward", 0, (3, 4), "dy"),
+    ("linear_backward", 0, (2, 5), "dy"),
+    ("linear_backward", 1, (), "x"),
     ("softmax_forward", 0, (), "at least 1 dimension"),
     ("softmax_forward", 0, (6,), "causal mask needs at least 2"),
     ("softmax_backward", 1, (2, 3, 5), "shapes must match"),
@@ -370,12 +449,16 @@ BAD_SHAPES = [
     ("layernorm_backward", 0, (2, 3, 5), "shapes must match"),
     ("rmsnorm_forward", 1, (), r"gamma must be \(6,\)"),
     ("rmsnorm_backward", 3, (3,), "rstd must have shape"),
-    ("gelu_backward", 0, (2, 3), "shapes must match"), ("relu_backward", 1, (6,), "shapes"),
-    ("silu_backward", 1, (2, 3, 6, 1), "shapes"), ("swiglu_forward", 1, (2, 1, 6), "shapes"),
+    ("gelu_backward", 0, (2, 3), "shapes must match"),
+    ("relu_backward", 1, (6,), "shapes"),
+    ("silu_backward", 1, (2, 3, 6, 1), "shapes"),
+    ("swiglu_forward", 1, (2, 1, 6), "shapes"),
     ("swiglu_backward", 0, (3, 6), "shapes must match"),
-    ("attention_forward", 0, (1, 2, 3), "4-D"), ("attention_forward", 1, (1, 2, 5, 3), "need q"),
+    ("attention_forward", 0, (1, 2, 3), "4-D"),
+    ("attention_forward", 1, (1, 2, 5, 3), "need q"),
     ("attention_forward", 0, (1, 3, 3, 4), "multiple"),
-    ("attention_forward", 0, (1, 2, 3, 0), None), ("attention_forward", 0, (2, 2, 3, 4), "need q"),
+    ("attention_forward", 0, (1, 2, 3, 0), None),
+    ("attention_forward", 0, (2, 2, 3, 4), "need q"),
     ("attention_backward", 0, (1, 2, 3, 5), "shapes must match"),
     ("attention_backward", 4, (1, 2, 2, 4), "shapes must match"),
     ("attention_backward", 5, (1, 2), r"lse must be \(B, Hq, Tq\)"),
@@ -388,15 +471,18 @@ BAD_SHAPES = [
     ("embedding_forward", 0, (4, 3, 1), r"weight must be \(V, C\)"),
     ("embedding_backward", 0, (2, 3), "dy must be ids.shape"),
     ("embedding_backward", 0, (), "dy must be ids.shape"),
-    ("rope_forward", 0, (2, 3, 5), "D even"), ("rope_forward", 0, (4,), "D even"),
+    ("rope_forward", 0, (2, 3, 5), "D even"),
+    ("rope_forward", 0, (4,), "D even"),
     ("rope_forward", 1, (3, 3), r"cos and sin must be \(T, D/2\)"),
     ("rope_backward", 2, (2, 2), "cos and sin"),
-    ("adamw_step", 1, (6,), "one shape"), ("adamw_step", 3, (7, 1), "one shape"),
+    ("adamw_step", 1, (6,), "one shape"),
+    ("adamw_step", 3, (7, 1), "one shape"),
 ]
 
 
-@pytest.mark.parametrize("op,i,shape,match", BAD_SHAPES,
-                         ids=[f"{s[0]}-{s[1]}-{s[2]}" for s in BAD_SHAPES])
+@pytest.mark.parametrize(
+    "op,i,shape,match", BAD_SHAPES, ids=[f"{s[0]}-{s[1]}-{s[2]}" for s in BAD_SHAPES]
+)
 def test_shapes_that_do_not_fit_are_value_errors(backend, op, i, shape, match):
     args, kw, names = case(op)
     args[i] = np.zeros(shape, args[i].dtype)
@@ -426,8 +512,16 @@ def test_messages_are_the_same_on_every_backend(ref):
 
 # -- 0-d arrays -------------------------------------------------------------------------------
 
-ELEMENTWISE = ["gelu_forward", "gelu_backward", "relu_forward", "relu_backward", "silu_forward",
-               "silu_backward", "swiglu_forward", "swiglu_backward"]
+ELEMENTWISE = [
+    "gelu_forward",
+    "gelu_backward",
+    "relu_forward",
+    "relu_backward",
+    "silu_forward",
+    "silu_backward",
+    "swiglu_forward",
+    "swiglu_backward",
+]
 
 
 @pytest.mark.parametrize("op", ELEMENTWISE)
@@ -463,15 +557,17 @@ def z(*shape, dtype=f32):
 
 def test_zero_size_matmul_and_linear(backend):
     assert_close(backend.matmul(z(3, 0), z(0, 4)), z(3, 4), rtol=0, atol=0)  # k = 0: zeros
-    assert_close(backend.matmul(z(0, 3), z(4, 0), trans_a=True, trans_b=True), z(3, 4), rtol=0,
-                 atol=0)
+    assert_close(
+        backend.matmul(z(0, 3), z(4, 0), trans_a=True, trans_b=True), z(3, 4), rtol=0, atol=0
+    )
     assert backend.matmul(z(0, 3), z(3, 4)).shape == (0, 4)
     assert backend.matmul(z(2, 3), z(3, 0)).shape == (2, 0)
     assert backend.matmul(z(0, 2, 3), z(3, 4)).shape == (0, 2, 4)
     assert backend.matmul(z(2, 1, 2, 3), z(0, 3, 4)).shape == (2, 0, 2, 4)
     b = vals(5)
-    assert_close(backend.linear_forward(z(3, 0), z(5, 0), b), np.broadcast_to(b, (3, 5)), rtol=0,
-                 atol=0)
+    assert_close(
+        backend.linear_forward(z(3, 0), z(5, 0), b), np.broadcast_to(b, (3, 5)), rtol=0, atol=0
+    )
     assert_close(backend.linear_forward(z(3, 0), z(5, 0)), z(3, 5), rtol=0, atol=0)
     assert backend.linear_forward(z(0, 4), z(5, 4), b).shape == (0, 5)
     assert backend.linear_forward(z(2, 4), z(0, 4)).shape == (2, 0)
@@ -500,10 +596,12 @@ def test_zero_size_softmax_and_norms(backend):
     assert dx.shape == (2, 0, 3)
     assert_close(dg, z(3), rtol=0, atol=0)
     # C = 0: empty rows, whose mean and rstd are undefined, are refused (no rows: fine)
-    for call in (lambda: backend.layernorm_forward(z(2, 0), z(0), z(0)),
-                 lambda: backend.layernorm_backward(z(2, 0), z(2, 0), z(0), z(2), z(2)),
-                 lambda: backend.rmsnorm_forward(z(1, 3, 0), z(0)),
-                 lambda: backend.rmsnorm_backward(z(2, 0), z(2, 0), z(0), z(2))):
+    for call in (
+        lambda: backend.layernorm_forward(z(2, 0), z(0), z(0)),
+        lambda: backend.layernorm_backward(z(2, 0), z(2, 0), z(0), z(2), z(2)),
+        lambda: backend.rmsnorm_forward(z(1, 3, 0), z(0)),
+        lambda: backend.rmsnorm_backward(z(2, 0), z(2, 0), z(0), z(2)),
+    ):
         with pytest.raises(ValueError, match=r"norm_\w+: the rows of x are empty \(C = 0\)"):
             call()
     y, mean, rstd = backend.layernorm_forward(z(0, 0), z(0), z(0))
@@ -558,8 +656,9 @@ def test_zero_size_loss_and_embedding(backend):
     assert backend.embedding_forward(z(4, 3), np.zeros((2, 0), I64)).shape == (2, 0, 3)
     assert backend.embedding_forward(z(0, 3), np.zeros(0, I64)).shape == (0, 3)
     assert backend.embedding_forward(z(4, 0), np.array([1, 2])).shape == (2, 0)
-    assert_close(backend.embedding_backward(z(2, 0, 3), np.zeros((2, 0), I64), 4), z(4, 3),
-                 rtol=0, atol=0)
+    assert_close(
+        backend.embedding_backward(z(2, 0, 3), np.zeros((2, 0), I64), 4), z(4, 3), rtol=0, atol=0
+    )
     assert backend.embedding_backward(z(0, 3), np.zeros(0, I64), 0).shape == (0, 3)
     assert backend.embedding_backward(z(2, 0), np.array([1, 0]), 3).shape == (3, 0)
 
@@ -595,8 +694,13 @@ def unaligned(x):
     return y
 
 
-LAYOUTS = {"fortran": fortran, "strided": strided, "negative": negative, "readonly": readonly,
-           "unaligned": unaligned}
+LAYOUTS = {
+    "fortran": fortran,
+    "strided": strided,
+    "negative": negative,
+    "readonly": readonly,
+    "unaligned": unaligned,
+}
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -611,16 +715,26 @@ def test_layouts_give_the_contiguous_result(backend, op, layout):
         if op == "adamw_step" and layout == "readonly" and hasattr(backend, "to_device"):
             continue  # OnDevice copies the arguments back, the read-only grad too
         args[i] = LAYOUTS[layout](args[i])
-        assert_close(run(backend, op, args, kw), want, rtol=1e-6, atol=1e-7,
-                     name=f"{op} {name} {layout}")
+        assert_close(
+            run(backend, op, args, kw), want, rtol=1e-6, atol=1e-7, name=f"{op} {name} {layout}"
+        )
     if op.startswith("attention_forward"):  # the mask in every layout too
         args, kw, _ = case(op)
         kw["key_padding_mask"] = LAYOUTS[layout](kw["key_padding_mask"])
         assert_close(run(backend, op, args, kw), want, rtol=1e-6, atol=1e-7, name=f"mask {layout}")
 
 
-@pytest.mark.parametrize("op", ["rmsnorm_forward", "matmul", "linear_forward", "embedding_forward",
-                                "attention_forward", "swiglu_forward"])
+@pytest.mark.parametrize(
+    "op",
+    [
+        "rmsnorm_forward",
+        "matmul",
+        "linear_forward",
+        "embedding_forward",
+        "attention_forward",
+        "swiglu_forward",
+    ],
+)
 def test_broadcast_views_give_the_contiguous_result(backend, op):
     """Zero strides (np.broadcast_to) read as the values they stand for."""
     args, kw, _ = case(op)
@@ -665,8 +779,9 @@ def test_arrays_updated_in_place_must_not_overlap(backend):
 
 def huge(shape, dtype=f32):
     """A read-only view standing for ``shape`` (some dimension HUGE) on one element."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, [0] * len(shape),
-                                           writeable=False)
+    return np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype), shape, [0] * len(shape), writeable=False
+    )
 
 
 HUGE_CALLS = [
@@ -690,7 +805,9 @@ HUGE_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("op,make", HUGE_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(HUGE_CALLS)])
+@pytest.mark.parametrize(
+    "op,make", HUGE_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(HUGE_CALLS)]
+)
 def test_results_past_memory_are_refused_before_allocating(backend, op, make):
     if getattr(backend, "ops", backend).xp is not np:
         pytest.skip("OnDevice would copy the huge view to the device first")
@@ -711,8 +828,11 @@ def test_the_memory_limit_counts_results_and_copies(backend, monkeypatch):
     x = vals(300, 512)  # 600 KiB, contiguous: the result fits
     backend.gelu_forward(x)
     backend.relu_backward(x, x)
-    with pytest.raises(ValueError, match=r"gelu_forward: the call needs 0.00195 GiB for its "
-                       r"result and copies, more than the 0.000977 GiB"):
+    with pytest.raises(
+        ValueError,
+        match=r"gelu_forward: the call needs 0.00195 GiB for its "
+        r"result and copies, more than the 0.000977 GiB",
+    ):
         backend.gelu_forward(vals(512, 1024))  # a 2 MiB result
     if ops.xp is np:  # a strided input is copied by the fast backends: counted
         with pytest.raises(ValueError, match="relu_backward: the call needs"):
@@ -739,8 +859,12 @@ def test_a_rust_panic_is_a_runtime_error(native, in_pool):
     assert "forced" in str(info.value)
     # the process goes on: the pool, the GIL and the array borrows are intact
     x = vals(300, 70)
-    assert_close(ff.backend("rust").softmax_forward(x), ff.backend("numpy").softmax_forward(x),
-                 rtol=1e-5, atol=1e-6)
+    assert_close(
+        ff.backend("rust").softmax_forward(x),
+        ff.backend("numpy").softmax_forward(x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_the_bindings_refuse_sizes_instead_of_panicking(native):
@@ -754,6 +878,11 @@ def test_the_bindings_refuse_sizes_instead_of_panicking(native):
 
 def test_native_stub_matches_the_module(native, tmp_path):
     pytest.importorskip("mypy")
-    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "ferroformer._native"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "ferroformer._native"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -36,6 +36,7 @@ def batches(seq=7, batch=4):
     def fn(rng):
         ids = rng.integers(0, 16, (batch, seq + 1))
         return {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+
     return fn
 
 
@@ -44,10 +45,19 @@ def weights(model):
 
 
 # -- the shared checks ------------------------------------------------------------------
-@pytest.mark.parametrize("value, error", [
-    (NAN, ValueError), (INF, ValueError), (-INF, ValueError), (-0.1, ValueError),
-    ("0.1", TypeError), (True, TypeError), (None, TypeError), ([0.1], TypeError),
-])
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (NAN, ValueError),
+        (INF, ValueError),
+        (-INF, ValueError),
+        (-0.1, ValueError),
+        ("0.1", TypeError),
+        (True, TypeError),
+        (None, TypeError),
+        ([0.1], TypeError),
+    ],
+)
 def test_real_refuses(value, error):
     with pytest.raises(error, match=r"AdamW: lr must be"):
         real("AdamW", "lr", value, low=0)
@@ -62,10 +72,17 @@ def test_real_bounds_and_types():
         real("X", "p", 0.0, low=0, low_open=True)
 
 
-@pytest.mark.parametrize("value, error", [
-    (0, ValueError), (-3, ValueError), (1.0, TypeError), (True, TypeError), ("2", TypeError),
-    (None, TypeError),
-])
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (0, ValueError),
+        (-3, ValueError),
+        (1.0, TypeError),
+        (True, TypeError),
+        ("2", TypeError),
+        (None, TypeError),
+    ],
+)
 def test_integer_refuses(value, error):
     with pytest.raises(error, match="Trainer: accum_steps must be"):
         integer("Trainer", "accum_steps", value, low=1)
@@ -76,12 +93,21 @@ def test_integer_takes_numpy_ints():
 
 
 # -- optimizers, schedules, loss ----------------------------------------------------------
-@pytest.mark.parametrize("kwargs, says", [
-    (dict(lr=NAN), "lr"), (dict(lr=-1e-3), "lr"), (dict(lr=INF), "lr"),
-    (dict(betas=(1.0, 0.999)), r"betas\[0\]"), (dict(betas=(0.9, -0.1)), r"betas\[1\]"),
-    (dict(betas=(0.9,)), "betas must be a pair"), (dict(betas="ab"), "betas must be a pair"),
-    (dict(eps=0.0), "eps"), (dict(eps=NAN), "eps"), (dict(weight_decay=-0.1), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        (dict(lr=NAN), "lr"),
+        (dict(lr=-1e-3), "lr"),
+        (dict(lr=INF), "lr"),
+        (dict(betas=(1.0, 0.999)), r"betas\[0\]"),
+        (dict(betas=(0.9, -0.1)), r"betas\[1\]"),
+        (dict(betas=(0.9,)), "betas must be a pair"),
+        (dict(betas="ab"), "betas must be a pair"),
+        (dict(eps=0.0), "eps"),
+        (dict(eps=NAN), "eps"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+    ],
+)
 def test_adamw_refuses_bad_hyper_parameters(kwargs, says):
     with pytest.raises(ValueError, match=f"AdamW: {says}"):
         AdamW(tiny_gpt(), **kwargs)
@@ -107,14 +133,17 @@ def test_sgd_refuses():
         SGD(m, lr=0.1, momentum=1.0)
 
 
-@pytest.mark.parametrize("kwargs, says", [
-    (dict(base_lr=NAN, warmup_steps=0, total_steps=10), "base_lr"),
-    (dict(base_lr=1e-3, warmup_steps=0, total_steps=10, min_lr=1e-2), "min_lr"),
-    (dict(base_lr=1e-3, warmup_steps=-1, total_steps=10), "warmup_steps"),
-    (dict(base_lr=1e-3, warmup_steps=20, total_steps=10), "beyond"),
-    (dict(base_lr=1e-3, warmup_steps=0, total_steps=0), "total_steps"),
-    (dict(base_lr=1e-3, warmup_steps=0, total_steps=10, decay="exp"), "decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        (dict(base_lr=NAN, warmup_steps=0, total_steps=10), "base_lr"),
+        (dict(base_lr=1e-3, warmup_steps=0, total_steps=10, min_lr=1e-2), "min_lr"),
+        (dict(base_lr=1e-3, warmup_steps=-1, total_steps=10), "warmup_steps"),
+        (dict(base_lr=1e-3, warmup_steps=20, total_steps=10), "beyond"),
+        (dict(base_lr=1e-3, warmup_steps=0, total_steps=0), "total_steps"),
+        (dict(base_lr=1e-3, warmup_steps=0, total_steps=10, decay="exp"), "decay"),
+    ],
+)
 def test_schedule_refuses(kwargs, says):
     with pytest.raises(ValueError, match=f"LRSchedule: .*{says}"):
         LRSchedule(**kwargs)
@@ -149,14 +178,17 @@ def test_grad_norm_does_not_overflow_in_float32():
 
 
 # -- the trainer --------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, error, says", [
-    (dict(accum_steps=0), ValueError, "accum_steps"),
-    (dict(grad_clip=0.0), ValueError, "grad_clip"),
-    (dict(grad_clip=NAN), ValueError, "grad_clip"),
-    (dict(eval_every=-1), ValueError, "eval_every"),
-    (dict(checkpoint_every=1.5), TypeError, "checkpoint_every"),
-    (dict(eval_fn=3), TypeError, "eval_fn"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, says",
+    [
+        (dict(accum_steps=0), ValueError, "accum_steps"),
+        (dict(grad_clip=0.0), ValueError, "grad_clip"),
+        (dict(grad_clip=NAN), ValueError, "grad_clip"),
+        (dict(eval_every=-1), ValueError, "eval_every"),
+        (dict(checkpoint_every=1.5), TypeError, "checkpoint_every"),
+        (dict(eval_fn=3), TypeError, "eval_fn"),
+    ],
+)
 def test_trainer_refuses_bad_settings(kwargs, error, says):
     m = tiny_gpt()
     with pytest.raises(error, match=f"Trainer: {says}"):
@@ -171,8 +203,9 @@ def test_trainer_refuses_a_batch_fn_that_is_not_callable():
 
 def test_fit_refuses_bad_step_counts():
     m = tiny_gpt()
-    tr = Trainer(m, AdamW(m), batches(), progress=False,
-                 schedule=LRSchedule(1e-3, 50, 100, "cosine"))
+    tr = Trainer(
+        m, AdamW(m), batches(), progress=False, schedule=LRSchedule(1e-3, 50, 100, "cosine")
+    )
     with pytest.raises(ValueError, match="max_steps"):
         tr.fit(0)
     with pytest.raises(ValueError, match="warmup_steps 50 is beyond"):
@@ -180,13 +213,26 @@ def test_fit_refuses_bad_step_counts():
     assert tr.step == 0
 
 
-@pytest.mark.parametrize("make, says", [
-    (lambda rng: {"input_ids": np.zeros((0, 7), np.int64), "targets": np.zeros((0, 7), np.int64)},
-     "empty"),
-    (lambda rng: {"input_ids": np.zeros((2, 9), np.int64), "targets": np.zeros((2, 9), np.int64)},
-     "longer than the model's max_seq_len 8"),
-    (lambda rng: {"input_ids": np.zeros((2, 7), np.int64)}, "targets"),
-])
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (
+            lambda rng: {
+                "input_ids": np.zeros((0, 7), np.int64),
+                "targets": np.zeros((0, 7), np.int64),
+            },
+            "empty",
+        ),
+        (
+            lambda rng: {
+                "input_ids": np.zeros((2, 9), np.int64),
+                "targets": np.zeros((2, 9), np.int64),
+            },
+            "longer than the model's max_seq_len 8",
+        ),
+        (lambda rng: {"input_ids": np.zeros((2, 7), np.int64)}, "targets"),
+    ],
+)
 def test_trainer_refuses_bad_batches(make, says):
     m = tiny_gpt()
     before = weights(m)
@@ -216,8 +262,16 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tm
         pytest.skip(f"{backend} backend not built")
     m = tiny_gpt(backend)
     path = tmp_path / "last.safetensors"
-    tr = Trainer(m, AdamW(m, lr=1e-2), batches(), loss=NaNAtStep(3), seed=0, progress=False,
-                 checkpoint_path=path, checkpoint_every=1)
+    tr = Trainer(
+        m,
+        AdamW(m, lr=1e-2),
+        batches(),
+        loss=NaNAtStep(3),
+        seed=0,
+        progress=False,
+        checkpoint_path=path,
+        checkpoint_every=1,
+    )
     tr.fit(2)
     good = weights(m)
     with pytest.raises(NonFiniteError, match="stopped at step 3: the loss is not finite") as e:
@@ -260,16 +314,19 @@ def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
 
 
 # -- the built-in data ---------------------------------------------------------------------
-@pytest.mark.parametrize("make, error, says", [
-    (lambda: CopyTask(0), ValueError, "n_symbols"),
-    (lambda: CopyTask(4, 5, 3), ValueError, "min_len <= max_len"),
-    (lambda: CopyTask(4, 1.0, 3), TypeError, "min_len"),
-    (lambda: AdditionTask(10), ValueError, "n_digits"),
-    (lambda: AdditionTask(3, holdout=0.0), ValueError, "holdout"),
-    (lambda: AdditionTask(3, holdout=1.0), ValueError, "holdout"),
-    (lambda: CopyTask(4).lm_batch_fn(0), ValueError, "batch_size"),
-    (lambda: CopyTask(4).evaluate_lm(None, []), ValueError, "at least one example"),
-])
+@pytest.mark.parametrize(
+    "make, error, says",
+    [
+        (lambda: CopyTask(0), ValueError, "n_symbols"),
+        (lambda: CopyTask(4, 5, 3), ValueError, "min_len <= max_len"),
+        (lambda: CopyTask(4, 1.0, 3), TypeError, "min_len"),
+        (lambda: AdditionTask(10), ValueError, "n_digits"),
+        (lambda: AdditionTask(3, holdout=0.0), ValueError, "holdout"),
+        (lambda: AdditionTask(3, holdout=1.0), ValueError, "holdout"),
+        (lambda: CopyTask(4).lm_batch_fn(0), ValueError, "batch_size"),
+        (lambda: CopyTask(4).evaluate_lm(None, []), ValueError, "at least one example"),
+    ],
+)
 def test_tasks_refuse(make, error, says):
     with pytest.raises(error, match=says):
         make()

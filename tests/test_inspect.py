@@ -31,8 +31,17 @@ def gpt(backend=None, **kw):
 
 
 def transformer():
-    return Transformer(V, V, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=3,
-                       d_ff=64, dropout=0.0, rng=0)
+    return Transformer(
+        V,
+        V,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_decoder_layers=3,
+        d_ff=64,
+        dropout=0.0,
+        rng=0,
+    )
 
 
 def zero_queries(attn):
@@ -56,8 +65,8 @@ def test_gpt_weights_are_causal_distributions(backend):
     assert w.shape == (2, 4, T, T) and w.dtype == np.float32 and isinstance(w, np.ndarray)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
     assert (w >= 0).all()
-    assert np.abs(np.triu(w, 1)).max() == 0.0          # no query sees a later key
-    assert not np.allclose(w[..., 1, 0], 0.5)           # the random init is not uniform
+    assert np.abs(np.triu(w, 1)).max() == 0.0  # no query sees a later key
+    assert not np.allclose(w[..., 1, 0], 0.5)  # the random init is not uniform
 
 
 def test_backends_agree():
@@ -74,7 +83,7 @@ def test_head_selects_one_head_and_negative_indices_count_from_the_end():
     full = attention_weights(m, x, layer=2)
     np.testing.assert_array_equal(attention_weights(m, x, layer=2, head=3), full[:, 3])
     np.testing.assert_array_equal(attention_weights(m, x, layer=-1, head=-1), full[:, 3])
-    assert not np.allclose(attention_weights(m, x, layer=0), full)   # a different layer
+    assert not np.allclose(attention_weights(m, x, layer=0), full)  # a different layer
 
 
 def test_uniform_attention_when_queries_are_zero():
@@ -100,7 +109,7 @@ def test_mode_and_flags_are_restored():
     attention_weights(m, ids(), layer=1)
     assert not m.training and attn.keep_weights is True
     m2 = gpt()
-    with pytest.raises(IndexError):                    # token id out of range: forward fails
+    with pytest.raises(IndexError):  # token id out of range: forward fails
         attention_weights(m2, np.full((1, 3), V + 5), layer=0)
     assert m2.training and m2.blocks[0].attn.keep_weights is False
 
@@ -114,7 +123,7 @@ def test_bert_padding_columns_get_no_weight():
     assert w.shape == (2, 4, T, T)
     np.testing.assert_allclose(w[0, ..., :5], 0.2, atol=1e-6)
     np.testing.assert_allclose(w[0, ..., 5:], 0.0, atol=1e-7)
-    np.testing.assert_allclose(w[1], 1.0 / T, atol=1e-6)        # not causal, nothing masked
+    np.testing.assert_allclose(w[1], 1.0 / T, atol=1e-6)  # not causal, nothing masked
     ent = attention_entropy(w)
     np.testing.assert_allclose(ent[0], math.log(5), atol=1e-5)
     np.testing.assert_allclose(ent[1], math.log(T), atol=1e-5)
@@ -136,7 +145,7 @@ def test_transformer_encoder_decoder_and_cross():
     enc = attention_weights(m, src, tgt, layer=1, src_key_padding_mask=mask)
     assert enc.shape == (2, 4, 6, 6)
     np.testing.assert_allclose(enc[1, ..., 4:], 0.0, atol=1e-7)
-    assert (enc[0] > 0).all()                                  # the encoder is not causal
+    assert (enc[0] > 0).all()  # the encoder is not causal
     dec = attention_weights(m, src, tgt, layer=2, stack="decoder")
     assert dec.shape == (2, 4, 4, 4) and np.abs(np.triu(dec, 1)).max() == 0.0
     cross = attention_weights(m, src, tgt, layer=0, kind="cross", src_key_padding_mask=mask)
@@ -148,15 +157,24 @@ def test_transformer_encoder_decoder_and_cross():
     assert attention_module(m, 1) is m.encoder[1].attn
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda m: attention_weights(m, ids(), layer=3), r"layer 3 is out of range .* 3 layers .*0\.\.2"),
-    (lambda m: attention_weights(m, ids(), layer=-4), "out of range"),
-    (lambda m: attention_weights(m, ids(), layer=0, head=4), r"head 4 is out of range for 4 heads"),
-    (lambda m: attention_weights(m, ids(), layer=0, kind="cross"), "no cross-attention"),
-    (lambda m: attention_weights(m, ids(), layer=0, kind="both"), "kind must be one of"),
-    (lambda m: attention_weights(m, ids(), layer=0, stack="decoder"), "stack applies to"),
-    (lambda m: attention_weights(m, ids(), layer="1"), "layer must be an int"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda m: attention_weights(m, ids(), layer=3),
+            r"layer 3 is out of range .* 3 layers .*0\.\.2",
+        ),
+        (lambda m: attention_weights(m, ids(), layer=-4), "out of range"),
+        (
+            lambda m: attention_weights(m, ids(), layer=0, head=4),
+            r"head 4 is out of range for 4 heads",
+        ),
+        (lambda m: attention_weights(m, ids(), layer=0, kind="cross"), "no cross-attention"),
+        (lambda m: attention_weights(m, ids(), layer=0, kind="both"), "kind must be one of"),
+        (lambda m: attention_weights(m, ids(), layer=0, stack="decoder"), "stack applies to"),
+        (lambda m: attention_weights(m, ids(), layer="1"), "layer must be an int"),
+    ],
+)
 def test_bad_arguments_are_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(gpt())
@@ -186,11 +204,11 @@ def test_entropy_of_uniform_one_hot_and_reductions():
 
 def test_entropy_ignores_all_zero_rows():
     w = np.zeros((2, 3, 4))
-    w[0, :2] = 1 / 4                        # two live rows, one masked row
+    w[0, :2] = 1 / 4  # two live rows, one masked row
     out = attention_entropy(w)
     assert out.shape == (2,)
     assert out[0] == pytest.approx(math.log(4))
-    assert np.isnan(out[1])                 # nothing to average
+    assert np.isnan(out[1])  # nothing to average
     with pytest.raises(ValueError):
         attention_entropy(np.array([-0.1, 1.1]))
 
@@ -204,16 +222,16 @@ def set_row(emb, dst, src, scale=1.0):
 
 def test_a_copied_row_is_the_nearest_neighbour():
     m = gpt()
-    set_row(m.wte, 17, 3, scale=2.5)       # same direction: cosine 1, not euclidean 0
+    set_row(m.wte, 17, 3, scale=2.5)  # same direction: cosine 1, not euclidean 0
     set_row(m.wte, 9, 3)
     got, sims = nearest_neighbours(m, 3, k=4)
-    assert list(got[:2]) == [9, 17] and 3 not in got          # ties by lower id
+    assert list(got[:2]) == [9, 17] and 3 not in got  # ties by lower id
     np.testing.assert_allclose(sims[:2], 1.0, atol=1e-6)
     assert (np.diff(sims) <= 1e-12).all() and sims[2] < 0.999
     got, dist = nearest_neighbours(m, 3, k=3, metric="euclidean")
     assert got[0] == 9 and dist[0] == 0.0 and (np.diff(dist) >= 0).all()
     got, _ = nearest_neighbours(m, 3, k=2, metric="dot")
-    assert got[0] == 17                                        # the longest aligned row
+    assert got[0] == 17  # the longest aligned row
 
 
 def test_neighbours_against_brute_force():
@@ -239,13 +257,16 @@ def test_embedding_tables_by_model():
     assert nearest_neighbours(tr, 4, k=1, table="src")[0][0] != 20
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(token_id=V), "token_id 24 is out of range"),
-    (dict(token_id=0, k=0), "k must be in 1..23"),
-    (dict(token_id=0, k=V), "k must be in"),
-    (dict(token_id=0, metric="manhattan"), "metric must be one of"),
-    (dict(token_id=0, table="tgt"), "applies to the Transformer only"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(token_id=V), "token_id 24 is out of range"),
+        (dict(token_id=0, k=0), "k must be in 1..23"),
+        (dict(token_id=0, k=V), "k must be in"),
+        (dict(token_id=0, metric="manhattan"), "metric must be one of"),
+        (dict(token_id=0, table="tgt"), "applies to the Transformer only"),
+    ],
+)
 def test_neighbour_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         nearest_neighbours(gpt(), **kw)

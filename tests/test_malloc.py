@@ -16,8 +16,9 @@ def applied_in_subprocess(env_value):
     if env_value is not None:
         env["FERROFORMER_MALLOC_TUNING"] = env_value
     code = "import ferroformer._malloc as m, ferroformer; print(m.applied)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 

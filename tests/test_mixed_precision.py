@@ -46,6 +46,7 @@ class CountingOptimizer:
 
 # -- the loss scaler ----------------------------------------------------------------------------
 
+
 def test_scale_grows_after_growth_interval_clean_steps():
     s = DynamicLossScaler(init_scale=8.0, growth_interval=3)
     for expected in (8.0, 8.0, 16.0, 16.0, 16.0, 32.0):
@@ -82,8 +83,12 @@ def test_scale_stays_within_its_bounds():
 
 def test_unscale_divides_every_gradient_in_place():
     s = DynamicLossScaler(init_scale=2.0**10)
-    grads = [np.full(4, 2.0**10, np.float32), np.full((2, 3), -2.0**11, np.float32)]
-    params = [Param(None, grads[0]), Param(None, None), grads[1]]  # Parameters, a missing grad, an array
+    grads = [np.full(4, 2.0**10, np.float32), np.full((2, 3), -(2.0**11), np.float32)]
+    params = [
+        Param(None, grads[0]),
+        Param(None, None),
+        grads[1],
+    ]  # Parameters, a missing grad, an array
     assert s.unscale(params)
     assert (grads[0] == 1.0).all() and (grads[1] == -2.0).all()
     assert s.unscale([]) and s.unscale([Param(None, None)])
@@ -94,7 +99,9 @@ def test_scaling_keeps_small_float16_gradients_from_underflowing():
     true_grad = np.full(8, 1e-8)
     assert not true_grad.astype(np.float16).any()
     s = DynamicLossScaler()
-    g = (true_grad * s.scale).astype(np.float16).astype(np.float32)  # what an fp16 backward returns, scaled
+    g = (
+        (true_grad * s.scale).astype(np.float16).astype(np.float32)
+    )  # what an fp16 backward returns, scaled
     assert s.unscale([g])
     assert_close(g, true_grad, rtol=1e-3, atol=0)
 
@@ -114,6 +121,7 @@ def test_state_round_trips_and_bad_state_is_rejected():
 
 
 # -- choosing a compute dtype -------------------------------------------------------------------
+
 
 def test_dtype_names():
     assert resolve_dtype(None) == np.float32 and resolve_dtype("float16") == np.float16
@@ -148,6 +156,7 @@ def test_with_dtype_views_share_the_backend(emulated):
 
 
 # -- the mixed-precision backend: dtype rules and values ------------------------------------------
+
 
 def dev(ops, x, dtype=np.float32):
     return ops.xp.asarray(np.asarray(x, dtype))
@@ -198,15 +207,21 @@ def test_every_op_follows_the_dtype_rules(mixed, rng):
     x, dy = rng.standard_normal((6, 32)), rng.standard_normal((6, 32))
     gamma, beta = rng.standard_normal(32), rng.standard_normal(32)
 
-    y, mean, rstd = mixed.layernorm_forward(dev(mixed, x, half), dev(mixed, gamma), dev(mixed, beta))
+    y, mean, rstd = mixed.layernorm_forward(
+        dev(mixed, x, half), dev(mixed, gamma), dev(mixed, beta)
+    )
     assert (y.dtype, mean.dtype, rstd.dtype) == (half, f32, f32)
     close(y, ref.layernorm_forward(x, gamma, beta)[0], "layernorm y")
-    dx, dgamma, dbeta = mixed.layernorm_backward(dev(mixed, dy, half), dev(mixed, x, half), dev(mixed, gamma),
-                                                 mean, rstd)
+    dx, dgamma, dbeta = mixed.layernorm_backward(
+        dev(mixed, dy, half), dev(mixed, x, half), dev(mixed, gamma), mean, rstd
+    )
     assert (dx.dtype, dgamma.dtype, dbeta.dtype) == (half, f32, f32)
     _, m64, r64 = ref.layernorm_forward(x, gamma, beta)
-    for name, got, want in zip(("dx", "dgamma", "dbeta"), (dx, dgamma, dbeta),
-                               ref.layernorm_backward(dy, x, gamma, m64, r64)):
+    for name, got, want in zip(
+        ("dx", "dgamma", "dbeta"),
+        (dx, dgamma, dbeta),
+        ref.layernorm_backward(dy, x, gamma, m64, r64),
+    ):
         tol = TOLERANCE[half.name]
         assert_close(host(got), want, rtol=tol, atol=tol * np.abs(want).max(), name=name)
     y, rstd = mixed.rmsnorm_forward(dev(mixed, x), dev(mixed, gamma))
@@ -219,7 +234,9 @@ def test_every_op_follows_the_dtype_rules(mixed, rng):
         assert out.dtype == grad.dtype == half
         close(out, getattr(ref, f"{op}_forward")(x), op)
     h = mixed.swiglu_forward(dev(mixed, x, half), dev(mixed, dy))
-    assert h.dtype == half and all(g.dtype == half for g in mixed.swiglu_backward(h, dev(mixed, x), dev(mixed, dy)))
+    assert h.dtype == half and all(
+        g.dtype == half for g in mixed.swiglu_backward(h, dev(mixed, x), dev(mixed, dy))
+    )
     p = mixed.softmax_forward(dev(mixed, x), scale=0.5)
     assert p.dtype == half and mixed.softmax_backward(dev(mixed, dy), p, scale=0.5).dtype == half
     close(p, ref.softmax_forward(x, scale=0.5), "softmax")
@@ -229,7 +246,9 @@ def test_every_op_follows_the_dtype_rules(mixed, rng):
     rows = mixed.embedding_forward(dev(mixed, table), xp.asarray(ids))
     assert rows.dtype == half
     close(rows, table[ids], "embedding")
-    dtable = mixed.embedding_backward(dev(mixed, rng.standard_normal((3, 4, 32)), half), xp.asarray(ids), 50)
+    dtable = mixed.embedding_backward(
+        dev(mixed, rng.standard_normal((3, 4, 32)), half), xp.asarray(ids), 50
+    )
     assert dtable.dtype == f32
 
     targets = rng.integers(0, 32, 6)
@@ -239,26 +258,42 @@ def test_every_op_follows_the_dtype_rules(mixed, rng):
     assert mixed.cross_entropy_backward(dev(mixed, x, half), xp.asarray(targets), lse).dtype == half
 
     theta = np.arange(4)[:, None] * np.linspace(0.1, 1.0, 4)[None, :]
-    r = mixed.rope_forward(dev(mixed, rng.standard_normal((2, 4, 8))), dev(mixed, np.cos(theta)),
-                           dev(mixed, np.sin(theta)))
+    r = mixed.rope_forward(
+        dev(mixed, rng.standard_normal((2, 4, 8))),
+        dev(mixed, np.cos(theta)),
+        dev(mixed, np.sin(theta)),
+    )
     assert r.dtype == half
 
     q = rng.standard_normal((1, 2, 20, 16))
     o, lse = mixed.attention_forward(dev(mixed, q), dev(mixed, q, half), dev(mixed, q), causal=True)
     assert o.dtype == half and lse.dtype == f32
     close(o, ref.attention_forward(q, q, q, causal=True)[0], "attention")
-    assert all(g.dtype == half for g in mixed.attention_backward(o, dev(mixed, q), dev(mixed, q), dev(mixed, q),
-                                                                  o, lse, causal=True))
+    assert all(
+        g.dtype == half
+        for g in mixed.attention_backward(
+            o, dev(mixed, q), dev(mixed, q), dev(mixed, q), o, lse, causal=True
+        )
+    )
 
 
 def test_adamw_updates_float32_masters_with_a_half_gradient(mixed, rng):
     ref = ff.backend("numpy")
     param, grad = rng.standard_normal(10), rng.standard_normal(10)
     p, m, v = dev(mixed, param), mixed.xp.zeros(10, np.float32), mixed.xp.zeros(10, np.float32)
-    mixed.adamw_step(p, dev(mixed, grad, mixed.compute_dtype), m, v, lr=0.1, weight_decay=0.1, step=1)
+    mixed.adamw_step(
+        p, dev(mixed, grad, mixed.compute_dtype), m, v, lr=0.1, weight_decay=0.1, step=1
+    )
     want = param.astype(np.float32).copy()
-    ref.adamw_step(want, grad.astype(mixed.compute_dtype).astype(np.float32), np.zeros(10, np.float32),
-                   np.zeros(10, np.float32), lr=0.1, weight_decay=0.1, step=1)
+    ref.adamw_step(
+        want,
+        grad.astype(mixed.compute_dtype).astype(np.float32),
+        np.zeros(10, np.float32),
+        np.zeros(10, np.float32),
+        lr=0.1,
+        weight_decay=0.1,
+        step=1,
+    )
     assert p.dtype == np.float32
     assert_close(host(p), want, rtol=1e-6, atol=1e-7)
     with pytest.raises(TypeError, match="must have param's dtype"):
@@ -266,7 +301,9 @@ def test_adamw_updates_float32_masters_with_a_half_gradient(mixed, rng):
 
 
 def test_float64_is_a_type_error(mixed):
-    with pytest.raises(TypeError, match=f"{mixed.compute_dtype.name} mixed precision takes float32"):
+    with pytest.raises(
+        TypeError, match=f"{mixed.compute_dtype.name} mixed precision takes float32"
+    ):
         mixed.gelu_forward(mixed.xp.zeros(3, np.float64))
 
 
@@ -289,6 +326,7 @@ def test_plain_backend_computes_in_its_inputs_dtype(emulated, name, rng):
 
 # -- training in half precision reaches the float32 loss ---------------------------------------------
 
+
 def train_mlp(ops, steps, *, scaler=None, seed=0):
     """A two-layer classifier (linear, layernorm, gelu, linear, cross-entropy)
     of noisy points around 8 centres, fresh samples every step, trained with
@@ -296,10 +334,17 @@ def train_mlp(ops, steps, *, scaler=None, seed=0):
     rng = np.random.default_rng(seed)
     xp = ops.xp
     centers = rng.standard_normal((8, 24))  # classes overlap: the loss cannot reach 0
-    params = {"w1": rng.standard_normal((64, 24)) / np.sqrt(24), "b1": np.zeros(64),
-              "gamma": np.ones(64), "beta": np.zeros(64), "w2": rng.standard_normal((8, 64)) / 8.0}
+    params = {
+        "w1": rng.standard_normal((64, 24)) / np.sqrt(24),
+        "b1": np.zeros(64),
+        "gamma": np.ones(64),
+        "beta": np.zeros(64),
+        "w2": rng.standard_normal((8, 64)) / 8.0,
+    }
     params = {k: xp.asarray(v.astype(np.float32)) for k, v in params.items()}
-    moments = {k: (xp.zeros(v.shape, np.float32), xp.zeros(v.shape, np.float32)) for k, v in params.items()}
+    moments = {
+        k: (xp.zeros(v.shape, np.float32), xp.zeros(v.shape, np.float32)) for k, v in params.items()
+    }
     losses = []
     for step in range(1, steps + 1):
         labels = rng.integers(0, 8, 64)
@@ -316,7 +361,9 @@ def train_mlp(ops, steps, *, scaler=None, seed=0):
         da, grads = {}, {}
         da, grads["w2"], _ = ops.linear_backward(dlogits, a, params["w2"], has_bias=False)
         dn = ops.gelu_backward(da, n)
-        dh, grads["gamma"], grads["beta"] = ops.layernorm_backward(dn, h, params["gamma"], mean, rstd)
+        dh, grads["gamma"], grads["beta"] = ops.layernorm_backward(
+            dn, h, params["gamma"], mean, rstd
+        )
         _, grads["w1"], grads["b1"] = ops.linear_backward(dh, x, params["w1"])
         if scaler and not scaler.unscale(list(grads.values())):
             scaler.update()
@@ -332,10 +379,14 @@ def train_mlp(ops, steps, *, scaler=None, seed=0):
 def test_half_precision_training_reaches_the_float32_loss(emulated, name):
     steps = 150
     full = train_mlp(emulated, steps)
-    scaler = DynamicLossScaler(init_scale=2.0**14, growth_interval=50) if name == "float16" else None
+    scaler = (
+        DynamicLossScaler(init_scale=2.0**14, growth_interval=50) if name == "float16" else None
+    )
     half = train_mlp(emulated.with_dtype(name), steps, scaler=scaler)
     final_full, final_half = np.mean(full[-20:]), np.mean(half[-20:])
-    assert final_full < 0.7 * full[0]  # it learns (the classes overlap: about 1.1 is the floor here)
+    assert (
+        final_full < 0.7 * full[0]
+    )  # it learns (the classes overlap: about 1.1 is the floor here)
     assert abs(final_half - final_full) <= 0.02 * final_full, (final_full, final_half)
 
 
@@ -351,22 +402,32 @@ def test_float16_overflow_is_skipped_and_the_scale_backs_off(emulated):
 
 # -- a small GPT in bfloat16 (once ferroformer.models exists) ----------------------------------------
 
+
 def train_gpt(ops, steps, *, batch, seq, d_model, layers):
     """Losses of a GPT trained with AdamW on a learnable byte stream; the
     model's parameters stay float32 whatever ops computes in."""
-    models = pytest.importorskip("ferroformer.models", reason="ferroformer.models has not landed yet")
+    models = pytest.importorskip(
+        "ferroformer.models", reason="ferroformer.models has not landed yet"
+    )
     from ferroformer.train import AdamW, CrossEntropyLoss
 
     rng = np.random.default_rng(1)
     data = rng.integers(0, 64, 100_000)
     data = (data % 7 + np.arange(data.size) % 5) % 64
-    model = models.GPT(vocab_size=64, max_seq_len=seq, d_model=d_model, n_heads=4, n_layers=layers,
-                       backend=ops, rng=0)
+    model = models.GPT(
+        vocab_size=64,
+        max_seq_len=seq,
+        d_model=d_model,
+        n_heads=4,
+        n_layers=layers,
+        backend=ops,
+        rng=0,
+    )
     opt, loss_fn = AdamW(model, lr=3e-3, weight_decay=0.01), CrossEntropyLoss(ops=ops)
     losses = []
     for _ in range(steps):
         starts = rng.integers(0, data.size - seq - 1, batch)
-        window = np.stack([data[s:s + seq + 1] for s in starts])
+        window = np.stack([data[s : s + seq + 1] for s in starts])
         ids, targets = ops.asarray(window[:, :-1]), ops.asarray(window[:, 1:])
         losses.append(loss_fn(model(ids), targets))
         model.backward(loss_fn.backward())

@@ -17,15 +17,58 @@ V = 11
 
 def tiny(name, backend="numpy", dtype=np.float32, **kw):
     if name == "GPT":
-        return GPT(V, max_seq_len=8, d_model=8, n_heads=2, n_layers=2, backend=backend, dtype=dtype, rng=0, **kw)
+        return GPT(
+            V,
+            max_seq_len=8,
+            d_model=8,
+            n_heads=2,
+            n_layers=2,
+            backend=backend,
+            dtype=dtype,
+            rng=0,
+            **kw,
+        )
     if name == "Llama":
-        return Llama(V, max_seq_len=8, d_model=8, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=12,
-                     backend=backend, dtype=dtype, rng=0, **kw)
+        return Llama(
+            V,
+            max_seq_len=8,
+            d_model=8,
+            n_heads=4,
+            n_kv_heads=2,
+            n_layers=2,
+            d_ff=12,
+            backend=backend,
+            dtype=dtype,
+            rng=0,
+            **kw,
+        )
     if name == "BERT":
-        return BERT(V, max_seq_len=8, d_model=8, n_heads=2, n_layers=2, d_ff=12, backend=backend,
-                    dtype=dtype, rng=0, **kw)
-    return Transformer(V, V + 2, d_model=8, n_heads=2, n_encoder_layers=2, n_decoder_layers=2, d_ff=12,
-                       max_seq_len=8, backend=backend, dtype=dtype, rng=0, **kw)
+        return BERT(
+            V,
+            max_seq_len=8,
+            d_model=8,
+            n_heads=2,
+            n_layers=2,
+            d_ff=12,
+            backend=backend,
+            dtype=dtype,
+            rng=0,
+            **kw,
+        )
+    return Transformer(
+        V,
+        V + 2,
+        d_model=8,
+        n_heads=2,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        d_ff=12,
+        max_seq_len=8,
+        backend=backend,
+        dtype=dtype,
+        rng=0,
+        **kw,
+    )
 
 
 def inputs(name, rng):
@@ -77,7 +120,7 @@ def test_parameter_names_and_shapes_as_documented():
     gpt = dict((n, p.shape) for n, p in tiny("GPT").named_parameters())
     assert gpt["wte.weight"] == (V, 8) and gpt["wpe.weight"] == (8, 8)
     assert gpt["blocks.1.attn.qkv.weight"] == (24, 8) and gpt["blocks.0.ff.fc1.weight"] == (32, 8)
-    assert "head.weight" not in gpt                           # tied to wte
+    assert "head.weight" not in gpt  # tied to wte
     llama = dict((n, p.shape) for n, p in tiny("Llama").named_parameters())
     assert llama["blocks.0.attn.qkv.weight"] == ((4 + 2 * 2) * 2, 8)
     assert llama["blocks.0.ff.fc1.weight"] == (24, 8) and llama["lm_head.weight"] == (V, 8)
@@ -96,12 +139,15 @@ def test_transformer_respects_source_padding(rng):
     assert y.shape == (1, 3, V + 2)
     src2 = src.copy()
     src2[0, 3:] = 0
-    model2 = tiny("Transformer").eval()                 # no pad_id: an explicit mask instead
+    model2 = tiny("Transformer").eval()  # no pad_id: an explicit mask instead
     mask = src == 0
     other = src.copy()
     other[0, 3:] = [9, 8, 7]
-    assert_close(model2(other, tgt, src_key_padding_mask=mask), model2(src, tgt, src_key_padding_mask=mask),
-                 atol=1e-6)
+    assert_close(
+        model2(other, tgt, src_key_padding_mask=mask),
+        model2(src, tgt, src_key_padding_mask=mask),
+        atol=1e-6,
+    )
     assert not np.allclose(model2(other, tgt), model2(src, tgt))
 
 
@@ -110,7 +156,7 @@ def test_decoder_only_is_causal_and_offset_consistent(name, rng):
     model = tiny(name).eval()
     ids = rng.integers(0, V, (2, 6))
     full = model(ids)
-    assert_close(model(ids[:, :4]), full[:, :4], atol=1e-5)    # a prefix does not see the future
+    assert_close(model(ids[:, :4]), full[:, :4], atol=1e-5)  # a prefix does not see the future
 
 
 @pytest.mark.parametrize("name", ["GPT", "Llama", "Transformer"])

@@ -39,7 +39,9 @@ def close_for_k(got, want, k):
 
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 17, 65), (65, 257, 7), (1, 300, 513), (300, 65, 1), (130, 300, 70)])
+@pytest.mark.parametrize(
+    "m,k,n", [(1, 1, 1), (7, 17, 65), (65, 257, 7), (1, 300, 513), (300, 65, 1), (130, 300, 70)]
+)
 def test_matmul_2d(m, k, n, trans_a, trans_b):
     a = rand(*stored((m, k), trans_a))
     b = rand(*stored((k, n), trans_b))
@@ -84,7 +86,9 @@ def test_matmul_bad_shapes():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("x_shape,out_f", [((1, 17), 65), ((65, 17), 7), ((2, 5, 33), 40), ((7, 1), 1)])
+@pytest.mark.parametrize(
+    "x_shape,out_f", [((1, 17), 65), ((65, 17), 7), ((2, 5, 33), 40), ((7, 1), 1)]
+)
 def test_linear_forward_backward(x_shape, out_f, bias):
     in_f = x_shape[-1]
     x, w = rand(*x_shape), rand(out_f, in_f)

@@ -26,7 +26,7 @@ def test_module_registers_names_and_ties():
     assert names[:4] == ["ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias"]
     assert "cross_attn.kv.weight" in names and names[-1] == "ff.fc2.bias"
     lin = nn.Linear(3, 4)
-    lin.other = lin.weight                       # a tied parameter appears once
+    lin.other = lin.weight  # a tied parameter appears once
     assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
 
 
@@ -54,7 +54,7 @@ def test_zero_grad_train_eval_and_to(rng):
     assert lin.weight.grad is None
     lin.eval()
     lin(x)
-    assert lin.cache is None                       # eval keeps nothing for backward
+    assert lin.cache is None  # eval keeps nothing for backward
     with pytest.raises(RuntimeError, match="no forward"):
         lin.backward(np.ones((5, 2), np.float32))
     lin.train().to("numpy", dtype=np.float64)
@@ -104,13 +104,14 @@ def test_dropout_grad_and_statistics(rng):
     d.eval()
     assert d(x) is x
     a, b = nn.Dropout(0.5, rng=7), nn.Dropout(0.5, rng=7)
-    assert_close(a(np.ones(50)), b(np.ones(50)))      # seeded: the same masks
+    assert_close(a(np.ones(50)), b(np.ones(50)))  # seeded: the same masks
 
 
 def test_learned_positional_grad(rng):
     x = rng.standard_normal((2, 3, 4))
-    check_grads(f64(nn.LearnedPositionalEmbedding(6, 4, rng=0)), [x], rng, wrt=[x],
-                kwargs={"offset": 2})
+    check_grads(
+        f64(nn.LearnedPositionalEmbedding(6, 4, rng=0)), [x], rng, wrt=[x], kwargs={"offset": 2}
+    )
     with pytest.raises(ValueError, match="max_len"):
         nn.LearnedPositionalEmbedding(4, 4)(x, offset=2)
 
@@ -132,9 +133,14 @@ def test_rope_tables_and_grad(rng):
     x = rng.standard_normal((1, 2, 3, 8))
     y = rope.forward(x, offset=4)
     # adjacent pairs: (x0, x1) at position 4 rotated by angle 4 * theta_0 = 4
-    assert_close(y[0, 0, 0, :2], [x[0, 0, 0, 0] * math.cos(4) - x[0, 0, 0, 1] * math.sin(4),
-                                  x[0, 0, 0, 0] * math.sin(4) + x[0, 0, 0, 1] * math.cos(4)])
-    assert_close(rope.backward(y, offset=4), x)         # a rotation: backward is its inverse
+    assert_close(
+        y[0, 0, 0, :2],
+        [
+            x[0, 0, 0, 0] * math.cos(4) - x[0, 0, 0, 1] * math.sin(4),
+            x[0, 0, 0, 0] * math.sin(4) + x[0, 0, 0, 1] * math.cos(4),
+        ],
+    )
+    assert_close(rope.backward(y, offset=4), x)  # a rotation: backward is its inverse
     # rotary attention scores depend only on relative positions
     q, k = rng.standard_normal((1, 1, 1, 8)), rng.standard_normal((1, 1, 1, 8))
     s1 = float((rope.forward(q, 5) * rope.forward(k, 2)).sum())
@@ -146,7 +152,7 @@ def test_alibi():
     assert_close(nn.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)])
     s6 = nn.alibi_slopes(6)
     assert_close(s6[:4], [2.0 ** -(2 * (i + 1)) for i in range(4)])
-    assert_close(s6[4:], [2.0 ** -1, 2.0 ** -3])
+    assert_close(s6[4:], [2.0**-1, 2.0**-3])
     b = nn.alibi_bias([0.5], 2, 4, dtype=np.float64)
     assert_close(b[0], [[-1.0, -0.5, 0.0, -0.5], [-1.5, -1.0, -0.5, 0.0]])
 
@@ -177,8 +183,13 @@ def test_self_attention_grad(rng, case):
     kw = ATTENTION_CASES[case]
     x = rng.standard_normal((2, 3, 8))
     mask = None if kw.get("causal") else np.array([[False, False, True], [False, False, False]])
-    check_grads(f64(nn.MultiHeadAttention(8, rng=0, **kw)), [x], rng, wrt=[x],
-                kwargs={"key_padding_mask": mask})
+    check_grads(
+        f64(nn.MultiHeadAttention(8, rng=0, **kw)),
+        [x],
+        rng,
+        wrt=[x],
+        kwargs={"key_padding_mask": mask},
+    )
 
 
 def test_rope_attention_grad(rng):
@@ -229,8 +240,14 @@ def test_attention_rejects_bad_heads():
 def test_encoder_block_grad(rng, norm_first):
     x = rng.standard_normal((2, 3, 8))
     blk = f64(nn.EncoderBlock(8, 2, 12, norm_first=norm_first, dropout=0.2, rng=0))
-    check_grads(blk, [x], rng, wrt=[x], kwargs={"key_padding_mask": np.array([[0, 0, 1], [0, 0, 0]], bool)},
-                samples=6)
+    check_grads(
+        blk,
+        [x],
+        rng,
+        wrt=[x],
+        kwargs={"key_padding_mask": np.array([[0, 0, 1], [0, 0, 0]], bool)},
+        samples=6,
+    )
 
 
 def test_decoder_block_grad(rng):
@@ -241,8 +258,20 @@ def test_decoder_block_grad(rng):
 
 def test_llama_style_block_grad(rng):
     x = rng.standard_normal((1, 4, 8))
-    blk = f64(nn.DecoderBlock(8, 4, 12, cross_attention=False, n_kv_heads=2, norm="rms",
-                              activation="swiglu", bias=False, rope=nn.RotaryEmbedding(2, 8), rng=0))
+    blk = f64(
+        nn.DecoderBlock(
+            8,
+            4,
+            12,
+            cross_attention=False,
+            n_kv_heads=2,
+            norm="rms",
+            activation="swiglu",
+            bias=False,
+            rope=nn.RotaryEmbedding(2, 8),
+            rng=0,
+        )
+    )
     check_grads(blk, [x], rng, wrt=[x], samples=6)
 
 
@@ -262,7 +291,7 @@ def test_checkpointing_same_grads_less_memory(rng, cross):
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         assert_close(q.grad, p.grad, rtol=0, atol=0, name=name)
     assert ckpt.cache_nbytes() == 0
-    assert plain.rng_states() == ckpt.rng_states()   # the next step draws the same masks
+    assert plain.rng_states() == ckpt.rng_states()  # the next step draws the same masks
 
 
 # -- backends agree --------------------------------------------------------------------------
@@ -276,8 +305,12 @@ def test_block_numpy_vs_rust(rng):
     g = rng.standard_normal((2, 5, 16)).astype(np.float32)
     mask = np.zeros((2, 7), bool)
     mask[0, 5:] = True
-    assert_close(fast(x, memory=mem, memory_key_padding_mask=mask),
-                 ref(x, memory=mem, memory_key_padding_mask=mask), rtol=1e-4, atol=1e-5)
+    assert_close(
+        fast(x, memory=mem, memory_key_padding_mask=mask),
+        ref(x, memory=mem, memory_key_padding_mask=mask),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     assert_close(fast.backward(g), ref.backward(g), rtol=1e-3, atol=1e-4)
     for (name, p), q in zip(ref.named_parameters(), fast.parameters()):
         assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, name=name)

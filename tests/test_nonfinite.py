@@ -28,8 +28,9 @@ SPECIALS = (np.nan, np.inf, -np.inf)
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 # Where to spoil an array: up to four (position in [0, 1), which special) pairs.
-spoils = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(SPECIALS)),
-                  max_size=4)
+spoils = st.lists(
+    st.tuples(st.floats(0, 1, exclude_max=True), st.sampled_from(SPECIALS)), max_size=4
+)
 
 
 def data(seed, *shape, spread=1.0):
@@ -58,13 +59,20 @@ def assert_matches(got, want, *, rtol=1e-4, atol=1e-5, name="value"):
     nan_w, nan_g = np.isnan(w), np.isnan(g)
     if not np.array_equal(nan_g, nan_w):
         i = np.argwhere(nan_g != nan_w)[0]
-        raise AssertionError(f"{name}: NaN pattern differs at {tuple(i)}: got {g[tuple(i)]!r}, "
-                             f"expected {w[tuple(i)]!r} ({int((nan_g != nan_w).sum())} places)")
+        raise AssertionError(
+            f"{name}: NaN pattern differs at {tuple(i)}: got {g[tuple(i)]!r}, "
+            f"expected {w[tuple(i)]!r} ({int((nan_g != nan_w).sum())} places)"
+        )
     inf_w = np.isinf(w)
-    if not np.array_equal(np.where(inf_w, g, 0), np.where(inf_w, w, 0)) or np.isinf(g[~inf_w]).any():
+    if (
+        not np.array_equal(np.where(inf_w, g, 0), np.where(inf_w, w, 0))
+        or np.isinf(g[~inf_w]).any()
+    ):
         i = np.argwhere((np.isinf(g) | inf_w) & (g != w))[0]
-        raise AssertionError(f"{name}: infinities differ at {tuple(i)}: got {g[tuple(i)]!r}, "
-                             f"expected {w[tuple(i)]!r}")
+        raise AssertionError(
+            f"{name}: infinities differ at {tuple(i)}: got {g[tuple(i)]!r}, "
+            f"expected {w[tuple(i)]!r}"
+        )
     finite = np.isfinite(w)
     assert_close(np.where(finite, g, 0), np.where(finite, w, 0), rtol=rtol, atol=atol, name=name)
 
@@ -74,8 +82,13 @@ def run(name, fn, *arrays):
     float64 reference."""
     ops, ref = ff.backend(name), ff.backend("numpy")
     dtype = np.float64 if name == "numpy" else np.float32
-    got = fn(ops, *(a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
-                    for a in arrays))
+    got = fn(
+        ops,
+        *(
+            a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+            for a in arrays
+        ),
+    )
     with np.errstate(all="ignore"):
         want = fn(ref, *arrays)
     return got, want
@@ -84,16 +97,23 @@ def run(name, fn, *arrays):
 # -- softmax -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 12), cols=st.integers(1, 40), causal=st.booleans(),
-       scale=st.sampled_from([1.0, 0.25, -2.0]), where=spoils, seed=st.integers(0, 2**16))
+@given(
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 40),
+    causal=st.booleans(),
+    scale=st.sampled_from([1.0, 0.25, -2.0]),
+    where=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_softmax(name, rows, cols, causal, scale, where, seed):
     x = spoil(data(seed, 2, rows, cols, spread=3.0), where)
     dy = spoil(data(seed + 1, 2, rows, cols), where[:1])
     got, want = run(name, lambda o, x: o.softmax_forward(x, scale=scale, causal=causal), x)
     assert_matches(got, want, name="y")
     y = want.astype(np.float32)
-    got, want = run(name, lambda o, dy, y: o.softmax_backward(dy, y, scale=scale), dy,
-                    y.astype(np.float64))
+    got, want = run(
+        name, lambda o, dy, y: o.softmax_backward(dy, y, scale=scale), dy, y.astype(np.float64)
+    )
     assert_matches(got, want, name="dx")
 
 
@@ -114,8 +134,13 @@ def test_softmax_masked_entries_stay_zero(name):
 # -- norms -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 8), c=st.integers(1, 70), where=spoils, wg=spoils,
-       seed=st.integers(0, 2**16))
+@given(
+    rows=st.integers(1, 8),
+    c=st.integers(1, 70),
+    where=spoils,
+    wg=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_layernorm(name, rows, c, where, wg, seed):
     x = spoil(data(seed, rows, c), where)
     g, b = spoil(data(seed + 1, c), wg[:1]), spoil(data(seed + 2, c), wg[1:2])
@@ -123,29 +148,38 @@ def test_layernorm(name, rows, c, where, wg, seed):
     got, want = run(name, lambda o, x, g, b: o.layernorm_forward(x, g, b), x, g, b)
     assert_matches(got, want, rtol=1e-3, atol=1e-4, name="layernorm")
     _, mean, rstd = want
-    got, want = run(name, lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r),
-                    dy, x, g, mean, rstd)
+    got, want = run(
+        name, lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r), dy, x, g, mean, rstd
+    )
     assert_matches(got, want, rtol=1e-3, atol=1e-3, name="layernorm_backward")
 
 
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 8), c=st.integers(1, 70), where=spoils, wg=spoils,
-       seed=st.integers(0, 2**16))
+@given(
+    rows=st.integers(1, 8),
+    c=st.integers(1, 70),
+    where=spoils,
+    wg=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_rmsnorm(name, rows, c, where, wg, seed):
     x = spoil(data(seed, rows, c), where)
     g = spoil(data(seed + 1, c), wg[:1])
     dy = spoil(data(seed + 3, rows, c), wg[1:])
     got, want = run(name, lambda o, x, g: o.rmsnorm_forward(x, g), x, g)
     assert_matches(got, want, rtol=1e-3, atol=1e-4, name="rmsnorm")
-    got, want = run(name, lambda o, dy, x, g, r: o.rmsnorm_backward(dy, x, g, r),
-                    dy, x, g, want[1])
+    got, want = run(name, lambda o, dy, x, g, r: o.rmsnorm_backward(dy, x, g, r), dy, x, g, want[1])
     assert_matches(got, want, rtol=1e-3, atol=1e-3, name="rmsnorm_backward")
 
 
 # -- activations ---------------------------------------------------------------------------------
-UNARY = [("gelu", {"approximate": "tanh"}), ("gelu", {"approximate": "none"}), ("relu", {}),
-         ("silu", {})]
+UNARY = [
+    ("gelu", {"approximate": "tanh"}),
+    ("gelu", {"approximate": "none"}),
+    ("relu", {}),
+    ("silu", {}),
+]
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -179,8 +213,16 @@ def test_swiglu(name, n, wg, wu, seed):
 # -- matrix products -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40), ta=st.booleans(),
-       tb=st.booleans(), wa=spoils, wb=spoils, seed=st.integers(0, 2**16))
+@given(
+    m=st.integers(1, 40),
+    k=st.integers(1, 40),
+    n=st.integers(1, 40),
+    ta=st.booleans(),
+    tb=st.booleans(),
+    wa=spoils,
+    wb=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_matmul(name, m, k, n, ta, tb, wa, wb, seed):
     a = spoil(data(seed, *((k, m) if ta else (m, k))), wa)
     b = spoil(data(seed + 1, *((n, k) if tb else (k, n))), wb)
@@ -190,8 +232,15 @@ def test_matmul(name, m, k, n, ta, tb, wa, wb, seed):
 
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 20), fin=st.integers(1, 40), fout=st.integers(1, 40),
-       bias=st.booleans(), wx=spoils, ww=spoils, seed=st.integers(0, 2**16))
+@given(
+    rows=st.integers(1, 20),
+    fin=st.integers(1, 40),
+    fout=st.integers(1, 40),
+    bias=st.booleans(),
+    wx=spoils,
+    ww=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_linear(name, rows, fin, fout, bias, wx, ww, seed):
     x = spoil(data(seed, rows, fin), wx)
     w = spoil(data(seed + 1, fout, fin), ww)
@@ -199,8 +248,7 @@ def test_linear(name, rows, fin, fout, bias, wx, ww, seed):
     dy = spoil(data(seed + 3, rows, fout), wx[:1])
     got, want = run(name, lambda o, x, w, b: o.linear_forward(x, w, b), x, w, b)
     assert_matches(got, want, rtol=1e-4, atol=1e-4, name="linear_forward")
-    got, want = run(name, lambda o, dy, x, w: o.linear_backward(dy, x, w, has_bias=bias),
-                    dy, x, w)
+    got, want = run(name, lambda o, dy, x, w: o.linear_backward(dy, x, w, has_bias=bias), dy, x, w)
     if not bias:
         assert got[2] is None and want[2] is None
         got, want = got[:2], want[:2]
@@ -210,8 +258,13 @@ def test_linear(name, rows, fin, fout, bias, wx, ww, seed):
 # -- cross-entropy --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 10), vocab=st.integers(1, 40), smoothing=st.sampled_from([0.0, 0.1, 1.0]),
-       where=spoils, seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(1, 10),
+    vocab=st.integers(1, 40),
+    smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+    where=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_cross_entropy(name, n, vocab, smoothing, where, seed):
     rng = np.random.default_rng(seed)
     logits = spoil(data(seed, n, vocab, spread=2.0), where)
@@ -221,8 +274,9 @@ def test_cross_entropy(name, n, vocab, smoothing, where, seed):
     got, want = run(name, lambda o, z: o.cross_entropy_forward(z, targets, **kw), logits)
     assert_matches(got, want, rtol=1e-4, atol=1e-5, name="cross_entropy_forward")
     lse = want[1]
-    got, want = run(name, lambda o, z, lse: o.cross_entropy_backward(z, targets, lse, **kw),
-                    logits, lse)
+    got, want = run(
+        name, lambda o, z, lse: o.cross_entropy_backward(z, targets, lse, **kw), logits, lse
+    )
     assert_matches(got, want, rtol=1e-4, atol=1e-5, name="cross_entropy_backward")
     assert (np.asarray(got)[targets == -100] == 0).all()  # ignored rows: exactly 0, never NaN
 
@@ -258,26 +312,54 @@ def attention_inputs(seed, b, hq, hkv, tq, tk, d, masked, wq, wk, wv, wdo):
 
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 2), hkv=st.integers(1, 2), groups=st.integers(1, 2),
-       tq=st.sampled_from([1, 2, 3, 5, 17, 70]), tk=st.integers(1, 80),
-       d=st.sampled_from([8, 16, 24, 72]), causal=st.booleans(), masked=st.booleans(),
-       wq=spoils, wk=spoils, wv=spoils, wdo=spoils, seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 2),
+    hkv=st.integers(1, 2),
+    groups=st.integers(1, 2),
+    tq=st.sampled_from([1, 2, 3, 5, 17, 70]),
+    tk=st.integers(1, 80),
+    d=st.sampled_from([8, 16, 24, 72]),
+    causal=st.booleans(),
+    masked=st.booleans(),
+    wq=spoils,
+    wk=spoils,
+    wv=spoils,
+    wdo=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_attention(name, b, hkv, groups, tq, tk, d, causal, masked, wq, wk, wv, wdo, seed):
-    q, k, v, do, mask = attention_inputs(seed, b, hkv * groups, hkv, tq, tk, d, masked,
-                                         wq, wk, wv, wdo)
+    q, k, v, do, mask = attention_inputs(
+        seed, b, hkv * groups, hkv, tq, tk, d, masked, wq, wk, wv, wdo
+    )
     kw = {"causal": causal, "key_padding_mask": mask}
     got, want = run(name, lambda o, q, k, v: o.attention_forward(q, k, v, **kw), q, k, v)
     assert_matches(got, want, rtol=1e-3, atol=1e-4, name="attention_forward")
     o, lse = want
-    got, want = run(name, lambda ops, do, q, k, v, o, lse:
-                    ops.attention_backward(do, q, k, v, o, lse, **kw), do, q, k, v, o, lse)
+    got, want = run(
+        name,
+        lambda ops, do, q, k, v, o, lse: ops.attention_backward(do, q, k, v, o, lse, **kw),
+        do,
+        q,
+        k,
+        v,
+        o,
+        lse,
+    )
     assert_matches(got, want, rtol=1e-3, atol=1e-4, name="attention_backward")
 
 
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=30, deadline=None)
-@given(tq=st.sampled_from([1, 2, 4, 9]), kv_len=st.integers(9, 60), extra=st.integers(0, 300),
-       d=st.sampled_from([16, 72]), wq=spoils, wk=spoils, wv=spoils, seed=st.integers(0, 2**16))
+@given(
+    tq=st.sampled_from([1, 2, 4, 9]),
+    kv_len=st.integers(9, 60),
+    extra=st.integers(0, 300),
+    d=st.sampled_from([16, 72]),
+    wq=spoils,
+    wk=spoils,
+    wv=spoils,
+    seed=st.integers(0, 2**16),
+)
 def test_attention_kv_cache(name, tq, kv_len, extra, d, wq, wk, wv, seed):
     # the decode path on a cache of kv_len + extra rows whose unused rows hold NaN
     q, k, v, _, mask = attention_inputs(seed, 2, 4, 2, tq, kv_len, d, True, wq, wk, wv, [])
@@ -287,8 +369,15 @@ def test_attention_kv_cache(name, tq, kv_len, extra, d, wq, wk, wv, seed):
     kc[:, :, :kv_len], vc[:, :, :kv_len] = k, v
     mc = np.ones((2, cap), bool)
     mc[:, :kv_len] = mask
-    got, want = run(name, lambda o, q, k, v: o.attention_forward(
-        q, k, v, causal=True, key_padding_mask=mc, kv_len=kv_len), q, kc, vc)
+    got, want = run(
+        name,
+        lambda o, q, k, v: o.attention_forward(
+            q, k, v, causal=True, key_padding_mask=mc, kv_len=kv_len
+        ),
+        q,
+        kc,
+        vc,
+    )
     assert_matches(got, want, rtol=1e-3, atol=1e-4, name="cached attention")
 
 
@@ -301,8 +390,10 @@ def test_attention_masked_values_change_nothing(name, tq):
     ops = ff.backend(name)
     b, h, tk, d = 2, 2, 75, 24
     dt = np.float64 if name == "numpy" else np.float32
-    q, k, v, do, _ = (x.astype(dt) if x is not None else x for x in
-                      attention_inputs(7, b, h, h, tq, tk, d, False, [], [], [], []))
+    q, k, v, do, _ = (
+        x.astype(dt) if x is not None else x
+        for x in attention_inputs(7, b, h, h, tq, tk, d, False, [], [], [], [])
+    )
     mask = np.zeros((b, tk), bool)
     mask[0, ::4] = True
     mask[1] = True  # batch 1: every key is padding
@@ -313,8 +404,7 @@ def test_attention_masked_values_change_nothing(name, tq):
     v[:, :, future:] = np.inf if tq > 1 else v[:, :, future:]
     with np.errstate(all="ignore"):
         o, lse = ops.attention_forward(q, k, v, causal=True, key_padding_mask=mask)
-        dq, dk, dv = ops.attention_backward(do, q, k, v, o, lse, causal=True,
-                                            key_padding_mask=mask)
+        dq, dk, dv = ops.attention_backward(do, q, k, v, o, lse, causal=True, key_padding_mask=mask)
     assert np.isfinite(o[0, :, 0]).all() and np.isfinite(lse[0, :, 0]).all()
     assert np.isfinite(dq[0, :, 0]).all()
     assert (o[1] == 0).all() and (lse[1] == -np.inf).all() and (dq[1] == 0).all()
@@ -328,14 +418,27 @@ def test_attention_masked_values_change_nothing(name, tq):
 # -- AdamW -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 70), wp=spoils, wg=spoils, wm=spoils, step=st.integers(1, 5),
-       decay=st.sampled_from([0.0, 0.1]), seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(1, 70),
+    wp=spoils,
+    wg=spoils,
+    wm=spoils,
+    step=st.integers(1, 5),
+    decay=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**16),
+)
 def test_adamw(name, n, wp, wg, wm, step, decay, seed):
     p, g = spoil(data(seed, n), wp), spoil(data(seed + 1, n), wg)
     m = spoil(0.1 * data(seed + 2, n), wm[:2])
     v = np.abs(spoil(0.1 * data(seed + 3, n), wm[2:]))
-    kw = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": decay,
-          "step": step}
+    kw = {
+        "lr": 1e-2,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-8,
+        "weight_decay": decay,
+        "step": step,
+    }
 
     def step_once(ops, p, g, m, v):
         p, m, v = p.copy(), m.copy(), v.copy()

@@ -42,7 +42,7 @@ def test_loss_curve_with_evals(mpl, tmp_path):
 def test_loss_curve_from_a_trainer_and_overwrite(mpl, tmp_path):
     class FakeTrainer:
         def __init__(self):
-            self.history = [(1, 2.0), (2, 1.5), (3, -0.5)]      # a negative loss: linear axis
+            self.history = [(1, 2.0), (2, 1.5), (3, -0.5)]  # a negative loss: linear axis
             self.evals = [(3, {"acc": 1.0})]
 
     path = tmp_path / "loss.png"
@@ -51,7 +51,7 @@ def test_loss_curve_from_a_trainer_and_overwrite(mpl, tmp_path):
     assert only_file(tmp_path, "loss.png")
     umask = os.umask(0)
     os.umask(umask)
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask     # not the temp file's 0600
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not the temp file's 0600
 
 
 def test_empty_history_is_an_error(mpl, tmp_path):
@@ -80,13 +80,26 @@ def test_attention_map_bad_shapes_and_labels(mpl, tmp_path):
 def test_positional_tables(mpl, tmp_path):
     gpt = GPT(10, max_seq_len=32, d_model=16, n_heads=2, n_layers=1, rng=0)
     llama = Llama(10, max_seq_len=32, d_model=16, n_heads=2, n_layers=1, rng=0)
-    tr = Transformer(10, 10, d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
-                     d_ff=32, max_seq_len=40, rng=0)
+    tr = Transformer(
+        10,
+        10,
+        d_model=16,
+        n_heads=2,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        d_ff=32,
+        max_seq_len=40,
+        rng=0,
+    )
     np.testing.assert_array_equal(plots.positional_table(gpt), np.asarray(gpt.wpe.weight.data))
-    assert plots.positional_table(llama).shape == (32, 4)           # cos, head_dim / 2
+    assert plots.positional_table(llama).shape == (32, 4)  # cos, head_dim / 2
     np.testing.assert_allclose(plots.positional_table(tr), sinusoidal_table(40, 16), atol=1e-7)
-    for name, src in [("sin.png", sinusoidal_table(64, 32)), ("gpt.png", gpt),
-                      ("rope.png", llama), ("tr.png", tr)]:
+    for name, src in [
+        ("sin.png", sinusoidal_table(64, 32)),
+        ("gpt.png", gpt),
+        ("rope.png", llama),
+        ("tr.png", tr),
+    ]:
         plots.plot_positional_encoding(src, tmp_path / name, max_positions=30)
         assert is_png(tmp_path / name)
     with pytest.raises(ValueError, match=r"\(T, C\) table"):
@@ -103,9 +116,11 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
         if name == "matplotlib" or name.startswith("matplotlib."):
             monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    for call in (lambda: plots.plot_loss([(1, 1.0)], tmp_path / "l.png"),
-                 lambda: plots.plot_attention(np.eye(3), tmp_path / "a.png"),
-                 lambda: plots.plot_positional_encoding(np.eye(3), tmp_path / "p.png")):
+    for call in (
+        lambda: plots.plot_loss([(1, 1.0)], tmp_path / "l.png"),
+        lambda: plots.plot_attention(np.eye(3), tmp_path / "a.png"),
+        lambda: plots.plot_positional_encoding(np.eye(3), tmp_path / "p.png"),
+    ):
         with pytest.raises(ImportError) as err:
             call()
         msg = str(err.value)

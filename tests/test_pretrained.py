@@ -46,7 +46,17 @@ def test_gpt2_bpe_known_ids_and_round_trip():
     tok = gpt2_from_files(package_path("gpt2-tokenizer"))
     assert tok.encode("Hello world") == [15496, 995]
     assert tok.encode("The quick brown fox jumps over the lazy dog.") == [
-        464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]
+        464,
+        2068,
+        7586,
+        21831,
+        18045,
+        625,
+        262,
+        16931,
+        3290,
+        13,
+    ]
     for text in ["naïve café ✓ — 2026", "  leading spaces\nand\ttabs", "<|endoftext|>"]:
         assert tok.decode(tok.encode(text), skip_special_tokens=False) == text
 
@@ -75,8 +85,9 @@ def test_smollm_answers_paris(smollm):
 
     model, tok = smollm
     pieces = []
-    answer = chat(model, tok, "What is the capital of France?", max_new_tokens=16,
-                  stream=pieces.append)
+    answer = chat(
+        model, tok, "What is the capital of France?", max_new_tokens=16, stream=pieces.append
+    )
     assert "Paris" in answer
     assert "".join(pieces) == answer and len(pieces) > 1  # streamed piece by piece
 

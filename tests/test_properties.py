@@ -22,8 +22,15 @@ def data(seed, *shape):
 
 @pytest.mark.parametrize("name", BACKENDS)
 @settings(max_examples=25, deadline=None)
-@given(m=dims, k=dims, n=dims, batch=st.integers(1, 3), ta=st.booleans(), tb=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    m=dims,
+    k=dims,
+    n=dims,
+    batch=st.integers(1, 3),
+    ta=st.booleans(),
+    tb=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_matmul_any_shape(name, m, k, n, batch, ta, tb, seed):
     ops, ref = ff.backend(name), ff.backend("numpy")
     a = data(seed, batch, *((k, m) if ta else (m, k)))
@@ -54,8 +61,16 @@ def test_layernorm_any_shape(name, rows, c, seed):
 
 @pytest.mark.parametrize("name", BACKENDS)
 @settings(max_examples=15, deadline=None)
-@given(b=st.integers(1, 2), hkv=st.integers(1, 2), groups=st.integers(1, 3), tq=dims, tk=dims,
-       d=st.sampled_from([16, 24, 64]), causal=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 2),
+    hkv=st.integers(1, 2),
+    groups=st.integers(1, 3),
+    tq=dims,
+    tk=dims,
+    d=st.sampled_from([16, 24, 64]),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_attention_any_shape(name, b, hkv, groups, tq, tk, d, causal, seed):
     ops, ref = ff.backend(name), ff.backend("numpy")
     q = data(seed, b, hkv * groups, tq, d)

@@ -34,10 +34,12 @@ def random_blocks(rng, name, rows, blocks_per_row):
     fmt = FORMATS[name]
     raw = rng.integers(0, 256, (rows, blocks_per_row, fmt.type_size), dtype=np.uint8)
     for at in fmt.half_offsets:
-        h = (rng.standard_normal((rows, blocks_per_row)) * rng.choice([1e-6, 1e-2, 3.0],
-             (rows, blocks_per_row))).astype(np.float16)
+        h = (
+            rng.standard_normal((rows, blocks_per_row))
+            * rng.choice([1e-6, 1e-2, 3.0], (rows, blocks_per_row))
+        ).astype(np.float16)
         assert np.isfinite(h).all()
-        raw[:, :, at:at + 2] = h.view(np.uint8).reshape(rows, blocks_per_row, 2)
+        raw[:, :, at : at + 2] = h.view(np.uint8).reshape(rows, blocks_per_row, 2)
     return raw.reshape(rows, -1)
 
 
@@ -76,14 +78,18 @@ def test_dequantize_of_known_blocks():
     q4 = np.zeros(18, np.uint8)
     q4[:2] = np.array([2.0], "<f2").view(np.uint8)
     q4[2:] = 0xF0  # low nibble 0 (values 0..15), high nibble 15 (values 16..31)
-    assert_close(dequantize(q4, "Q4_0"), np.r_[np.full(16, -16.0), np.full(16, 14.0)],
-                 rtol=0, atol=0)
+    assert_close(
+        dequantize(q4, "Q4_0"), np.r_[np.full(16, -16.0), np.full(16, 14.0)], rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("qtype", ["IQ2_XS", "Q2_K", "q3_k", "TQ1_0"])
 def test_unsupported_types_are_refused_by_name(qtype):
-    with pytest.raises(ValueError, match=rf"quantized type {qtype.upper()} is not supported; "
-                                         r"supported: F32, .*Q6_K"):
+    with pytest.raises(
+        ValueError,
+        match=rf"quantized type {qtype.upper()} is not supported; "
+        r"supported: F32, .*Q6_K",
+    ):
         block_format(qtype)
 
 
@@ -120,10 +126,17 @@ def test_legacy_quantizers_are_ggufs_bytes(name, rng):
 def k_quant_rows(rng):
     """Super-blocks that reach the quantizers' corner cases: all zero, constant, one
     outlier, one sign only, zero sub-blocks, tiny and integer-valued values."""
-    rows = [rng.standard_normal(256), rng.standard_normal(256) * 1e-3, np.zeros(256),
-            np.full(256, 0.5), np.abs(rng.standard_normal(256)),
-            -3 * np.abs(rng.standard_normal(256)), rng.uniform(-1, 1, 256),
-            np.round(rng.standard_normal(256) * 4), rng.standard_normal(256) * 1e-20]
+    rows = [
+        rng.standard_normal(256),
+        rng.standard_normal(256) * 1e-3,
+        np.zeros(256),
+        np.full(256, 0.5),
+        np.abs(rng.standard_normal(256)),
+        -3 * np.abs(rng.standard_normal(256)),
+        rng.uniform(-1, 1, 256),
+        np.round(rng.standard_normal(256) * 4),
+        rng.standard_normal(256) * 1e-20,
+    ]
     outlier = rng.standard_normal(256) * 0.01
     outlier[17] = 5
     holes = rng.standard_normal(256)
@@ -196,13 +209,13 @@ def q4_k_scalar(x):
     """One super-block x (256,) float32 -> its 144 bytes."""
     L, scales, mins = [0] * 256, [F(0)] * 8, [F(0)] * 8
     for j in range(8):
-        sub = [F(v) for v in x[32 * j:32 * j + 32]]
+        sub = [F(v) for v in x[32 * j : 32 * j + 32]]
         sum_x2 = F(0)
         for v in sub:
             sum_x2 += v * v
         av_x = F(np.sqrt(sum_x2 / F(32)))
         w = [av_x + F(abs(v)) for v in sub]
-        L[32 * j:32 * j + 32], scales[j], mins[j] = _make_qkx2_scalar(sub, w, 15, -1.0, 0.1, 20)
+        L[32 * j : 32 * j + 32], scales[j], mins[j] = _make_qkx2_scalar(sub, w, 15, -1.0, 0.1, 20)
     max_scale = max([F(0)] + [s for s in scales if s > 0])
     max_min = max([F(0)] + [m for m in mins if m > 0])
     inv_scale = F(63) / max_scale if max_scale > 0 else F(0)
@@ -278,7 +291,9 @@ def q6_k_scalar(x):
     L, scales = [0] * 256, [F(0)] * 16
     max_scale, max_abs = F(0), F(0)
     for b in range(16):
-        L[16 * b:16 * b + 16], scales[b] = _make_qx_scalar([F(v) for v in x[16 * b:16 * b + 16]], 32)
+        L[16 * b : 16 * b + 16], scales[b] = _make_qx_scalar(
+            [F(v) for v in x[16 * b : 16 * b + 16]], 32
+        )
         if abs(scales[b]) > max_abs:
             max_abs, max_scale = F(abs(scales[b])), scales[b]
     if max_abs < F(1e-15):
@@ -310,14 +325,22 @@ def test_k_quantizers_equal_the_scalar_port_of_llama_cpp(name, scalar, rng):
     for i, row in enumerate(x):
         expected = scalar(row)
         assert np.array_equal(mine[i], expected), (
-            f"{name} super-block {i}: bytes differ at {np.flatnonzero(mine[i] != expected)[:8]}")
+            f"{name} super-block {i}: bytes differ at {np.flatnonzero(mine[i] != expected)[:8]}"
+        )
 
 
 # RMS error of dequantize(quantize(w)) over N(0, 1) values: llama.cpp's reference
 # quantizers give about Q8_0 0.0054, Q6_K 0.018, Q5_1 0.038, Q5_0 0.043, Q4_K 0.071,
 # Q4_1 0.078, Q4_0 0.086; the bounds leave 10% above those
-RMS_BOUND = {"Q8_0": 0.006, "Q6_K": 0.02, "Q5_1": 0.042, "Q5_0": 0.048, "Q4_K": 0.079,
-             "Q4_1": 0.086, "Q4_0": 0.095}
+RMS_BOUND = {
+    "Q8_0": 0.006,
+    "Q6_K": 0.02,
+    "Q5_1": 0.042,
+    "Q5_0": 0.048,
+    "Q4_K": 0.079,
+    "Q4_1": 0.086,
+    "Q4_0": 0.095,
+}
 
 
 @pytest.mark.parametrize("name", QUANTIZERS)
@@ -325,7 +348,7 @@ def test_round_trip_error_is_the_formats(name, rng):
     w = rng.standard_normal((33, 512)).astype(np.float32)
     back = dequantize(quantize(w, name), name)
     err = back - w
-    rms = float(np.sqrt(np.mean(err ** 2)))
+    rms = float(np.sqrt(np.mean(err**2)))
     assert rms < RMS_BOUND[name], f"{name}: rms error {rms:.4f}"
     assert rms > RMS_BOUND[name] / 3, f"{name}: rms error {rms:.4f} is too good to be {name}"
     # every value within one quantization step of its block's range
@@ -337,8 +360,10 @@ def test_round_trip_error_is_the_formats(name, rng):
 
 def test_k_quants_beat_the_legacy_formats_of_their_width(rng):
     w = rng.standard_normal((16, 1024)).astype(np.float32)
+
     def rms(q):
         return np.sqrt(np.mean((dequantize(quantize(w, q), q) - w) ** 2))
+
     assert rms("Q4_K") < rms("Q4_1") < rms("Q4_0")
     assert rms("Q6_K") < rms("Q5_1")
 
@@ -378,7 +403,9 @@ def test_quantized_tensor_checks_bytes_and_shape(rng):
     raw = random_blocks(rng, "Q8_0", 4, 2)  # 4 rows of 64 values
     with pytest.raises(ValueError, match=r"\(4, 64\) takes 272 bytes .* got 204 bytes"):
         QuantizedTensor(raw[:3], "Q8_0", (4, 64))
-    with pytest.raises(ValueError, match="in_features 48 is not a multiple of the Q8_0 block size 32"):
+    with pytest.raises(
+        ValueError, match="in_features 48 is not a multiple of the Q8_0 block size 32"
+    ):
         QuantizedTensor(raw, "Q8_0", (4, 48))
     with pytest.raises(ValueError, match="out_features, in_features"):
         QuantizedTensor(raw, "Q8_0", (4, 8, 8))
@@ -397,8 +424,11 @@ def test_reference_product_is_x_times_the_decoded_matrix(name, lead, rng):
     fmt = FORMATS[name]
     in_f = 2 * fmt.block_size if fmt.block_size > 1 else 65
     # random bytes of the float types hold NaN and inf: those get random finite values
-    raw = quantize_floats(rng, name, 17, in_f) if fmt.block_size == 1 else \
-        random_blocks(rng, name, 17, in_f // fmt.block_size)
+    raw = (
+        quantize_floats(rng, name, 17, in_f)
+        if fmt.block_size == 1
+        else random_blocks(rng, name, 17, in_f // fmt.block_size)
+    )
     w = dequantize(raw, name).astype(np.float64)
     x = rng.standard_normal((*lead, in_f))
     b = rng.standard_normal(17)
@@ -407,7 +437,7 @@ def test_reference_product_is_x_times_the_decoded_matrix(name, lead, rng):
     assert_close(y, x @ w.T + b, rtol=1e-12, atol=1e-12)
     y32 = quantized_linear_forward(x.astype(np.float32), raw, name)
     assert y32.dtype == np.float32
-    assert_close(y32, x @ w.T, rtol=1e-4, atol=1e-4 * np.abs(w).max() * in_f ** 0.5)
+    assert_close(y32, x @ w.T, rtol=1e-4, atol=1e-4 * np.abs(w).max() * in_f**0.5)
 
 
 def quantize_floats(rng, name, rows, n):
@@ -441,7 +471,9 @@ def test_reference_product_checks_its_arguments(rng):
         quantized_linear_forward(x, raw, "Q8_0", bias=np.zeros(4))
     with pytest.raises(TypeError, match="quantized_linear_forward: x must be a numpy.ndarray"):
         quantized_linear_forward([[0.0] * 64], raw, "Q8_0")
-    with pytest.raises(ValueError, match=r"quantized_linear_forward: .*in_features 64 .*x \(3, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"quantized_linear_forward: .*in_features 64 .*x \(3, 32\)"
+    ):
         quantized_linear_forward(x[:, :32], raw, "Q8_0")
     with pytest.raises(ValueError, match=r"quantized_linear_forward: .*bias \(5,\)"):
         quantized_linear_forward(x, raw, "Q8_0", bias=np.zeros(5, np.float32))
@@ -457,11 +489,17 @@ def test_reference_product_checks_its_arguments(rng):
 def test_quantized_linear_is_linear_over_the_decoded_matrix(rng):
     lin = Linear(64, 9, rng=rng)
     lin.bias.data = rng.standard_normal(9).astype(np.float32)
-    q = QuantizedLinear.from_linear(lin, "Q4_1")
+    q = QuantizedLinear.from_linear(lin, "Q4_1", activations="float")
     w = q.dequantize()
     assert q.qtype == "Q4_1" and w.shape == (9, 64) and q.nbytes == 9 * 40
     x = rng.standard_normal((2, 5, 64)).astype(np.float32)
     assert_close(q(x), x @ w.T + lin.bias.data, rtol=1e-5, atol=1e-5)
+    # the default, int8 activations: linear over the decoded matrix in x rounded per 32
+    from ferroformer.quant.reference import int8_activations
+
+    q.activations = "int8"
+    xt = int8_activations(x.reshape(10, 64)).reshape(x.shape)
+    assert_close(q(x), xt @ w.T + lin.bias.data, rtol=1e-5, atol=1e-5)
     assert relative_rms(q(x), lin(x)) < 0.1  # and Q4_1 is close to the float layer (0.04)
     assert [n for n, _ in q.named_parameters()] == ["bias"]
 
@@ -470,7 +508,7 @@ def test_quantized_linear_stacks_parts_of_different_types(rng):
     a = QuantizedTensor(quantize(rng.standard_normal((5, 256)), "Q4_K"), "Q4_K", (5, 256))
     b = QuantizedTensor(quantize(rng.standard_normal((3, 256)), "Q6_K"), "Q6_K", (3, 256))
     bias = rng.standard_normal(8).astype(np.float32)
-    q = QuantizedLinear([a, b], bias)
+    q = QuantizedLinear([a, b], bias, activations="float")
     assert q.out_features == 8 and q.qtype == "Q4_K+Q6_K"
     x = rng.standard_normal((4, 256)).astype(np.float32)
     w = np.concatenate([a.dequantize(), b.dequantize()])
@@ -486,10 +524,14 @@ def test_quantized_linear_stacks_parts_of_different_types(rng):
 def test_quantized_layers_are_frozen(rng):
     q = QuantizedLinear.from_linear(Linear(32, 4, rng=rng), "Q8_0")
     q(np.zeros((1, 32), np.float32))
-    with pytest.raises(RuntimeError, match="QuantizedLinear.backward: quantized weights are frozen"):
+    with pytest.raises(
+        RuntimeError, match="QuantizedLinear.backward: quantized weights are frozen"
+    ):
         q.backward(np.zeros((1, 4), np.float32))
     emb = QuantizedEmbedding(QuantizedTensor(np.zeros((3, 34), np.uint8), "Q8_0", (3, 32)))
-    with pytest.raises(RuntimeError, match="QuantizedEmbedding.backward: quantized weights are frozen"):
+    with pytest.raises(
+        RuntimeError, match="QuantizedEmbedding.backward: quantized weights are frozen"
+    ):
         emb.backward(np.zeros((1, 32), np.float32))
 
 
@@ -507,13 +549,31 @@ def test_quantized_embedding_decodes_the_rows_it_returns(rng):
 
 
 def small_gpt(d=64, **kw):
-    return GPT(vocab_size=96, max_seq_len=32, d_model=d, n_heads=4, n_layers=2, rng=0,
-               backend="numpy", **kw).eval()
+    return GPT(
+        vocab_size=96,
+        max_seq_len=32,
+        d_model=d,
+        n_heads=4,
+        n_layers=2,
+        rng=0,
+        backend="numpy",
+        **kw,
+    ).eval()
 
 
 def small_llama(d=64, **kw):
-    return Llama(vocab_size=96, max_seq_len=32, d_model=d, n_heads=4, n_kv_heads=2, n_layers=2,
-                 d_ff=2 * d, rng=0, backend="numpy", **kw).eval()
+    return Llama(
+        vocab_size=96,
+        max_seq_len=32,
+        d_model=d,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        d_ff=2 * d,
+        rng=0,
+        backend="numpy",
+        **kw,
+    ).eval()
 
 
 def decoded_twin(model, quantized):
@@ -541,13 +601,15 @@ LOGITS_BOUND = {"Q8_0": 0.03, "Q6_K": 0.08, "Q4_K": 0.3, "Q4_0": 0.3}
 def test_quantized_model_logits(make, qtype, d, rng):
     ids = rng.integers(0, 96, (2, 12))
     model = make(d)
-    quantized = quantize_model(make(d), qtype)
+    quantized = quantize_model(make(d), qtype, activations="float")
     linears = {n for n, m in quantized.named_modules() if isinstance(m, QuantizedLinear)}
     floats = {n for n, m in quantized.named_modules() if type(m) is Linear}
     head = "head" if make is small_gpt else "lm_head"
     # every projection quantized; a tied head (GPT's) stays the embedding's float matrix
     assert len(linears) == 2 * 4 + (make is small_llama)
-    assert floats == ({"head"} if make is small_gpt else set()) and (head in linears) != (head in floats)
+    assert floats == ({"head"} if make is small_gpt else set()) and (head in linears) != (
+        head in floats
+    )
     got = quantized(ids)
     assert relative_rms(got, model(ids)) < LOGITS_BOUND[qtype]
     # and exactly the float model over the decoded weights
@@ -567,8 +629,11 @@ def test_quantized_model_generates(make, rng, host_backend):
 
 def test_quantize_model_refuses_before_changing_anything():
     model = small_llama(64)
-    with pytest.raises(ValueError, match=r"Q4_K needs in_features that are multiples of 256; "
-                                         r"these layers are not: .*blocks.0.attn.qkv \(in_features 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Q4_K needs in_features that are multiples of 256; "
+        r"these layers are not: .*blocks.0.attn.qkv \(in_features 64\)",
+    ):
         quantize_model(model, "Q4_K")
     assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
     with pytest.raises(ValueError, match="no quantizer for Q5_K"):

@@ -21,7 +21,7 @@ def test_top_k_one_is_greedy_whatever_the_seed():
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
     z = filter_logits(LOGITS, top_p=0.7)
-    assert np.isfinite(z[0]).tolist() == [True, True, False, False]   # 0.5 + 0.3 >= 0.7
+    assert np.isfinite(z[0]).tolist() == [True, True, False, False]  # 0.5 + 0.3 >= 0.7
     assert np.isfinite(z[1]).tolist() == [False, False, True, True]
     z = filter_logits(LOGITS, top_p=0.1)
     assert np.isfinite(z).sum(axis=1).tolist() == [1, 1]
@@ -41,7 +41,9 @@ def test_seeded_sampling_is_reproducible_and_follows_the_distribution():
     np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)]
+)
 def test_bad_sampling_arguments(kw):
     args = dict(temperature=1.0, top_k=None, top_p=None) | kw
     with pytest.raises(ValueError, match="generate"):

@@ -9,7 +9,9 @@ import pytest
 
 import ferroformer as ff
 
-pytestmark = pytest.mark.skipif("rust" not in ff.available_backends(), reason="needs the rust backend")
+pytestmark = pytest.mark.skipif(
+    "rust" not in ff.available_backends(), reason="needs the rust backend"
+)
 
 SCRIPT = r"""
 import threading
@@ -43,8 +45,9 @@ print("ok")
 
 
 def test_pool_serves_every_thread():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -83,6 +86,7 @@ print("ok")
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 def test_small_calls_skip_the_pool():
-    out = subprocess.run([sys.executable, "-c", SMALL_SCRIPT], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SMALL_SCRIPT], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -151,11 +151,21 @@ def test_accumulation_equals_one_big_batch():
         def fn(rng):
             i = state["i"]
             state["i"] = (i + size) % 8
-            return {"input_ids": data[i:i + size, :-1], "targets": data[i:i + size, 1:]}
+            return {"input_ids": data[i : i + size, :-1], "targets": data[i : i + size, 1:]}
+
         return fn
 
     def run(size, accum):
-        m = GPT(16, max_seq_len=8, d_model=8, n_heads=2, n_layers=1, backend="numpy", dtype=np.float64, rng=0)
+        m = GPT(
+            16,
+            max_seq_len=8,
+            d_model=8,
+            n_heads=2,
+            n_layers=1,
+            backend="numpy",
+            dtype=np.float64,
+            rng=0,
+        )
         Trainer(m, SGD(m, lr=0.1), batches(size), accum_steps=accum, progress=False).fit(2)
         return m
 
@@ -166,9 +176,17 @@ def test_accumulation_equals_one_big_batch():
 
 def test_trainer_progress_eval_and_history(capsys):
     task = CopyTask(4, 1, 3)
-    m = GPT(task.vocab_size, max_seq_len=12, d_model=8, n_heads=2, n_layers=1, backend="numpy", rng=0)
-    tr = Trainer(m, AdamW(m), task.lm_batch_fn(4), eval_every=2, seed=0,
-                 eval_fn=lambda model: {"training": model.training})
+    m = GPT(
+        task.vocab_size, max_seq_len=12, d_model=8, n_heads=2, n_layers=1, backend="numpy", rng=0
+    )
+    tr = Trainer(
+        m,
+        AdamW(m),
+        task.lm_batch_fn(4),
+        eval_every=2,
+        seed=0,
+        eval_fn=lambda model: {"training": model.training},
+    )
     tr.fit(4)
     assert [s for s, _ in tr.history] == [1, 2, 3, 4]
     assert tr.evals == [(2, {"training": False}), (4, {"training": False})] and m.training
@@ -179,17 +197,17 @@ def test_trainer_progress_eval_and_history(capsys):
 # -- data ------------------------------------------------------------------------------------
 def test_task_formats(rng):
     _x, y = AdditionTask(3).encode(123, 989)
-    assert y == [4 + d for d in (2, 1, 1, 1)]                       # 1112 reversed
-    assert AdditionTask(3, reverse_answer=False).encode(5, 7)[1] == [4, 4, 5, 6]   # 0012
+    assert y == [4 + d for d in (2, 1, 1, 1)]  # 1112 reversed
+    assert AdditionTask(3, reverse_answer=False).encode(5, 7)[1] == [4, 4, 5, 6]  # 0012
     assert ReverseTask(5, 2, 2).transform([7, 8]) == [8, 7]
     task = CopyTask(5, 2, 4)
     b = task.lm_batch(3, rng)
     ids, t = b["input_ids"], b["targets"]
     for i in range(3):
-        n = int((ids[i] != PAD).sum())                              # BOS x SEP x (EOS not input)
+        n = int((ids[i] != PAD).sum())  # BOS x SEP x (EOS not input)
         k = (n - 2) // 2 + 1
         assert ids[i, 0] == BOS and ids[i, k] == SEP
-        assert list(t[i, k:k + k]) == [*list(ids[i, 1:k]), EOS]
+        assert list(t[i, k : k + k]) == [*list(ids[i, 1:k]), EOS]
         assert (t[i, :k] == IGNORE).all()
     s = task.seq2seq_batch(3, rng)
     assert (s["tgt"][:, 0] == BOS).all() and (s["src_key_padding_mask"] == (s["src"] == PAD)).all()
@@ -219,11 +237,30 @@ def test_byte_dataset_reads_the_standard_library(rng, tmp_path):
 def test_transformer_learns_copy():
     """Copy of 1-6 symbols; >= 99% exact match under greedy decoding (the issue's target)."""
     task = CopyTask(n_symbols=8, min_len=1, max_len=6)
-    m = Transformer(task.vocab_size, task.vocab_size, d_model=32, n_heads=4, n_encoder_layers=1,
-                    n_decoder_layers=1, d_ff=64, dropout=0.0, max_seq_len=16, norm_first=True,
-                    pad_id=PAD, backend="numpy", rng=0)
-    tr = Trainer(m, AdamW(m, lr=3e-3, betas=(0.9, 0.98)), task.seq2seq_batch_fn(32), seed=0,
-                 schedule=LRSchedule(3e-3, 50, 600, "cosine", 3e-4), grad_clip=1.0, progress=False)
+    m = Transformer(
+        task.vocab_size,
+        task.vocab_size,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        d_ff=64,
+        dropout=0.0,
+        max_seq_len=16,
+        norm_first=True,
+        pad_id=PAD,
+        backend="numpy",
+        rng=0,
+    )
+    tr = Trainer(
+        m,
+        AdamW(m, lr=3e-3, betas=(0.9, 0.98)),
+        task.seq2seq_batch_fn(32),
+        seed=0,
+        schedule=LRSchedule(3e-3, 50, 600, "cosine", 3e-4),
+        grad_clip=1.0,
+        progress=False,
+    )
     tr.fit(600)
     acc = task.evaluate_seq2seq(m, task.test_examples(300, np.random.default_rng(1)))
     assert acc >= 0.99, acc
@@ -232,9 +269,18 @@ def test_transformer_learns_copy():
 def test_gpt_learns_two_digit_addition_on_held_out_sums():
     """2-digit addition at CI size (the 3-digit >= 95% run is in BENCHMARKS.md)."""
     task = AdditionTask(n_digits=2, holdout=0.2)
-    m = GPT(task.vocab_size, max_seq_len=12, d_model=48, n_heads=4, n_layers=2, backend="numpy", rng=0)
-    tr = Trainer(m, AdamW(m, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.1), task.lm_batch_fn(64),
-                 seed=0, schedule=LRSchedule(1e-2, 50, 800, "cosine", 1e-3), grad_clip=1.0, progress=False)
+    m = GPT(
+        task.vocab_size, max_seq_len=12, d_model=48, n_heads=4, n_layers=2, backend="numpy", rng=0
+    )
+    tr = Trainer(
+        m,
+        AdamW(m, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.1),
+        task.lm_batch_fn(64),
+        seed=0,
+        schedule=LRSchedule(1e-2, 50, 800, "cosine", 1e-3),
+        grad_clip=1.0,
+        progress=False,
+    )
     tr.fit(800)
     acc = task.evaluate_lm(m, task.test_examples(400, np.random.default_rng(1)))
     assert acc >= 0.9, acc
@@ -243,8 +289,14 @@ def test_gpt_learns_two_digit_addition_on_held_out_sums():
 def test_byte_lm_gets_well_under_the_unigram_entropy():
     data = ByteLMDataset(max_bytes=300_000)
     m = GPT(256, max_seq_len=64, d_model=48, n_heads=4, n_layers=2, backend="numpy", rng=0)
-    tr = Trainer(m, AdamW(m, lr=3e-3), data.batch_fn(16, 64), seed=0,
-                 schedule=LRSchedule(3e-3, 20, 250, "cosine", 3e-4), progress=False)
+    tr = Trainer(
+        m,
+        AdamW(m, lr=3e-3),
+        data.batch_fn(16, 64),
+        seed=0,
+        schedule=LRSchedule(3e-3, 20, 250, "cosine", 3e-4),
+        progress=False,
+    )
     tr.fit(250)
     val, h = data.evaluate(m, seq_len=64), data.unigram_entropy()
     assert val < 0.8 * h, (val, h)

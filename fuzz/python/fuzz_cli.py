@@ -58,21 +58,84 @@ ALLOWED = ()  # main must not raise: every failure is an exit code
 HIDDEN = ()
 TIME_LIMIT = 10.0
 HEAVY = ("bench", "demo", "embed", "chat")  # parsed only
-TINY_TRAIN = {"steps": 5, "d_model": 64, "layers": 2, "heads": 8, "batch_size": 16,
-              "seq_len": 64, "length": 16, "eval_examples": 20, "digits": 9}
+TINY_TRAIN = {
+    "steps": 5,
+    "d_model": 64,
+    "layers": 2,
+    "heads": 8,
+    "batch_size": 16,
+    "seq_len": 64,
+    "length": 16,
+    "eval_examples": 20,
+    "digits": 9,
+}
 _DIR = tempfile.mkdtemp(prefix="ferroformer-fuzz-cli-")
 atexit.register(shutil.rmtree, _DIR, True)
 _TEMPLATE = os.path.join(_DIR, "template")  # the fixtures, made once
 _WORK = os.path.join(_DIR, "work")  # a fresh copy of them per input, the cwd of main
 #: path choices, relative to the scratch directory
-PATHS = ("run", "run/step-00000002.safetensors", "fresh", "fresh/x.png", "empty", "garbage.bin",
-         "fifo", "/dev/null", "missing", "missing/x.png", "foreign.safetensors", "badrun",
-         "plot.png", "", ".", "run/", "empty/", "garbage.bin/x", "x\0y")
-INTS = ("0", "1", "2", "3", "5", "-1", "8", "64", "1025", "99999999999999999999", "1e3", "0x10",
-        "\u0663", "1_0", " 2", "abc", "", "nan", "2.5", "+3", "-0")
+PATHS = (
+    "run",
+    "run/step-00000002.safetensors",
+    "fresh",
+    "fresh/x.png",
+    "empty",
+    "garbage.bin",
+    "fifo",
+    "/dev/null",
+    "missing",
+    "missing/x.png",
+    "foreign.safetensors",
+    "badrun",
+    "plot.png",
+    "",
+    ".",
+    "run/",
+    "empty/",
+    "garbage.bin/x",
+    "x\0y",
+)
+INTS = (
+    "0",
+    "1",
+    "2",
+    "3",
+    "5",
+    "-1",
+    "8",
+    "64",
+    "1025",
+    "99999999999999999999",
+    "1e3",
+    "0x10",
+    "\u0663",
+    "1_0",
+    " 2",
+    "abc",
+    "",
+    "nan",
+    "2.5",
+    "+3",
+    "-0",
+)
 FLOATS = ("0", "0.5", "1e-3", "1", "-1", "nan", "inf", "-inf", "1e309", "abc", "", "1e-320", "2")
-TEXT = ("12+34", "1+2", "123", "31415", "", " ", "a", "\u00e9\u4e2d", "9" * 40, "-1", "--x",
-        "1+", "0+0", "\n", "abc def")
+TEXT = (
+    "12+34",
+    "1+2",
+    "123",
+    "31415",
+    "",
+    " ",
+    "a",
+    "\u00e9\u4e2d",
+    "9" * 40,
+    "-1",
+    "--x",
+    "1+",
+    "0+0",
+    "\n",
+    "abc def",
+)
 _setup_done = []
 
 
@@ -80,9 +143,30 @@ def _setup() -> None:
     os.makedirs(_TEMPLATE)
     os.chdir(_TEMPLATE)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = cli.main(["train", "--task", "copy", "--length", "3", "--layers", "1",
-                         "--d-model", "8", "--heads", "2", "--batch-size", "2", "--steps", "2",
-                         "--eval-examples", "0", "--no-progress", "--checkpoint-dir", "run"])
+        code = cli.main(
+            [
+                "train",
+                "--task",
+                "copy",
+                "--length",
+                "3",
+                "--layers",
+                "1",
+                "--d-model",
+                "8",
+                "--heads",
+                "2",
+                "--batch-size",
+                "2",
+                "--steps",
+                "2",
+                "--eval-examples",
+                "0",
+                "--no-progress",
+                "--checkpoint-dir",
+                "run",
+            ]
+        )
     if code != 0:
         raise RuntimeError("fuzz_cli: the fixture run failed to train")
     os.makedirs("empty")
@@ -94,8 +178,10 @@ def _setup() -> None:
     from ferroformer.checkpoint import save_checkpoint
     from ferroformer.models import GPT
 
-    save_checkpoint("foreign.safetensors", GPT(vocab_size=8, max_seq_len=8, d_model=8, n_heads=2,
-                                               n_layers=1, rng=0))
+    save_checkpoint(
+        "foreign.safetensors",
+        GPT(vocab_size=8, max_seq_len=8, d_model=8, n_heads=2, n_layers=1, rng=0),
+    )
     _setup_done.append(True)
 
 
@@ -143,8 +229,9 @@ def _flags(parser):
         if isinstance(action, argparse._SubParsersAction):
             continue
         kind = _kind(action)
-        flags.append((tuple(action.option_strings), kind, tuple(action.choices or ()),
-                      action.nargs))
+        flags.append(
+            (tuple(action.option_strings), kind, tuple(action.choices or ()), action.nargs)
+        )
     return flags
 
 
@@ -165,7 +252,9 @@ def _value(fdp, kind, choices):
     if kind == "choice":
         if pick < 6:
             return choices[fdp.ConsumeIntInRange(0, len(choices) - 1)]
-        return fdp.PickValueInList(["", "NUMPY", "rust ", "cuda", "gpt2"]) if pick == 6 else _raw(fdp)
+        return (
+            fdp.PickValueInList(["", "NUMPY", "rust ", "cuda", "gpt2"]) if pick == 6 else _raw(fdp)
+        )
     table = {"int": INTS, "float": FLOATS, "path": PATHS, "text": TEXT}[kind]
     if pick == 7 and kind != "path":
         return _raw(fdp)
@@ -188,17 +277,32 @@ def build_argv(data: bytes):
     flags = COMMANDS[command]
     if command == "train" and fdp.ConsumeIntInRange(0, 3):
         # mostly a tiny run, so that train gets past its parse and runs
-        argv += ["--steps", fdp.PickValueInList(["1", "2", "3"]), "--d-model", "8", "--heads",
-                 fdp.PickValueInList(["1", "2"]), "--layers", "1", "--batch-size", "2",
-                 "--eval-examples", fdp.PickValueInList(["0", "0", "3"]), "--no-progress"]
+        argv += [
+            "--steps",
+            fdp.PickValueInList(["1", "2", "3"]),
+            "--d-model",
+            "8",
+            "--heads",
+            fdp.PickValueInList(["1", "2"]),
+            "--layers",
+            "1",
+            "--batch-size",
+            "2",
+            "--eval-examples",
+            fdp.PickValueInList(["0", "0", "3"]),
+            "--no-progress",
+        ]
     for _ in range(fdp.ConsumeIntInRange(0, 6)):
         what = fdp.ConsumeIntInRange(0, 15)
         if what == 0:
             argv.append(_raw(fdp))
             continue
         if what == 1:
-            argv.append(fdp.PickValueInList(["--", "-", "--nope", "-x", "--steps=3", "--d-model=0",
-                                             "--debug", "-h"]))
+            argv.append(
+                fdp.PickValueInList(
+                    ["--", "-", "--nope", "-x", "--steps=3", "--d-model=0", "--debug", "-h"]
+                )
+            )
             continue
         options, kind, choices, nargs = flags[fdp.ConsumeIntInRange(0, len(flags) - 1)]
         if not options:  # a positional argument

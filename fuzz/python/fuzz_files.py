@@ -70,8 +70,15 @@ import harness
 ALLOWED = (ValueError,)
 HIDDEN = (MemoryError, RecursionError)
 TIME_LIMIT = 2.0
-MODES = ("checkpoint", "safetensors", "config-json", "gguf", "gguf-model", "model-config",
-         "gguf-quant")
+MODES = (
+    "checkpoint",
+    "safetensors",
+    "config-json",
+    "gguf",
+    "gguf-model",
+    "model-config",
+    "gguf-quant",
+)
 
 _DIR = tempfile.mkdtemp(prefix="ferroformer-fuzz-files-")
 atexit.register(shutil.rmtree, _DIR, True)
@@ -94,9 +101,17 @@ def checkpoint_bytes(model=None) -> bytes:
         return f.read()
 
 
-TINY_BERT = {"hidden_act": "gelu", "hidden_size": 8, "intermediate_size": 16,
-             "layer_norm_eps": 1e-12, "max_position_embeddings": 16, "num_attention_heads": 2,
-             "num_hidden_layers": 1, "type_vocab_size": 2, "vocab_size": 30522}
+TINY_BERT = {
+    "hidden_act": "gelu",
+    "hidden_size": 8,
+    "intermediate_size": 16,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 16,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 1,
+    "type_vocab_size": 2,
+    "vocab_size": 30522,
+}
 
 
 def bert_tensors(cfg=TINY_BERT) -> dict:
@@ -107,18 +122,23 @@ def bert_tensors(cfg=TINY_BERT) -> dict:
     def w(*shape):
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
-    t = {"embeddings.word_embeddings.weight": w(v, c),
-         "embeddings.position_embeddings.weight": w(cfg["max_position_embeddings"], c),
-         "embeddings.token_type_embeddings.weight": w(cfg["type_vocab_size"], c),
-         "embeddings.LayerNorm.weight": np.ones(c, np.float32),
-         "embeddings.LayerNorm.bias": np.zeros(c, np.float32)}
+    t = {
+        "embeddings.word_embeddings.weight": w(v, c),
+        "embeddings.position_embeddings.weight": w(cfg["max_position_embeddings"], c),
+        "embeddings.token_type_embeddings.weight": w(cfg["type_vocab_size"], c),
+        "embeddings.LayerNorm.weight": np.ones(c, np.float32),
+        "embeddings.LayerNorm.bias": np.zeros(c, np.float32),
+    }
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
         for n in ("query", "key", "value"):
             t[f"{p}attention.self.{n}.weight"], t[f"{p}attention.self.{n}.bias"] = w(c, c), w(c)
         t[f"{p}attention.output.dense.weight"], t[f"{p}attention.output.dense.bias"] = w(c, c), w(c)
         for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
-            t[f"{p}{ln}.weight"], t[f"{p}{ln}.bias"] = np.ones(c, np.float32), np.zeros(c, np.float32)
+            t[f"{p}{ln}.weight"], t[f"{p}{ln}.bias"] = (
+                np.ones(c, np.float32),
+                np.zeros(c, np.float32),
+            )
         t[f"{p}intermediate.dense.weight"], t[f"{p}intermediate.dense.bias"] = w(f, c), w(f)
         t[f"{p}output.dense.weight"], t[f"{p}output.dense.bias"] = w(c, f), w(c)
     return t
@@ -154,7 +174,9 @@ def gguf_bytes() -> bytes:
     w.add_token_merges(["a b", "b c"])
     w.add_bos_token_id(4)
     w.add_eos_token_id(5)
-    w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    w.add_chat_template(
+        "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    )
     rng = np.random.default_rng(0)
 
     def mat(rows, cols, q8=True):
@@ -216,8 +238,8 @@ def _setup() -> None:
         dst.write(src.read())
     data = checkpoint_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    _CKPT_META["header"] = json.loads(data[8:8 + n])
-    _CKPT_META["body"] = data[8 + n:]
+    _CKPT_META["header"] = json.loads(data[8 : 8 + n])
+    _CKPT_META["body"] = data[8 + n :]
 
 
 # -- the readers ------------------------------------------------------------------------------
@@ -230,6 +252,7 @@ def _write(data: bytes, path: str = _FILE) -> str:
 def _package_path(folder_or_file):
     def package_path(name):
         return folder_or_file
+
     return package_path
 
 
@@ -279,8 +302,10 @@ def read_gguf_model(data):
 
 def read_model_config(data):
     header = dict(_CKPT_META["header"])
-    header["__metadata__"] = {**header["__metadata__"],
-                              "model_config": data.decode("utf-8", errors="surrogateescape")}
+    header["__metadata__"] = {
+        **header["__metadata__"],
+        "model_config": data.decode("utf-8", errors="surrogateescape"),
+    }
     try:
         text = json.dumps(header).encode("utf-8")
     except UnicodeEncodeError:
@@ -292,8 +317,15 @@ def read_gguf_quant(data):
     quant_load_gguf(_write(data), backend="numpy", max_seq_len=16)
 
 
-READERS = (read_checkpoint, read_safetensors, read_config_json, read_gguf, read_gguf_model,
-           read_model_config, read_gguf_quant)
+READERS = (
+    read_checkpoint,
+    read_safetensors,
+    read_config_json,
+    read_gguf,
+    read_gguf_model,
+    read_model_config,
+    read_gguf_quant,
+)
 
 
 def one_input(data: bytes) -> None:

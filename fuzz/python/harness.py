@@ -71,7 +71,9 @@ def _site(exc: BaseException) -> str:
     f = (ours or frames or [None])[-1]
     if f is None:
         return "?"
-    name = os.path.relpath(f.filename, _ROOT) if _ROOT in f.filename else os.path.basename(f.filename)
+    name = (
+        os.path.relpath(f.filename, _ROOT) if _ROOT in f.filename else os.path.basename(f.filename)
+    )
     return f"{name}:{f.lineno}"
 
 
@@ -131,8 +133,10 @@ def _timed(one_input, data, allowed, hidden):
     except allowed as e:
         cause = _hidden_cause(e, hidden)
         if cause is not None:
-            raise Finding(f"hidden-{type(cause).__name__}@{_site(e)}",
-                          f"{type(e).__name__} wrapping {type(cause).__name__}: {e}") from e
+            raise Finding(
+                f"hidden-{type(cause).__name__}@{_site(e)}",
+                f"{type(e).__name__} wrapping {type(cause).__name__}: {e}",
+            ) from e
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     return time.perf_counter() - start
@@ -147,6 +151,30 @@ def check(one_input, data: bytes, allowed, *, hidden=HIDDEN, time_limit=None) ->
         again = _timed(one_input, data, allowed, hidden)
         if again > limit:
             raise Finding("slow", f"{min(elapsed, again):.2f} s for one input (limit {limit} s)")
+
+
+#: Share of MEMORY_LIMIT at which a keep-going process starts afresh: libFuzzer's
+#: corpus and atheris' comparison tables grow with the executions (about 1.8 GB
+#: after 500k inputs of py-ops), until ordinary allocations fail under the
+#: address-space limit.
+RESTART_FRACTION = 0.6
+#: The exit status that tells run.sh to start the target again.
+RESTART_STATUS = 75
+
+
+def _rss() -> int:
+    """This process's resident bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _restart() -> None:
+    print(
+        f"== restart: the fuzzing process holds {_rss() >> 20} MB (its own growth); "
+        f"starting afresh",
+        flush=True,
+    )
+    os._exit(RESTART_STATUS)
 
 
 def set_limits() -> None:
@@ -164,7 +192,12 @@ def run(one_input, allowed, *, hidden=HIDDEN, time_limit=None) -> None:
 
     set_limits()
 
+    calls = [0]
+
     def test_one(data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] % 1024 == 0 and _rss() > RESTART_FRACTION * MEMORY_LIMIT:
+            _restart()
         if not KEEP_GOING:
             check(one_input, data, allowed, hidden=hidden, time_limit=time_limit)
             return
@@ -173,6 +206,9 @@ def run(one_input, allowed, *, hidden=HIDDEN, time_limit=None) -> None:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
+            memory = isinstance(e, MemoryError) or _hidden_cause(e, MemoryError) is not None
+            if memory and _rss() > RESTART_FRACTION * MEMORY_LIMIT / 2:
+                _restart()  # the fuzzing process's own growth, not this input's
             _report(data, e)
 
     atheris.Setup(sys.argv, test_one)

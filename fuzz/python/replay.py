@@ -38,14 +38,18 @@ def main(argv) -> int:
             data = f.read()
         harness.label = ""
         try:
-            harness.check(target.one_input, data, target.ALLOWED, hidden=hidden,
-                          time_limit=time_limit)
+            harness.check(
+                target.one_input, data, target.ALLOWED, hidden=hidden, time_limit=time_limit
+            )
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
             bad += 1
-            print(f"{path}\tCRASH {harness.signature(e)} | {type(e).__name__}: "
-                  f"{harness.first_line(e)}", flush=True)
+            print(
+                f"{path}\tCRASH {harness.signature(e)} | {type(e).__name__}: "
+                f"{harness.first_line(e)}",
+                flush=True,
+            )
             if show:
                 traceback.print_exception(e)
             continue

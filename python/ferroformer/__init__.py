@@ -47,12 +47,43 @@ def simd_level() -> str:
     return _native.simd_level()
 
 
+def load_gguf(path, *, backend=None, max_seq_len=None, activations="int8"):
+    """(model in eval mode, tokenizer) of a GGUF file of architecture ``llama`` or
+    ``gpt2``, its weight matrices kept in the file's memory-mapped blocks (see
+    ``ferroformer.quant.gguf_file``). ``activations``: ``"int8"`` (integer dot
+    products, as llama.cpp) or ``"float"`` (exact; see ``quant.layers``). ValueError
+    naming the file for a damaged one, another architecture or an unsupported tensor
+    type."""
+    from .quant.gguf_file import load_gguf as load
+
+    return load(path, backend=backend, max_seq_len=max_seq_len, activations=activations)
+
+
+def quantize(model, qtype, *, activations="int8"):
+    """Quantizes ``model``'s linear layers to ``qtype`` ("Q8_0", "Q4_0", "Q4_1", "Q5_0",
+    "Q5_1", "Q4_K", "Q6_K") in place and returns the model (``quant.quantize_model``)."""
+    from .quant.layers import quantize_model
+
+    return quantize_model(model, qtype, activations=activations)
+
+
+def save_gguf(model, path, tokenizer=None) -> None:
+    """Writes a GPT or Llama model (float or quantized) and its tokenizer to the GGUF
+    file ``path``, atomically (``quant.gguf_write``)."""
+    from .quant.gguf_write import save_gguf as save
+
+    save(model, path, tokenizer=tokenizer)
+
+
 __all__ = [
     "Backend",
     "BackendUnavailable",
     "available_backends",
     "backend",
     "get_num_threads",
+    "load_gguf",
+    "quantize",
+    "save_gguf",
     "set_backend",
     "set_num_threads",
     "simd_level",

@@ -36,16 +36,30 @@ MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
 
 # safetensors dtype -> (bytes per element, NumPy dtype read from the file; None: converted)
 SAFETENSORS_DTYPES = {
-    "BOOL": (1, "?"), "U8": (1, "<u1"), "I8": (1, "<i1"), "U16": (2, "<u2"), "I16": (2, "<i2"),
-    "U32": (4, "<u4"), "I32": (4, "<i4"), "U64": (8, "<u8"), "I64": (8, "<i8"),
-    "F16": (2, "<f2"), "BF16": (2, None), "F32": (4, "<f4"), "F64": (8, "<f8"),
+    "BOOL": (1, "?"),
+    "U8": (1, "<u1"),
+    "I8": (1, "<i1"),
+    "U16": (2, "<u2"),
+    "I16": (2, "<i2"),
+    "U32": (4, "<u4"),
+    "I32": (4, "<i4"),
+    "U64": (8, "<u8"),
+    "I64": (8, "<i8"),
+    "F16": (2, "<f2"),
+    "BF16": (2, None),
+    "F32": (4, "<f4"),
+    "F64": (8, "<f8"),
 }
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO or pipe"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO or pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -60,11 +74,14 @@ def check_regular(path, what: str = "file") -> os.stat_result:
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, f"no such {what}", path) from None
     except NotADirectoryError:
-        raise FileNotFoundError(errno.ENOENT, f"no such {what} (a parent is not a directory)",
-                                path) from None
+        raise FileNotFoundError(
+            errno.ENOENT, f"no such {what} (a parent is not a directory)", path
+        ) from None
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path}: not a valid {what}: {_kind(st.st_mode)}, not a regular file "
-                         f"(refused without opening it)")
+        raise ValueError(
+            f"{path}: not a valid {what}: {_kind(st.st_mode)}, not a regular file "
+            f"(refused without opening it)"
+        )
     return st
 
 
@@ -73,8 +90,12 @@ def open_regular(path, what: str = "file"):
     opening (see ``check_regular``); the caller closes it."""
     path = os.fspath(path)
     check_regular(path, what)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | \
-        getattr(os, "O_BINARY", 0)
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -96,8 +117,9 @@ def read_exactly(f, n: int, path, what: str) -> bytearray:
     while got < n:
         k = f.readinto(view[got:])
         if not k:
-            raise ValueError(f"{path}: not a valid {what}: truncated (the file ended {n - got} "
-                             f"bytes early)")
+            raise ValueError(
+                f"{path}: not a valid {what}: truncated (the file ended {n - got} bytes early)"
+            )
         got += k
     return buf
 
@@ -107,8 +129,9 @@ def read_bytes(path, what: str = "file", *, max_bytes: int) -> bytes:
     f, size = open_regular(path, what)
     with f:
         if size > max_bytes:
-            raise ValueError(f"{path}: not a valid {what}: {size} bytes, more than the "
-                             f"{max_bytes}-byte limit")
+            raise ValueError(
+                f"{path}: not a valid {what}: {size} bytes, more than the {max_bytes}-byte limit"
+            )
         data = bytes(read_exactly(f, size, path, what))
         if f.read(1):
             raise ValueError(f"{path}: not a valid {what}: it grew while it was read")
@@ -124,8 +147,9 @@ def decode_utf8(data, where: str) -> str:
 
 def read_text(path, what: str = "file", *, max_bytes: int) -> str:
     """A regular file's UTF-8 text (ValueError when it is not UTF-8)."""
-    return decode_utf8(read_bytes(path, what, max_bytes=max_bytes),
-                       f"{os.fspath(path)}: not a valid {what}")
+    return decode_utf8(
+        read_bytes(path, what, max_bytes=max_bytes), f"{os.fspath(path)}: not a valid {what}"
+    )
 
 
 def json_depth(obj, limit: int = MAX_JSON_DEPTH) -> int:
@@ -165,8 +189,11 @@ def loads_json(text, where: str, *, max_depth: int = MAX_JSON_DEPTH):
 
 def read_json(path, what: str = "JSON file", *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH):
     """A regular file's JSON, bounded in size and depth."""
-    return loads_json(read_text(path, what, max_bytes=max_bytes),
-                      f"{os.fspath(path)}: not a valid {what}", max_depth=max_depth)
+    return loads_json(
+        read_text(path, what, max_bytes=max_bytes),
+        f"{os.fspath(path)}: not a valid {what}",
+        max_depth=max_depth,
+    )
 
 
 def is_int(v) -> bool:
@@ -200,24 +227,37 @@ def check_safetensors_header(header, body_size: int, where: str) -> Dict[str, tu
         if not name:
             raise ValueError(f"{where}: a tensor has an empty name")
         if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
-            raise ValueError(f"{where}: tensor {name!r} has a malformed entry (needs exactly "
-                             f"dtype, shape and data_offsets)")
+            raise ValueError(
+                f"{where}: tensor {name!r} has a malformed entry (needs exactly "
+                f"dtype, shape and data_offsets)"
+            )
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and len(shape) <= MAX_RANK
-                and all(is_int(s) and s >= 0 for s in shape)):
+        if not (
+            isinstance(shape, list)
+            and len(shape) <= MAX_RANK
+            and all(is_int(s) and s >= 0 for s in shape)
+        ):
             raise ValueError(f"{where}: tensor {name!r} has a malformed shape {shape!r:.200}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(is_int(o) for o in offs)
-                and 0 <= offs[0] <= offs[1] <= body_size):
-            raise ValueError(f"{where}: tensor {name!r} has data offsets {offs!r:.200} outside "
-                             f"the {body_size} bytes of data in the file")
+        if not (
+            isinstance(offs, list)
+            and len(offs) == 2
+            and all(is_int(o) for o in offs)
+            and 0 <= offs[0] <= offs[1] <= body_size
+        ):
+            raise ValueError(
+                f"{where}: tensor {name!r} has data offsets {offs!r:.200} outside "
+                f"the {body_size} bytes of data in the file"
+            )
         itemsize = SAFETENSORS_DTYPES[dtype][0]
         need = bounded_numel(shape, body_size) * itemsize
         if need != offs[1] - offs[0]:
             shown = "more than the file holds" if need > body_size * itemsize else f"{need} bytes"
-            raise ValueError(f"{where}: tensor {name!r}: shape {shape} of {dtype} needs {shown}, "
-                             f"its data offsets hold {offs[1] - offs[0]}")
+            raise ValueError(
+                f"{where}: tensor {name!r}: shape {shape} of {dtype} needs {shown}, "
+                f"its data offsets hold {offs[1] - offs[0]}"
+            )
         out[name] = (dtype, tuple(shape), (offs[0], offs[1]))
     end = 0
     for name, (_, _, (a, b)) in sorted(out.items(), key=lambda kv: kv[1][2]):
@@ -227,31 +267,38 @@ def check_safetensors_header(header, body_size: int, where: str) -> Dict[str, tu
             raise ValueError(f"{where}: the tensor data has a hole at bytes [{end}, {a})")
         end = b
     if end != body_size:
-        raise ValueError(f"{where}: the header declares {end} bytes of tensor data, the file "
-                         f"holds {body_size}")
+        raise ValueError(
+            f"{where}: the header declares {end} bytes of tensor data, the file holds {body_size}"
+        )
     return out
 
 
 def check_string_metadata(header, where: str) -> Dict[str, str]:
     meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in meta.items()):
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
         raise ValueError(f"{where}: __metadata__ is not a mapping of strings to strings")
     return meta
 
 
-def read_safetensors_header(f, size: int, path, what: str,
-                            max_header: int = MAX_SAFETENSORS_HEADER):
+def read_safetensors_header(
+    f, size: int, path, what: str, max_header: int = MAX_SAFETENSORS_HEADER
+):
     """(entries, metadata, header length) from an open safetensors file of ``size`` bytes,
     positioned at its start; reads only the header."""
     where = f"{path}: not a valid {what}"
     if size < 8:
-        raise ValueError(f"{where}: {size} bytes, too short for a safetensors header "
-                         f"(truncated or not safetensors)")
+        raise ValueError(
+            f"{where}: {size} bytes, too short for a safetensors header "
+            f"(truncated or not safetensors)"
+        )
     (n,) = struct.unpack("<Q", read_exactly(f, 8, path, what))
     if n > size - 8 or n > max_header:
-        raise ValueError(f"{where}: header length {n} exceeds the file ({size} bytes) or the "
-                         f"{max_header}-byte limit (truncated, damaged or not safetensors)")
+        raise ValueError(
+            f"{where}: header length {n} exceeds the file ({size} bytes) or the "
+            f"{max_header}-byte limit (truncated, damaged or not safetensors)"
+        )
     if n < 2:
         raise ValueError(f"{where}: header length {n} is too short for a JSON object")
     raw = read_exactly(f, n, path, what)
@@ -271,8 +318,9 @@ def _view(body, dtype: str, shape, a: int, b: int) -> np.ndarray:
     return arr
 
 
-def read_safetensors(path, what: str = "safetensors file", *,
-                     max_header: int = MAX_SAFETENSORS_HEADER):
+def read_safetensors(
+    path, what: str = "safetensors file", *, max_header: int = MAX_SAFETENSORS_HEADER
+):
     """(tensors {name: np.ndarray}, metadata {str: str}) of a safetensors file. The header
     is checked (``check_safetensors_header``) before any data is read; arrays are
     writable views of one buffer of the file's data (BF16 converted to float32)."""
@@ -281,8 +329,9 @@ def read_safetensors(path, what: str = "safetensors file", *,
     with f:
         entries, meta, n = read_safetensors_header(f, size, path, what, max_header)
         body = read_exactly(f, size - 8 - n, path, what)
-    tensors = {name: _view(body, dtype, shape, a, b)
-               for name, (dtype, shape, (a, b)) in entries.items()}
+    tensors = {
+        name: _view(body, dtype, shape, a, b) for name, (dtype, shape, (a, b)) in entries.items()
+    }
     return tensors, meta
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "linear_backward",
     "linear_forward",
     "matmul",
+    "quantized_linear_forward",
     "relu_backward",
     "relu_forward",
     "rmsnorm_backward",
@@ -58,10 +59,19 @@ def linear_forward(x: _F32, w: _F32, b: Optional[_F32] = None) -> _F32: ...
 def linear_backward(
     dy: _F32, x: _F32, w: _F32, has_bias: bool = True
 ) -> Tuple[_F32, _F32, Optional[_F32]]: ...
+def quantized_linear_forward(
+    x: _F32,
+    qweight: npt.NDArray[np.uint8],
+    qtype: str,
+    b: Optional[_F32] = None,
+    int8_activations: bool = False,
+) -> _F32: ...
 def softmax_forward(x: _F32, scale: float, causal: bool) -> _F32: ...
 def softmax_backward(dy: _F32, y: _F32, scale: float) -> _F32: ...
 def layernorm_forward(x: _F32, gamma: _F32, beta: _F32, eps: float) -> Tuple[_F32, _F32, _F32]: ...
-def layernorm_backward(dy: _F32, x: _F32, gamma: _F32, mean: _F32, rstd: _F32) -> Tuple[_F32, _F32, _F32]: ...
+def layernorm_backward(
+    dy: _F32, x: _F32, gamma: _F32, mean: _F32, rstd: _F32
+) -> Tuple[_F32, _F32, _F32]: ...
 def rmsnorm_forward(x: _F32, gamma: _F32, eps: float) -> Tuple[_F32, _F32]: ...
 def rmsnorm_backward(dy: _F32, x: _F32, gamma: _F32, rstd: _F32) -> Tuple[_F32, _F32]: ...
 def gelu_forward(x: _F32, approximate: str) -> _F32: ...
@@ -73,11 +83,23 @@ def silu_backward(dy: _F32, x: _F32) -> _F32: ...
 def swiglu_forward(gate: _F32, up: _F32) -> _F32: ...
 def swiglu_backward(dh: _F32, gate: _F32, up: _F32) -> Tuple[_F32, _F32]: ...
 def attention_forward(
-    q: _F32, k: _F32, v: _F32, causal: bool, scale: float, key_padding_mask: Optional[_Mask] = None,
+    q: _F32,
+    k: _F32,
+    v: _F32,
+    causal: bool,
+    scale: float,
+    key_padding_mask: Optional[_Mask] = None,
     kv_len: Optional[int] = None,
 ) -> Tuple[_F32, _F32]: ...
 def attention_backward(
-    do_: _F32, q: _F32, k: _F32, v: _F32, o: _F32, lse: _F32, causal: bool, scale: float,
+    do_: _F32,
+    q: _F32,
+    k: _F32,
+    v: _F32,
+    o: _F32,
+    lse: _F32,
+    causal: bool,
+    scale: float,
     key_padding_mask: Optional[_Mask] = None,
 ) -> Tuple[_F32, _F32, _F32]: ...
 def cross_entropy_forward(
@@ -91,6 +113,14 @@ def embedding_backward(dy: _F32, ids: _I64, num_embeddings: int) -> _F32: ...
 def rope_forward(x: _F32, cos: _F32, sin: _F32) -> _F32: ...
 def rope_backward(dy: _F32, cos: _F32, sin: _F32) -> _F32: ...
 def adamw_step(
-    param: _F32, grad: _F32, m: _F32, v: _F32, lr: float, beta1: float, beta2: float, eps: float,
-    weight_decay: float, step: int,
+    param: _F32,
+    grad: _F32,
+    m: _F32,
+    v: _F32,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
 ) -> None: ...

@@ -32,7 +32,10 @@ class Case:
 
 def _matmul_case(m, k, n):
     def make(rng):
-        return {"a": rng.standard_normal((m, k), np.float32), "b": rng.standard_normal((k, n), np.float32)}
+        return {
+            "a": rng.standard_normal((m, k), np.float32),
+            "b": rng.standard_normal((k, n), np.float32),
+        }
 
     return Case(
         name="matmul",
@@ -45,7 +48,10 @@ def _matmul_case(m, k, n):
 
 
 def _rows(rng, cols=WIDTH):
-    return {"x": rng.standard_normal((ROWS, cols), np.float32), "dy": rng.standard_normal((ROWS, cols), np.float32)}
+    return {
+        "x": rng.standard_normal((ROWS, cols), np.float32),
+        "dy": rng.standard_normal((ROWS, cols), np.float32),
+    }
 
 
 def _softmax(ops, t):
@@ -160,6 +166,7 @@ def run_table(backends: List[str], repeat: int = 5, with_torch: bool = True) -> 
             ops = backend(name)
             row["times"][name] = best_of(lambda: case.run(ops, inputs), repeat)
         if torch is not None and case.torch is not None:
+
             def peer():
                 tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
                 return case.torch(torch, tensors)

@@ -32,8 +32,15 @@ def ferroformer_step(backend_name):
     from .train import AdamW, CrossEntropyLoss
 
     ops = backend(backend_name)
-    model = GPT(VOCAB, max_seq_len=T, d_model=D_MODEL, n_heads=N_HEADS, n_layers=N_LAYERS,
-                backend=ops, rng=0)
+    model = GPT(
+        VOCAB,
+        max_seq_len=T,
+        d_model=D_MODEL,
+        n_heads=N_HEADS,
+        n_layers=N_LAYERS,
+        backend=ops,
+        rng=0,
+    )
     opt = AdamW(model, lr=3e-4, weight_decay=0.1)
     loss_fn = CrossEntropyLoss(ops=ops)
     x, y = (ops.asarray(a) for a in batch())
@@ -44,6 +51,7 @@ def ferroformer_step(backend_name):
         opt.step()
         model.zero_grad()
         return loss
+
     return step
 
 
@@ -90,6 +98,7 @@ def torch_step():
         loss.backward()
         opt.step()
         return loss.item()
+
     return step
 
 

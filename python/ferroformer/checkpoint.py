@@ -47,16 +47,27 @@ def _host(x):
 
 
 # -- writing --------------------------------------------------------------------------
-def save_checkpoint(path, model, optimizer=None, *, step: int = 0, rng_states: Optional[dict] = None,
-                    extra: Optional[dict] = None) -> None:
+def save_checkpoint(
+    path,
+    model,
+    optimizer=None,
+    *,
+    step: int = 0,
+    rng_states: Optional[dict] = None,
+    extra: Optional[dict] = None,
+) -> None:
     """Writes model (+ optimizer) state to ``path`` atomically."""
     from safetensors.numpy import save
 
     tensors = {f"model/{name}": _host(p.data) for name, p in model.named_parameters()}
-    meta = {"format": FORMAT, "model_class": type(model).__name__,
-            "model_config": json.dumps(model.config), "step": json.dumps(int(step)),
-            "rng": json.dumps({"model": model.rng_states(), **(rng_states or {})}),
-            "extra": json.dumps(extra or {})}
+    meta = {
+        "format": FORMAT,
+        "model_class": type(model).__name__,
+        "model_config": json.dumps(model.config),
+        "step": json.dumps(int(step)),
+        "rng": json.dumps({"model": model.rng_states(), **(rng_states or {})}),
+        "extra": json.dumps(extra or {}),
+    }
     if optimizer is not None:
         meta["optimizer"] = json.dumps(optimizer.hyper())
         tensors.update({f"optim/{k}": _host(v) for k, v in optimizer.state_tensors().items()})
@@ -76,8 +87,10 @@ def atomic_write(path, data: bytes) -> None:
         pass
     else:
         if not stat.S_ISREG(mode):
-            raise ValueError(f"{path}: not a regular file (a device, FIFO, socket or directory); "
-                             "refusing to replace it")
+            raise ValueError(
+                f"{path}: not a regular file (a device, FIFO, socket or directory); "
+                "refusing to replace it"
+            )
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
@@ -242,8 +255,15 @@ def expected_shapes(cls_name: str, config: dict, max_layers=None):
             shapes["emb_ln.weight"] = shapes["emb_ln.bias"] = (c,)
             for i in n_layers:
                 shapes.update(_block(f"blocks.{i}.", c, f))
-            shapes.update({"head_dense.weight": (c, c), "head_dense.bias": (c,),
-                           "head_ln.weight": (c,), "head_ln.bias": (c,), "decoder.bias": (v,)})
+            shapes.update(
+                {
+                    "head_dense.weight": (c, c),
+                    "head_dense.bias": (c,),
+                    "head_ln.weight": (c,),
+                    "head_ln.bias": (c,),
+                    "decoder.bias": (v,),
+                }
+            )
     elif cls_name == "Llama":
         v, t, h = _int(cfg, "vocab_size"), _int(cfg, "max_seq_len"), _int(cfg, "n_heads")
         k = h if cfg["n_kv_heads"] is None else _int(cfg, "n_kv_heads")
@@ -251,8 +271,18 @@ def expected_shapes(cls_name: str, config: dict, max_layers=None):
         f = -(-(8 * c // 3) // 32) * 32 if cfg["d_ff"] is None else _int(cfg, "d_ff")
         shapes = {"tok_emb.weight": (v, c)}
         for i in layers("n_layers"):
-            shapes.update(_block(f"blocks.{i}.", c, f, False, qkv=(h + 2 * k) * d, rms=True,
-                                 swiglu=True, proj_in=h * d))
+            shapes.update(
+                _block(
+                    f"blocks.{i}.",
+                    c,
+                    f,
+                    False,
+                    qkv=(h + 2 * k) * d,
+                    rms=True,
+                    swiglu=True,
+                    proj_in=h * d,
+                )
+            )
         shapes["norm.weight"] = (c,)
         if not cfg["tie_embeddings"]:
             shapes["lm_head.weight"] = (v, c)
@@ -275,18 +305,24 @@ def check_config_against_tensors(path, cls_name, config, shapes_in_file, what=WH
     missing = sorted(set(want) - set(shapes_in_file))
     unexpected = sorted(set(shapes_in_file) - set(want))
     if missing or unexpected:
-        raise ValueError(f"{where}: its {cls_name} config does not match its tensors: "
-                         f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-                         f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        raise ValueError(
+            f"{where}: its {cls_name} config does not match its tensors: "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
     for name, shape in want.items():
         if tuple(shapes_in_file[name]) != shape:
-            raise ValueError(f"{where}: tensor {name} has shape {tuple(shapes_in_file[name])}, "
-                             f"its {cls_name} config needs {shape}")
+            raise ValueError(
+                f"{where}: tensor {name} has shape {tuple(shapes_in_file[name])}, "
+                f"its {cls_name} config needs {shape}"
+            )
     weights = sum(math.prod(s) for s in want.values())
     if buffers > max(MAX_BUFFER, weights):
-        raise ValueError(f"{where}: its {cls_name} config (max_seq_len "
-                         f"{config.get('max_seq_len')}) needs position tables of {buffers} "
-                         f"values, more than its {weights} weights")
+        raise ValueError(
+            f"{where}: its {cls_name} config (max_seq_len "
+            f"{config.get('max_seq_len')}) needs position tables of {buffers} "
+            f"values, more than its {weights} weights"
+        )
 
 
 def _check_rng_state(path, name, state):
@@ -332,13 +368,12 @@ def load_checkpoint(path, model=None, optimizer=None, *, backend=None) -> Checkp
         cls.validate_config(config)
     except ValueError as e:
         raise _bad(path, str(e)) from None
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     for name, arr in state.items():
         if arr.dtype not in (np.float32, np.float64):
             raise _bad(path, f"model/{name} is {arr.dtype}, not float32 or float64")
     if model is None:
-        check_config_against_tensors(path, cls_name, config,
-                                     {k: v.shape for k, v in state.items()})
+        check_config_against_tensors(path, cls_name, config, {k: v.shape for k, v in state.items()})
         dtypes = {arr.dtype for arr in state.values()}
         if len(dtypes) > 1:
             raise _bad(path, f"the weights mix dtypes {sorted(map(str, dtypes))}")
@@ -348,24 +383,33 @@ def load_checkpoint(path, model=None, optimizer=None, *, backend=None) -> Checkp
         except (ValueError, TypeError) as e:  # e.g. an activation the layers do not know
             raise _bad(path, f"its {cls_name} config cannot be built: {e}") from None
     elif type(model).__name__ != cls_name or model.config != config:
-        raise _bad(path, f"written for {cls_name}({config}), but the model is "
-                         f"{type(model).__name__}({model.config})")
+        raise _bad(
+            path,
+            f"written for {cls_name}({config}), but the model is "
+            f"{type(model).__name__}({model.config})",
+        )
 
     params = dict(model.named_parameters())
     if set(state) != set(params):
-        raise _bad(path, f"weights do not match the model: missing "
-                         f"{sorted(set(params) - set(state))[:8]}, unexpected "
-                         f"{sorted(set(state) - set(params))[:8]}")
+        raise _bad(
+            path,
+            f"weights do not match the model: missing "
+            f"{sorted(set(params) - set(state))[:8]}, unexpected "
+            f"{sorted(set(state) - set(params))[:8]}",
+        )
     for name, arr in state.items():
         if tuple(arr.shape) != tuple(params[name].data.shape):
-            raise _bad(path, f"{name} has shape {tuple(arr.shape)}, the model expects "
-                             f"{tuple(params[name].data.shape)}")
+            raise _bad(
+                path,
+                f"{name} has shape {tuple(arr.shape)}, the model expects "
+                f"{tuple(params[name].data.shape)}",
+            )
         if not np.isfinite(arr).all():
             raise _bad(path, f"{name} is not a finite float array")
     others = [k for k in tensors if not k.startswith(("model/", "optim/"))]
     if others:
         raise _bad(path, f"unexpected tensors {others[:8]}")
-    opt_tensors = {k[len("optim/"):]: v for k, v in tensors.items() if k.startswith("optim/")}
+    opt_tensors = {k[len("optim/") :]: v for k, v in tensors.items() if k.startswith("optim/")}
     if optimizer is not None:
         if "optimizer" not in meta:
             raise _bad(path, "it holds no optimizer state")

@@ -38,18 +38,23 @@ def _blocks(model, kind: str, stack: Optional[str]) -> Tuple[list, str, str]:
         if stack not in STACKS:
             raise ValueError(f"attention_weights: stack must be one of {STACKS}, got {stack!r}")
         if kind == "cross" and stack == "encoder":
-            raise ValueError("attention_weights: the encoder has no cross-attention; "
-                             "use stack='decoder' with kind='cross'")
+            raise ValueError(
+                "attention_weights: the encoder has no cross-attention; "
+                "use stack='decoder' with kind='cross'"
+            )
         blocks = list(getattr(model, stack))
         return blocks, "cross_attn" if kind == "cross" else "attn", f"{name} {stack}"
     if stack is not None:
-        raise ValueError(f"attention_weights: stack applies to the encoder-decoder Transformer, "
-                         f"not to {name}")
+        raise ValueError(
+            f"attention_weights: stack applies to the encoder-decoder Transformer, not to {name}"
+        )
     if kind == "cross":
         raise ValueError(f"attention_weights: {name} has no cross-attention")
     if not hasattr(model, "blocks"):
-        raise ValueError(f"attention_weights: {name} has no attention blocks "
-                         "(expected GPT, Llama, BERT or Transformer)")
+        raise ValueError(
+            f"attention_weights: {name} has no attention blocks "
+            "(expected GPT, Llama, BERT or Transformer)"
+        )
     return list(model.blocks), "attn", name
 
 
@@ -61,8 +66,10 @@ def attention_module(model, layer: int, *, kind: str = "self", stack: Optional[s
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
         raise ValueError(f"attention_weights: layer must be an int, got {layer!r}")
     if not -n <= layer < n:
-        raise ValueError(f"attention_weights: layer {layer} is out of range for the "
-                         f"{n} layers of {label} (0..{n - 1})")
+        raise ValueError(
+            f"attention_weights: layer {layer} is out of range for the "
+            f"{n} layers of {label} (0..{n - 1})"
+        )
     return getattr(blocks[int(layer)], attr)
 
 
@@ -72,8 +79,15 @@ def _to_backend(model, x):
     return x
 
 
-def attention_weights(model, *inputs, layer: int, head: Optional[int] = None, kind: str = "self",
-                      stack: Optional[str] = None, **forward_kwargs) -> np.ndarray:
+def attention_weights(
+    model,
+    *inputs,
+    layer: int,
+    head: Optional[int] = None,
+    kind: str = "self",
+    stack: Optional[str] = None,
+    **forward_kwargs,
+) -> np.ndarray:
     """Runs ``model(*inputs, **forward_kwargs)`` once in eval mode and returns the
     attention probabilities of one layer: (B, H, Tq, Tk) host float32, or
     (B, Tq, Tk) for one ``head``. Each row sums to 1 over the keys it may see.
@@ -85,20 +99,28 @@ def attention_weights(model, *inputs, layer: int, head: Optional[int] = None, ki
     ``weights`` are restored afterwards, whatever happens."""
     attn = attention_module(model, layer, kind=kind, stack=stack)
     if head is not None:
-        if isinstance(head, bool) or not isinstance(head, (int, np.integer)) \
-                or not -attn.n_heads <= head < attn.n_heads:
-            raise ValueError(f"attention_weights: head {head!r} is out of range for "
-                             f"{attn.n_heads} heads (0..{attn.n_heads - 1})")
+        if (
+            isinstance(head, bool)
+            or not isinstance(head, (int, np.integer))
+            or not -attn.n_heads <= head < attn.n_heads
+        ):
+            raise ValueError(
+                f"attention_weights: head {head!r} is out of range for "
+                f"{attn.n_heads} heads (0..{attn.n_heads - 1})"
+            )
     was_training, old_keep, old_weights = model.training, attn.keep_weights, attn.weights
     try:
         model.eval()
         attn.keep_weights, attn.weights = True, None
-        model(*[_to_backend(model, x) for x in inputs],
-              **{k: _to_backend(model, v) for k, v in forward_kwargs.items()})
+        model(
+            *[_to_backend(model, x) for x in inputs],
+            **{k: _to_backend(model, v) for k, v in forward_kwargs.items()},
+        )
         w = attn.weights
         if w is None:
-            raise RuntimeError(f"attention_weights: layer {layer} ({kind}) did not run in the "
-                               "forward pass")
+            raise RuntimeError(
+                f"attention_weights: layer {layer} ({kind}) did not run in the forward pass"
+            )
     finally:
         attn.keep_weights, attn.weights = old_keep, old_weights
         model.train(was_training)
@@ -118,7 +140,7 @@ def attention_entropy(weights) -> np.ndarray:
     if (p < 0).any() or not np.isfinite(p).all():
         raise ValueError("attention_entropy: weights must be finite and non-negative")
     plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    rows = -plogp.sum(axis=-1)                          # (..., Tq)
+    rows = -plogp.sum(axis=-1)  # (..., Tq)
     valid = p.sum(axis=-1) > 0
     count = valid.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -147,13 +169,16 @@ def embedding_matrix(model, table: Optional[str] = None) -> np.ndarray:
         weight = model
     m = to_host(weight)
     if m.ndim != 2 or m.dtype.kind != "f":
-        raise ValueError(f"nearest_neighbours: expected a model or a (V, C) float embedding "
-                         f"matrix, got {type(model).__name__} of shape {getattr(m, 'shape', None)}")
+        raise ValueError(
+            f"nearest_neighbours: expected a model or a (V, C) float embedding "
+            f"matrix, got {type(model).__name__} of shape {getattr(m, 'shape', None)}"
+        )
     return m
 
 
-def nearest_neighbours(model, token_id: int, k: int = 5, metric: str = "cosine", *,
-                       table: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    model, token_id: int, k: int = 5, metric: str = "cosine", *, table: Optional[str] = None
+) -> Tuple[np.ndarray, np.ndarray]:
     """The ``k`` tokens whose embedding rows are nearest to ``token_id``'s, itself left
     out: (ids (k,) int64, scores (k,) float64), best first, ties by lower id.
     ``metric``: "cosine" (similarity, high first), "dot" (inner product, high first)
@@ -163,10 +188,15 @@ def nearest_neighbours(model, token_id: int, k: int = 5, metric: str = "cosine",
         raise ValueError(f"nearest_neighbours: metric must be one of {METRICS}, got {metric!r}")
     m = embedding_matrix(model, table).astype(np.float64)
     v = m.shape[0]
-    if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)) \
-            or not 0 <= token_id < v:
-        raise ValueError(f"nearest_neighbours: token_id {token_id!r} is out of range "
-                         f"for {v} embeddings (0..{v - 1})")
+    if (
+        isinstance(token_id, bool)
+        or not isinstance(token_id, (int, np.integer))
+        or not 0 <= token_id < v
+    ):
+        raise ValueError(
+            f"nearest_neighbours: token_id {token_id!r} is out of range "
+            f"for {v} embeddings (0..{v - 1})"
+        )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= v - 1:
         raise ValueError(f"nearest_neighbours: k must be in 1..{v - 1}, got {k!r}")
     x = m[int(token_id)]
@@ -182,4 +212,3 @@ def nearest_neighbours(model, token_id: int, k: int = 5, metric: str = "cosine",
     order = [i for i in np.argsort(key, kind="stable") if i != token_id][: int(k)]
     ids = np.asarray(order, dtype=np.int64)
     return ids, scores[ids]
-

@@ -62,12 +62,11 @@ def plot_loss(history, path, evals=None, *, title: str = "training loss") -> str
     steps, loss = pts[:, 0], pts[:, 1]
     fig = _figure((7, 4))
     ax = fig.add_subplot()
-    ax.plot(steps, loss, color="tab:blue", alpha=0.35 if len(pts) > 20 else 1.0, lw=1,
-            label="loss")
+    ax.plot(steps, loss, color="tab:blue", alpha=0.35 if len(pts) > 20 else 1.0, lw=1, label="loss")
     if len(pts) > 20:
         w = max(2, len(pts) // 20)
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], smooth, color="tab:blue", lw=2, label=f"loss ({w}-step mean)")
+        ax.plot(steps[w - 1 :], smooth, color="tab:blue", lw=2, label=f"loss ({w}-step mean)")
     if np.isfinite(loss).all() and (loss > 0).all():
         ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -99,8 +98,14 @@ def _check_labels(name, labels, n):
         raise ValueError(f"plot_attention: {name} has {len(labels)} labels for {n} positions")
 
 
-def plot_attention(weights, path, tokens_q: Optional[Sequence] = None,
-                   tokens_k: Optional[Sequence] = None, *, title: str = "attention") -> str:
+def plot_attention(
+    weights,
+    path,
+    tokens_q: Optional[Sequence] = None,
+    tokens_k: Optional[Sequence] = None,
+    *,
+    title: str = "attention",
+) -> str:
     """Heat map of attention probabilities (Tq, Tk), or one panel per head for
     (H, Tq, Tk) (e.g. ``attention_weights(...)[0]``); rows are queries, columns keys,
     labelled with ``tokens_q`` / ``tokens_k`` when given. Returns ``path``."""
@@ -108,8 +113,10 @@ def plot_attention(weights, path, tokens_q: Optional[Sequence] = None,
     if w.ndim == 2:
         w = w[None]
     if w.ndim != 3 or 0 in w.shape:
-        raise ValueError(f"plot_attention: weights must be (Tq, Tk) or (H, Tq, Tk), got shape "
-                         f"{np.shape(weights)} (pick one batch row of a (B, H, Tq, Tk) array)")
+        raise ValueError(
+            f"plot_attention: weights must be (Tq, Tk) or (H, Tq, Tk), got shape "
+            f"{np.shape(weights)} (pick one batch row of a (B, H, Tq, Tk) array)"
+        )
     h, tq, tk = w.shape
     _check_labels("tokens_q", tokens_q, tq)
     _check_labels("tokens_k", tokens_k, tk)
@@ -123,8 +130,9 @@ def plot_attention(weights, path, tokens_q: Optional[Sequence] = None,
         if i >= h:
             ax.set_axis_off()
             continue
-        im = ax.imshow(w[i], cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto",
-                       interpolation="nearest")
+        im = ax.imshow(
+            w[i], cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest"
+        )
         ax.set_title(f"head {i}" if h > 1 else title, fontsize="small")
         if tokens_k is not None:
             ax.set_xticks(range(tk), [str(t) for t in tokens_k], rotation=90, fontsize="x-small")
@@ -158,13 +166,16 @@ def positional_table(source) -> np.ndarray:
         table = source
     t = np.asarray(to_host(table), dtype=np.float64)
     if t.ndim != 2:
-        raise ValueError(f"plot_positional_encoding: expected a model with positions or a "
-                         f"(T, C) table, got {type(source).__name__} of shape {t.shape}")
+        raise ValueError(
+            f"plot_positional_encoding: expected a model with positions or a "
+            f"(T, C) table, got {type(source).__name__} of shape {t.shape}"
+        )
     return t
 
 
-def plot_positional_encoding(source, path, *, max_positions: Optional[int] = None,
-                             title: Optional[str] = None) -> str:
+def plot_positional_encoding(
+    source, path, *, max_positions: Optional[int] = None, title: Optional[str] = None
+) -> str:
     """Heat map of a position table (positions down, dimensions across): a (T, C)
     array (e.g. ``nn.positional.sinusoidal_table``), a positional module, or a model
     (see ``positional_table``). ``max_positions`` keeps the first rows. Returns ``path``."""
@@ -172,9 +183,12 @@ def plot_positional_encoding(source, path, *, max_positions: Optional[int] = Non
     if max_positions is not None:
         t = t[:max_positions]
     if title is None:
-        title = {"GPT": "learned positions (wpe)", "BERT": "learned positions (pos_emb)",
-                 "Transformer": "sinusoidal positions", "Llama": "RoPE cos table"
-                 }.get(type(source).__name__, "positional encoding")
+        title = {
+            "GPT": "learned positions (wpe)",
+            "BERT": "learned positions (pos_emb)",
+            "Transformer": "sinusoidal positions",
+            "Llama": "RoPE cos table",
+        }.get(type(source).__name__, "positional encoding")
     lim = max(float(np.abs(t).max()), 1e-12)
     fig = _figure((7, 4.5))
     ax = fig.add_subplot()

@@ -127,8 +127,10 @@ pub fn assert_written(op: &str, name: &str, out: &[f32]) {
 
 /// Ids for a table of `vocab` rows: mostly in range, sometimes -1, the
 /// table size itself, or any i64.
+/// A `len` past [`MAX_ELEMS`] gives [`MAX_ELEMS`] ids (a kernel must then
+/// refuse the short buffer), never a huge allocation of the harness's own.
 pub fn ids(u: &mut Unstructured, len: usize, vocab: usize) -> Result<Vec<i64>> {
-    let mut out = vec![0i64; len];
+    let mut out = vec![0i64; len.min(MAX_ELEMS)];
     for x in out.iter_mut() {
         if u.is_empty() {
             break;

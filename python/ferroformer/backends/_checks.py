@@ -146,7 +146,7 @@ def distinct(op: str, xp, **arrays) -> None:
     items = list(arrays.items())
     overlap = getattr(xp, "may_share_memory", None)
     for i, (na, a) in enumerate(items):
-        for nb, b in items[i + 1:]:
+        for nb, b in items[i + 1 :]:
             oa, ob = (a if a.base is None else a.base), (b if b.base is None else b.base)
             if oa is ob and a.size and b.size and (overlap is None or overlap(a, b)):
                 raise ValueError(f"{op}: {na} and {nb} share memory; each needs its own array")
@@ -202,8 +202,14 @@ def _not_a(op: str, name: str, what: str, value) -> TypeError:
     return TypeError(f"{op}: {name} must be {what}, got {_type_name(value)}")
 
 
-def real(op: str, name: str, value, low: Optional[float] = None, high: Optional[float] = None,
-         high_open: bool = False) -> float:
+def real(
+    op: str,
+    name: str,
+    value,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    high_open: bool = False,
+) -> float:
     """``value`` as a float: a real number (a 0-d real array too; not a bool, a
     string or a complex number), finite within float32's range and the bounds."""
     if isinstance(value, float):  # np.float64 too
@@ -219,8 +225,10 @@ def real(op: str, name: str, value, low: Optional[float] = None, high: Optional[
             raise _not_a(op, name, "a real number", value) from None
         except OverflowError:  # an int past float's range
             v = math.inf
-    if not -F32_MAX <= v <= F32_MAX or (low is not None and v < low) or (
-        high is not None and (v >= high if high_open else v > high)
+    if (
+        not -F32_MAX <= v <= F32_MAX
+        or (low is not None and v < low)
+        or (high is not None and (v >= high if high_open else v > high))
     ):
         rule = "finite (within float32's range)"
         if low is not None or high is not None:
@@ -295,10 +303,66 @@ def linear_shapes(x: Shape, w: Shape, b: Optional[Shape]) -> None:
         raise shape_error(op, "bias must be (out,)", w=w, b=b)
 
 
+_FORMAT_OF: dict = {}  # type names seen -> BlockFormat
+
+
+def quantized_format(op: str, qtype):
+    """The BlockFormat of ``qtype`` (a name or a GGML type number); TypeError for
+    another kind of value, ValueError naming a type that is not supported."""
+    if type(qtype) is str:  # the common case, once per product: no import, no lookup
+        fmt = _FORMAT_OF.get(qtype)
+        if fmt is not None:
+            return fmt
+    from ..quant.formats import block_format
+
+    if isinstance(qtype, (bool, np.bool_)):
+        raise _not_a(op, "qtype", "a block type name or a GGML type number", qtype)
+    try:
+        fmt = block_format(qtype)
+        if type(qtype) is str:
+            _FORMAT_OF[qtype] = fmt
+        return fmt
+    except TypeError:
+        raise _not_a(op, "qtype", "a block type name or a GGML type number", qtype) from None
+    except ValueError as e:
+        raise ValueError(f"{op}: {e}") from None
+
+
+def quantized_weight(op: str, qweight, device_type) -> None:
+    """qweight: raw blocks, a uint8 array on the host (numpy) or on the backend."""
+    if not isinstance(qweight, (np.ndarray, device_type)):
+        raise TypeError(
+            f"{op}: qweight must be a numpy.ndarray of raw blocks, got {_type_name(qweight)}"
+        )
+    if qweight.dtype != np.uint8:
+        raise TypeError(f"{op}: qweight holds raw blocks and must be uint8, got {qweight.dtype}")
+
+
+def quantized_shapes(op: str, fmt, x: Shape, w: Shape, b: Optional[Shape]) -> None:
+    if len(w) != 2 or w[1] % fmt.type_size:
+        raise shape_error(
+            op,
+            f"qweight must be (out, row_bytes) with rows of whole {fmt.name} "
+            f"blocks ({fmt.type_size} bytes each)",
+            x=x,
+            qweight=w,
+        )
+    in_f = w[1] // fmt.type_size * fmt.block_size
+    if len(x) < 1 or x[-1] != in_f:
+        raise shape_error(
+            op,
+            f"need x (..., in) with in = {in_f}, the in_features of the "
+            f"{fmt.name} weight ({w[0]}, {in_f})",
+            x=x,
+            qweight=w,
+        )
+    if b is not None and tuple(b) != (w[0],):
+        raise shape_error(op, "bias must be (out,)", qweight=w, bias=b)
+
+
 def linear_backward_shapes(dy: Shape, x: Shape, w: Shape) -> None:
     op = "linear_backward"
-    if (len(w) != 2 or len(x) < 1 or x[-1:] != (w[1],) or dy[-1:] != (w[0],)
-            or dy[:-1] != x[:-1]):
+    if len(w) != 2 or len(x) < 1 or x[-1:] != (w[1],) or dy[-1:] != (w[0],) or dy[:-1] != x[:-1]:
         raise shape_error(op, "need dy (..., out), x (..., in), w (out, in)", dy=dy, x=x, w=w)
 
 
@@ -311,12 +375,14 @@ def norm_shapes(op: str, x: Shape, **params: Optional[Shape]) -> None:
     if len(x) < 1:
         raise shape_error(op, "x needs at least 1 dimension", x=x)
     if x[-1] == 0 and math.prod(x[:-1]):
-        raise shape_error(op, "the rows of x are empty (C = 0): their statistics are undefined",
-                          x=x)
+        raise shape_error(
+            op, "the rows of x are empty (C = 0): their statistics are undefined", x=x
+        )
     for name, s in params.items():
         if s is not None and tuple(s) != (x[-1],):
-            raise shape_error(op, f"{name} must be ({x[-1]},), the last dimension of x", x=x,
-                              **{name: s})
+            raise shape_error(
+                op, f"{name} must be ({x[-1]},), the last dimension of x", x=x, **{name: s}
+            )
 
 
 def stats_shape(op: str, x: Shape, **stats: Shape) -> None:
@@ -363,8 +429,9 @@ def rope_shapes(op: str, x: Shape, cos: Shape, sin: Shape, name: str = "x") -> N
         raise shape_error(op, f"{name} must be (..., T, D) with D even", **{name: x})
     want = (x[-2], x[-1] // 2)
     if tuple(cos) != want or tuple(sin) != want:
-        raise shape_error(op, f"cos and sin must be (T, D/2) = {want}", **{name: x}, cos=cos,
-                          sin=sin)
+        raise shape_error(
+            op, f"cos and sin must be (T, D/2) = {want}", **{name: x}, cos=cos, sin=sin
+        )
 
 
 def attention_shapes(op: str, q: Shape, k: Shape, v: Shape, mask: Optional[Shape]) -> None:
@@ -383,8 +450,9 @@ def attention_shapes(op: str, q: Shape, k: Shape, v: Shape, mask: Optional[Shape
 def adamw_shapes(param: Shape, grad: Shape, m: Shape, v: Shape, step: int) -> None:
     op = "adamw_step"
     if not (tuple(param) == tuple(grad) == tuple(m) == tuple(v)):
-        raise shape_error(op, "param, grad, m and v must have one shape", param=param, grad=grad,
-                          m=m, v=v)
+        raise shape_error(
+            op, "param, grad, m and v must have one shape", param=param, grad=grad, m=m, v=v
+        )
     if step < 1:
         raise ValueError(f"{op}: step counts from 1, got {step}")
 

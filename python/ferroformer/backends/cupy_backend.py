@@ -33,7 +33,9 @@ from .base import Backend
 
 _FLAT_THREADS = 256
 _WARP_ROWS = 8  # rows per block when each row gets one warp
-_SHARED_LIMIT = 48 * 1024 - 256  # dynamic shared memory a block gets without opt-in, less the static scratch
+_SHARED_LIMIT = (
+    48 * 1024 - 256
+)  # dynamic shared memory a block gets without opt-in, less the static scratch
 _NULL = np.uint64(0)  # a null pointer argument
 # cudaDataType of each storage dtype, for cuBLAS
 _CUDA_R = {"float32": 0, "float16": 2, "bfloat16": 14}
@@ -60,7 +62,9 @@ def load_cupy_backend():
             "the cupy backend needs CuPy: pip install 'ferroformer[cuda12]' (or [cuda13])"
         ) from e
     except Exception as e:  # a broken CuPy install raises more than ImportError
-        raise BackendUnavailable(f"the cupy backend could not import CuPy: {type(e).__name__}: {e}") from e
+        raise BackendUnavailable(
+            f"the cupy backend could not import CuPy: {type(e).__name__}: {e}"
+        ) from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except cupy.cuda.runtime.CUDARuntimeError as e:
@@ -106,8 +110,8 @@ def row_launch(rows: int, cols: int):
 
 # -- flash attention launch geometry (backends/cuda/flash_attention*.cu) --------
 FLASH_THREADS = 128  # every flash block: 4 warps
-SIMT_ROWS = 16       # query (or key) rows of a CUDA-core block: 8 lanes a row
-MMA_ROWS = 64        # query rows of a tensor-core forward / dQ block; keys of a dK/dV block
+SIMT_ROWS = 16  # query (or key) rows of a CUDA-core block: 8 lanes a row
+MMA_ROWS = 64  # query rows of a tensor-core forward / dQ block; keys of a dK/dV block
 
 
 def simt_head_dim(d: int):
@@ -169,7 +173,9 @@ class _Kernels:
         self.functions = {}
         self.where = {}  # name expression -> (family, dtype)
         families = [(f, d) for f in sources.FAMILIES for d in sources.STORAGE_TYPES]
-        families += [(f, d) for f in sources.TENSOR_CORE_FAMILIES for d in sources.TENSOR_CORE_DTYPES]
+        families += [
+            (f, d) for f in sources.TENSOR_CORE_FAMILIES for d in sources.TENSOR_CORE_DTYPES
+        ]
         for family, dtype in families:
             for name in sources.name_expressions(family, dtype):
                 self.where[name] = (family, dtype)
@@ -178,9 +184,11 @@ class _Kernels:
 
     def _compile(self, family, dtype):
         names = sources.name_expressions(family, dtype)
-        module = self.cupy.RawModule(code=sources.source(family),
-                                     options=sources.options(dtype, self.include_dirs),
-                                     name_expressions=names)
+        module = self.cupy.RawModule(
+            code=sources.source(family),
+            options=sources.options(dtype, self.include_dirs),
+            name_expressions=names,
+        )
         try:
             module.compile()
         except Exception as e:
@@ -188,7 +196,8 @@ class _Kernels:
                 raise RuntimeError(
                     f"the cupy backend's {dtype} kernels need the CUDA half-precision headers "
                     f"(cuda_fp16.h, cuda_bf16.h), found nowhere: pip install "
-                    f"nvidia-cuda-runtime-cu12 (or set CUDA_PATH); NVRTC said: {e}") from e
+                    f"nvidia-cuda-runtime-cu12 (or set CUDA_PATH); NVRTC said: {e}"
+                ) from e
             raise
         for name in names:
             self.functions[name] = module.get_function(name)
@@ -333,13 +342,29 @@ class CupyBackend(Backend):
         # there, so row-major out = op(a) op(b) is column-major out^T = op(b)^T op(a)^T.
         op = {False: cublas.CUBLAS_OP_N, True: cublas.CUBLAS_OP_T}
         cublas.gemmStridedBatchedEx(
-            xp.cuda.get_cublas_handle(), op[trans_b], op[trans_a], n, m, k,
+            xp.cuda.get_cublas_handle(),
+            op[trans_b],
+            op[trans_a],
+            n,
+            m,
+            k,
             self._one.ctypes.data,
-            b.data.ptr, _CUDA_R[b.dtype.name], b.shape[-1], stride_b,
-            a.data.ptr, _CUDA_R[a.dtype.name], a.shape[-1], stride_a,
+            b.data.ptr,
+            _CUDA_R[b.dtype.name],
+            b.shape[-1],
+            stride_b,
+            a.data.ptr,
+            _CUDA_R[a.dtype.name],
+            a.shape[-1],
+            stride_a,
             self._zero.ctypes.data,
-            out.data.ptr, _CUDA_R[out.dtype.name], n, m * n,
-            math.prod(batch), cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT,
+            out.data.ptr,
+            _CUDA_R[out.dtype.name],
+            n,
+            m * n,
+            math.prod(batch),
+            cublas.CUBLAS_COMPUTE_32F,
+            cublas.CUBLAS_GEMM_DEFAULT,
         )
         return out
 
@@ -356,6 +381,29 @@ class CupyBackend(Backend):
         if b is not None:
             y += b
         return y.reshape((*x.shape[:-1], w.shape[0]))
+
+    def _quantized_linear_forward(self, x, qweight, qtype, bias, int8):
+        """The blocks decode on the host a slab of rows at a time (a device qweight is
+        brought over slab by slab); each slab is multiplied on the device by cuBLAS
+        (x rounded on the device first in the int8 mode)."""
+        from ..quant.formats import dequantize
+        from ..quant.reference import _SLAB_VALUES, int8_activations
+
+        xp = self.xp
+        if int8:
+            x = int8_activations(x, xp)
+        out_f, in_f = qweight.shape[0], x.shape[1]
+        y = xp.empty((x.shape[0], out_f), x.dtype)
+        rows = max(1, _SLAB_VALUES // max(in_f, 1))
+        for r in range(0, out_f, rows):
+            slab = qweight[r : r + rows]
+            if not isinstance(slab, np.ndarray):
+                slab = slab.get()
+            w = xp.asarray(dequantize(np.ascontiguousarray(slab), qtype).astype(x.dtype))
+            y[:, r : r + w.shape[0]] = self._gemm(x, w, False, True)
+        if bias is not None:
+            y += bias
+        return y
 
     def _linear_backward(self, dy, x, w, has_bias, grad_dtype=None):
         """(dx, dw, db); dw and db in grad_dtype (default w's dtype)."""
@@ -376,10 +424,21 @@ class CupyBackend(Backend):
         """softmax_forward on x (rows, C) viewed as (..., Tq, C), into y (may be x)."""
         cols = x.shape[-1]
         rows = x.size // cols if cols else 0
-        self._rows(f"softmax_forward<{self._ctype(x)}>", rows, cols,
-                   x, y, _NULL if lse is None else lse, _NULL if mask is None else mask,
-                   np.int64(rows), np.int32(cols), np.int32(tq), np.int64(rows_per_batch),
-                   np.float32(scale), np.int32(causal))
+        self._rows(
+            f"softmax_forward<{self._ctype(x)}>",
+            rows,
+            cols,
+            x,
+            y,
+            _NULL if lse is None else lse,
+            _NULL if mask is None else mask,
+            np.int64(rows),
+            np.int32(cols),
+            np.int32(tq),
+            np.int64(rows_per_batch),
+            np.float32(scale),
+            np.int32(causal),
+        )
 
     def _softmax_forward(self, x, scale, causal):
         x = self._c(x)
@@ -393,8 +452,17 @@ class CupyBackend(Backend):
         dx = self.xp.empty_like(y)
         cols = y.shape[-1]
         rows = y.size // cols if cols else 0
-        self._rows(f"softmax_backward<{self._ctype(y)}>", rows, cols,
-                   dy, y, dx, np.int64(rows), np.int32(cols), np.float32(scale))
+        self._rows(
+            f"softmax_backward<{self._ctype(y)}>",
+            rows,
+            cols,
+            dy,
+            y,
+            dx,
+            np.int64(rows),
+            np.int32(cols),
+            np.float32(scale),
+        )
         return dx
 
     # -- normalisation -------------------------------------------------------------
@@ -407,10 +475,20 @@ class CupyBackend(Backend):
         mean = xp.empty(x.shape[:-1], np.float32) if centered else None
         rstd = xp.empty(x.shape[:-1], np.float32)
         kernel = f"norm_forward<{self._ctype(x)}, {'true' if centered else 'false'}>"
-        self._rows(kernel, rows, cols,
-                   x, gamma, self._c(beta) if centered else _NULL, y,
-                   mean if centered else _NULL, rstd,
-                   np.int64(rows), np.int32(cols), np.float32(eps))
+        self._rows(
+            kernel,
+            rows,
+            cols,
+            x,
+            gamma,
+            self._c(beta) if centered else _NULL,
+            y,
+            mean if centered else _NULL,
+            rstd,
+            np.int64(rows),
+            np.int32(cols),
+            np.float32(eps),
+        )
         return y, mean, rstd
 
     def _norm_backward(self, dy, x, gamma, mean, rstd, centered, grad_dtype=None):
@@ -434,13 +512,32 @@ class CupyBackend(Backend):
         shared_bytes = 2 * cols * 4
         in_shared = shared_bytes <= _SHARED_LIMIT
         kernel = f"norm_backward<{self._ctype(x)}, {'true' if centered else 'false'}>"
-        self._k(kernel, (blocks,), (threads,),
-                dy, x, gamma, self._stats(mean) if centered else _NULL, self._stats(rstd), dx, partial,
-                np.int64(rows), np.int32(cols), np.int64(rows_per_block), np.int32(in_shared),
-                shared_mem=shared_bytes if in_shared else 0)
+        self._k(
+            kernel,
+            (blocks,),
+            (threads,),
+            dy,
+            x,
+            gamma,
+            self._stats(mean) if centered else _NULL,
+            self._stats(rstd),
+            dx,
+            partial,
+            np.int64(rows),
+            np.int32(cols),
+            np.int64(rows_per_block),
+            np.int32(in_shared),
+            shared_mem=shared_bytes if in_shared else 0,
+        )
         sums = xp.empty(2 * cols, grad_dtype)
-        self._flat(f"column_sum<{self._ctype(grad_dtype)}>", 2 * cols,
-                   partial, sums, np.int32(blocks), np.int64(2 * cols))
+        self._flat(
+            f"column_sum<{self._ctype(grad_dtype)}>",
+            2 * cols,
+            partial,
+            sums,
+            np.int32(blocks),
+            np.int64(2 * cols),
+        )
         return dx, sums[:cols], sums[cols:]
 
     def _layernorm_forward(self, x, gamma, beta, eps):
@@ -461,15 +558,26 @@ class CupyBackend(Backend):
     def _act_forward(self, act, x):
         x = self._c(x)
         y = self.xp.empty_like(x)
-        self._flat(f"activation_forward<{self._ctype(x)}, {sources.ACTIVATIONS[act]}>", x.size,
-                   x, y, np.int64(x.size))
+        self._flat(
+            f"activation_forward<{self._ctype(x)}, {sources.ACTIVATIONS[act]}>",
+            x.size,
+            x,
+            y,
+            np.int64(x.size),
+        )
         return y
 
     def _act_backward(self, act, dy, x):
         dy, x = self._c(dy), self._c(x)
         dx = self.xp.empty_like(x)
-        self._flat(f"activation_backward<{self._ctype(x)}, {sources.ACTIVATIONS[act]}>", x.size,
-                   dy, x, dx, np.int64(x.size))
+        self._flat(
+            f"activation_backward<{self._ctype(x)}, {sources.ACTIVATIONS[act]}>",
+            x.size,
+            dy,
+            x,
+            dx,
+            np.int64(x.size),
+        )
         return dx
 
     @staticmethod
@@ -497,14 +605,24 @@ class CupyBackend(Backend):
     def _swiglu_forward(self, gate, up):
         gate, up = self._c(gate), self._c(up)
         h = self.xp.empty_like(gate)
-        self._flat(f"swiglu_forward<{self._ctype(gate)}>", gate.size, gate, up, h, np.int64(gate.size))
+        self._flat(
+            f"swiglu_forward<{self._ctype(gate)}>", gate.size, gate, up, h, np.int64(gate.size)
+        )
         return h
 
     def _swiglu_backward(self, dh, gate, up):
         dh, gate, up = self._c(dh), self._c(gate), self._c(up)
         dgate, dup = self.xp.empty_like(gate), self.xp.empty_like(up)
-        self._flat(f"swiglu_backward<{self._ctype(gate)}>", gate.size,
-                   dh, gate, up, dgate, dup, np.int64(gate.size))
+        self._flat(
+            f"swiglu_backward<{self._ctype(gate)}>",
+            gate.size,
+            dh,
+            gate,
+            up,
+            dgate,
+            dup,
+            np.int64(gate.size),
+        )
         return dgate, dup
 
     # -- attention -------------------------------------------------------------------
@@ -513,7 +631,7 @@ class CupyBackend(Backend):
     # buffer. One query row (decode) goes to the split-K kernels. Head dims
     # past 256 (and 0) take the composed path below, which materialises the scores.
     def _flash_kernels(self, dtype, d):
-        """"mma" (tensor cores), "simt" (CUDA cores) or None (composed) for head dim d."""
+        """ "mma" (tensor cores), "simt" (CUDA cores) or None (composed) for head dim d."""
         if not 0 < d <= sources.SIMT_HEAD_DIMS[-1]:
             return None
         if self._tensor_cores and dtype.name in sources.TENSOR_CORE_DTYPES and mma_head_dim(d):
@@ -545,14 +663,22 @@ class CupyBackend(Backend):
         args = (q, k, v, mask, o, lse, *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal))
         if kind == "mma":
             head_dim = mma_head_dim(d)
-            self._k(f"attention_forward_mma<{self._ctype(q)}, {head_dim}>",
-                    (_cdiv(tq, MMA_ROWS) * b * hq,), (FLASH_THREADS,), *args,
-                    shared_mem=mma_shared_bytes("forward", head_dim))
+            self._k(
+                f"attention_forward_mma<{self._ctype(q)}, {head_dim}>",
+                (_cdiv(tq, MMA_ROWS) * b * hq,),
+                (FLASH_THREADS,),
+                *args,
+                shared_mem=mma_shared_bytes("forward", head_dim),
+            )
         else:
             d_max = simt_head_dim(d)
-            self._k(f"attention_forward_simt<{self._ctype(q)}, {d_max}>",
-                    (_cdiv(tq, SIMT_ROWS) * b * hq,), (FLASH_THREADS,), *args,
-                    shared_mem=simt_shared_bytes("forward", d_max))
+            self._k(
+                f"attention_forward_simt<{self._ctype(q)}, {d_max}>",
+                (_cdiv(tq, SIMT_ROWS) * b * hq,),
+                (FLASH_THREADS,),
+                *args,
+                shared_mem=simt_shared_bytes("forward", d_max),
+            )
         return o, lse
 
     @staticmethod
@@ -570,11 +696,35 @@ class CupyBackend(Backend):
         splits, chunk = decode_split(rows, tk, self._sm_count)
         partial = self.xp.empty((splits, rows, d_max + 2), np.float32)
         i = np.int32
-        self._k(f"attention_decode_partial<{self._ctype(q)}, {d_max}>", (splits * rows,),
-                (FLASH_THREADS,), q, k, v, mask, partial, i(hq), i(hkv), i(tk), i(d),
-                np.float32(scale), i(chunk), i(splits))
-        self._rows(f"attention_decode_merge<{self._ctype(q)}>", rows, d, partial, o, lse,
-                   np.int64(rows), i(d), i(d_max + 2), i(splits))
+        self._k(
+            f"attention_decode_partial<{self._ctype(q)}, {d_max}>",
+            (splits * rows,),
+            (FLASH_THREADS,),
+            q,
+            k,
+            v,
+            mask,
+            partial,
+            i(hq),
+            i(hkv),
+            i(tk),
+            i(d),
+            np.float32(scale),
+            i(chunk),
+            i(splits),
+        )
+        self._rows(
+            f"attention_decode_merge<{self._ctype(q)}>",
+            rows,
+            d,
+            partial,
+            o,
+            lse,
+            np.int64(rows),
+            i(d),
+            i(d_max + 2),
+            i(splits),
+        )
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         xp = self.xp
@@ -589,8 +739,16 @@ class CupyBackend(Backend):
         dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
         rows = b * hq * tq
         delta = xp.empty((b, hq, tq), np.float32)
-        self._rows(f"attention_backward_delta<{self._ctype(q)}>", rows, d,
-                   do, o, delta, np.int64(rows), np.int32(d))
+        self._rows(
+            f"attention_backward_delta<{self._ctype(q)}>",
+            rows,
+            d,
+            do,
+            o,
+            delta,
+            np.int64(rows),
+            np.int32(d),
+        )
         scalars = self._flash_scalars(hq, hkv, tq, tk, d, scale, causal)
         inputs = (q, k, v, do, lse, delta, mask)
         if kind == "mma":
@@ -602,11 +760,26 @@ class CupyBackend(Backend):
         q_blocks = _cdiv(tq, rows_per_block) * b * hq
         kv_shared, q_shared = shared("backward_kv", dim), shared("backward_q", dim)
         if kv_blocks:
-            self._k(f"attention_backward_kv_{kind}{name}", (kv_blocks,), (FLASH_THREADS,),
-                    *inputs, dk, dv, *scalars, shared_mem=kv_shared)
+            self._k(
+                f"attention_backward_kv_{kind}{name}",
+                (kv_blocks,),
+                (FLASH_THREADS,),
+                *inputs,
+                dk,
+                dv,
+                *scalars,
+                shared_mem=kv_shared,
+            )
         if q_blocks:
-            self._k(f"attention_backward_q_{kind}{name}", (q_blocks,), (FLASH_THREADS,),
-                    *inputs, dq, *scalars, shared_mem=q_shared)
+            self._k(
+                f"attention_backward_q_{kind}{name}",
+                (q_blocks,),
+                (FLASH_THREADS,),
+                *inputs,
+                dq,
+                *scalars,
+                shared_mem=q_shared,
+            )
         return dq, dk, dv
 
     # The composed twin, for head dims past 256: GEMMs and the softmax kernels
@@ -628,8 +801,9 @@ class CupyBackend(Backend):
         lse = xp.empty((b, hq, tq), np.float32)
         if k.shape[2] == 0:
             lse.fill(-np.inf)
-        self._softmax_rows(s, s, lse, None if mask is None else self._c(mask), tq, hq * tq, scale,
-                           causal)
+        self._softmax_rows(
+            s, s, lse, None if mask is None else self._c(mask), tq, hq * tq, scale, causal
+        )
         o = self._gemm(s, v, False, False)
         return o.reshape(b, hq, tq, d), lse
 
@@ -638,16 +812,29 @@ class CupyBackend(Backend):
         hkv, tk = k.shape[1], k.shape[2]
         qg = self._grouped(self._c(q), hkv)
         dog = self._grouped(self._c(do), hkv)
-        s = self._gemm(qg, k, False, True)    # scores, then p
+        s = self._gemm(qg, k, False, True)  # scores, then p
         dp = self._gemm(dog, v, False, True)  # do . v, then ds
         rows = b * hq * tq
-        self._rows(f"attention_backward_scores<{self._ctype(q)}>", rows, tk,
-                   s, dp, dog, self._c(o), self._stats(lse),
-                   _NULL if mask is None else self._c(mask),
-                   np.int64(rows), np.int32(tk), np.int32(tq), np.int64(hq * tq), np.int32(d),
-                   np.float32(scale), np.int32(causal))
+        self._rows(
+            f"attention_backward_scores<{self._ctype(q)}>",
+            rows,
+            tk,
+            s,
+            dp,
+            dog,
+            self._c(o),
+            self._stats(lse),
+            _NULL if mask is None else self._c(mask),
+            np.int64(rows),
+            np.int32(tk),
+            np.int32(tq),
+            np.int64(hq * tq),
+            np.int32(d),
+            np.float32(scale),
+            np.int32(causal),
+        )
         dq = self._gemm(dp, k, False, False).reshape(b, hq, tq, d)
-        dk = self._gemm(dp, qg, True, False)   # sums the group's query heads
+        dk = self._gemm(dp, qg, True, False)  # sums the group's query heads
         dv = self._gemm(s, dog, True, False)
         return dq, dk, dv
 
@@ -658,11 +845,23 @@ class CupyBackend(Backend):
         n, vocab = logits.shape
         lse = xp.empty(n, np.float32)
         loss_rows = xp.empty(n, np.float32)
-        self._rows(f"cross_entropy_forward<{self._ctype(logits)}>", n, vocab,
-                   logits, targets, lse, loss_rows, np.int64(n), np.int32(vocab),
-                   np.int64(ignore_index), np.float32(label_smoothing))
+        self._rows(
+            f"cross_entropy_forward<{self._ctype(logits)}>",
+            n,
+            vocab,
+            logits,
+            targets,
+            lse,
+            loss_rows,
+            np.int64(n),
+            np.int32(vocab),
+            np.int64(ignore_index),
+            np.float32(label_smoothing),
+        )
         counted = targets != ignore_index
-        total, count = xp.stack([loss_rows.sum(dtype=np.float64), counted.sum(dtype=np.float64)]).get()
+        total, count = xp.stack(
+            [loss_rows.sum(dtype=np.float64), counted.sum(dtype=np.float64)]
+        ).get()
         return (0.0 if count == 0 else float(total / count)), lse
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):
@@ -671,11 +870,21 @@ class CupyBackend(Backend):
         n, vocab = logits.shape
         count = int(xp.count_nonzero(targets != ignore_index))
         dlogits = xp.empty_like(logits)
-        self._rows(f"cross_entropy_backward<{self._ctype(logits)}>", n, vocab,
-                   logits, targets, xp.ascontiguousarray(xp.asarray(lse), dtype=np.float32), dlogits,
-                   np.int64(n), np.int32(vocab), np.int64(ignore_index),
-                   np.float32(label_smoothing / vocab), np.float32(1.0 - label_smoothing),
-                   np.float32(grad / max(count, 1)))
+        self._rows(
+            f"cross_entropy_backward<{self._ctype(logits)}>",
+            n,
+            vocab,
+            logits,
+            targets,
+            xp.ascontiguousarray(xp.asarray(lse), dtype=np.float32),
+            dlogits,
+            np.int64(n),
+            np.int32(vocab),
+            np.int64(ignore_index),
+            np.float32(label_smoothing / vocab),
+            np.float32(1.0 - label_smoothing),
+            np.float32(grad / max(count, 1)),
+        )
         return dlogits
 
     # -- embedding -----------------------------------------------------------------------
@@ -685,14 +894,24 @@ class CupyBackend(Backend):
         out = self.xp.empty((*ids.shape, cols), weight.dtype)
         if out.size == 0:  # (no rows, or rows of nothing: C = 0)
             return out
-        self._rows(f"embedding_forward<{self._ctype(weight)}>", ids.size, cols,
-                   weight, ids, out, np.int64(ids.size), np.int32(cols))
+        self._rows(
+            f"embedding_forward<{self._ctype(weight)}>",
+            ids.size,
+            cols,
+            weight,
+            ids,
+            out,
+            np.int64(ids.size),
+            np.int32(cols),
+        )
         return out
 
     def _embedding_backward(self, dy, ids, num_embeddings):
         xp = self.xp
         if num_embeddings > C.INT32_MAX:  # one block per row of dweight
-            C.int32_sizes("embedding_backward", "dweight", (num_embeddings, dy.shape[-1]), self.name)
+            C.int32_sizes(
+                "embedding_backward", "dweight", (num_embeddings, dy.shape[-1]), self.name
+            )
         cols = dy.shape[-1]
         flat = self._c(ids).reshape(-1)
         n = flat.size
@@ -704,8 +923,17 @@ class CupyBackend(Backend):
         offsets = xp.zeros(num_embeddings + 1, np.int64)
         offsets[1:] = xp.cumsum(xp.bincount(flat, minlength=num_embeddings))
         dweight = xp.empty((num_embeddings, cols), dy.dtype)
-        self._rows(f"embedding_backward<{self._ctype(dy)}>", num_embeddings, cols,
-                   self._c(dy), order, offsets, dweight, np.int64(num_embeddings), np.int32(cols))
+        self._rows(
+            f"embedding_backward<{self._ctype(dy)}>",
+            num_embeddings,
+            cols,
+            self._c(dy),
+            order,
+            offsets,
+            dweight,
+            np.int64(num_embeddings),
+            np.int32(cols),
+        )
         return dweight
 
     # -- rotary positions ------------------------------------------------------------------
@@ -713,9 +941,18 @@ class CupyBackend(Backend):
         x = self._c(x)
         out = self.xp.empty_like(x)
         half = x.shape[-1] // 2
-        self._flat(f"rope<{self._ctype(x)}>", x.size // 2,
-                   x, self._c(cos), self._c(sin), out, np.int64(x.size // 2),
-                   np.int32(x.shape[-2]), np.int32(half), np.float32(sin_sign))
+        self._flat(
+            f"rope<{self._ctype(x)}>",
+            x.size // 2,
+            x,
+            self._c(cos),
+            self._c(sin),
+            out,
+            np.int64(x.size // 2),
+            np.int32(x.shape[-2]),
+            np.int32(half),
+            np.float32(sin_sign),
+        )
         return out
 
     def _rope_forward(self, x, cos, sin):
@@ -727,7 +964,21 @@ class CupyBackend(Backend):
     # -- optimiser ---------------------------------------------------------------------------
     def _adamw_step(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
         f = np.float32
-        self._flat(f"adamw_step<{self._ctype(param)}>", param.size,
-                   param, self._c(grad), m, v, np.int64(param.size),
-                   f(lr), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps),
-                   f(1.0 - lr * weight_decay), f(1.0 - beta1**step), f(1.0 - beta2**step))
+        self._flat(
+            f"adamw_step<{self._ctype(param)}>",
+            param.size,
+            param,
+            self._c(grad),
+            m,
+            v,
+            np.int64(param.size),
+            f(lr),
+            f(beta1),
+            f(1.0 - beta1),
+            f(beta2),
+            f(1.0 - beta2),
+            f(eps),
+            f(1.0 - lr * weight_decay),
+            f(1.0 - beta1**step),
+            f(1.0 - beta2**step),
+        )

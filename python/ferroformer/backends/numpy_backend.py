@@ -70,6 +70,11 @@ class NumpyBackend(Backend):
     def _matmul(self, a, b, trans_a, trans_b):
         a = np.swapaxes(a, -1, -2) if trans_a else a
         b = np.swapaxes(b, -1, -2) if trans_b else b
+        if a.size == 0 or b.size == 0:
+            # NumPy loops over the batch even when every matrix is empty: seconds for
+            # 2^31 of them. An empty operand gives an empty result or one of zeros.
+            shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+            return np.zeros(shape, np.result_type(a, b))
         return np.ascontiguousarray(np.matmul(a, b))
 
     def _linear_forward(self, x, w, b):
@@ -135,19 +140,29 @@ class NumpyBackend(Backend):
         return dx, dgamma
 
     # -- activations -----------------------------------------------------------
+    @staticmethod
+    def _gelu_sigmoid(x):
+        """``sigmoid(2u) = 0.5 (1 + tanh(u))`` of tanh-GELU, ``u = sqrt(2/pi) (x +
+        0.044715 x^3)``, without the cancellation of ``1 + tanh(u)`` for x far below 0
+        (where it is 0 in float32 long before the true value underflows)."""
+        t = x.dtype.type
+        two_u = t(2 * _SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)
+        with np.errstate(over="ignore"):
+            return t(1) / (t(1) + np.exp(-two_u))
+
     def _gelu_forward(self, x, approximate):
         t = x.dtype.type
         if approximate == "tanh":
-            return t(0.5) * x * (t(1) + np.tanh(t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)))
+            return x * self._gelu_sigmoid(x)
         return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2.0))))
 
     def _gelu_backward(self, dy, x, approximate):
         t = x.dtype.type
         if approximate == "tanh":
-            u = t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x)
-            th = np.tanh(u)
+            # d/dx [x s] = s + 2 x s (1 - s) u', s = sigmoid(2u)
+            s = self._gelu_sigmoid(x)
             du = t(_SQRT_2_OVER_PI) * (t(1) + t(3 * 0.044715) * x * x)
-            return dy * (t(0.5) * (t(1) + th) + t(0.5) * x * (t(1) - th * th) * du)
+            return dy * (s + t(2) * x * s * (t(1) - s) * du)
         cdf = t(0.5) * (t(1) + _erf(x / t(math.sqrt(2.0))))
         pdf = np.exp(t(-0.5) * x * x) / t(math.sqrt(2.0 * math.pi))
         return dy * (cdf + x * pdf)
@@ -191,6 +206,11 @@ class NumpyBackend(Backend):
         return x if groups == 1 else np.repeat(x, groups, axis=1)
 
     def _attention_forward(self, q, k, v, causal, scale, key_padding_mask):
+        if q.size == 0 or k.shape[2] == 0:
+            # nothing to attend to (or no queries): o = 0, lse = -inf, built directly;
+            # NumPy's batched products loop for seconds over 2^31 empty heads
+            b, h, t, _ = q.shape
+            return np.zeros(q.shape, q.dtype), np.full((b, h, t), -np.inf, q.dtype)
         groups = q.shape[1] // k.shape[1]
         k, v = self._repeat_kv(k, groups), self._repeat_kv(v, groups)
         s = (q @ np.swapaxes(k, -1, -2)) * q.dtype.type(scale)

@@ -47,7 +47,9 @@ def resolve_dtype(dtype, backend=None) -> np.dtype:
     if isinstance(dtype, str) and dtype.lower() == "bfloat16":
         bf16 = bfloat16_dtype()
         if bf16 is None:
-            raise ValueError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes) and CuPy >= 14")
+            raise ValueError(
+                "bfloat16 needs the ml_dtypes package (pip install ml_dtypes) and CuPy >= 14"
+            )
         dtype = bf16
     dtype = np.dtype(dtype)
     if dtype.name not in ("float32", *HALF_PRECISION):
@@ -67,8 +69,10 @@ def with_dtype(backend, dtype):
     if resolve_dtype(dtype).name == "float32":
         return ops
     if not hasattr(ops, "with_dtype"):
-        raise ValueError(f"mixed precision ({np.dtype(resolve_dtype(dtype)).name}) needs the cupy "
-                         f"backend, not {ops.name}")
+        raise ValueError(
+            f"mixed precision ({np.dtype(resolve_dtype(dtype)).name}) needs the cupy "
+            f"backend, not {ops.name}"
+        )
     return ops.with_dtype(dtype)
 
 
@@ -104,9 +108,11 @@ class MixedPrecisionBackend(CupyBackend):
                 continue
             C.require_array(op, name, x, self.xp.ndarray)
             if x.dtype not in self.float_dtypes:
-                raise TypeError(f"{op}: {name} has dtype {x.dtype}, but the cupy backend in "
-                                f"{self.compute_dtype.name} mixed precision takes float32 or "
-                                f"{self.compute_dtype.name}; cast it with .astype(...)")
+                raise TypeError(
+                    f"{op}: {name} has dtype {x.dtype}, but the cupy backend in "
+                    f"{self.compute_dtype.name} mixed precision takes float32 or "
+                    f"{self.compute_dtype.name}; cast it with .astype(...)"
+                )
         return self.compute_dtype
 
     def _compute(self, x):
@@ -120,8 +126,9 @@ class MixedPrecisionBackend(CupyBackend):
         return super()._linear_forward(self._compute(x), self._compute(w), b)
 
     def _linear_backward(self, dy, x, w, has_bias, grad_dtype=None):
-        return super()._linear_backward(self._compute(dy), self._compute(x), self._compute(w),
-                                        has_bias, w.dtype)
+        return super()._linear_backward(
+            self._compute(dy), self._compute(x), self._compute(w), has_bias, w.dtype
+        )
 
     def _softmax_forward(self, x, scale, causal):
         return super()._softmax_forward(self._compute(x), scale, causal)
@@ -130,18 +137,28 @@ class MixedPrecisionBackend(CupyBackend):
         return super()._softmax_backward(self._compute(dy), self._compute(y), scale)
 
     def _layernorm_forward(self, x, gamma, beta, eps):
-        return super()._layernorm_forward(self._compute(x), self._compute(gamma), self._compute(beta), eps)
+        return super()._layernorm_forward(
+            self._compute(x), self._compute(gamma), self._compute(beta), eps
+        )
 
     def _layernorm_backward(self, dy, x, gamma, mean, rstd):
-        return self._norm_backward(self._compute(dy), self._compute(x), self._compute(gamma), mean,
-                                   rstd, True, gamma.dtype)
+        return self._norm_backward(
+            self._compute(dy), self._compute(x), self._compute(gamma), mean, rstd, True, gamma.dtype
+        )
 
     def _rmsnorm_forward(self, x, gamma, eps):
         return super()._rmsnorm_forward(self._compute(x), self._compute(gamma), eps)
 
     def _rmsnorm_backward(self, dy, x, gamma, rstd):
-        dx, dgamma, _ = self._norm_backward(self._compute(dy), self._compute(x), self._compute(gamma),
-                                            None, rstd, False, gamma.dtype)
+        dx, dgamma, _ = self._norm_backward(
+            self._compute(dy),
+            self._compute(x),
+            self._compute(gamma),
+            None,
+            rstd,
+            False,
+            gamma.dtype,
+        )
         return dx, dgamma
 
     def _act_forward(self, act, x):
@@ -157,20 +174,23 @@ class MixedPrecisionBackend(CupyBackend):
         return super()._swiglu_backward(self._compute(dh), self._compute(gate), self._compute(up))
 
     def _attention_forward(self, q, k, v, causal, scale, mask):
-        return super()._attention_forward(self._compute(q), self._compute(k), self._compute(v),
-                                          causal, scale, mask)
+        return super()._attention_forward(
+            self._compute(q), self._compute(k), self._compute(v), causal, scale, mask
+        )
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         do, q, k, v, o = (self._compute(x) for x in (do, q, k, v, o))
         return super()._attention_backward(do, q, k, v, o, lse, causal, scale, mask)
 
     def _cross_entropy_forward(self, logits, targets, ignore_index, label_smoothing):
-        return super()._cross_entropy_forward(self._compute(logits), targets, ignore_index,
-                                              label_smoothing)
+        return super()._cross_entropy_forward(
+            self._compute(logits), targets, ignore_index, label_smoothing
+        )
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):
-        return super()._cross_entropy_backward(self._compute(logits), targets, lse, ignore_index,
-                                               label_smoothing, grad)
+        return super()._cross_entropy_backward(
+            self._compute(logits), targets, lse, ignore_index, label_smoothing, grad
+        )
 
     def _embedding_forward(self, weight, ids):
         return self._compute(super()._embedding_forward(weight, ids))
@@ -183,8 +203,18 @@ class MixedPrecisionBackend(CupyBackend):
 
     def _adamw_step(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
         # (Backend.adamw_step has checked that m and v have param's dtype)
-        super()._adamw_step(param, grad.astype(param.dtype, copy=False), m, v, lr, beta1, beta2, eps,
-                            weight_decay, step)
+        super()._adamw_step(
+            param,
+            grad.astype(param.dtype, copy=False),
+            m,
+            v,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step,
+        )
 
 
 def _all_finite(x):
@@ -207,13 +237,25 @@ class DynamicLossScaler:
     skipped steps; state_dict() / load_state_dict() go into checkpoints.
     """
 
-    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
-                 backoff_factor: float = 0.5, growth_interval: int = 2000,
-                 min_scale: float = 1.0, max_scale: float = 2.0**24):
-        if not (growth_factor > 1.0 and 0.0 < backoff_factor < 1.0 and growth_interval >= 1
-                and 0.0 < min_scale <= init_scale <= max_scale):
-            raise ValueError("DynamicLossScaler: need growth_factor > 1, 0 < backoff_factor < 1, "
-                             "growth_interval >= 1 and 0 < min_scale <= init_scale <= max_scale")
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        min_scale: float = 1.0,
+        max_scale: float = 2.0**24,
+    ):
+        if not (
+            growth_factor > 1.0
+            and 0.0 < backoff_factor < 1.0
+            and growth_interval >= 1
+            and 0.0 < min_scale <= init_scale <= max_scale
+        ):
+            raise ValueError(
+                "DynamicLossScaler: need growth_factor > 1, 0 < backoff_factor < 1, "
+                "growth_interval >= 1 and 0 < min_scale <= init_scale <= max_scale"
+            )
         self.scale = float(init_scale)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
         self.growth_interval = int(growth_interval)

@@ -50,6 +50,19 @@ class RustBackend(Backend):
         dx, dw, db = N.linear_backward(_rows(dy), _rows(x), _c(w), has_bias)
         return dx.reshape(x.shape), dw, db
 
+    def _quantized_linear_forward(self, x, qweight, qtype, bias, int8):
+        """x (rows, in) float32 C-contiguous, qweight (out, row_bytes) uint8 blocks of
+        ``qtype`` -> (rows, out), straight from the blocks (rust/kernels/src/quant):
+        float mode, each weight row decoded (bit-identical to the reference) and dotted
+        in float32; int8 mode, integer dots of the unpacked blocks with x quantized per
+        32 values. float64 x and the float types (F32, F16, BF16) go to the NumPy
+        reference."""
+        # Backend.quantized_linear_forward hands in x as (rows, in) C-contiguous and
+        # qtype as the format's name
+        if x.dtype != np.float32 or qtype in ("F32", "F16", "BF16"):
+            return super()._quantized_linear_forward(x, qweight, qtype, bias, int8)
+        return N.quantized_linear_forward(_c(x), _c(qweight), qtype, _c(bias), int8)
+
     def _softmax_forward(self, x, scale, causal):
         return N.softmax_forward(_c(x), scale, causal)
 
@@ -101,15 +114,18 @@ class RustBackend(Backend):
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         lse = _c(lse.astype(np.float32, copy=False))
-        return N.attention_backward(_c(do), _c(q), _c(k), _c(v), _c(o), lse, causal, scale, _c(mask))
+        return N.attention_backward(
+            _c(do), _c(q), _c(k), _c(v), _c(o), lse, causal, scale, _c(mask)
+        )
 
     def _cross_entropy_forward(self, logits, targets, ignore_index, label_smoothing):
         return N.cross_entropy_forward(_c(logits), _c(targets), ignore_index, label_smoothing)
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):
         lse = _c(lse.astype(np.float32, copy=False))
-        return N.cross_entropy_backward(_c(logits), _c(targets), lse, ignore_index,
-                                        label_smoothing, grad)
+        return N.cross_entropy_backward(
+            _c(logits), _c(targets), lse, ignore_index, label_smoothing, grad
+        )
 
     def _embedding_forward(self, weight, ids):
         return N.embedding_forward(_c(weight), _c(ids))

@@ -9,8 +9,12 @@ import math
 BACKENDS = ["numpy", "rust", "cupy"]
 # --debug after the command too; SUPPRESS keeps a subcommand from resetting the global one
 DEBUG = argparse.ArgumentParser(add_help=False)
-DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                    help="on failure, print the traceback too")
+DEBUG.add_argument(
+    "--debug",
+    action="store_true",
+    default=argparse.SUPPRESS,
+    help="on failure, print the traceback too",
+)
 
 
 def int_in(low, high=None):

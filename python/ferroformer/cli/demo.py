@@ -6,10 +6,17 @@ from .args import BACKENDS, DEBUG, int_in, non_negative_int, positive_int
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train a small GPT on addition, then generate (about a minute)",
-                       parents=[DEBUG])
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="backend to train on (default: the fastest available)")
+    p = sub.add_parser(
+        "demo",
+        help="train a small GPT on addition, then generate (about a minute)",
+        parents=[DEBUG],
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="backend to train on (default: the fastest available)",
+    )
     p.add_argument("--digits", type=int_in(1, 9), default=3, help="digits per operand (1-9)")
     p.add_argument("--steps", type=positive_int, default=1800, help="training steps")
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -19,6 +26,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..demo import run_demo
 
-    run_demo(backend=args.backend, n_digits=args.digits, steps=args.steps, seed=args.seed,
-             progress=not args.no_progress)
+    run_demo(
+        backend=args.backend,
+        n_digits=args.digits,
+        steps=args.steps,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0

@@ -6,8 +6,11 @@ from .args import BACKENDS, DEBUG
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("embed", help="sentence embeddings with all-MiniLM-L6-v2: cosine similarities",
-                       parents=[DEBUG])
+    p = sub.add_parser(
+        "embed",
+        help="sentence embeddings with all-MiniLM-L6-v2: cosine similarities",
+        parents=[DEBUG],
+    )
     p.add_argument("sentences", nargs="+", help="sentences to compare")
     p.add_argument("--backend", choices=BACKENDS, default=None)
 

@@ -10,7 +10,7 @@ import importlib
 from .. import __version__
 
 #: one module of this package per command, in the order --help lists them
-COMMANDS = ("bench", "demo", "embed", "chat", "train", "generate", "inspect")
+COMMANDS = ("bench", "demo", "embed", "chat", "train", "generate", "quantize", "inspect")
 DESCRIPTION = """Transformers on NumPy arrays with Rust kernels; --help on each command.
 
 Every failure is one error: line on stderr: exit code 2 for a bad argument,
@@ -23,8 +23,11 @@ def command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ferroformer", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ferroformer",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"ferroformer {__version__}")
     p.add_argument("--debug", action="store_true", help="on failure, print the traceback too")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

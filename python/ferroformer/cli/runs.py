@@ -14,9 +14,20 @@ import tempfile
 TASKS = ("copy", "reverse", "addition", "bytes")
 ARCHS = ("gpt", "llama", "transformer")
 # the settings that define a run; stored in every checkpoint and checked on --resume
-RUN_DEFAULTS = {"task": "addition", "model": "gpt", "layers": 2, "d_model": 64, "heads": 4,
-                "batch_size": 64, "lr": 1e-2, "seed": 0, "digits": 2, "length": 8, "seq_len": 64,
-                "steps": 800}
+RUN_DEFAULTS = {
+    "task": "addition",
+    "model": "gpt",
+    "layers": 2,
+    "d_model": 64,
+    "heads": 4,
+    "batch_size": 64,
+    "lr": 1e-2,
+    "seed": 0,
+    "digits": 2,
+    "length": 8,
+    "seq_len": 64,
+    "steps": 800,
+}
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8})\.safetensors$")
 KEEP_CHECKPOINTS = 3
 SYMBOLS = "0123456789"  # copy / reverse symbols as typed on the command line
@@ -56,14 +67,23 @@ def model_spec(run):
     src_len, tgt_len = seq_lens(run)
     v, d = vocab_size(run), run["d_model"]
     if run["model"] == "transformer":
-        return Transformer, dict(src_vocab_size=v, tgt_vocab_size=v, d_model=d, n_heads=run["heads"],
-                                 n_encoder_layers=run["layers"], n_decoder_layers=run["layers"],
-                                 d_ff=4 * d, dropout=0.0, max_seq_len=max(src_len, tgt_len + 2),
-                                 pad_id=PAD)
+        return Transformer, dict(
+            src_vocab_size=v,
+            tgt_vocab_size=v,
+            d_model=d,
+            n_heads=run["heads"],
+            n_encoder_layers=run["layers"],
+            n_decoder_layers=run["layers"],
+            d_ff=4 * d,
+            dropout=0.0,
+            max_seq_len=max(src_len, tgt_len + 2),
+            pad_id=PAD,
+        )
     # BOS x SEP y EOS; one position more so that generation may also feed the final EOS
     t = src_len if run["task"] == "bytes" else src_len + tgt_len + 4
     return (GPT if run["model"] == "gpt" else Llama), dict(
-        vocab_size=v, max_seq_len=t, d_model=d, n_heads=run["heads"], n_layers=run["layers"])
+        vocab_size=v, max_seq_len=t, d_model=d, n_heads=run["heads"], n_layers=run["layers"]
+    )
 
 
 def make_model(run, backend):
@@ -91,12 +111,14 @@ def check_memory(run) -> None:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        return                                # no sysconf (Windows): MemoryError will tell
+        return  # no sysconf (Windows): MemoryError will tell
     need = training_bytes(run)
     if need > total:
-        raise MemoryError(f"this run needs at least {need / 2**30:,.1f} GiB to train, more than the "
-                          f"{total / 2**30:,.1f} GiB of memory here; choose a smaller --d-model, "
-                          "--layers, --batch-size or sequence length")
+        raise MemoryError(
+            f"this run needs at least {need / 2**30:,.1f} GiB to train, more than the "
+            f"{total / 2**30:,.1f} GiB of memory here; choose a smaller --d-model, "
+            "--layers, --batch-size or sequence length"
+        )
 
 
 def check_run(run) -> None:
@@ -107,8 +129,10 @@ def check_run(run) -> None:
         if run[k] not in choices:
             raise ValueError(f"--{k} must be one of {', '.join(choices)}, got {run[k]!r}")
     if run["model"] == "transformer" and run["task"] == "bytes":
-        raise ValueError("--model transformer needs a seq2seq task (copy, reverse, addition); "
-                         "for --task bytes use gpt or llama")
+        raise ValueError(
+            "--model transformer needs a seq2seq task (copy, reverse, addition); "
+            "for --task bytes use gpt or llama"
+        )
     for k in ("layers", "d_model", "heads", "batch_size", "digits", "length", "seq_len", "steps"):
         if type(run[k]) is not int or run[k] < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be a positive integer, got {run[k]!r}")
@@ -127,8 +151,11 @@ def checkpoints(directory):
     that are not regular files (a directory or FIFO of that name) do not count."""
     if not os.path.isdir(directory):
         return []
-    found = [(int(m.group(1)), os.path.join(directory, name))
-             for name in os.listdir(directory) if (m := CHECKPOINT_NAME.match(name))]
+    found = [
+        (int(m.group(1)), os.path.join(directory, name))
+        for name in os.listdir(directory)
+        if (m := CHECKPOINT_NAME.match(name))
+    ]
     return sorted((step, path) for step, path in found if os.path.isfile(path))
 
 
@@ -145,7 +172,9 @@ def find_checkpoint(path) -> str:
             raise FileNotFoundError(f"{path}: no checkpoint (step-*.safetensors) in this directory")
         return found[-1][1]
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{path}: not a regular file (a FIFO, socket or device), so not a checkpoint")
+        raise ValueError(
+            f"{path}: not a regular file (a FIFO, socket or device), so not a checkpoint"
+        )
     return path
 
 
@@ -154,8 +183,10 @@ def stored_run(ckpt, path) -> dict:
     extra = ckpt.extra
     run = extra.get("run") if isinstance(extra, dict) else None
     if not isinstance(run, dict) or set(run) != set(RUN_DEFAULTS):
-        raise ValueError(f"{path}: holds no valid `python -m ferroformer train` settings "
-                         "(was it written by something else?)")
+        raise ValueError(
+            f"{path}: holds no valid `python -m ferroformer train` settings "
+            "(was it written by something else?)"
+        )
     try:
         check_run(run)
     except ValueError as e:
@@ -163,9 +194,11 @@ def stored_run(ckpt, path) -> dict:
     cls, kw = model_spec(run)
     model = ckpt.model
     if type(model) is not cls or any(model.config.get(k) != v for k, v in kw.items()):
-        raise ValueError(f"{path}: its model ({type(model).__name__}) does not match the `train` "
-                         f"settings stored with it (--model {run['model']} --task {run['task']}); "
-                         "was it written by something else?")
+        raise ValueError(
+            f"{path}: its model ({type(model).__name__}) does not match the `train` "
+            f"settings stored with it (--model {run['model']} --task {run['task']}); "
+            "was it written by something else?"
+        )
     return run
 
 
@@ -201,7 +234,9 @@ def check_writable(directory) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
-        raise OSError(f"--checkpoint-dir {directory}: cannot write there ({e.strerror or e})") from None
+        raise OSError(
+            f"--checkpoint-dir {directory}: cannot write there ({e.strerror or e})"
+        ) from None
 
 
 def run_trainer_class():
@@ -241,14 +276,18 @@ def encode_prompt(run, text):
         m = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", text)
         n = run["digits"]
         if not m or max(len(m.group(1)), len(m.group(2))) > n:
-            raise ValueError(f"--prompt must be a sum like '12+34' of numbers with at most {n} "
-                             f"digits (the checkpoint learned {n}-digit addition), got {text!r}")
+            raise ValueError(
+                f"--prompt must be a sum like '12+34' of numbers with at most {n} "
+                f"digits (the checkpoint learned {n}-digit addition), got {text!r}"
+            )
         return AdditionTask(n_digits=n).encode(int(m.group(1)), int(m.group(2)))[0]
     chars = [c for c in text if not c.isspace()]
     bad = sorted({c for c in chars if c not in SYMBOLS})
     if bad or not 1 <= len(chars) <= run["length"]:
-        raise ValueError(f"--prompt must be 1 to {run['length']} of the symbols {SYMBOLS} for the "
-                         f"{run['task']} task, got {text!r}")
+        raise ValueError(
+            f"--prompt must be 1 to {run['length']} of the symbols {SYMBOLS} for the "
+            f"{run['task']} task, got {text!r}"
+        )
     return [N_SPECIAL + SYMBOLS.index(c) for c in chars]
 
 
@@ -257,10 +296,12 @@ def decode_answer(run, prompt, ids):
 
     if run["task"] == "bytes":
         return prompt + bytes(int(t) for t in ids).decode("utf-8", errors="replace")
-    text = "".join(SYMBOLS[t - N_SPECIAL] if 0 <= t - N_SPECIAL < len(SYMBOLS) else "?" for t in ids)
+    text = "".join(
+        SYMBOLS[t - N_SPECIAL] if 0 <= t - N_SPECIAL < len(SYMBOLS) else "?" for t in ids
+    )
     if run["task"] == "addition":
         a, b = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", prompt).groups()
-        text = text[::-1]                    # the task writes sums least significant digit first
+        text = text[::-1]  # the task writes sums least significant digit first
         if "?" not in text:
             text = text.lstrip("0") or "0"
         return f"{int(a)} + {int(b)} = {text}"

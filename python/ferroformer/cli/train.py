@@ -27,45 +27,107 @@ from .runs import (
 def add_parser(sub) -> None:
     d = RUN_DEFAULTS
     t = sub.add_parser(
-        "train", help="train a small model on a built-in task, with checkpoints and resume",
+        "train",
+        help="train a small model on a built-in task, with checkpoints and resume",
         parents=[DEBUG],
         description="Train GPT, Llama or an encoder-decoder Transformer on a built-in task "
-                    "(generated on the fly; bytes: the Python standard library's sources). "
-                    "With --resume the run's settings come from its latest checkpoint; a "
-                    "setting given again must agree, and --steps may extend the run.")
-    t.add_argument("--task", choices=TASKS, default=None,
-                   help=f"copy, reverse, addition, or bytes (a byte-level LM) (default {d['task']})")
-    t.add_argument("--model", choices=ARCHS, default=None,
-                   help=f"architecture; transformer (encoder-decoder) for copy, reverse and "
-                        f"addition only (default {d['model']})")
-    t.add_argument("--layers", type=positive_int, default=None,
-                   help=f"layers (per stack for transformer) (default {d['layers']})")
-    t.add_argument("--d-model", type=positive_int, default=None, help=f"width (default {d['d_model']})")
-    t.add_argument("--heads", type=positive_int, default=None, help=f"attention heads (default {d['heads']})")
-    t.add_argument("--steps", type=positive_int, default=None,
-                   help=f"optimizer steps in all (default {d['steps']}; with --resume: the run's)")
-    t.add_argument("--batch-size", type=positive_int, default=None, help=f"(default {d['batch_size']})")
-    t.add_argument("--lr", type=positive_float, default=None,
-                   help=f"peak learning rate, cosine decay to lr/20 (default {d['lr']})")
+        "(generated on the fly; bytes: the Python standard library's sources). "
+        "With --resume the run's settings come from its latest checkpoint; a "
+        "setting given again must agree, and --steps may extend the run.",
+    )
+    t.add_argument(
+        "--task",
+        choices=TASKS,
+        default=None,
+        help=f"copy, reverse, addition, or bytes (a byte-level LM) (default {d['task']})",
+    )
+    t.add_argument(
+        "--model",
+        choices=ARCHS,
+        default=None,
+        help=f"architecture; transformer (encoder-decoder) for copy, reverse and "
+        f"addition only (default {d['model']})",
+    )
+    t.add_argument(
+        "--layers",
+        type=positive_int,
+        default=None,
+        help=f"layers (per stack for transformer) (default {d['layers']})",
+    )
+    t.add_argument(
+        "--d-model", type=positive_int, default=None, help=f"width (default {d['d_model']})"
+    )
+    t.add_argument(
+        "--heads", type=positive_int, default=None, help=f"attention heads (default {d['heads']})"
+    )
+    t.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help=f"optimizer steps in all (default {d['steps']}; with --resume: the run's)",
+    )
+    t.add_argument(
+        "--batch-size", type=positive_int, default=None, help=f"(default {d['batch_size']})"
+    )
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help=f"peak learning rate, cosine decay to lr/20 (default {d['lr']})",
+    )
     t.add_argument("--seed", type=non_negative_int, default=None, help=f"(default {d['seed']})")
-    t.add_argument("--digits", type=int_in(1, 9), default=None,
-                   help=f"addition: digits per operand, 1-9 (default {d['digits']})")
-    t.add_argument("--length", type=positive_int, default=None,
-                   help=f"copy / reverse: longest sequence (default {d['length']})")
-    t.add_argument("--seq-len", type=positive_int, default=None,
-                   help=f"bytes: training window and context length (default {d['seq_len']})")
-    t.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="default: the fastest available")
-    t.add_argument("--checkpoint-dir", metavar="DIR", default=None,
-                   help="save step-NNNNNNNN.safetensors here (the last 3 are kept)")
-    t.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
-                   help="steps between checkpoints (default 100; one is always saved at the end)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --checkpoint-dir from its latest checkpoint")
-    t.add_argument("--plot", metavar="PATH", default=None,
-                   help='write the loss curve as a PNG (needs pip install "ferroformer[plot]")')
-    t.add_argument("--eval-examples", type=non_negative_int, default=500, metavar="N",
-                   help="held-out examples for the exact-match score (0: skip)")
+    t.add_argument(
+        "--digits",
+        type=int_in(1, 9),
+        default=None,
+        help=f"addition: digits per operand, 1-9 (default {d['digits']})",
+    )
+    t.add_argument(
+        "--length",
+        type=positive_int,
+        default=None,
+        help=f"copy / reverse: longest sequence (default {d['length']})",
+    )
+    t.add_argument(
+        "--seq-len",
+        type=positive_int,
+        default=None,
+        help=f"bytes: training window and context length (default {d['seq_len']})",
+    )
+    t.add_argument(
+        "--backend", choices=BACKENDS, default=None, help="default: the fastest available"
+    )
+    t.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        default=None,
+        help="save step-NNNNNNNN.safetensors here (the last 3 are kept)",
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="steps between checkpoints (default 100; one is always saved at the end)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --checkpoint-dir from its latest checkpoint",
+    )
+    t.add_argument(
+        "--plot",
+        metavar="PATH",
+        default=None,
+        help='write the loss curve as a PNG (needs pip install "ferroformer[plot]")',
+    )
+    t.add_argument(
+        "--eval-examples",
+        type=non_negative_int,
+        default=500,
+        metavar="N",
+        help="held-out examples for the exact-match score (0: skip)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -76,7 +138,7 @@ def run(args) -> int:
     from ..checkpoint import load_checkpoint
     from ..train import AdamW, LRSchedule, NonFiniteError
 
-    if args.plot:                            # fail before training, not after
+    if args.plot:  # fail before training, not after
         from ..plots import INSTALL_HINT
 
         check_output("--plot", args.plot)
@@ -93,34 +155,45 @@ def run(args) -> int:
         if not directory:
             raise ValueError("--resume needs --checkpoint-dir DIR")
         if not existing:
-            raise FileNotFoundError(f"{directory}: no checkpoint (step-*.safetensors) to resume from")
+            raise FileNotFoundError(
+                f"{directory}: no checkpoint (step-*.safetensors) to resume from"
+            )
         path = existing[-1][1]
         ckpt = load_checkpoint(path, backend=ops)
         run = stored_run(ckpt, path)
         for key, stored in run.items():
             given = getattr(args, key)
             if key != "steps" and given is not None and given != stored:
-                raise ValueError(f"--{key.replace('_', '-')} {given} differs from the run in "
-                                 f"{directory} ({stored}); leave it out to resume")
+                raise ValueError(
+                    f"--{key.replace('_', '-')} {given} differs from the run in "
+                    f"{directory} ({stored}); leave it out to resume"
+                )
         model = ckpt.model
         schedule = stored_schedule(ckpt.extra, path)
         if args.steps is not None and args.steps < ckpt.step:
-            raise ValueError(f"--steps {args.steps} is below step {ckpt.step}, which the run in "
-                             f"{directory} has reached")
+            raise ValueError(
+                f"--steps {args.steps} is below step {ckpt.step}, which the run in "
+                f"{directory} has reached"
+            )
         check_writable(directory)
     else:
         if existing:
-            raise ValueError(f"{directory} already holds checkpoints (up to step {existing[-1][0]}); "
-                             "add --resume to continue that run, or choose another directory")
-        run = {k: getattr(args, k) if getattr(args, k) is not None else v
-               for k, v in RUN_DEFAULTS.items()}
+            raise ValueError(
+                f"{directory} already holds checkpoints (up to step {existing[-1][0]}); "
+                "add --resume to continue that run, or choose another directory"
+            )
+        run = {
+            k: getattr(args, k) if getattr(args, k) is not None else v
+            for k, v in RUN_DEFAULTS.items()
+        }
         check_run(run)
         check_memory(run)
         if directory:
             check_writable(directory)
         model = make_model(run, ops)
-        schedule = LRSchedule(run["lr"], min(100, run["steps"] // 10), run["steps"], "cosine",
-                              run["lr"] / 20)
+        schedule = LRSchedule(
+            run["lr"], min(100, run["steps"] // 10), run["steps"], "cosine", run["lr"] / 20
+        )
     steps = run["steps"] if args.steps is None else args.steps
     task = make_task(run)
     if run["task"] == "bytes":
@@ -137,42 +210,61 @@ def run(args) -> int:
         return batch
 
     optimizer = AdamW(model, lr=run["lr"], betas=(0.9, 0.98), weight_decay=0.1)
-    trainer = run_trainer_class()(model, optimizer, counted, seed=run["seed"], grad_clip=1.0,
-                                   schedule=schedule, checkpoint_path=directory,
-                                   checkpoint_every=args.checkpoint_every if directory else 0,
-                                   progress=not args.no_progress)
+    trainer = run_trainer_class()(
+        model,
+        optimizer,
+        counted,
+        seed=run["seed"],
+        grad_clip=1.0,
+        schedule=schedule,
+        checkpoint_path=directory,
+        checkpoint_every=args.checkpoint_every if directory else 0,
+        progress=not args.no_progress,
+    )
     trainer.run = run
     if args.resume:
         trainer.resume(path)
-        trainer.history = [(int(s), float(v)) for s, v in ckpt.extra.get("history", [])
-                           if s <= trainer.step]
+        trainer.history = [
+            (int(s), float(v)) for s, v in ckpt.extra.get("history", []) if s <= trainer.step
+        ]
     start = trainer.step
-    print(f"ferroformer train: {type(model).__name__} ({model.num_parameters():,} parameters, "
-          f"{run['layers']} layers, d_model {run['d_model']}, {run['heads']} heads) on "
-          f"{run['task']}, {ops.name} backend, steps {start + 1}..{steps}", flush=True)
+    print(
+        f"ferroformer train: {type(model).__name__} ({model.num_parameters():,} parameters, "
+        f"{run['layers']} layers, d_model {run['d_model']}, {run['heads']} heads) on "
+        f"{run['task']}, {ops.name} backend, steps {start + 1}..{steps}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     try:
         trainer.fit(steps)
     except NonFiniteError as e:
         kept = checkpoints(directory) if directory else []
-        where = f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written"
+        where = (
+            f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written"
+        )
         e.args = (f"{e.args[0]}; {where}",)
         raise
     train_s = time.perf_counter() - t0
     if directory and (not checkpoints(directory) or checkpoints(directory)[-1][0] != trainer.step):
         trainer.save(directory)
     if trainer.step > start:
-        print(f"trained {trainer.step - start} steps in {train_s:.1f} s: "
-              f"{tokens[0] / train_s:,.0f} tokens/s")
+        print(
+            f"trained {trainer.step - start} steps in {train_s:.1f} s: "
+            f"{tokens[0] / train_s:,.0f} tokens/s"
+        )
     if trainer.history:
         print(f"final loss {trainer.history[-1][1]:.4f} (step {trainer.history[-1][0]})")
     rng = np.random.default_rng(run["seed"] + 1)
     if run["task"] == "bytes":
-        print(f"validation loss {task.evaluate(model, run['seq_len']):.4f} nats/byte "
-              f"(unigram entropy {task.unigram_entropy():.4f})")
+        print(
+            f"validation loss {task.evaluate(model, run['seq_len']):.4f} nats/byte "
+            f"(unigram entropy {task.unigram_entropy():.4f})"
+        )
     elif args.eval_examples:
         test = task.test_examples(args.eval_examples, rng)
-        acc = (task.evaluate_seq2seq if run["model"] == "transformer" else task.evaluate_lm)(model, test)
+        acc = (task.evaluate_seq2seq if run["model"] == "transformer" else task.evaluate_lm)(
+            model, test
+        )
         print(f"exact match on {len(test)} held-out examples: {acc:.1%}")
     if directory:
         print(f"checkpoint: {checkpoints(directory)[-1][1]}")

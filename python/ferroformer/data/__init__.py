@@ -3,5 +3,16 @@
 from .bytes_lm import ByteLMDataset, stdlib_sources
 from .tasks import BOS, EOS, IGNORE, PAD, SEP, AdditionTask, CopyTask, ReverseTask, Task
 
-__all__ = ["BOS", "EOS", "IGNORE", "PAD", "SEP", "AdditionTask", "ByteLMDataset", "CopyTask",
-           "ReverseTask", "Task", "stdlib_sources"]
+__all__ = [
+    "BOS",
+    "EOS",
+    "IGNORE",
+    "PAD",
+    "SEP",
+    "AdditionTask",
+    "ByteLMDataset",
+    "CopyTask",
+    "ReverseTask",
+    "Task",
+    "stdlib_sources",
+]

@@ -34,13 +34,25 @@ def stdlib_sources() -> List[str]:
 class ByteLMDataset:
     vocab_size = 256
 
-    def __init__(self, paths: Optional[Sequence[str]] = None, *, max_bytes: int = 1 << 22,
-                 val_fraction: float = 0.1):
+    def __init__(
+        self,
+        paths: Optional[Sequence[str]] = None,
+        *,
+        max_bytes: int = 1 << 22,
+        val_fraction: float = 0.1,
+    ):
         """Reads ``paths`` (default: stdlib sources) in order up to ``max_bytes``; the last
         ``val_fraction`` of the bytes is the validation split."""
         max_bytes = integer("ByteLMDataset", "max_bytes", max_bytes, low=1)
-        val_fraction = real("ByteLMDataset", "val_fraction", val_fraction, low=0, high=1,
-                            low_open=True, high_open=True)
+        val_fraction = real(
+            "ByteLMDataset",
+            "val_fraction",
+            val_fraction,
+            low=0,
+            high=1,
+            low_open=True,
+            high_open=True,
+        )
         paths = list(paths) if paths is not None else stdlib_sources()
         chunks, total = [], 0
         for p in paths:
@@ -90,8 +102,10 @@ class ByteLMDataset:
         batch_size = integer("ByteLMDataset", "batch_size", batch_size, low=1)
         max_batches = integer("ByteLMDataset", "max_batches", max_batches, low=1)
         if len(self.val) <= seq_len + 1:
-            raise ValueError(f"ByteLMDataset: the val split ({len(self.val)} bytes) is shorter "
-                             f"than seq_len + 1 ({seq_len + 1})")
+            raise ValueError(
+                f"ByteLMDataset: the val split ({len(self.val)} bytes) is shorter "
+                f"than seq_len + 1 ({seq_len + 1})"
+            )
         loss_fn = CrossEntropyLoss(ops=model.ops)
         n = min(batch_size * max_batches, (len(self.val) - 1) // seq_len)
         starts = np.linspace(0, len(self.val) - seq_len - 1, n).astype(np.int64)
@@ -100,7 +114,7 @@ class ByteLMDataset:
         try:
             losses = []
             for s in range(0, n, batch_size):
-                idx = starts[s:s + batch_size, None] + np.arange(seq_len + 1)[None, :]
+                idx = starts[s : s + batch_size, None] + np.arange(seq_len + 1)[None, :]
                 w = self.val[idx].astype(np.int64)
                 logits = model(model.ops.asarray(w[:, :-1]))
                 losses.append(loss_fn(logits, w[:, 1:]) * len(idx))

@@ -54,8 +54,8 @@ class Task:
         for i, (x, y) in enumerate(examples):
             seq = [BOS, *x, SEP, *y, EOS]
             ids[i, : len(seq)] = seq
-            start = len(x) + 1                      # position of SEP: predicts y[0]
-            tgt[i, start:start + len(y) + 1] = [*y, EOS]
+            start = len(x) + 1  # position of SEP: predicts y[0]
+            tgt[i, start : start + len(y) + 1] = [*y, EOS]
         return ids[:, :-1], tgt
 
     def seq2seq_arrays(self, examples: List[Example]):
@@ -104,7 +104,7 @@ class Task:
         right = 0
         for (_lx, ly), group in by_len.items():
             for s in range(0, len(group), batch_size):
-                chunk = group[s:s + batch_size]
+                chunk = group[s : s + batch_size]
                 prompt = np.array([[BOS, *x, SEP] for x, _ in chunk], np.int64)
                 want = np.array([[*y, EOS] for _, y in chunk], np.int64)
                 got = np.asarray(greedy_complete(model, model.ops.asarray(prompt), n_new=ly + 1))
@@ -118,11 +118,18 @@ class Task:
         batch_size = self._eval_args(examples, batch_size)
         right = 0
         for s in range(0, len(examples), batch_size):
-            chunk = examples[s:s + batch_size]
+            chunk = examples[s : s + batch_size]
             arrays = self.seq2seq_arrays(chunk)
-            got = np.asarray(greedy_decode(model, model.ops.asarray(arrays["src"]), bos_id=BOS,
-                                           eos_id=EOS, max_len=self.max_tgt_len + 1,
-                                           src_key_padding_mask=model.ops.asarray(arrays["src_key_padding_mask"])))
+            got = np.asarray(
+                greedy_decode(
+                    model,
+                    model.ops.asarray(arrays["src"]),
+                    bos_id=BOS,
+                    eos_id=EOS,
+                    max_len=self.max_tgt_len + 1,
+                    src_key_padding_mask=model.ops.asarray(arrays["src_key_padding_mask"]),
+                )
+            )
             for row, (_, y) in zip(got, chunk):
                 want = [*y, EOS]
                 right += int(len(row) >= len(want) and list(row[: len(want)]) == want)
@@ -182,7 +189,7 @@ class AdditionTask(Task):
 
     def _pairs(self, n, rng, test: bool):
         n = integer("AdditionTask", "n", n, low=0)
-        hi = 10 ** self.n_digits
+        hi = 10**self.n_digits
         a, b = np.empty(0, np.int64), np.empty(0, np.int64)
         while len(a) < n:
             ca, cb = rng.integers(0, hi, 2 * n + 16), rng.integers(0, hi, 2 * n + 16)

@@ -57,8 +57,16 @@ class KVCache:
     ``layers``: the modules to hold states for, each with ``new_state(batch,
     capacity, dtype)``; ``cache.layer(i)`` is the slot to pass to ``layers[i]``."""
 
-    def __init__(self, ops, layers: Sequence, batch: int, capacity: int, *,
-                 pad: Optional[Sequence[int]] = None, dtype=np.float32):
+    def __init__(
+        self,
+        ops,
+        layers: Sequence,
+        batch: int,
+        capacity: int,
+        *,
+        pad: Optional[Sequence[int]] = None,
+        dtype=np.float32,
+    ):
         if batch < 1 or capacity < 1:
             raise ValueError(f"KVCache: batch and capacity must be >= 1, got {batch}, {capacity}")
         self.ops, self.batch, self.capacity, self.length = ops, batch, capacity, 0
@@ -67,12 +75,15 @@ class KVCache:
         if pad is not None:
             pad = np.asarray(pad, dtype=np.int64).reshape(-1)
             if pad.shape != (batch,) or (pad < 0).any() or (pad >= capacity).any():
-                raise ValueError(f"KVCache: pad must hold {batch} counts in [0, {capacity}), got {pad}")
+                raise ValueError(
+                    f"KVCache: pad must hold {batch} counts in [0, {capacity}), got {pad}"
+                )
             if pad.any():
                 self.pad = pad
                 self.mask = ops.xp.asarray(np.arange(capacity)[None, :] < pad[:, None])
-        self.layers: List[LayerCache] = [LayerCache(self, m.new_state(batch, capacity, dtype))
-                                         for m in layers]
+        self.layers: List[LayerCache] = [
+            LayerCache(self, m.new_state(batch, capacity, dtype)) for m in layers
+        ]
 
     def __len__(self) -> int:
         return self.length
@@ -98,8 +109,10 @@ class KVCache:
         return sum(_nbytes(c.state) for c in self.layers)
 
     def __repr__(self) -> str:
-        return (f"KVCache(layers={len(self.layers)}, batch={self.batch}, "
-                f"length={self.length}/{self.capacity}, {self.nbytes() / 2**20:.1f} MiB)")
+        return (
+            f"KVCache(layers={len(self.layers)}, batch={self.batch}, "
+            f"length={self.length}/{self.capacity}, {self.nbytes() / 2**20:.1f} MiB)"
+        )
 
 
 def _nbytes(state) -> int:

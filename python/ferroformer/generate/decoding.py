@@ -64,7 +64,7 @@ def left_pad(prompts, pad_id: int = 0):
     ids = np.full((len(rows), t), pad_id, dtype=np.int64)
     pad = np.zeros(len(rows), np.int64)
     for i, r in enumerate(rows):
-        ids[i, t - r.size:] = r
+        ids[i, t - r.size :] = r
         pad[i] = t - r.size
     return ids, pad
 
@@ -102,10 +102,21 @@ class _Picker:
         return self.out[:, : self.n]
 
 
-def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
-             top_k: Optional[int] = None, top_p: Optional[float] = None,
-             eos_id: Optional[int] = None, seed=None, use_cache: bool = True,
-             pad_id: int = 0, progress: bool = False, callback=None):
+def generate(
+    model,
+    prompts,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    eos_id: Optional[int] = None,
+    seed=None,
+    use_cache: bool = True,
+    pad_id: int = 0,
+    progress: bool = False,
+    callback=None,
+):
     """New tokens after each prompt, (B, n) int64 with n <= max_new_tokens.
     callback(ids (B,) int64) sees each step's tokens as they come (for streaming)."""
     if max_new_tokens < 1:
@@ -114,13 +125,25 @@ def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
     b, t = ids.shape
     vocab = int(model.config["vocab_size"])
     if ids.min() < 0 or ids.max() >= vocab:
-        raise IndexError(f"generate: prompt ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}")
+        raise IndexError(
+            f"generate: prompt ids must be in [0, {vocab}), got {ids.min()}..{ids.max()}"
+        )
     total = t + max_new_tokens - 1  # the last new token is never fed back
     if total > _max_len(model):
-        raise ValueError(f"generate: prompt length {t} + max_new_tokens {max_new_tokens} - 1 = "
-                         f"{total} positions exceed the model's max_seq_len {_max_len(model)}")
-    picker = _Picker(b, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eos_id=eos_id, seed=seed, callback=callback)
+        raise ValueError(
+            f"generate: prompt length {t} + max_new_tokens {max_new_tokens} - 1 = "
+            f"{total} positions exceed the model's max_seq_len {_max_len(model)}"
+        )
+    picker = _Picker(
+        b,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        seed=seed,
+        callback=callback,
+    )
     xp = model.ops.xp
     bar = _bar(progress, max_new_tokens)
     with _eval(model):
@@ -148,24 +171,45 @@ def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0,
     return picker.result()
 
 
-def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[int] = None,
-                     temperature: float = 0.0, top_k: Optional[int] = None,
-                     top_p: Optional[float] = None, seed=None, use_cache: bool = True,
-                     src_key_padding_mask=None, progress: bool = False, callback=None):
+def generate_seq2seq(
+    model,
+    src,
+    *,
+    max_len: int,
+    bos_id: int,
+    eos_id: Optional[int] = None,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seed=None,
+    use_cache: bool = True,
+    src_key_padding_mask=None,
+    progress: bool = False,
+    callback=None,
+):
     """Target tokens after BOS for each source row, (B, n) int64 with n <= max_len;
     callback(ids (B,)) sees each step's tokens as they come."""
     if max_len < 1:
         raise ValueError(f"generate: max_len must be >= 1, got {max_len}")
     if max_len > _max_len(model):  # BOS and all but the last new token are fed
-        raise ValueError(f"generate: max_len {max_len} exceeds the model's max_seq_len "
-                         f"{_max_len(model)}")
+        raise ValueError(
+            f"generate: max_len {max_len} exceeds the model's max_seq_len {_max_len(model)}"
+        )
     xp = model.ops.xp
     src = xp.asarray(src)
     if src.ndim != 2:
         raise ValueError(f"generate: src must be (B, Ts) token ids, got shape {tuple(src.shape)}")
     b = src.shape[0]
-    picker = _Picker(b, max_len, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eos_id=eos_id, seed=seed, callback=callback)
+    picker = _Picker(
+        b,
+        max_len,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        seed=seed,
+        callback=callback,
+    )
     bar = _bar(progress, max_len)
     with _eval(model):
         mask = model.source_mask(src, src_key_padding_mask)
@@ -175,7 +219,9 @@ def generate_seq2seq(model, src, *, max_len: int, bos_id: int, eos_id: Optional[
         step_in = tgt
         for _ in range(max_len):
             if use_cache:
-                logits = model.decode(xp.asarray(step_in), memory, mask, cache=cache, last_only=True)
+                logits = model.decode(
+                    xp.asarray(step_in), memory, mask, cache=cache, last_only=True
+                )
             else:
                 logits = model.decode(xp.asarray(tgt), memory, mask, last_only=True)
             nxt, finished = picker.pick(logits[:, -1])
@@ -198,15 +244,21 @@ def score(model, prompt_ids, target_ids):
     """Teacher-forced log-probabilities (B, Tt) float64 of target_ids (B, Tt) following
     prompt_ids (B, Tp): entry [b, i] is log p(target[b, i] | prompt[b], target[b, :i])."""
     prompt, target = to_host(prompt_ids), to_host(target_ids)
-    if prompt.ndim != 2 or target.ndim != 2 or prompt.shape[0] != target.shape[0] \
-            or prompt.shape[1] == 0:
-        raise ValueError(f"score: need prompt (B, Tp >= 1) and target (B, Tt) ids, got "
-                         f"{prompt.shape} and {target.shape}")
+    if (
+        prompt.ndim != 2
+        or target.ndim != 2
+        or prompt.shape[0] != target.shape[0]
+        or prompt.shape[1] == 0
+    ):
+        raise ValueError(
+            f"score: need prompt (B, Tp >= 1) and target (B, Tt) ids, got "
+            f"{prompt.shape} and {target.shape}"
+        )
     seq = np.concatenate([prompt, target], axis=1).astype(np.int64)
     with _eval(model):
         logits = model(model.ops.xp.asarray(seq[:, :-1]))
     tp = prompt.shape[1]
-    lp = _log_softmax(logits[:, tp - 1:])
+    lp = _log_softmax(logits[:, tp - 1 :])
     return np.take_along_axis(lp, target[..., None].astype(np.int64), axis=-1)[..., 0]
 
 

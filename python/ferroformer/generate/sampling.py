@@ -42,8 +42,14 @@ def filter_logits(logits, top_k: Optional[int] = None, top_p: Optional[float] = 
     return z
 
 
-def sample_next(logits, *, temperature: float = 1.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, rng: Optional[np.random.Generator] = None):
+def sample_next(
+    logits,
+    *,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    rng: Optional[np.random.Generator] = None,
+):
     """logits (B, V) → next token ids (B,) int64. ``temperature == 0`` is greedy."""
     logits = np.asarray(logits)
     if temperature == 0:

@@ -17,12 +17,12 @@ from .transformer import Transformer
 MODELS = {cls.__name__: cls for cls in (Transformer, GPT, BERT, Llama)}
 
 __all__ = [
-           "BERT",
-           "GPT",
-           "MODELS",
-           "Llama",
-           "Model",
-           "Transformer",
-           "greedy_complete",
-           "greedy_decode",
+    "BERT",
+    "GPT",
+    "MODELS",
+    "Llama",
+    "Model",
+    "Transformer",
+    "greedy_complete",
+    "greedy_decode",
 ]

@@ -26,8 +26,11 @@ class Model(Module):
 
     def _setup(self, config: dict, backend, dtype) -> None:
         """Records the constructor arguments; called first by each model's __init__."""
-        self.config = {k: v for k, v in config.items()
-                       if k not in ("self", "backend", "dtype", "rng", "__class__")}
+        self.config = {
+            k: v
+            for k, v in config.items()
+            if k not in ("self", "backend", "dtype", "rng", "__class__")
+        }
         self._backend_request = backend
         self._dtype = np.dtype(dtype)
 
@@ -55,7 +58,11 @@ class Model(Module):
         for k, v in config.items():
             if not isinstance(v, _CONFIG_TYPES):
                 raise ValueError(f"{cls.__name__} config {k!r} has type {type(v).__name__}")
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (-_LIMIT <= v <= _LIMIT):
+            if (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and not (-_LIMIT <= v <= _LIMIT)
+            ):
                 raise ValueError(f"{cls.__name__} config {k!r} = {v} is out of range")
         return config
 
@@ -67,10 +74,13 @@ class Model(Module):
 
         unknown = sorted(set(factories) - set(DEFAULTS))
         if unknown:
-            raise TypeError(f"{cls.__name__}.from_config: unknown arguments {unknown}; "
-                            f"the layer factories are {sorted(DEFAULTS)}")
-        return cls(**cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng,
-                   **factories)
+            raise TypeError(
+                f"{cls.__name__}.from_config: unknown arguments {unknown}; "
+                f"the layer factories are {sorted(DEFAULTS)}"
+            )
+        return cls(
+            **cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng, **factories
+        )
 
 
 class CausalLM:
@@ -93,9 +103,21 @@ class CausalLM:
 
         return new_cache(self, list(self.blocks), batch, capacity, pad)
 
-    def generate(self, prompt_ids, max_new_tokens: int = 32, *, temperature: float = 0.0,
-                 top_k=None, top_p=None, eos_id=None, seed=None, use_cache: bool = True,
-                 pad_id: int = 0, progress: bool = False, callback=None):
+    def generate(
+        self,
+        prompt_ids,
+        max_new_tokens: int = 32,
+        *,
+        temperature: float = 0.0,
+        top_k=None,
+        top_p=None,
+        eos_id=None,
+        seed=None,
+        use_cache: bool = True,
+        pad_id: int = 0,
+        progress: bool = False,
+        callback=None,
+    ):
         """New tokens (B, n <= max_new_tokens) int64 after each prompt: prompt_ids is a
         (B, T) int array or a list of 1-D sequences of different lengths. Greedy at
         temperature 0, else sampled (top-k, top-p) from a generator seeded by seed;
@@ -103,9 +125,20 @@ class CausalLM:
         step's tokens as they come (streaming)."""
         from ..generate.decoding import generate
 
-        return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_k=top_k, top_p=top_p, eos_id=eos_id, seed=seed, use_cache=use_cache,
-                        pad_id=pad_id, progress=progress, callback=callback)
+        return generate(
+            self,
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=eos_id,
+            seed=seed,
+            use_cache=use_cache,
+            pad_id=pad_id,
+            progress=progress,
+            callback=callback,
+        )
 
     def score(self, prompt_ids, target_ids):
         """Teacher-forced log p of each target token, (B, Tt) float64."""
@@ -114,8 +147,13 @@ class CausalLM:
         return score(self, prompt_ids, target_ids)
 
 
-def init_gpt_style(model: Module, n_layers: int, rng, std: float = 0.02,
-                   residual_names=("attn.proj.weight", "ff.fc2.weight")) -> None:
+def init_gpt_style(
+    model: Module,
+    n_layers: int,
+    rng,
+    std: float = 0.02,
+    residual_names=("attn.proj.weight", "ff.fc2.weight"),
+) -> None:
     """The weights of the model's ``nn.Linear`` layers N(0, std); projections into the
     residual stream N(0, std/sqrt(2 L)). Everything else keeps its own initialisation:
     norms, embeddings (a head tied to one included) and the parameters a ``linear=``,

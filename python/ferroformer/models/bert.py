@@ -47,11 +47,27 @@ from .base import Model, init_gpt_style
 
 
 class BERT(Model):
-    def __init__(self, vocab_size: int, max_seq_len: int = 512, d_model: int = 768,
-                 n_heads: int = 12, n_layers: int = 12, d_ff=None, n_segments: int = 2,
-                 dropout: float = 0.1, checkpoint: bool = False, norm_eps: float = 1e-12,
-                 gelu_approximate: str = "tanh", *, linear=make_linear, ff=make_feed_forward,
-                 mixer=make_self_attention, backend=None, dtype=np.float32, rng=None):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int = 512,
+        d_model: int = 768,
+        n_heads: int = 12,
+        n_layers: int = 12,
+        d_ff=None,
+        n_segments: int = 2,
+        dropout: float = 0.1,
+        checkpoint: bool = False,
+        norm_eps: float = 1e-12,
+        gelu_approximate: str = "tanh",
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
+    ):
         super().__init__()
         config, self.factories = split_factories("BERT", dict(locals()))
         self._setup(config, backend, dtype)
@@ -63,14 +79,31 @@ class BERT(Model):
         self.emb_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
         self.emb_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.blocks = ModuleList(
-            EncoderBlock(d_model, n_heads, d_ff, dropout=dropout, norm_first=False, norm_eps=norm_eps,
-                         activation="gelu", gelu_approximate=gelu_approximate,
-                         checkpoint=checkpoint, layer=i, name=f"blocks.{i}", linear=linear, ff=ff,
-                         mixer=mixer, rng=rng, dtype=dtype)
-            for i in range(n_layers))
+            EncoderBlock(
+                d_model,
+                n_heads,
+                d_ff,
+                dropout=dropout,
+                norm_first=False,
+                norm_eps=norm_eps,
+                activation="gelu",
+                gelu_approximate=gelu_approximate,
+                checkpoint=checkpoint,
+                layer=i,
+                name=f"blocks.{i}",
+                linear=linear,
+                ff=ff,
+                mixer=mixer,
+                rng=rng,
+                dtype=dtype,
+            )
+            for i in range(n_layers)
+        )
         self.head_dense = linear(d_model, d_model, True, rng=rng, dtype=dtype, name="head_dense")
         self.head_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
-        self.decoder = Linear(d_model, vocab_size, weight=np.zeros((vocab_size, d_model)), dtype=dtype)
+        self.decoder = Linear(
+            d_model, vocab_size, weight=np.zeros((vocab_size, d_model)), dtype=dtype
+        )
         self.decoder.weight = self.tok_emb.weight
         self.gelu_approximate = gelu_approximate
         init_gpt_style(self, n_layers, rng, residual_names=())
@@ -100,7 +133,9 @@ class BERT(Model):
     def backward(self, dlogits):
         h = self.take_cache()
         da = self.head_ln.backward(self.decoder.backward(dlogits))
-        dx = self.head_dense.backward(self.ops.gelu_backward(da, h, approximate=self.gelu_approximate))
+        dx = self.head_dense.backward(
+            self.ops.gelu_backward(da, h, approximate=self.gelu_approximate)
+        )
         for blk in reversed(self.blocks._list):
             dx = blk.backward(dx)
         dx = self.emb_ln.backward(self.emb_drop.backward(dx))

@@ -43,11 +43,25 @@ from .base import CausalLM, Model, init_gpt_style
 
 
 class GPT(CausalLM, Model):
-    def __init__(self, vocab_size: int, max_seq_len: int = 1024, d_model: int = 768,
-                 n_heads: int = 12, n_layers: int = 12, d_ff=None, dropout: float = 0.0,
-                 bias: bool = True, checkpoint: bool = False, *, linear=make_linear,
-                 ff=make_feed_forward, mixer=make_self_attention, backend=None,
-                 dtype=np.float32, rng=None):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int = 1024,
+        d_model: int = 768,
+        n_heads: int = 12,
+        n_layers: int = 12,
+        d_ff=None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        checkpoint: bool = False,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
+    ):
         super().__init__()
         config, self.factories = split_factories("GPT", dict(locals()))
         self._setup(config, backend, dtype)
@@ -57,14 +71,29 @@ class GPT(CausalLM, Model):
         self.wpe = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
         self.drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.blocks = ModuleList(
-            DecoderBlock(d_model, n_heads, d_ff, cross_attention=False, dropout=dropout,
-                         activation="gelu", bias=bias, checkpoint=checkpoint, layer=i,
-                         name=f"blocks.{i}", linear=linear, ff=ff, mixer=mixer, rng=rng,
-                         dtype=dtype)
-            for i in range(n_layers))
+            DecoderBlock(
+                d_model,
+                n_heads,
+                d_ff,
+                cross_attention=False,
+                dropout=dropout,
+                activation="gelu",
+                bias=bias,
+                checkpoint=checkpoint,
+                layer=i,
+                name=f"blocks.{i}",
+                linear=linear,
+                ff=ff,
+                mixer=mixer,
+                rng=rng,
+                dtype=dtype,
+            )
+            for i in range(n_layers)
+        )
         self.ln_f = LayerNorm(d_model, dtype=dtype)
-        self.head = Linear(d_model, vocab_size, bias=False, weight=np.zeros((vocab_size, d_model)),
-                           dtype=dtype)
+        self.head = Linear(
+            d_model, vocab_size, bias=False, weight=np.zeros((vocab_size, d_model)), dtype=dtype
+        )
         self.head.weight = self.wte.weight
         init_gpt_style(self, n_layers, rng)
         self._finish()

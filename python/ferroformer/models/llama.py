@@ -43,11 +43,27 @@ from .base import CausalLM, Model, init_gpt_style
 
 
 class Llama(CausalLM, Model):
-    def __init__(self, vocab_size: int, max_seq_len: int = 2048, d_model: int = 512,
-                 n_heads: int = 8, n_kv_heads=None, n_layers: int = 8, d_ff=None,
-                 rope_base: float = 10000.0, norm_eps: float = 1e-6, tie_embeddings: bool = False,
-                 checkpoint: bool = False, *, linear=make_linear, ff=make_feed_forward,
-                 mixer=make_self_attention, backend=None, dtype=np.float32, rng=None):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int = 2048,
+        d_model: int = 512,
+        n_heads: int = 8,
+        n_kv_heads=None,
+        n_layers: int = 8,
+        d_ff=None,
+        rope_base: float = 10000.0,
+        norm_eps: float = 1e-6,
+        tie_embeddings: bool = False,
+        checkpoint: bool = False,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
+    ):
         super().__init__()
         config, self.factories = split_factories("Llama", dict(locals()))
         self._setup(config, backend, dtype)
@@ -57,11 +73,28 @@ class Llama(CausalLM, Model):
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.rope = RotaryEmbedding(d_model // n_heads, max_seq_len, rope_base, dtype=dtype)
         self.blocks = ModuleList(
-            DecoderBlock(d_model, n_heads, d_ff, cross_attention=False, n_kv_heads=n_kv_heads,
-                         norm="rms", norm_eps=norm_eps, activation="swiglu", bias=False,
-                         rope=self.rope, checkpoint=checkpoint, layer=i, name=f"blocks.{i}",
-                         linear=linear, ff=ff, mixer=mixer, rng=rng, dtype=dtype)
-            for i in range(n_layers))
+            DecoderBlock(
+                d_model,
+                n_heads,
+                d_ff,
+                cross_attention=False,
+                n_kv_heads=n_kv_heads,
+                norm="rms",
+                norm_eps=norm_eps,
+                activation="swiglu",
+                bias=False,
+                rope=self.rope,
+                checkpoint=checkpoint,
+                layer=i,
+                name=f"blocks.{i}",
+                linear=linear,
+                ff=ff,
+                mixer=mixer,
+                rng=rng,
+                dtype=dtype,
+            )
+            for i in range(n_layers)
+        )
         self.norm = RMSNorm(d_model, norm_eps, dtype=dtype)
         if tie_embeddings:  # drawn like an untied head, so that the rest of the weights agree
             self.lm_head = Linear(d_model, vocab_size, bias=False, rng=rng, dtype=dtype)

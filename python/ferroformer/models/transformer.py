@@ -51,13 +51,30 @@ from .base import Model
 
 
 class Transformer(Model):
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512,
-                 n_heads: int = 8, n_encoder_layers: int = 6, n_decoder_layers: int = 6,
-                 d_ff: int = 2048, dropout: float = 0.1, max_seq_len: int = 512,
-                 norm_first: bool = False, activation: str = "relu", tie_embeddings: bool = True,
-                 pad_id=None, checkpoint: bool = False, *, linear=make_linear,
-                 ff=make_feed_forward, mixer=make_self_attention, backend=None, dtype=np.float32,
-                 rng=None):
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        d_model: int = 512,
+        n_heads: int = 8,
+        n_encoder_layers: int = 6,
+        n_decoder_layers: int = 6,
+        d_ff: int = 2048,
+        dropout: float = 0.1,
+        max_seq_len: int = 512,
+        norm_first: bool = False,
+        activation: str = "relu",
+        tie_embeddings: bool = True,
+        pad_id=None,
+        checkpoint: bool = False,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
+    ):
         super().__init__()
         config, self.factories = split_factories("Transformer", dict(locals()))
         self._setup(config, backend, dtype)
@@ -69,19 +86,34 @@ class Transformer(Model):
         self.pe = SinusoidalPositionalEncoding(d_model, max_seq_len, dtype=dtype)
         self.src_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
         self.tgt_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
-        kw = dict(dropout=dropout, norm_first=norm_first, activation=activation,
-                  checkpoint=checkpoint, linear=linear, ff=ff, mixer=mixer, dtype=dtype)
-        self.encoder = ModuleList(EncoderBlock(d_model, n_heads, d_ff, layer=i, name=f"encoder.{i}",
-                                               rng=rng, **kw)
-                                  for i in range(n_encoder_layers))
-        self.decoder = ModuleList(DecoderBlock(d_model, n_heads, d_ff, layer=i, name=f"decoder.{i}",
-                                               rng=rng, **kw)
-                                  for i in range(n_decoder_layers))
+        kw = dict(
+            dropout=dropout,
+            norm_first=norm_first,
+            activation=activation,
+            checkpoint=checkpoint,
+            linear=linear,
+            ff=ff,
+            mixer=mixer,
+            dtype=dtype,
+        )
+        self.encoder = ModuleList(
+            EncoderBlock(d_model, n_heads, d_ff, layer=i, name=f"encoder.{i}", rng=rng, **kw)
+            for i in range(n_encoder_layers)
+        )
+        self.decoder = ModuleList(
+            DecoderBlock(d_model, n_heads, d_ff, layer=i, name=f"decoder.{i}", rng=rng, **kw)
+            for i in range(n_decoder_layers)
+        )
         self.enc_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
         self.dec_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
         if tie_embeddings:
-            self.head = Linear(d_model, tgt_vocab_size, bias=False,
-                               weight=np.zeros((tgt_vocab_size, d_model)), dtype=dtype)
+            self.head = Linear(
+                d_model,
+                tgt_vocab_size,
+                bias=False,
+                weight=np.zeros((tgt_vocab_size, d_model)),
+                dtype=dtype,
+            )
             self.head.weight = self.tgt_emb.weight
         else:
             self.head = linear(d_model, tgt_vocab_size, False, rng=rng, dtype=dtype, name="head")
@@ -101,8 +133,16 @@ class Transformer(Model):
             x = blk(x, key_padding_mask=mask)
         return x if self.enc_norm is None else self.enc_norm(x)
 
-    def decode(self, tgt, memory, src_key_padding_mask=None, src=None, offset: int = 0,
-               cache=None, last_only: bool = False):
+    def decode(
+        self,
+        tgt,
+        memory,
+        src_key_padding_mask=None,
+        src=None,
+        offset: int = 0,
+        cache=None,
+        last_only: bool = False,
+    ):
         """tgt (B, Tt) int, memory (B, Ts, C) -> logits (B, Tt, Vt). Pass ``src`` (or the
         mask) so that padded source positions stay masked. cache: a ``KVCache`` from
         ``new_cache`` (decoding: tgt holds only the new tokens; the cross-attention keys
@@ -113,8 +153,13 @@ class Transformer(Model):
             offset = cache.length
         y = self.tgt_drop(self.pe(self.tgt_emb(tgt), offset))
         for i, blk in enumerate(self.decoder):
-            y = blk(y, memory=memory, memory_key_padding_mask=mask, offset=offset,
-                    cache=None if cache is None else cache.layer(i))
+            y = blk(
+                y,
+                memory=memory,
+                memory_key_padding_mask=mask,
+                offset=offset,
+                cache=None if cache is None else cache.layer(i),
+            )
         if cache is not None:
             cache.advance(tgt.shape[1])
         if last_only:
@@ -130,25 +175,49 @@ class Transformer(Model):
 
         return new_cache(self, list(self.decoder), batch, capacity)
 
-    def generate(self, src, max_len: int = 32, *, bos_id: int, eos_id=None,
-                 temperature: float = 0.0, top_k=None, top_p=None, seed=None,
-                 use_cache: bool = True, src_key_padding_mask=None, progress: bool = False,
-                 callback=None):
+    def generate(
+        self,
+        src,
+        max_len: int = 32,
+        *,
+        bos_id: int,
+        eos_id=None,
+        temperature: float = 0.0,
+        top_k=None,
+        top_p=None,
+        seed=None,
+        use_cache: bool = True,
+        src_key_padding_mask=None,
+        progress: bool = False,
+        callback=None,
+    ):
         """Target tokens after BOS, (B, n <= max_len) int64; rows stop at eos_id (filled
         with it after). Greedy at temperature 0, else seeded top-k / top-p sampling."""
         from ..generate.decoding import generate_seq2seq
 
-        return generate_seq2seq(self, src, max_len=max_len, bos_id=bos_id, eos_id=eos_id,
-                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                use_cache=use_cache, src_key_padding_mask=src_key_padding_mask,
-                                progress=progress, callback=callback)
+        return generate_seq2seq(
+            self,
+            src,
+            max_len=max_len,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=use_cache,
+            src_key_padding_mask=src_key_padding_mask,
+            progress=progress,
+            callback=callback,
+        )
 
     def score(self, src, tgt, *, bos_id: int, src_key_padding_mask=None):
         """Teacher-forced log p(tgt[:, i] | src, BOS, tgt[:, :i]), (B, Tt) float64."""
         from ..generate.decoding import score_seq2seq
 
-        return score_seq2seq(self, src, tgt, bos_id=bos_id,
-                             src_key_padding_mask=src_key_padding_mask)
+        return score_seq2seq(
+            self, src, tgt, bos_id=bos_id, src_key_padding_mask=src_key_padding_mask
+        )
 
     def forward(self, src, tgt, src_key_padding_mask=None):
         """src (B, Ts), tgt (B, Tt) int; src_key_padding_mask (B, Ts) bool -> (B, Tt, Vt)."""

@@ -31,10 +31,43 @@ from .positional import (
 )
 
 __all__ = [
-    "AttentionState", "CrossAttentionState", "DecoderBlock", "Dropout", "Embedding",
-    "EncoderBlock", "FeedForward", "LayerNorm", "LearnedPositionalEmbedding", "Linear", "Module",
-    "ModuleList", "MultiHeadAttention", "Parameter", "RMSNorm", "RotaryEmbedding",
-    "SinusoidalPositionalEncoding", "TransformerBlock", "alibi_bias", "alibi_slopes", "init",
-    "make_feed_forward", "make_linear", "make_self_attention", "rope_tables", "scoped",
+    "AttentionState",
+    "CrossAttentionState",
+    "DecoderBlock",
+    "Dropout",
+    "Embedding",
+    "EncoderBlock",
+    "FeedForward",
+    "LayerNorm",
+    "LearnedPositionalEmbedding",
+    "Linear",
+    "Module",
+    "ModuleList",
+    "MultiHeadAttention",
+    "Parameter",
+    "QuantizedEmbedding",
+    "QuantizedLinear",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "TransformerBlock",
+    "alibi_bias",
+    "alibi_slopes",
+    "init",
+    "make_feed_forward",
+    "make_linear",
+    "make_self_attention",
+    "rope_tables",
+    "scoped",
     "sinusoidal_table",
 ]
+
+
+def __getattr__(name):
+    # the quantized layers live in ferroformer.quant (which imports the models, which
+    # import nn): loaded on first use
+    if name in ("QuantizedLinear", "QuantizedEmbedding"):
+        from ..quant import layers
+
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

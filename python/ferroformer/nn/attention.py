@@ -79,16 +79,32 @@ class CrossAttentionState:
 
 
 class MultiHeadAttention(Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads=None, *, causal: bool = False,
-                 cross: bool = False, bias: bool = True, rope: RotaryEmbedding = None,
-                 alibi: bool = False, rng=None, dtype=np.float32, linear=make_linear):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads=None,
+        *,
+        causal: bool = False,
+        cross: bool = False,
+        bias: bool = True,
+        rope: RotaryEmbedding = None,
+        alibi: bool = False,
+        rng=None,
+        dtype=np.float32,
+        linear=make_linear,
+    ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if d_model % n_heads:
-            raise ValueError(f"MultiHeadAttention: d_model {d_model} is not divisible by n_heads {n_heads}")
+            raise ValueError(
+                f"MultiHeadAttention: d_model {d_model} is not divisible by n_heads {n_heads}"
+            )
         if n_heads % n_kv_heads:
-            raise ValueError(f"MultiHeadAttention: n_heads {n_heads} is not a multiple of "
-                             f"n_kv_heads {n_kv_heads}")
+            raise ValueError(
+                f"MultiHeadAttention: n_heads {n_heads} is not a multiple of "
+                f"n_kv_heads {n_kv_heads}"
+            )
         if rope is not None and alibi:
             raise ValueError("MultiHeadAttention: choose RoPE or ALiBi, not both")
         rng = np.random.default_rng(rng)
@@ -99,8 +115,9 @@ class MultiHeadAttention(Module):
             self.q = linear(d_model, n_heads * d, bias, rng=rng, dtype=dtype, name="q")
             self.kv = linear(d_model, 2 * n_kv_heads * d, bias, rng=rng, dtype=dtype, name="kv")
         else:
-            self.qkv = linear(d_model, (n_heads + 2 * n_kv_heads) * d, bias, rng=rng, dtype=dtype,
-                              name="qkv")
+            self.qkv = linear(
+                d_model, (n_heads + 2 * n_kv_heads) * d, bias, rng=rng, dtype=dtype, name="qkv"
+            )
         self.proj = linear(n_heads * d, d_model, bias, rng=rng, dtype=dtype, name="proj")
         self.rope = rope
         if alibi:
@@ -112,7 +129,9 @@ class MultiHeadAttention(Module):
     # -- layout: (B, T, h D) <-> (B, h, T, D), one copy each way ----------------
     def _heads(self, x, h):
         b, t = x.shape[0], x.shape[1]
-        return self.ops.xp.ascontiguousarray(x.reshape(b, t, h, self.head_dim).transpose(0, 2, 1, 3))
+        return self.ops.xp.ascontiguousarray(
+            x.reshape(b, t, h, self.head_dim).transpose(0, 2, 1, 3)
+        )
 
     def _merge(self, x):
         b, h, t, d = x.shape
@@ -120,7 +139,7 @@ class MultiHeadAttention(Module):
 
     def _put_heads(self, out4, start, g):
         """Writes g (B, h, T, D) into out4 (B, T, heads, D) at heads [start, start + h)."""
-        out4[:, :, start:start + g.shape[1]] = g.transpose(0, 2, 1, 3)
+        out4[:, :, start : start + g.shape[1]] = g.transpose(0, 2, 1, 3)
 
     # -- forward / backward ----------------------------------------------------
     def forward(self, x, memory=None, key_padding_mask=None, offset: int = 0, cache=None):
@@ -137,20 +156,21 @@ class MultiHeadAttention(Module):
                 raise ValueError("MultiHeadAttention(cross=True) needs memory")
             q = self._heads(self.q(x), h)
             kv = self.kv(memory)
-            k, v = self._heads(kv[..., : hkv * d], hkv), self._heads(kv[..., hkv * d:], hkv)
+            k, v = self._heads(kv[..., : hkv * d], hkv), self._heads(kv[..., hkv * d :], hkv)
         else:
             qkv = self.qkv(x)
             q = self._heads(qkv[..., : h * d], h)
-            k = self._heads(qkv[..., h * d:(h + hkv) * d], hkv)
-            v = self._heads(qkv[..., (h + hkv) * d:], hkv)
+            k = self._heads(qkv[..., h * d : (h + hkv) * d], hkv)
+            v = self._heads(qkv[..., (h + hkv) * d :], hkv)
         if self.rope is not None:
             q = self.rope.forward(q, offset)
             k = self.rope.forward(k, offset)
         if self.alibi:
             o, extra = self._unfused_forward(q, k, v, key_padding_mask)
         else:
-            o, extra = self.ops.attention_forward(q, k, v, causal=self.causal,
-                                                  key_padding_mask=key_padding_mask)
+            o, extra = self.ops.attention_forward(
+                q, k, v, causal=self.causal, key_padding_mask=key_padding_mask
+            )
         if self.keep_weights:
             self.weights = self._weights(q, k, key_padding_mask)
         if self.training:
@@ -178,7 +198,7 @@ class MultiHeadAttention(Module):
                     raise ValueError("MultiHeadAttention(cross=True) needs memory")
                 kv = self.kv(memory)
                 state.k = self._heads(kv[..., : hkv * d], hkv)
-                state.v = self._heads(kv[..., hkv * d:], hkv)
+                state.v = self._heads(kv[..., hkv * d :], hkv)
             q, k, v = self._heads(self.q(x), h), state.k, state.v
             if self.keep_weights:
                 self.weights = self._weights(q, k, key_padding_mask)
@@ -188,8 +208,8 @@ class MultiHeadAttention(Module):
         start = rows.length
         qkv = self.qkv(x)
         q = self._heads(qkv[..., : h * d], h)
-        k = qkv[..., h * d:(h + hkv) * d].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
-        v = qkv[..., (h + hkv) * d:].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
+        k = qkv[..., h * d : (h + hkv) * d].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
+        v = qkv[..., (h + hkv) * d :].reshape(b, t, hkv, d).transpose(0, 2, 1, 3)
         if self.rope is not None:
             positions = rows.positions(t)
             q = self.rope.forward(q, start, positions=positions)
@@ -203,8 +223,9 @@ class MultiHeadAttention(Module):
                 self.weights = to_host(p).astype(np.float32, copy=False)
             if self.alibi:
                 return self.proj(self._merge(self.ops.matmul(p, self._repeat_kv(vs))))
-        o, _ = self.ops.attention_forward(q, state.k, state.v, causal=self.causal,
-                                          key_padding_mask=rows.mask, kv_len=end)
+        o, _ = self.ops.attention_forward(
+            q, state.k, state.v, causal=self.causal, key_padding_mask=rows.mask, kv_len=end
+        )
         return self.proj(self._merge(o))
 
     def backward(self, dy):
@@ -215,8 +236,9 @@ class MultiHeadAttention(Module):
         if self.alibi:
             dq, dk, dv = self._unfused_backward(do, q, k, v, extra)
         else:
-            dq, dk, dv = self.ops.attention_backward(do, q, k, v, o, extra, causal=self.causal,
-                                                     key_padding_mask=mask)
+            dq, dk, dv = self.ops.attention_backward(
+                do, q, k, v, o, extra, causal=self.causal, key_padding_mask=mask
+            )
         if self.rope is not None:
             dq = self.rope.backward(dq, offset)
             dk = self.rope.backward(dk, offset)
@@ -282,14 +304,37 @@ class MultiHeadAttention(Module):
         return dq, self._sum_kv(dk), self._sum_kv(dv)
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"causal={self.causal}, cross={self.cross}, alibi={self.alibi}")
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"causal={self.causal}, cross={self.cross}, alibi={self.alibi}"
+        )
 
 
-def make_self_attention(layer: int, d_model: int, n_heads: int, *, n_kv_heads=None,
-                        causal: bool = False, bias: bool = True, rope: RotaryEmbedding = None,
-                        alibi: bool = False, rng=None, dtype=np.float32, linear=make_linear,
-                        name: str = "") -> MultiHeadAttention:
+def make_self_attention(
+    layer: int,
+    d_model: int,
+    n_heads: int,
+    *,
+    n_kv_heads=None,
+    causal: bool = False,
+    bias: bool = True,
+    rope: RotaryEmbedding = None,
+    alibi: bool = False,
+    rng=None,
+    dtype=np.float32,
+    linear=make_linear,
+    name: str = "",
+) -> MultiHeadAttention:
     """The default ``mixer=`` factory: multi-head self-attention in every block."""
-    return MultiHeadAttention(d_model, n_heads, n_kv_heads, causal=causal, bias=bias, rope=rope,
-                              alibi=alibi, rng=rng, dtype=dtype, linear=linear)
+    return MultiHeadAttention(
+        d_model,
+        n_heads,
+        n_kv_heads,
+        causal=causal,
+        bias=bias,
+        rope=rope,
+        alibi=alibi,
+        rng=rng,
+        dtype=dtype,
+        linear=linear,
+    )

@@ -57,13 +57,33 @@ from .norm import make_norm
 
 
 class TransformerBlock(Module):
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, n_kv_heads=None,
-                 dropout: float = 0.0, causal: bool = False, cross_attention: bool = False,
-                 norm_first: bool = True, norm: str = "layer", norm_eps=None,
-                 activation: str = "gelu", gelu_approximate: str = "tanh", bias: bool = True,
-                 rope=None, alibi: bool = False, checkpoint: bool = False, layer: int = 0,
-                 name: str = "", linear=make_linear, ff=make_feed_forward,
-                 mixer=make_self_attention, rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        *,
+        n_kv_heads=None,
+        dropout: float = 0.0,
+        causal: bool = False,
+        cross_attention: bool = False,
+        norm_first: bool = True,
+        norm: str = "layer",
+        norm_eps=None,
+        activation: str = "gelu",
+        gelu_approximate: str = "tanh",
+        bias: bool = True,
+        rope=None,
+        alibi: bool = False,
+        checkpoint: bool = False,
+        layer: int = 0,
+        name: str = "",
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        rng=None,
+        dtype=np.float32,
+    ):
         """layer: the block's index in its stack, name: its dotted name in the model,
         both only passed on to the factories (see the module docstring)."""
         super().__init__()
@@ -76,20 +96,47 @@ class TransformerBlock(Module):
             return Dropout(dropout, rng=int(rng.integers(2**63)))
 
         self.ln1 = make_norm(norm, d_model, norm_eps, dtype)
-        self.attn = mixer(layer, d_model, n_heads, n_kv_heads=n_kv_heads, causal=causal,
-                          bias=bias, rope=rope, alibi=alibi, rng=rng, dtype=dtype,
-                          linear=scoped(linear, prefix + "attn."), name=prefix + "attn")
+        self.attn = mixer(
+            layer,
+            d_model,
+            n_heads,
+            n_kv_heads=n_kv_heads,
+            causal=causal,
+            bias=bias,
+            rope=rope,
+            alibi=alibi,
+            rng=rng,
+            dtype=dtype,
+            linear=scoped(linear, prefix + "attn."),
+            name=prefix + "attn",
+        )
         self.drop1 = drop()
         if cross_attention:
             self.ln_cross = make_norm(norm, d_model, norm_eps, dtype)
-            self.cross_attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, cross=True,
-                                                 bias=bias, rng=rng, dtype=dtype,
-                                                 linear=scoped(linear, prefix + "cross_attn."))
+            self.cross_attn = MultiHeadAttention(
+                d_model,
+                n_heads,
+                n_kv_heads,
+                cross=True,
+                bias=bias,
+                rng=rng,
+                dtype=dtype,
+                linear=scoped(linear, prefix + "cross_attn."),
+            )
             self.drop_cross = drop()
         self.ln2 = make_norm(norm, d_model, norm_eps, dtype)
-        self.ff = ff(layer, d_model, d_ff, activation=activation, bias=bias,
-                     gelu_approximate=gelu_approximate, rng=rng, dtype=dtype,
-                     linear=scoped(linear, prefix + "ff."), name=prefix + "ff")
+        self.ff = ff(
+            layer,
+            d_model,
+            d_ff,
+            activation=activation,
+            bias=bias,
+            gelu_approximate=gelu_approximate,
+            rng=rng,
+            dtype=dtype,
+            linear=scoped(linear, prefix + "ff."),
+            name=prefix + "ff",
+        )
         self.drop2 = drop()
 
     def new_state(self, batch: int, capacity: int, dtype=np.float32) -> tuple:
@@ -126,16 +173,36 @@ class TransformerBlock(Module):
     # -- the block ------------------------------------------------------------------
     def _forward(self, x, memory, key_padding_mask, memory_key_padding_mask, offset, cache=None):
         parts = (None, None) if cache is None else cache.parts()
-        x = self._sub_forward(self.ln1, self.attn, self.drop1, x,
-                              key_padding_mask=key_padding_mask, offset=offset, cache=parts[0])
+        x = self._sub_forward(
+            self.ln1,
+            self.attn,
+            self.drop1,
+            x,
+            key_padding_mask=key_padding_mask,
+            offset=offset,
+            cache=parts[0],
+        )
         if self.cross_attention:
-            x = self._sub_forward(self.ln_cross, self.cross_attn, self.drop_cross, x,
-                                  memory=memory, key_padding_mask=memory_key_padding_mask,
-                                  cache=parts[1])
+            x = self._sub_forward(
+                self.ln_cross,
+                self.cross_attn,
+                self.drop_cross,
+                x,
+                memory=memory,
+                key_padding_mask=memory_key_padding_mask,
+                cache=parts[1],
+            )
         return self._sub_forward(self.ln2, self.ff, self.drop2, x)
 
-    def forward(self, x, memory=None, key_padding_mask=None, memory_key_padding_mask=None,
-                offset: int = 0, cache=None):
+    def forward(
+        self,
+        x,
+        memory=None,
+        key_padding_mask=None,
+        memory_key_padding_mask=None,
+        offset: int = 0,
+        cache=None,
+    ):
         """x (B, T, d_model); memory (B, Tm, d_model) for cross-attention; key_padding_mask
         (B, T) and memory_key_padding_mask (B, Tm) bool, True = padding; cache: this
         block's ``LayerCache`` when decoding, whose state is ``new_state``'s tuple

@@ -17,8 +17,16 @@ from .module import Module, Parameter
 
 
 class Embedding(Module):
-    def __init__(self, num_embeddings: int, dim: int, *, scale: bool = False, std: float = 0.02,
-                 rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        num_embeddings: int,
+        dim: int,
+        *,
+        scale: bool = False,
+        std: float = 0.02,
+        rng=None,
+        dtype=np.float32,
+    ):
         super().__init__()
         self.num_embeddings, self.dim = num_embeddings, dim
         self.scale = math.sqrt(dim) if scale else 1.0

@@ -24,12 +24,23 @@ ACTIVATIONS = ("relu", "gelu", "swiglu")
 
 
 class FeedForward(Module):
-    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", *, bias: bool = True,
-                 gelu_approximate: str = "tanh", rng=None, dtype=np.float32,
-                 linear=make_linear):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "gelu",
+        *,
+        bias: bool = True,
+        gelu_approximate: str = "tanh",
+        rng=None,
+        dtype=np.float32,
+        linear=make_linear,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}")
+            raise ValueError(
+                f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}"
+            )
         rng = np.random.default_rng(rng)
         self.activation, self.d_ff, self.gelu_approximate = activation, d_ff, gelu_approximate
         width = 2 * d_ff if activation == "swiglu" else d_ff
@@ -41,7 +52,7 @@ class FeedForward(Module):
         h = self.fc1(x)
         ops = self.ops
         if self.activation == "swiglu":
-            a = ops.swiglu_forward(h[..., : self.d_ff], h[..., self.d_ff:])
+            a = ops.swiglu_forward(h[..., : self.d_ff], h[..., self.d_ff :])
         elif self.activation == "gelu":
             a = ops.gelu_forward(h, approximate=self.gelu_approximate)
         else:
@@ -55,7 +66,7 @@ class FeedForward(Module):
         da = self.fc2.backward(dy)
         ops = self.ops
         if self.activation == "swiglu":
-            dgate, dup = ops.swiglu_backward(da, h[..., : self.d_ff], h[..., self.d_ff:])
+            dgate, dup = ops.swiglu_backward(da, h[..., : self.d_ff], h[..., self.d_ff :])
             dh = ops.xp.concatenate([dgate, dup], axis=-1)
         elif self.activation == "gelu":
             dh = ops.gelu_backward(da, h, approximate=self.gelu_approximate)
@@ -67,9 +78,27 @@ class FeedForward(Module):
         return f"activation={self.activation!r}, d_ff={self.d_ff}"
 
 
-def make_feed_forward(layer: int, d_model: int, d_ff: int, *, activation: str = "gelu",
-                      bias: bool = True, gelu_approximate: str = "tanh", rng=None,
-                      dtype=np.float32, linear=make_linear, name: str = "") -> FeedForward:
+def make_feed_forward(
+    layer: int,
+    d_model: int,
+    d_ff: int,
+    *,
+    activation: str = "gelu",
+    bias: bool = True,
+    gelu_approximate: str = "tanh",
+    rng=None,
+    dtype=np.float32,
+    linear=make_linear,
+    name: str = "",
+) -> FeedForward:
     """The default ``ff=`` factory: the same ``FeedForward`` in every block."""
-    return FeedForward(d_model, d_ff, activation, bias=bias, gelu_approximate=gelu_approximate,
-                       rng=rng, dtype=dtype, linear=linear)
+    return FeedForward(
+        d_model,
+        d_ff,
+        activation,
+        bias=bias,
+        gelu_approximate=gelu_approximate,
+        rng=rng,
+        dtype=dtype,
+        linear=linear,
+    )

@@ -25,15 +25,28 @@ from .module import Module, Parameter
 
 
 class Linear(Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 weight=None, rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        weight=None,
+        rng=None,
+        dtype=np.float32,
+    ):
         """``weight``: an initial (out, in) array; Xavier-uniform when None."""
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        w = init.xavier_uniform((out_features, in_features), rng=rng, dtype=dtype) if weight is None \
+        w = (
+            init.xavier_uniform((out_features, in_features), rng=rng, dtype=dtype)
+            if weight is None
             else np.asarray(weight, dtype=dtype)
+        )
         if w.shape != (out_features, in_features):
-            raise ValueError(f"Linear: weight must be ({out_features}, {in_features}), got {w.shape}")
+            raise ValueError(
+                f"Linear: weight must be ({out_features}, {in_features}), got {w.shape}"
+            )
         self.weight = Parameter(w)
         self.bias = Parameter(init.zeros(out_features, dtype)) if bias else None
 
@@ -41,12 +54,16 @@ class Linear(Module):
         """x (..., in) -> (..., out)."""
         if self.training:
             self.cache = x
-        return self.ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        return self.ops.linear_forward(
+            x, self.weight.data, None if self.bias is None else self.bias.data
+        )
 
     def backward(self, dy):
         """dy (..., out) -> dx (..., in)."""
         x = self.take_cache()
-        dx, dw, db = self.ops.linear_backward(dy, x, self.weight.data, has_bias=self.bias is not None)
+        dx, dw, db = self.ops.linear_backward(
+            dy, x, self.weight.data, has_bias=self.bias is not None
+        )
         self.weight.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)
@@ -56,8 +73,15 @@ class Linear(Module):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
 
-def make_linear(in_features: int, out_features: int, bias: bool = True, *, rng=None,
-                dtype=np.float32, name: str = "") -> Linear:
+def make_linear(
+    in_features: int,
+    out_features: int,
+    bias: bool = True,
+    *,
+    rng=None,
+    dtype=np.float32,
+    name: str = "",
+) -> Linear:
     """The default ``linear=`` factory: a dense ``Linear`` (``name`` is not needed)."""
     return Linear(in_features, out_features, bias, rng=rng, dtype=dtype)
 
@@ -65,6 +89,7 @@ def make_linear(in_features: int, out_features: int, bias: bool = True, *, rng=N
 def scoped(factory, prefix: str):
     """``factory`` with ``prefix`` put before the ``name`` it is called with, so that
     a child's factories see names from the model's root: scoped(linear, "attn.")."""
+
     def build(*args, name: str = "", **kw):
         return factory(*args, name=prefix + name, **kw)
 

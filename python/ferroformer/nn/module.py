@@ -36,8 +36,11 @@ class Parameter:
     def add_grad(self, g) -> None:
         """``grad += g``; the first contribution is stored as is (a fresh array from an op)."""
         if self.grad is None:
-            self.grad = g if (g.flags.c_contiguous and g.dtype == self.data.dtype) else \
-                g.astype(self.data.dtype, order="C")
+            self.grad = (
+                g
+                if (g.flags.c_contiguous and g.dtype == self.data.dtype)
+                else g.astype(self.data.dtype, order="C")
+            )
         else:
             self.grad += g
 
@@ -127,8 +130,10 @@ class Module:
         """The forward cache, handed over once; a clear error when there is none."""
         cache = self.cache
         if cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward: no forward to differentiate "
-                               "(run forward in training mode first, and backward once per forward)")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: no forward to differentiate "
+                "(run forward in training mode first, and backward once per forward)"
+            )
         self.cache = None
         return cache
 
@@ -138,6 +143,7 @@ class Module:
 
     def cache_nbytes(self) -> int:
         """Bytes of the arrays kept for backward (what gradient checkpointing saves)."""
+
         def size(v):
             if hasattr(v, "nbytes") and hasattr(v, "shape"):
                 return int(v.nbytes)
@@ -146,6 +152,7 @@ class Module:
             if isinstance(v, dict):
                 return sum(size(u) for u in v.values())
             return 0
+
         return sum(size(m.cache) for m in self.modules())
 
     # -- state ---------------------------------------------------------------
@@ -164,8 +171,10 @@ class Module:
                 continue
             value = state[name]
             if tuple(value.shape) != tuple(p.data.shape):
-                raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)}, "
-                                 f"the model expects {tuple(p.data.shape)}")
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(p.data.shape)}"
+                )
             p.data = self.ops.asarray(value, dtype=p.data.dtype).copy()
             p.grad = None
 
@@ -189,8 +198,11 @@ class Module:
 
     # -- dropout generators (saved in checkpoints for exact resume) -------------
     def rng_states(self) -> Dict[str, dict]:
-        return {name: m.rng.bit_generator.state for name, m in self.named_modules()
-                if getattr(m, "rng", None) is not None}
+        return {
+            name: m.rng.bit_generator.state
+            for name, m in self.named_modules()
+            if getattr(m, "rng", None) is not None
+        }
 
     def set_rng_states(self, states: Dict[str, dict]) -> None:
         mods = dict(self.named_modules())

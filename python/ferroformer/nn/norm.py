@@ -22,7 +22,9 @@ class LayerNorm(Module):
         self.bias = Parameter(init.zeros(dim, dtype))
 
     def forward(self, x):
-        y, mean, rstd = self.ops.layernorm_forward(x, self.weight.data, self.bias.data, eps=self.eps)
+        y, mean, rstd = self.ops.layernorm_forward(
+            x, self.weight.data, self.bias.data, eps=self.eps
+        )
         if self.training:
             self.cache = (x, mean, rstd)
         return y
@@ -61,7 +63,7 @@ class RMSNorm(Module):
 
 
 def make_norm(kind: str, dim: int, eps=None, dtype=np.float32) -> Module:
-    """"layer" -> LayerNorm, "rms" -> RMSNorm (default eps of each when eps is None)."""
+    """ "layer" -> LayerNorm, "rms" -> RMSNorm (default eps of each when eps is None)."""
     if kind == "layer":
         return LayerNorm(dim, 1e-5 if eps is None else eps, dtype=dtype)
     if kind == "rms":

@@ -42,8 +42,9 @@ def _rows_at(table, positions, x, name, max_len, xp):
     if positions.shape != tuple(x.shape[:2]):
         raise ValueError(f"{name}: positions {positions.shape} do not match x {tuple(x.shape)}")
     if positions.size and (positions.min() < 0 or positions.max() >= max_len):
-        raise ValueError(f"{name}: positions {positions.min()}..{positions.max()} exceed "
-                         f"max_len {max_len}")
+        raise ValueError(
+            f"{name}: positions {positions.min()}..{positions.max()} exceed max_len {max_len}"
+        )
     return table[xp.asarray(positions)]
 
 
@@ -59,11 +60,12 @@ class SinusoidalPositionalEncoding(Module):
         """x (B, T, dim) -> x + table[offset:offset+T]; positions (B, T) host ints
         (one row per sequence, for decoding only) instead of offset."""
         if positions is not None:
-            return x + _rows_at(self.table, positions, x, "SinusoidalPositionalEncoding",
-                                self.max_len, self.ops.xp)
+            return x + _rows_at(
+                self.table, positions, x, "SinusoidalPositionalEncoding", self.max_len, self.ops.xp
+            )
         t = x.shape[-2]
         _check_len("SinusoidalPositionalEncoding", offset, t, self.max_len)
-        return x + self.table[offset:offset + t]
+        return x + self.table[offset : offset + t]
 
     def backward(self, dy):
         return dy
@@ -81,18 +83,24 @@ class LearnedPositionalEmbedding(Module):
         """x (B, T, dim) -> x + weight[offset:offset+T]; positions (B, T) host ints
         (one row per sequence, for decoding only) instead of offset."""
         if positions is not None:
-            return x + _rows_at(self.weight.data, positions, x, "LearnedPositionalEmbedding",
-                                self.max_len, self.ops.xp)
+            return x + _rows_at(
+                self.weight.data,
+                positions,
+                x,
+                "LearnedPositionalEmbedding",
+                self.max_len,
+                self.ops.xp,
+            )
         t = x.shape[-2]
         _check_len("LearnedPositionalEmbedding", offset, t, self.max_len)
         if self.training:
             self.cache = (offset, t)
-        return x + self.weight.data[offset:offset + t]
+        return x + self.weight.data[offset : offset + t]
 
     def backward(self, dy):
         offset, t = self.take_cache()
         g = self.ops.xp.zeros_like(self.weight.data)
-        g[offset:offset + t] = dy.reshape(-1, t, self.dim).sum(axis=0)
+        g[offset : offset + t] = dy.reshape(-1, t, self.dim).sum(axis=0)
         self.weight.add_grad(g)
         return dy
 
@@ -111,8 +119,9 @@ class RotaryEmbedding(Module):
     """Rotary position embedding applied to queries and keys (B, H, T, head_dim).
     Stateless between calls: forward and backward take the same ``offset``."""
 
-    def __init__(self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0, *,
-                 dtype=np.float32):
+    def __init__(
+        self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0, *, dtype=np.float32
+    ):
         super().__init__()
         self.head_dim, self.max_seq_len, self.base = head_dim, max_seq_len, base
         cos, sin = rope_tables(max_seq_len, head_dim, base, dtype)
@@ -121,7 +130,7 @@ class RotaryEmbedding(Module):
 
     def _tables(self, t, offset):
         _check_len("RotaryEmbedding", offset, t, self.max_seq_len)
-        return self.cos[offset:offset + t], self.sin[offset:offset + t]
+        return self.cos[offset : offset + t], self.sin[offset : offset + t]
 
     def forward(self, x, offset: int = 0, positions=None):
         """x (B, H, T, D); positions (B, T) host ints, one row of positions per
@@ -134,11 +143,15 @@ class RotaryEmbedding(Module):
     def _forward_rows(self, x, positions):
         positions = np.asarray(positions)
         if positions.shape != (x.shape[0], x.shape[-2]):
-            raise ValueError(f"RotaryEmbedding: positions {positions.shape} do not match "
-                             f"x {tuple(x.shape)} (want (B, T))")
+            raise ValueError(
+                f"RotaryEmbedding: positions {positions.shape} do not match "
+                f"x {tuple(x.shape)} (want (B, T))"
+            )
         if positions.min() < 0 or positions.max() >= self.max_seq_len:
-            raise ValueError(f"RotaryEmbedding: positions {positions.min()}..{positions.max()} "
-                             f"exceed max_len {self.max_seq_len}")
+            raise ValueError(
+                f"RotaryEmbedding: positions {positions.min()}..{positions.max()} "
+                f"exceed max_len {self.max_seq_len}"
+            )
         xp = self.ops.xp
         idx = xp.asarray(positions)
         cos, sin = self.cos[idx], self.sin[idx]
@@ -153,6 +166,7 @@ def alibi_slopes(n_heads: int):
     """The per-head slopes of ALiBi (Press et al.): a geometric sequence from 2^(-8/n);
     for a head count that is not a power of two, the extra heads take the odd
     powers of the next one, as the paper's reference code does."""
+
     def pow2(n):
         start = 2.0 ** (-8.0 / n)
         return [start ** (i + 1) for i in range(n)]

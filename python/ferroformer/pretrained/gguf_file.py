@@ -32,8 +32,19 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 4
 _STRING, _ARRAY = 8, 9
 # GGUF scalar value types -> (struct format, bytes)
-_SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4),
-            6: ("f", 4), 7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
+_SCALARS = {
+    0: ("B", 1),
+    1: ("b", 1),
+    2: ("H", 2),
+    3: ("h", 2),
+    4: ("I", 4),
+    5: ("i", 4),
+    6: ("f", 4),
+    7: ("?", 1),
+    10: ("Q", 8),
+    11: ("q", 8),
+    12: ("d", 8),
+}
 
 
 def _gguf():
@@ -42,6 +53,9 @@ def _gguf():
     except ImportError as e:
         raise ImportError("reading GGUF files needs the gguf package: pip install gguf") from e
     return gguf
+
+
+_U64 = struct.Struct("<Q")
 
 
 class _Cursor:
@@ -58,8 +72,9 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n > self.left():
-            raise self.bad(f"truncated: {what} needs {n} bytes at offset {self.pos}, "
-                           f"{self.left()} are left")
+            raise self.bad(
+                f"truncated: {what} needs {n} bytes at offset {self.pos}, {self.left()} are left"
+            )
 
     def unpack(self, fmt: str, n: int, what: str):
         self.need(n, what)
@@ -70,12 +85,33 @@ class _Cursor:
     def string(self, what: str) -> str:
         n = self.unpack("Q", 8, f"the length of {what}")
         self.need(n, what)
-        raw = self.buf[self.pos:self.pos + n]
+        raw = self.buf[self.pos : self.pos + n]
         self.pos += n
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise self.bad(f"{what} is not UTF-8 ({e})") from None
+
+    def strings(self, count: int, what: str) -> None:
+        """Skips over ``count`` strings (a vocabulary: tens of thousands), checking each
+        length and that each is UTF-8, in one loop of local variables."""
+        buf, pos, size = self.buf, self.pos, self.size
+        length = _U64.unpack_from
+        for i in range(count):
+            if size - pos < 8:
+                self.pos = pos
+                self.need(8, f"the length of {what}[{i}]")
+            (n,) = length(buf, pos)
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                self.need(n, f"{what}[{i}]")
+            try:
+                buf[pos : pos + n].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise self.bad(f"{what}[{i}] is not UTF-8 ({e})") from None
+            pos += n
+        self.pos = pos
 
     def value(self, vtype: int, what: str, depth: int = 0) -> None:
         """Skips over one value of type vtype, checking its lengths and strings."""
@@ -93,16 +129,23 @@ class _Cursor:
             if itype in _SCALARS:
                 n = _SCALARS[itype][1]
                 if count > self.left() // n:
-                    raise self.bad(f"{what} claims {count} elements of {n} bytes, more than "
-                                   f"the {self.left()} bytes left in the file")
+                    raise self.bad(
+                        f"{what} claims {count} elements of {n} bytes, more than "
+                        f"the {self.left()} bytes left in the file"
+                    )
                 self.pos += count * n
                 return
             if itype not in (_STRING, _ARRAY):
                 raise self.bad(f"{what} has unknown element type {itype}")
             least = 8 if itype == _STRING else 12
             if count > self.left() // least:
-                raise self.bad(f"{what} claims {count} elements, more than the "
-                               f"{self.left()} bytes left in the file can hold")
+                raise self.bad(
+                    f"{what} claims {count} elements, more than the "
+                    f"{self.left()} bytes left in the file can hold"
+                )
+            if itype == _STRING:
+                self.strings(count, what)
+                return
             for i in range(count):
                 self.value(itype, f"{what}[{i}]", depth + 1)
         else:
@@ -122,13 +165,17 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
     c.pos = 4
     version = c.unpack("I", 4, "the version")
     if version not in VERSIONS:
-        raise c.bad(f"version {version} (a big-endian file reads as a huge one); "
-                    f"readable versions are {VERSIONS}")
+        raise c.bad(
+            f"version {version} (a big-endian file reads as a huge one); "
+            f"readable versions are {VERSIONS}"
+        )
     n_tensors = c.unpack("Q", 8, "the tensor count")
     n_kv = c.unpack("Q", 8, "the key-value count")
     if n_kv > c.left() // 13 or n_tensors > c.left() // 24:
-        raise c.bad(f"it claims {n_kv} key-value pairs and {n_tensors} tensors, more than "
-                    f"its {c.size} bytes can hold")
+        raise c.bad(
+            f"it claims {n_kv} key-value pairs and {n_tensors} tensors, more than "
+            f"its {c.size} bytes can hold"
+        )
     keys, alignment = set(), gguf.GGUF_DEFAULT_ALIGNMENT
     for i in range(n_kv):
         key = c.string(f"key {i}")
@@ -161,16 +208,20 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
         except (ValueError, KeyError):
             raise c.bad(f"tensor {name} has unknown type {raw_type}") from None
         if any(d < 1 for d in dims) or (dims and dims[0] % block):
-            raise c.bad(f"tensor {name} has shape {dims} (fastest axis first), not positive "
-                        f"or not a multiple of its {block}-element blocks")
+            raise c.bad(
+                f"tensor {name} has shape {dims} (fastest axis first), not positive "
+                f"or not a multiple of its {block}-element blocks"
+            )
         numel = bounded_numel(dims, c.size * block)
         n_bytes = numel // block * type_size
         if n_bytes > c.size:
-            raise c.bad(f"tensor {name} of shape {dims} needs more bytes than the whole file "
-                        f"({c.size})")
+            raise c.bad(
+                f"tensor {name} of shape {dims} needs more bytes than the whole file ({c.size})"
+            )
         if offset % alignment:
-            raise c.bad(f"tensor {name} data offset {offset} is not a multiple of the "
-                        f"alignment {alignment}")
+            raise c.bad(
+                f"tensor {name} data offset {offset} is not a multiple of the alignment {alignment}"
+            )
         infos.append((offset, n_bytes, name))
     data_start = -(-c.pos // alignment) * alignment
     end = 0
@@ -179,8 +230,10 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
             raise c.bad(f"tensor {name} data at offset {offset} overlaps the tensor before it")
         end = offset + n_bytes
         if data_start + end > c.size:
-            raise c.bad(f"tensor {name} data [{data_start + offset}, {data_start + end}) lies "
-                        f"past the end of the file ({c.size} bytes; truncated?)")
+            raise c.bad(
+                f"tensor {name} data [{data_start + offset}, {data_start + end}) lies "
+                f"past the end of the file ({c.size} bytes; truncated?)"
+            )
     return n_kv, n_tensors
 
 
@@ -193,8 +246,9 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
     f, size = open_regular(path, WHAT)
     with f:
         if size < 24:
-            raise ValueError(f"{where}: {size} bytes, too short for a GGUF header "
-                             f"(truncated or not GGUF)")
+            raise ValueError(
+                f"{where}: {size} bytes, too short for a GGUF header (truncated or not GGUF)"
+            )
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             n_kv, n_tensors = check_gguf(buf, where)
         try:
@@ -203,8 +257,10 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
             raise ValueError(f"{where}: the gguf reader refused it ({e})") from e
     n_fields = sum(not k.startswith("GGUF.") for k in reader.fields)
     if (len(reader.tensors), n_fields) != (n_tensors, n_kv):
-        raise ValueError(f"{where}: the gguf reader found {len(reader.tensors)} tensors and "
-                         f"{n_fields} keys, the header declares {n_tensors} and {n_kv}")
+        raise ValueError(
+            f"{where}: the gguf reader found {len(reader.tensors)} tensors and "
+            f"{n_fields} keys, the header declares {n_tensors} and {n_kv}"
+        )
     meta = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
@@ -220,11 +276,13 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
         try:
             data = gguf.quants.dequantize(t.data, t.tensor_type)
         except Exception as e:
-            raise ValueError(f"{where}: tensor {t.name} ({t.tensor_type.name}) cannot be decoded: "
-                             f"{e}") from e
+            raise ValueError(
+                f"{where}: tensor {t.name} ({t.tensor_type.name}) cannot be decoded: {e}"
+            ) from e
         data = np.asarray(data, np.float32)
         if data.size != bounded_numel(shape, data.size):
-            raise ValueError(f"{where}: tensor {t.name} holds {data.size} values, its shape "
-                             f"{shape} needs more")
+            raise ValueError(
+                f"{where}: tensor {t.name} holds {data.size} values, its shape {shape} needs more"
+            )
         tensors[t.name] = data.reshape(shape)
     return meta, tensors

@@ -33,8 +33,9 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
     return read_safetensors(path, "safetensors file")[0]
 
 
-def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int, *, source: str = NAME
-                       ) -> Dict[str, np.ndarray]:
+def bert_state_from_hf(
+    t: Dict[str, np.ndarray], n_layers: int, *, source: str = NAME
+) -> Dict[str, np.ndarray]:
     """Maps Hugging Face BertModel tensor names onto ferroformer's BERT
     (q, k and v stacked into one qkv projection); the MLM head is not in
     such files and keeps its initial values. ValueError (naming ``source``) for
@@ -51,8 +52,9 @@ def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int, *, source: str =
     def stacked(names):
         parts = [get(n) for n in names]
         if len({p.shape for p in parts}) != 1:
-            raise ValueError(f"{source}: tensors {names} have different shapes "
-                             f"{[p.shape for p in parts]}")
+            raise ValueError(
+                f"{source}: tensors {names} have different shapes {[p.shape for p in parts]}"
+            )
         return np.concatenate(parts)
 
     out = {
@@ -66,7 +68,8 @@ def bert_state_from_hf(t: Dict[str, np.ndarray], n_layers: int, *, source: str =
         hf, ff = f"encoder.layer.{i}.", f"blocks.{i}."
         for kind in ("weight", "bias"):
             out[f"{ff}attn.qkv.{kind}"] = stacked(
-                [f"{hf}attention.self.{n}.{kind}" for n in ("query", "key", "value")])
+                [f"{hf}attention.self.{n}.{kind}" for n in ("query", "key", "value")]
+            )
             out[f"{ff}attn.proj.{kind}"] = get(f"{hf}attention.output.dense.{kind}")
             out[f"{ff}ln1.{kind}"] = get(f"{hf}attention.output.LayerNorm.{kind}")
             out[f"{ff}ff.fc1.{kind}"] = get(f"{hf}intermediate.dense.{kind}")
@@ -88,21 +91,35 @@ def bert_config_from_hf(cfg, source: str) -> dict:
         if kind is int:
             ok = isinstance(v, int) and not isinstance(v, bool) and v >= (key != "type_vocab_size")
         else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+            ok = (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
                 and v > 0
+            )
         if not ok:
-            raise ValueError(f"{source}: not a valid config.json: {key} must be a positive "
-                             f"{kind.__name__}, got {v!r:.80}")
+            raise ValueError(
+                f"{source}: not a valid config.json: {key} must be a positive "
+                f"{kind.__name__}, got {v!r:.80}"
+            )
         return v
 
     if cfg.get("hidden_act") != "gelu":
-        raise ValueError(f"{source}: expected GELU (erf) activations, config says "
-                         f"{cfg.get('hidden_act')!r:.80}")
-    return dict(vocab_size=get("vocab_size", int), max_seq_len=get("max_position_embeddings", int),
-                d_model=get("hidden_size", int), n_heads=get("num_attention_heads", int),
-                n_layers=get("num_hidden_layers", int), d_ff=get("intermediate_size", int),
-                n_segments=get("type_vocab_size", int), dropout=0.0,
-                norm_eps=float(get("layer_norm_eps", float)), gelu_approximate="none")
+        raise ValueError(
+            f"{source}: expected GELU (erf) activations, config says {cfg.get('hidden_act')!r:.80}"
+        )
+    return dict(
+        vocab_size=get("vocab_size", int),
+        max_seq_len=get("max_position_embeddings", int),
+        d_model=get("hidden_size", int),
+        n_heads=get("num_attention_heads", int),
+        n_layers=get("num_hidden_layers", int),
+        d_ff=get("intermediate_size", int),
+        n_segments=get("type_vocab_size", int),
+        dropout=0.0,
+        norm_eps=float(get("layer_norm_eps", float)),
+        gelu_approximate="none",
+    )
 
 
 def load_minilm(backend=None, folder=None):
@@ -112,8 +129,9 @@ def load_minilm(backend=None, folder=None):
     config against the weights' shapes before the model is built."""
     folder = package_path(NAME) if folder is None else os.fspath(folder)
     cfg_path = os.path.join(folder, "config.json")
-    config = bert_config_from_hf(read_json(cfg_path, "config.json", max_bytes=MAX_CONFIG_BYTES),
-                                 cfg_path)
+    config = bert_config_from_hf(
+        read_json(cfg_path, "config.json", max_bytes=MAX_CONFIG_BYTES), cfg_path
+    )
     try:
         BERT.validate_config(config)
     except ValueError as e:
@@ -121,17 +139,22 @@ def load_minilm(backend=None, folder=None):
     weights = os.path.join(folder, "model.safetensors")
     tensors = _read_safetensors(weights)
     if config["n_layers"] > len(tensors):
-        raise ValueError(f"{cfg_path}: num_hidden_layers {config['n_layers']}, but {weights} "
-                         f"holds only {len(tensors)} tensors")
+        raise ValueError(
+            f"{cfg_path}: num_hidden_layers {config['n_layers']}, but {weights} "
+            f"holds only {len(tensors)} tensors"
+        )
     state = bert_state_from_hf(tensors, config["n_layers"], source=weights)
     if not config["n_segments"]:
         state.pop("seg_emb.weight")
     shapes = {k: v.shape for k, v in state.items()}
-    want_head = {"head_dense.weight": (config["d_model"],) * 2,
-                 "decoder.bias": (config["vocab_size"],)}
+    want_head = {
+        "head_dense.weight": (config["d_model"],) * 2,
+        "decoder.bias": (config["vocab_size"],),
+    }
     shapes.update({k: want_head.get(k, (config["d_model"],)) for k in _HEAD})
-    check_config_against_tensors(weights, "BERT", config, shapes, what=f"{NAME} weights file "
-                                 f"(with {cfg_path})")
+    check_config_against_tensors(
+        weights, "BERT", config, shapes, what=f"{NAME} weights file (with {cfg_path})"
+    )
     tok = wordpiece_from_file(os.path.join(folder, "tokenizer.json"))
     model = BERT(**config, backend=backend, rng=0)
     model.load_state_dict(state, strict=False)
@@ -139,14 +162,15 @@ def load_minilm(backend=None, folder=None):
     return model, tok
 
 
-def embed(model, tok: Tokenizer, sentences: Sequence[str], *, batch_size: int = 32,
-          max_length: int = 256) -> np.ndarray:
+def embed(
+    model, tok: Tokenizer, sentences: Sequence[str], *, batch_size: int = 32, max_length: int = 256
+) -> np.ndarray:
     """Sentence embeddings (N, C): mean of the last hidden states over real
     tokens, L2-normalised; float32 on the host."""
     xp = model.ops.xp
     out = []
     for i in range(0, len(sentences), batch_size):
-        ids, mask = tok.batch(sentences[i:i + batch_size], max_length=max_length)
+        ids, mask = tok.batch(sentences[i : i + batch_size], max_length=max_length)
         h = model.encode(xp.asarray(ids), key_padding_mask=xp.asarray(~mask))
         h = to_host(h).astype(np.float64)
         m = mask[..., None].astype(np.float64)

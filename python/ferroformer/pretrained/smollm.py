@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct (a 30-layer Llama) on ferroformer's ``Llama``: the
-4-bit GGUF file dequantised to float32, its byte-level BPE tokenizer and
-ChatML template.
+4-bit GGUF file loaded by ``ferroformer.load_gguf`` (its matrices kept in their
+memory-mapped blocks; ``dequantize=True`` decodes everything to float32
+instead), its byte-level BPE tokenizer and ChatML template.
 
 llama.cpp's converter permuted the rows of Q and K so that RoPE rotates
 adjacent pairs (x[2i], x[2i+1]); ferroformer's rope op rotates adjacent
@@ -27,8 +28,9 @@ from .tokenizer import Tokenizer, bpe_from_gguf_metadata
 NAME = "SmolLM2-135M-Instruct"
 
 
-def llama_state_from_gguf(t: Dict[str, np.ndarray], n_layers: int, *, source: str = NAME
-                          ) -> Dict[str, np.ndarray]:
+def llama_state_from_gguf(
+    t: Dict[str, np.ndarray], n_layers: int, *, source: str = NAME
+) -> Dict[str, np.ndarray]:
     """Maps llama.cpp tensor names onto ferroformer's Llama (q, k, v stacked
     into qkv; gate and up stacked into fc1). ValueError (naming ``source``) for a
     missing or non-finite tensor, or stacked tensors whose widths differ."""
@@ -43,8 +45,10 @@ def llama_state_from_gguf(t: Dict[str, np.ndarray], n_layers: int, *, source: st
     def stacked(names):
         parts = [get(n) for n in names]
         if len({p.shape[1:] for p in parts}) != 1:
-            raise ValueError(f"{source}: tensors {names} have shapes {[p.shape for p in parts]}, "
-                             f"which do not stack")
+            raise ValueError(
+                f"{source}: tensors {names} have shapes {[p.shape for p in parts]}, "
+                f"which do not stack"
+            )
         return np.concatenate(parts)
 
     out = {"tok_emb.weight": get("token_embd.weight"), "norm.weight": get("output_norm.weight")}
@@ -63,38 +67,77 @@ def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: 
     """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
     ``source``) for a missing key or a value of the wrong type."""
     if meta.get("general.architecture") != "llama":
-        raise ValueError(f"{source}: expected a llama GGUF, got "
-                         f"{meta.get('general.architecture')!r:.80}")
+        raise ValueError(
+            f"{source}: expected a llama GGUF, got {meta.get('general.architecture')!r:.80}"
+        )
 
     def get(key, kind=int):
         v = meta.get("llama." + key)
         if kind is int:
             ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
         else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+            ok = (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
                 and v > 0
+            )
         if not ok:
-            raise ValueError(f"{source}: metadata llama.{key} must be a positive {kind.__name__}, "
-                             f"got {v!r:.80}")
+            raise ValueError(
+                f"{source}: metadata llama.{key} must be a positive {kind.__name__}, got {v!r:.80}"
+            )
         return v
 
     tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens:
         raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
-    return dict(vocab_size=len(tokens), max_seq_len=max_seq_len, d_model=get("embedding_length"),
-                n_heads=get("attention.head_count"), n_kv_heads=get("attention.head_count_kv"),
-                n_layers=get("block_count"), d_ff=get("feed_forward_length"),
-                rope_base=float(get("rope.freq_base", float)),
-                norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
-                tie_embeddings="output.weight" not in tensors)
+    return dict(
+        vocab_size=len(tokens),
+        max_seq_len=max_seq_len,
+        d_model=get("embedding_length"),
+        n_heads=get("attention.head_count"),
+        n_kv_heads=get("attention.head_count_kv"),
+        n_layers=get("block_count"),
+        d_ff=get("feed_forward_length"),
+        rope_base=float(get("rope.freq_base", float)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+        tie_embeddings="output.weight" not in tensors,
+    )
 
 
-def load_smollm(backend=None, max_seq_len: int = 2048, path=None):
+def load_smollm(
+    backend=None,
+    max_seq_len: int = 2048,
+    path=None,
+    *,
+    dequantize: bool = False,
+    activations: str = "float",
+):
     """(Llama in eval mode, tokenizer with chat template) of SmolLM2-135M-Instruct, from
-    its package (or from the GGUF file at ``path``). The file is checked first
-    (ValueError naming it), and its metadata against the tensors' shapes before the
-    model is built."""
+    its package (or from the GGUF file at ``path``), through ``ferroformer.load_gguf``:
+    the weight matrices stay in the file's memory-mapped 4-bit blocks. The file is
+    checked first (ValueError naming it), and its metadata against the tensors' shapes
+    before the model is built. ``dequantize=True``: every tensor decoded to float32 into
+    a plain float Llama instead (seconds, and several times the file in memory).
+    ``activations``: "float" (the default here: the float model's answers) or "int8"
+    (llama.cpp's arithmetic, about 3x faster decoding; this 135M model is fragile
+    enough that its greedy answers then change, e.g. to the capital question, exactly
+    as llama.cpp's do)."""
     path = package_path(NAME) if path is None else os.fspath(path)
+    if dequantize:
+        return _load_dequantized(path, backend, max_seq_len)
+    from ..quant.gguf_file import load_gguf
+
+    model, tok = load_gguf(path, backend=backend, max_seq_len=max_seq_len, activations=activations)
+    if not isinstance(model, Llama) or tok is None:  # a gpt2 file, or no BPE tokenizer
+        raise ValueError(
+            f"{path}: not a valid {NAME} GGUF file: expected a llama file with "
+            f"a byte-level BPE tokenizer"
+        )
+    return model, tok
+
+
+def _load_dequantized(path: str, backend, max_seq_len: int):
     meta, tensors = read_gguf(path)
     config = llama_config_from_gguf(meta, tensors, max_seq_len, path)
     try:
@@ -102,13 +145,16 @@ def load_smollm(backend=None, max_seq_len: int = 2048, path=None):
     except ValueError as e:
         raise ValueError(f"{path}: not a valid {NAME} GGUF file: {e}") from None
     if config["n_layers"] > len(tensors):
-        raise ValueError(f"{path}: llama.block_count {config['n_layers']}, but the file holds "
-                         f"only {len(tensors)} tensors")
+        raise ValueError(
+            f"{path}: llama.block_count {config['n_layers']}, but the file holds "
+            f"only {len(tensors)} tensors"
+        )
     state = llama_state_from_gguf(tensors, config["n_layers"], source=path)
     if "output.weight" in tensors:
         state["lm_head.weight"] = get_finite(tensors, "output.weight", path)
-    check_config_against_tensors(path, "Llama", config, {k: v.shape for k, v in state.items()},
-                                 what=f"{NAME} GGUF file")
+    check_config_against_tensors(
+        path, "Llama", config, {k: v.shape for k, v in state.items()}, what=f"{NAME} GGUF file"
+    )
     tok = bpe_from_gguf_metadata(meta, source=f"{path}: not a valid {NAME} GGUF file")
     model = Llama(**config, backend=backend, rng=0)
     model.load_state_dict(state)
@@ -122,8 +168,17 @@ def get_finite(tensors, name, source):
     return tensors[name]
 
 
-def chat(model, tok: Tokenizer, question: str, *, max_new_tokens: int = 48,
-         temperature: float = 0.0, top_p=None, seed=None, stream=None) -> str:
+def chat(
+    model,
+    tok: Tokenizer,
+    question: str,
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    top_p=None,
+    seed=None,
+    stream=None,
+) -> str:
     """The model's answer to one user message, decoded with the KV cache
     (greedy unless a temperature is given), stopping at the end-of-turn token.
     stream(text) receives the answer piece by piece as it is generated."""
@@ -137,12 +192,19 @@ def chat(model, tok: Tokenizer, question: str, *, max_new_tokens: int = 48,
         text = tok.decode(got)
         # print only once a piece decodes cleanly (a character may span tokens)
         if stream is not None and not text.endswith("\ufffd") and len(text) > len(shown[0]):
-            stream(text[len(shown[0]):])
+            stream(text[len(shown[0]) :])
             shown[0] = text
 
-    model.generate([ids], max_new_tokens, eos_id=tok.eos_id, temperature=temperature,
-                   top_p=top_p, seed=seed, callback=on_token)
+    model.generate(
+        [ids],
+        max_new_tokens,
+        eos_id=tok.eos_id,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        callback=on_token,
+    )
     answer = tok.decode(got)
     if stream is not None and len(answer) > len(shown[0]):
-        stream(answer[len(shown[0]):])
+        stream(answer[len(shown[0]) :])
     return answer

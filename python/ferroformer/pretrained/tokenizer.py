@@ -20,7 +20,9 @@ def _tokenizers():
     try:
         import tokenizers
     except ImportError as e:
-        raise ImportError("pretrained tokenizers need the tokenizers package: pip install tokenizers") from e
+        raise ImportError(
+            "pretrained tokenizers need the tokenizers package: pip install tokenizers"
+        ) from e
     return tokenizers
 
 
@@ -28,13 +30,22 @@ class Tokenizer:
     """A thin wrapper: ``encode``/``decode`` of text, batch encoding to a
     padded id array with its attention mask, and the special-token ids."""
 
-    def __init__(self, inner, *, pad_id: int = 0, bos_id: Optional[int] = None,
-                 eos_id: Optional[int] = None, chat_template: Optional[str] = None):
+    def __init__(
+        self,
+        inner,
+        *,
+        pad_id: int = 0,
+        bos_id: Optional[int] = None,
+        eos_id: Optional[int] = None,
+        chat_template: Optional[str] = None,
+    ):
         self.inner = inner
         self.pad_id = pad_id
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.chat_template = chat_template
+        self._compiled = None  # (template text, jinja2 Template) once rendered
+        self.pre: Optional[str] = None  # a GGUF file's tokenizer.ggml.pre
 
     @property
     def vocab_size(self) -> int:
@@ -49,8 +60,13 @@ class Tokenizer:
     def token_to_id(self, token: str) -> Optional[int]:
         return self.inner.token_to_id(token)
 
-    def batch(self, texts: Sequence[str], *, max_length: Optional[int] = None,
-              add_special_tokens: bool = True):
+    def batch(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: Optional[int] = None,
+        add_special_tokens: bool = True,
+    ):
         """Encodes texts into (ids (B, T) int64, mask (B, T) bool, True at real
         tokens), right-padded with ``pad_id`` to the longest (at most max_length)."""
         encs = [self.encode(t, add_special_tokens=add_special_tokens) for t in texts]
@@ -64,13 +80,64 @@ class Tokenizer:
             mask[i, : len(e)] = True
         return ids, mask
 
-    def apply_chat_template(self, messages: Sequence[Dict[str, str]], *,
-                            add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[Dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
         """Renders a conversation the way the model was trained to read it."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
-        return render_chatml(messages, add_generation_prompt=add_generation_prompt,
-                             default_system=_default_system(self.chat_template))
+        if self._compiled is None or self._compiled[0] is not self.chat_template:
+            try:
+                compiled = compile_chat_template(self.chat_template)
+            except TemplateError as e:
+                raise ValueError(f"chat template: {e}") from None
+            self._compiled = (self.chat_template, compiled)
+        special = {}
+        for key, i in (("bos_token", self.bos_id), ("eos_token", self.eos_id)):
+            tok = self.inner.id_to_token(i) if i is not None else None
+            special[key] = tok or ""
+        try:
+            return self._compiled[1].render(
+                messages=list(messages), add_generation_prompt=add_generation_prompt, **special
+            )
+        except TemplateError as e:
+            raise ValueError(f"chat template: {e}") from None
+
+
+class TemplateError(ValueError):
+    """A chat template that does not compile or render (raise_exception included)."""
+
+
+def compile_chat_template(template: str):
+    """The Jinja template of a model's chat prompts, compiled as transformers compiles
+    it: a sandboxed environment (a template cannot reach Python internals), blocks
+    trimmed, ``raise_exception(msg)`` available; TemplateError for a bad template."""
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        raise ImportError("chat templates need the jinja2 package: pip install jinja2") from e
+
+    def raise_exception(message):
+        raise TemplateError(str(message))
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = raise_exception
+    try:
+        compiled = env.from_string(template)
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"the template does not compile ({e})") from None
+
+    class Rendering:
+        def render(self, **kw):
+            try:
+                return compiled.render(**kw)
+            except jinja2.TemplateError as e:
+                raise TemplateError(str(e)) from None
+
+    return Rendering()
 
 
 def _default_system(template: str) -> Optional[str]:
@@ -80,7 +147,7 @@ def _default_system(template: str) -> Optional[str]:
     if i < 0:
         return None
     j = template.find("<|im_end|>", i)
-    return template[i + len(start): j]
+    return template[i + len(start) : j]
 
 
 def render_chatml(messages, *, add_generation_prompt=True, default_system=None) -> str:
@@ -92,7 +159,9 @@ def render_chatml(messages, *, add_generation_prompt=True, default_system=None) 
         out.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
     for m in messages:
         if m.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"chat message role must be system, user or assistant, got {m.get('role')!r}")
+            raise ValueError(
+                f"chat message role must be system, user or assistant, got {m.get('role')!r}"
+            )
         out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
     if add_generation_prompt:
         out.append("<|im_start|>assistant\n")
@@ -127,12 +196,20 @@ def _byte_level_bpe(vocab: Dict[str, int], merges, *, split_digits: bool, source
     try:
         inner = tk.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     except Exception as e:  # e.g. a merge of tokens not in the vocabulary
-        raise ValueError(f"{source}: the tokenizers library refused the vocabulary or merges "
-                         f"({e})") from None
+        raise ValueError(
+            f"{source}: the tokenizers library refused the vocabulary or merges ({e})"
+        ) from None
+    except BaseException as e:  # a Rust panic in the library (PanicException)
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(
+            f"{source}: the tokenizers library failed on the vocabulary or merges ({e})"
+        ) from None
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if split_digits:
         inner.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level])
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
     else:
         inner.pre_tokenizer = byte_level
     inner.decoder = decoders.ByteLevel()
@@ -154,8 +231,9 @@ def gpt2_from_files(folder: str) -> Tokenizer:
             continue
         pair = tuple(line.split(" "))
         if len(pair) != 2 or not all(pair):
-            raise ValueError(f"{bpe}: not a valid vocab.bpe: line {i} is not two tokens "
-                             f"({line[:80]!r})")
+            raise ValueError(
+                f"{bpe}: not a valid vocab.bpe: line {i} is not two tokens ({line[:80]!r})"
+            )
         merges.append(pair)
     inner = _byte_level_bpe(vocab, merges, split_digits=False, source=f"{folder}: vocab.bpe")
     eot = vocab.get("<|endoftext|>")
@@ -170,8 +248,9 @@ def _check_vocab(vocab, where: str) -> None:
     ids = set()
     for tok, i in vocab.items():
         if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_TOKEN_ID):
-            raise ValueError(f"{where}: token {tok[:40]!r} has id {i!r:.40}, not an int in "
-                             f"[0, {MAX_TOKEN_ID})")
+            raise ValueError(
+                f"{where}: token {tok[:40]!r} has id {i!r:.40}, not an int in [0, {MAX_TOKEN_ID})"
+            )
         if i in ids:
             raise ValueError(f"{where}: id {i} is given to more than one token")
         ids.add(i)
@@ -179,8 +258,12 @@ def _check_vocab(vocab, where: str) -> None:
 
 def _list_of(meta, key, kind, where, default=None):
     v = meta.get(key, default)
-    if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool)
-                                          for x in v):
+    # the types present, in one pass at C speed (a vocabulary holds 50k entries);
+    # subclasses (bool for int) only where the exact type is missing
+    if not isinstance(v, list) or not (
+        set(map(type, v)) <= {kind}
+        or all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+    ):
         raise ValueError(f"{where}: {key} must be a list of {kind.__name__}")
     return v
 
@@ -195,19 +278,20 @@ def bpe_from_gguf_metadata(meta: Dict, *, source: str = "GGUF metadata") -> Toke
     types = _list_of(meta, "tokenizer.ggml.token_type", int, source, [1] * len(tokens))
     if len(types) != len(tokens):
         raise ValueError(f"{source}: {len(types)} token types for {len(tokens)} tokens")
-    merges = []
-    for m in _list_of(meta, "tokenizer.ggml.merges", str, source):
-        pair = tuple(m.split(" ", 1))
-        if len(pair) != 2 or not all(pair):
+    raw_merges = _list_of(meta, "tokenizer.ggml.merges", str, source)
+    merges = [tuple(m.split(" ", 1)) for m in raw_merges]
+    for m, pair in zip(raw_merges, merges):
+        if len(pair) != 2 or not pair[0] or not pair[1]:
             raise ValueError(f"{source}: merge {m[:80]!r} is not two tokens")
-        merges.append(pair)
     ids = {}
     for key, default in (("padding_token_id", 0), ("bos_token_id", None), ("eos_token_id", None)):
         v = meta.get(f"tokenizer.ggml.{key}", default)
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool)
-                                  and 0 <= v < len(tokens)):
-            raise ValueError(f"{source}: tokenizer.ggml.{key} {v!r:.40} is not a token id "
-                             f"below {len(tokens)}")
+        if v is not None and not (
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(tokens)
+        ):
+            raise ValueError(
+                f"{source}: tokenizer.ggml.{key} {v!r:.40} is not a token id below {len(tokens)}"
+            )
         ids[key] = v
     pre = meta.get("tokenizer.ggml.pre", "gpt2")
     template = meta.get("tokenizer.chat_template")
@@ -218,6 +302,20 @@ def bpe_from_gguf_metadata(meta: Dict, *, source: str = "GGUF metadata") -> Toke
     from tokenizers import AddedToken
 
     control = [t for t, kind in zip(tokens, types) if kind == 3]
-    inner.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    return Tokenizer(inner, pad_id=ids["padding_token_id"], bos_id=ids["bos_token_id"],
-                     eos_id=ids["eos_token_id"], chat_template=template)
+    try:
+        inner.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    except BaseException as e:  # a Rust panic in the library (PanicException)
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(
+            f"{source}: the tokenizers library refused the special tokens ({e})"
+        ) from None
+    tok = Tokenizer(
+        inner,
+        pad_id=ids["padding_token_id"],
+        bos_id=ids["bos_token_id"],
+        eos_id=ids["eos_token_id"],
+        chat_template=template,
+    )
+    tok.pre = pre  # the file's pre-tokenizer name (save_gguf writes it back)
+    return tok

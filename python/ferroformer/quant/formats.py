@@ -65,7 +65,7 @@ class BlockFormat:
 
 def _half(blocks: np.ndarray, at: int) -> np.ndarray:
     """The f16 field at byte ``at`` of every block, as a (n, 1) float32 column."""
-    return blocks[:, at:at + 2].copy().view(_F16).astype(np.float32)
+    return blocks[:, at : at + 2].copy().view(_F16).astype(np.float32)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -175,19 +175,22 @@ def _q6_k(blocks):
     return ((d * sc) * q).reshape(-1, 256)
 
 
-FORMATS: Dict[str, BlockFormat] = {f.name: f for f in (
-    BlockFormat("F32", 0, 1, 4, (), _f32),
-    BlockFormat("F16", 1, 1, 2, (), _f16),
-    BlockFormat("BF16", 30, 1, 2, (), _bf16),
-    BlockFormat("Q4_0", 2, 32, 18, (0,), _q4_0),
-    BlockFormat("Q4_1", 3, 32, 20, (0, 2), _q4_1),
-    BlockFormat("Q5_0", 6, 32, 22, (0,), _q5_0),
-    BlockFormat("Q5_1", 7, 32, 24, (0, 2), _q5_1),
-    BlockFormat("Q8_0", 8, 32, 34, (0,), _q8_0),
-    BlockFormat("Q4_K", 12, 256, 144, (0, 2), _q4_k),
-    BlockFormat("Q5_K", 13, 256, 176, (0, 2), _q5_k),
-    BlockFormat("Q6_K", 14, 256, 210, (208,), _q6_k),
-)}
+FORMATS: Dict[str, BlockFormat] = {
+    f.name: f
+    for f in (
+        BlockFormat("F32", 0, 1, 4, (), _f32),
+        BlockFormat("F16", 1, 1, 2, (), _f16),
+        BlockFormat("BF16", 30, 1, 2, (), _bf16),
+        BlockFormat("Q4_0", 2, 32, 18, (0,), _q4_0),
+        BlockFormat("Q4_1", 3, 32, 20, (0, 2), _q4_1),
+        BlockFormat("Q5_0", 6, 32, 22, (0,), _q5_0),
+        BlockFormat("Q5_1", 7, 32, 24, (0, 2), _q5_1),
+        BlockFormat("Q8_0", 8, 32, 34, (0,), _q8_0),
+        BlockFormat("Q4_K", 12, 256, 144, (0, 2), _q4_k),
+        BlockFormat("Q5_K", 13, 256, 176, (0, 2), _q5_k),
+        BlockFormat("Q6_K", 14, 256, 210, (208,), _q6_k),
+    )
+}
 _BY_TYPE = {f.ggml_type: f for f in FORMATS.values()}
 
 
@@ -213,11 +216,11 @@ def block_format(qtype) -> BlockFormat:
         name = getattr(qtype, "name", None) or _type_name(qtype)
         found = _BY_TYPE.get(int(qtype))
     else:
-        raise TypeError(f"quantized type must be a name or a GGML type number, got "
-                        f"{type(qtype).__name__}")
+        raise TypeError(
+            f"quantized type must be a name or a GGML type number, got {type(qtype).__name__}"
+        )
     if found is None:
-        raise ValueError(f"quantized type {name} is not supported; supported: "
-                         f"{', '.join(FORMATS)}")
+        raise ValueError(f"quantized type {name} is not supported; supported: {', '.join(FORMATS)}")
     return found
 
 
@@ -226,11 +229,15 @@ def dequantize(data: np.ndarray, qtype) -> np.ndarray:
     type_size * block_size). ValueError when row_bytes is not a whole number of blocks."""
     fmt = block_format(qtype)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        raise TypeError(f"dequantize: data must be a uint8 numpy array, got "
-                        f"{getattr(data, 'dtype', type(data).__name__)}")
+        raise TypeError(
+            f"dequantize: data must be a uint8 numpy array, got "
+            f"{getattr(data, 'dtype', type(data).__name__)}"
+        )
     if data.ndim == 0 or data.shape[-1] % fmt.type_size:
-        raise ValueError(f"dequantize: {fmt.name} rows are whole blocks of {fmt.type_size} "
-                         f"bytes, got data {data.shape}")
+        raise ValueError(
+            f"dequantize: {fmt.name} rows are whole blocks of {fmt.type_size} "
+            f"bytes, got data {data.shape}"
+        )
     n_values = data.shape[-1] // fmt.type_size * fmt.block_size
     blocks = np.ascontiguousarray(data).reshape(-1, fmt.type_size)
     return fmt.dequantize_blocks(blocks).reshape(*data.shape[:-1], n_values)

@@ -32,14 +32,18 @@ def quantize(w, qtype) -> np.ndarray:
     (one of ``QUANTIZERS``); n must be a multiple of the block size, w finite."""
     fmt = block_format(qtype)
     if fmt.name not in QUANTIZERS:
-        raise ValueError(f"quantize: no quantizer for {fmt.name}; there are quantizers for "
-                         f"{', '.join(QUANTIZERS)}")
+        raise ValueError(
+            f"quantize: no quantizer for {fmt.name}; there are quantizers for "
+            f"{', '.join(QUANTIZERS)}"
+        )
     w = np.asarray(w)
     if not np.issubdtype(w.dtype, np.floating):
         raise TypeError(f"quantize: w must be a float array, got {w.dtype}")
     if w.ndim == 0 or w.shape[-1] % fmt.block_size:
-        raise ValueError(f"quantize: {fmt.name} needs rows of a multiple of {fmt.block_size} "
-                         f"values, got w {w.shape}")
+        raise ValueError(
+            f"quantize: {fmt.name} needs rows of a multiple of {fmt.block_size} "
+            f"values, got w {w.shape}"
+        )
     if not np.all(np.isfinite(w)):
         raise ValueError(f"quantize: w holds NaN or inf values, which {fmt.name} cannot encode")
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -47,13 +51,14 @@ def quantize(w, qtype) -> np.ndarray:
     if fmt.name in _GGUF_QUANTIZED:
         import gguf
 
-        return np.asarray(gguf.quants.quantize(w, gguf.GGMLQuantizationType[fmt.name]),
-                          np.uint8).reshape(out_shape)
+        return np.asarray(
+            gguf.quants.quantize(w, gguf.GGMLQuantizationType[fmt.name]), np.uint8
+        ).reshape(out_shape)
     kernel = _q4_k_blocks if fmt.name == "Q4_K" else _q6_k_blocks
     x = w.reshape(-1, 256)
     out = np.empty((x.shape[0], fmt.type_size), np.uint8)
     for s in range(0, x.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = kernel(x[s:s + _CHUNK])
+        out[s : s + _CHUNK] = kernel(x[s : s + _CHUNK])
     return out.reshape(out_shape)
 
 
@@ -206,9 +211,12 @@ def _q6_k_blocks(x):
         requant = np.clip(_nearest(x.reshape(n, 16, 16) / d[:, :, None]), -32, 31) + 32
     L = np.where((d != 0)[:, :, None], requant, L).astype(np.uint8).reshape(n, 2, 4, 32)
     ql = (L[:, :, 0:2] & 0x0F) | ((L[:, :, 2:4] & 0x0F) << 4)  # (n, half, 2, 32)
-    qh = ((L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4)
-          | ((L[:, :, 3] >> 4) << 6))  # (n, half, 32)
-    out = np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), d_bits],
-                         axis=1)
+    qh = (
+        (L[:, :, 0] >> 4)
+        | ((L[:, :, 1] >> 4) << 2)
+        | ((L[:, :, 2] >> 4) << 4)
+        | ((L[:, :, 3] >> 4) << 6)
+    )  # (n, half, 32)
+    out = np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), sc.view(np.uint8), d_bits], axis=1)
     out[empty] = 0  # C zeroes a block whose scales all vanish
     return out

@@ -26,21 +26,30 @@ class QuantizedTensor:
     def __init__(self, data, qtype, shape):
         fmt: BlockFormat = block_format(qtype)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-            raise TypeError(f"QuantizedTensor: data must be a uint8 numpy array of raw blocks, "
-                            f"got {getattr(data, 'dtype', type(data).__name__)}")
-        if (len(shape) != 2 or any(isinstance(n, bool) or not isinstance(n, (int, np.integer))
-                                   or n <= 0 for n in shape)):
-            raise ValueError(f"QuantizedTensor: shape must be (out_features, in_features) of "
-                             f"positive ints, got {tuple(shape)}")
+            raise TypeError(
+                f"QuantizedTensor: data must be a uint8 numpy array of raw blocks, "
+                f"got {getattr(data, 'dtype', type(data).__name__)}"
+            )
+        if len(shape) != 2 or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0 for n in shape
+        ):
+            raise ValueError(
+                f"QuantizedTensor: shape must be (out_features, in_features) of "
+                f"positive ints, got {tuple(shape)}"
+            )
         out_f, in_f = int(shape[0]), int(shape[1])
         if in_f % fmt.block_size:
-            raise ValueError(f"QuantizedTensor: in_features {in_f} is not a multiple of the "
-                             f"{fmt.name} block size {fmt.block_size}")
+            raise ValueError(
+                f"QuantizedTensor: in_features {in_f} is not a multiple of the "
+                f"{fmt.name} block size {fmt.block_size}"
+            )
         row_bytes = fmt.row_bytes(in_f)
         if data.size != out_f * row_bytes:
-            raise ValueError(f"QuantizedTensor: a {fmt.name} matrix ({out_f}, {in_f}) takes "
-                             f"{out_f * row_bytes} bytes ({out_f} rows of {row_bytes}), "
-                             f"got {data.size} bytes {data.shape}")
+            raise ValueError(
+                f"QuantizedTensor: a {fmt.name} matrix ({out_f}, {in_f}) takes "
+                f"{out_f * row_bytes} bytes ({out_f} rows of {row_bytes}), "
+                f"got {data.size} bytes {data.shape}"
+            )
         # a view when data is contiguous (a memory map stays one); else one copy of the bytes
         self.data = data.reshape(out_f, row_bytes)
         self.qtype, self.shape, self.format = fmt.name, (out_f, in_f), fmt

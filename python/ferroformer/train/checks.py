@@ -23,21 +23,35 @@ def _range(low, high, low_open, high_open) -> str:
     return "finite"
 
 
-def real(owner: str, name: str, value, *, low=None, high=None, low_open: bool = False,
-         high_open: bool = False) -> float:
+def real(
+    owner: str,
+    name: str,
+    value,
+    *,
+    low=None,
+    high=None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """``value`` as a float, if it is a finite real number within the bounds given."""
     if isinstance(value, (bool, str, bytes)):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
     try:
         v = float(value)
     except TypeError:
-        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}") from None
-    if not (math.isfinite(v)
-            and (low is None or (v > low if low_open else v >= low))
-            and (high is None or (v < high if high_open else v <= high))):
+        raise TypeError(
+            f"{owner}: {name} must be a real number, got {type(value).__name__}"
+        ) from None
+    if not (
+        math.isfinite(v)
+        and (low is None or (v > low if low_open else v >= low))
+        and (high is None or (v < high if high_open else v <= high))
+    ):
         rule = _range(low, high, low_open, high_open)
-        raise ValueError(f"{owner}: {name} must be a finite number{'' if rule == 'finite' else ' ' + rule}, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{owner}: {name} must be a finite number{'' if rule == 'finite' else ' ' + rule}, "
+            f"got {value!r}"
+        )
     return v
 
 
@@ -50,6 +64,7 @@ def integer(owner: str, name: str, value, *, low=None, high=None) -> int:
     except TypeError:
         raise TypeError(f"{owner}: {name} must be an integer, got {type(value).__name__}") from None
     if (low is not None and v < low) or (high is not None and v > high):
-        raise ValueError(f"{owner}: {name} must be an integer {_range(low, high, False, False)}, "
-                         f"got {v}")
+        raise ValueError(
+            f"{owner}: {name} must be an integer {_range(low, high, False, False)}, got {v}"
+        )
     return v

@@ -75,28 +75,39 @@ class Optimizer:
     # -- checkpoint state -----------------------------------------------------------
     def hyper(self) -> dict:
         """The scalar settings and the step count (JSON-ready)."""
-        return {"class": type(self).__name__, "lr": self.lr, "step_count": self.step_count,
-                **self._hyper()}
+        return {
+            "class": type(self).__name__,
+            "lr": self.lr,
+            "step_count": self.step_count,
+            **self._hyper(),
+        }
 
     def _hyper(self) -> dict:
         return {}
 
     def state_tensors(self) -> Dict[str, object]:
         """{"slot/param name": array} for every allocated buffer."""
-        return {f"{slot}/{name}": buf for slot, bufs in self.state.items() for name, buf in bufs.items()}
+        return {
+            f"{slot}/{name}": buf for slot, bufs in self.state.items() for name, buf in bufs.items()
+        }
 
     def load_state(self, hyper: dict, tensors: Dict[str, object]) -> None:
         """Restores what hyper() and state_tensors() gave; ValueError on any mismatch."""
         cls = type(self).__name__
         if not isinstance(hyper, dict) or hyper.get("class") != cls:
-            raise ValueError(f"optimizer state is for {hyper.get('class') if isinstance(hyper, dict) else hyper!r}, "
-                             f"not {cls}")
+            raise ValueError(
+                f"optimizer state is for {hyper.get('class') if isinstance(hyper, dict) else hyper!r}, "
+                f"not {cls}"
+            )
         mine = self.hyper()
         if set(hyper) != set(mine):
             raise ValueError(f"{cls} state has keys {sorted(hyper)}, expected {sorted(mine)}")
         for k, v in hyper.items():
-            if k != "class" and type(v) not in (int, float, bool, type(None)) and \
-                    not (isinstance(v, list) and all(isinstance(u, (int, float)) for u in v)):
+            if (
+                k != "class"
+                and type(v) not in (int, float, bool, type(None))
+                and not (isinstance(v, list) and all(isinstance(u, (int, float)) for u in v))
+            ):
                 raise ValueError(f"{cls} state {k!r} has an odd value {v!r}")
         params = dict(self.named)
         state = {slot: {} for slot in self.slots}
@@ -105,10 +116,13 @@ class Optimizer:
             if slot not in state or name not in params:
                 raise ValueError(f"{cls} state has an unexpected tensor {key!r}")
             if tuple(arr.shape) != tuple(params[name].data.shape):
-                raise ValueError(f"{cls} state {key!r} has shape {tuple(arr.shape)}, the parameter "
-                                 f"is {tuple(params[name].data.shape)}")
-            state[slot][name] = self.ops.xp.array(self.ops.asarray(arr, dtype=params[name].data.dtype),
-                                                   copy=True)
+                raise ValueError(
+                    f"{cls} state {key!r} has shape {tuple(arr.shape)}, the parameter "
+                    f"is {tuple(params[name].data.shape)}"
+                )
+            state[slot][name] = self.ops.xp.array(
+                self.ops.asarray(arr, dtype=params[name].data.dtype), copy=True
+            )
         if not isinstance(hyper["step_count"], int) or hyper["step_count"] < 0:
             raise ValueError(f"{cls} state step_count must be a non-negative int")
         self.state = state
@@ -124,8 +138,16 @@ class SGD(Optimizer):
 
     slots = ("momentum",)
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False, *, ops=None):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        ops=None,
+    ):
         super().__init__(params, lr, ops)
         self._set_sgd(momentum, weight_decay, nesterov)
 
@@ -152,7 +174,11 @@ class SGD(Optimizer):
         p.data -= t(self.lr) * g
 
     def _hyper(self):
-        return {"momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+        return {
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "nesterov": self.nesterov,
+        }
 
     def _set_hyper(self, hyper):
         super()._set_hyper(hyper)
@@ -166,8 +192,17 @@ class AdamW(Optimizer):
 
     slots = ("m", "v")
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, decay=None, *, ops=None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        decay=None,
+        *,
+        ops=None,
+    ):
         super().__init__(params, lr, ops)
         self._set_adam(betas, eps, weight_decay)
         self.decay = decay or (lambda name, p: p.data.ndim >= 2)
@@ -176,8 +211,9 @@ class AdamW(Optimizer):
         cls = type(self).__name__
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"{cls}: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.beta1, self.beta2 = (real(cls, f"betas[{i}]", b, low=0, high=1, high_open=True)
-                                  for i, b in enumerate(betas))
+        self.beta1, self.beta2 = (
+            real(cls, f"betas[{i}]", b, low=0, high=1, high_open=True) for i, b in enumerate(betas)
+        )
         self.eps = real(cls, "eps", eps, low=0, low_open=True)
         self.weight_decay = real(cls, "weight_decay", weight_decay, low=0)
 
@@ -190,24 +226,48 @@ class AdamW(Optimizer):
     def _update(self, name, p):
         m = self._slot("m", name, p)
         v = self._slot("v", name, p)
-        self.ops.adamw_step(p.data, self._grad(p), m, v, lr=self.lr, beta1=self.beta1, beta2=self.beta2,
-                       eps=self.eps, weight_decay=self._decay(name, p), step=self.step_count)
+        self.ops.adamw_step(
+            p.data,
+            self._grad(p),
+            m,
+            v,
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            weight_decay=self._decay(name, p),
+            step=self.step_count,
+        )
 
     def _hyper(self):
-        return {"betas": [self.beta1, self.beta2], "eps": self.eps, "weight_decay": self.weight_decay}
+        return {
+            "betas": [self.beta1, self.beta2],
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
 
     def _set_hyper(self, hyper):
         super()._set_hyper(hyper)
         if not isinstance(hyper["betas"], list):
-            raise ValueError(f"{type(self).__name__} state betas must be a pair, got {hyper['betas']!r}")
+            raise ValueError(
+                f"{type(self).__name__} state betas must be a pair, got {hyper['betas']!r}"
+            )
         self._set_adam(hyper["betas"], hyper["eps"], hyper["weight_decay"])
 
 
 class Adam(AdamW):
     """Adam with classic (coupled, L2) weight decay: g + wd p is fed to the same fused step."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, ops=None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        ops=None,
+    ):
         super().__init__(params, lr, betas, eps, weight_decay, decay=lambda n, p: True, ops=ops)
 
     def _grad(self, p):
@@ -224,7 +284,7 @@ def grad_norm(params) -> float:
     import numpy as np
 
     grads = [g.reshape(-1) for g in (p.grad for p in params) if g is not None]
-    with np.errstate(over="ignore", invalid="ignore"):   # an overflow is retried below
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is retried below
         total = math.sqrt(sum(float(g @ g) for g in grads))
     if not math.isfinite(total):
         # float32 squares overflow from 1.8e19 on; float64 ones cannot from float32 inputs

@@ -17,8 +17,14 @@ DECAYS = ("cosine", "linear", "constant")
 
 
 class LRSchedule:
-    def __init__(self, base_lr: float, warmup_steps: int = 0, total_steps=None,
-                 decay: str = "cosine", min_lr: float = 0.0):
+    def __init__(
+        self,
+        base_lr: float,
+        warmup_steps: int = 0,
+        total_steps=None,
+        decay: str = "cosine",
+        min_lr: float = 0.0,
+    ):
         if decay not in DECAYS:
             raise ValueError(f"LRSchedule: decay must be one of {DECAYS}, got {decay!r}")
         if decay != "constant" and total_steps is None:
@@ -29,8 +35,10 @@ class LRSchedule:
         if total_steps is not None:
             total_steps = integer("LRSchedule", "total_steps", total_steps, low=1)
             if self.warmup_steps > total_steps:
-                raise ValueError(f"LRSchedule: warmup_steps {self.warmup_steps} is beyond the "
-                                 f"run's total_steps {total_steps}")
+                raise ValueError(
+                    f"LRSchedule: warmup_steps {self.warmup_steps} is beyond the "
+                    f"run's total_steps {total_steps}"
+                )
         self.total_steps, self.decay = total_steps, decay
 
     def __call__(self, step: int) -> float:
@@ -41,10 +49,17 @@ class LRSchedule:
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
         if self.decay == "cosine":
-            return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (
+                1.0 + math.cos(math.pi * progress)
+            )
         return self.base_lr - (self.base_lr - self.min_lr) * progress
 
     @property
     def config(self) -> dict:
-        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "decay": self.decay, "min_lr": self.min_lr}
+        return {
+            "base_lr": self.base_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay": self.decay,
+            "min_lr": self.min_lr,
+        }

@@ -41,19 +41,37 @@ class NonFiniteError(RuntimeError):
     step at which it happened, ``what`` one of "loss", "gradient", "weights"."""
 
     def __init__(self, step: int, what: str, detail: str):
-        super().__init__(f"training stopped at step {step}: the {what} is not finite ({detail}); "
-                         "the weights of the last good step are kept (try a lower lr or grad_clip)")
+        super().__init__(
+            f"training stopped at step {step}: the {what} is not finite ({detail}); "
+            "the weights of the last good step are kept (try a lower lr or grad_clip)"
+        )
         self.step, self.what = step, what
 
 
 class Trainer:
-    def __init__(self, model, optimizer, batch_fn: Callable, *, loss=None, schedule=None,
-                 grad_clip: Optional[float] = None, accum_steps: int = 1,
-                 eval_fn: Optional[Callable] = None, eval_every: int = 0,
-                 checkpoint_path=None, checkpoint_every: int = 0, seed=None, progress: bool = True):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        batch_fn: Callable,
+        *,
+        loss=None,
+        schedule=None,
+        grad_clip: Optional[float] = None,
+        accum_steps: int = 1,
+        eval_fn: Optional[Callable] = None,
+        eval_every: int = 0,
+        checkpoint_path=None,
+        checkpoint_every: int = 0,
+        seed=None,
+        progress: bool = True,
+    ):
         self.accum_steps = integer("Trainer", "accum_steps", accum_steps, low=1)
-        self.grad_clip = None if grad_clip is None else real("Trainer", "grad_clip", grad_clip,
-                                                             low=0, low_open=True)
+        self.grad_clip = (
+            None
+            if grad_clip is None
+            else real("Trainer", "grad_clip", grad_clip, low=0, low_open=True)
+        )
         self.eval_every = integer("Trainer", "eval_every", eval_every, low=0)
         self.checkpoint_every = integer("Trainer", "checkpoint_every", checkpoint_every, low=0)
         if not callable(batch_fn):
@@ -106,16 +124,22 @@ class Trainer:
         """The batch's targets, after checking that it holds examples and that no
         sequence in it is longer than the model's max_seq_len."""
         if "targets" not in batch:
-            raise ValueError(f"Trainer: batch_fn must return a dict with 'targets', got keys {sorted(batch)}")
+            raise ValueError(
+                f"Trainer: batch_fn must return a dict with 'targets', got keys {sorted(batch)}"
+            )
         limit = getattr(self.model, "config", {}).get("max_seq_len")
         for name, arr in batch.items():
             shape = tuple(getattr(arr, "shape", ()))
             if shape and shape[0] == 0:
-                raise ValueError(f"Trainer: the batch is empty ({name!r} has shape {shape}); "
-                                 "the batch size must be at least 1")
+                raise ValueError(
+                    f"Trainer: the batch is empty ({name!r} has shape {shape}); "
+                    "the batch size must be at least 1"
+                )
             if limit is not None and len(shape) == 2 and shape[1] > limit:
-                raise ValueError(f"Trainer: batch {name!r} has sequence length {shape[1]}, longer "
-                                 f"than the model's max_seq_len {limit}")
+                raise ValueError(
+                    f"Trainer: batch {name!r} has sequence length {shape[1]}, longer "
+                    f"than the model's max_seq_len {limit}"
+                )
         return batch.pop("targets")
 
     def evaluate(self) -> dict:
@@ -132,8 +156,10 @@ class Trainer:
         max_steps = integer("Trainer.fit", "max_steps", max_steps, low=1)
         warmup = getattr(self.schedule, "warmup_steps", 0)
         if warmup > max_steps:
-            raise ValueError(f"Trainer.fit: the schedule's warmup_steps {warmup} is beyond the "
-                             f"run's max_steps {max_steps}")
+            raise ValueError(
+                f"Trainer.fit: the schedule's warmup_steps {warmup} is beyond the "
+                f"run's max_steps {max_steps}"
+            )
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -147,11 +173,19 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens'] / dt:,.0f}")
-                if self.eval_fn is not None and self.eval_every and self.step % self.eval_every == 0:
+                if (
+                    self.eval_fn is not None
+                    and self.eval_every
+                    and self.step % self.eval_every == 0
+                ):
                     result = self.evaluate()
                     if bar is not None:
                         bar.write(f"step {self.step}: {result}")
-                if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                if (
+                    self.checkpoint_path
+                    and self.checkpoint_every
+                    and self.step % self.checkpoint_every == 0
+                ):
                     self.save(self.checkpoint_path)
         finally:
             if bar is not None:
@@ -168,9 +202,14 @@ class Trainer:
         for name, p in self.model.named_parameters():
             if not bool(xp.isfinite(p.data).all()):
                 raise NonFiniteError(self.step, "weights", f"{name} holds inf or NaN")
-        ckpt.save_checkpoint(path, self.model, self.optimizer, step=self.step,
-                             rng_states={"trainer": self.rng.bit_generator.state},
-                             extra=self.checkpoint_extra())
+        ckpt.save_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            step=self.step,
+            rng_states={"trainer": self.rng.bit_generator.state},
+            extra=self.checkpoint_extra(),
+        )
 
     def resume(self, path) -> None:
         """Loads model, optimizer, step and generator states saved by ``save``."""

@@ -17,6 +17,7 @@ use crate::vec_math::{chunk_rows, dot, sum, Vf32};
 /// `y = (x - mean) * rstd * gamma + beta` per row; `x, y (rows, cols)`,
 /// `mean, rstd (rows,)` written, `gamma, beta (cols,)`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn layernorm_rows<S: Simd>(
     s: S,
     x: &[f32],

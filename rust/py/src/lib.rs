@@ -13,6 +13,7 @@ mod loss;
 mod matmul;
 mod norm;
 mod optim;
+mod quant;
 mod rope;
 mod runtime;
 mod softmax;
@@ -28,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     matmul::register(m)?;
     norm::register(m)?;
     optim::register(m)?;
+    quant::register(m)?;
     rope::register(m)?;
     softmax::register(m)?;
     Ok(())

@@ -21,7 +21,11 @@ from typing import Dict, Iterable, List, Tuple
 
 # The C++ storage type of each dtype. Only float32 is exposed today; the
 # others compile with HALF_TYPES_OPTION (and the CUDA half-precision headers).
-STORAGE_TYPES: Dict[str, str] = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+STORAGE_TYPES: Dict[str, str] = {
+    "float32": "float",
+    "float16": "__half",
+    "bfloat16": "__nv_bfloat16",
+}
 HALF_TYPES_OPTION = "-DFERRO_HALF_TYPES"
 
 # NVRTC options of the backend; CuPy adds -arch, -ftz=true and
@@ -56,8 +60,11 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
         "column_sum<{T}>",
     ),
     "activation": (
-        *(f"activation_{way}<{{T}}, {act}>" for act in ACTIVATIONS.values()
-          for way in ("forward", "backward")),
+        *(
+            f"activation_{way}<{{T}}, {act}>"
+            for act in ACTIVATIONS.values()
+            for way in ("forward", "backward")
+        ),
         "swiglu_forward<{T}>",
         "swiglu_backward<{T}>",
     ),
@@ -66,9 +73,11 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
     "rope": ("rope<{T}>",),
     "adamw": ("adamw_step<{T}>",),
     "flash_attention": (
-        *(f"attention_{kernel}<{{T}}, {d}>" for kernel in ("forward_simt", "backward_kv_simt",
-                                                           "backward_q_simt", "decode_partial")
-          for d in SIMT_HEAD_DIMS),
+        *(
+            f"attention_{kernel}<{{T}}, {d}>"
+            for kernel in ("forward_simt", "backward_kv_simt", "backward_q_simt", "decode_partial")
+            for d in SIMT_HEAD_DIMS
+        ),
         "attention_backward_delta<{T}>",
         "attention_decode_merge<{T}>",
     ),
@@ -77,9 +86,10 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
 # Families built only for the TENSOR_CORE_DTYPES on sm_TENSOR_CORE_MIN_ARCH and later.
 TENSOR_CORE_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "flash_attention_mma": tuple(
-        f"attention_{kernel}<{{T}}, {d}>" for kernel in ("forward_mma", "backward_kv_mma",
-                                                         "backward_q_mma")
-        for d in MMA_HEAD_DIMS),
+        f"attention_{kernel}<{{T}}, {d}>"
+        for kernel in ("forward_mma", "backward_kv_mma", "backward_q_mma")
+        for d in MMA_HEAD_DIMS
+    ),
 }
 TENSOR_CORE_DTYPES = ("float16", "bfloat16")
 TENSOR_CORE_MIN_ARCH = 80

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::gemm::GemmArgs;
 use super::{run, threads_for, Layout};
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, elements, Error, Result};
 use crate::simd::{dispatch, Arch};
 
 /// Shapes of one batched product, after broadcasting.
@@ -25,16 +25,18 @@ struct Plan {
 /// Per-axis steps of one operand whose batch shape is `batch` (of
 /// `matrix`-element matrices), right-aligned to `rank` axes: a size-1 or
 /// missing axis steps by 0, which is how broadcasting reads it.
-fn steps(batch: &[usize], rank: usize, matrix: usize) -> Vec<usize> {
+/// `None` where a step overflows (possible only for an operand with a
+/// zero-size axis, whose element count does not bound its other axes).
+fn steps(batch: &[usize], rank: usize, matrix: Option<usize>) -> Option<Vec<usize>> {
     let mut steps = vec![0; rank];
-    let mut step = matrix;
+    let mut step = matrix?;
     for (ax, &d) in batch.iter().enumerate().rev() {
         if d != 1 {
             steps[rank - batch.len() + ax] = step;
         }
-        step *= d;
+        step = step.checked_mul(d)?;
     }
-    steps
+    Some(steps)
 }
 
 fn plan(a_shape: &[usize], trans_a: bool, b_shape: &[usize], trans_b: bool) -> Result<Plan> {
@@ -73,12 +75,19 @@ fn plan(a_shape: &[usize], trans_a: bool, b_shape: &[usize], trans_b: bool) -> R
             _ => return Err(mismatch("have batch dimensions that do not broadcast")),
         };
     }
+    let too_big = || mismatch("have more elements than memory can hold");
+    let a_steps = steps(ab, rank, m.checked_mul(ka)).ok_or_else(too_big)?;
+    let b_steps = steps(bb, rank, ka.checked_mul(n)).ok_or_else(too_big)?;
+    // The result's count bounds every offset into it.
+    elements(&batch)
+        .and_then(|b| b.checked_mul(m)?.checked_mul(n))
+        .ok_or_else(too_big)?;
     Ok(Plan {
         m,
         n,
         k: ka,
-        a_steps: steps(ab, rank, m * ka),
-        b_steps: steps(bb, rank, ka * n),
+        a_steps,
+        b_steps,
         batch,
     })
 }
@@ -197,5 +206,25 @@ fn args(
         c: c.as_mut_ptr(),
         ldc: n,
         bias: std::ptr::null(),
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::*;
+
+    #[test]
+    fn huge_shapes_are_refused_not_wrapped() {
+        let big = 1usize << 40;
+        let cases: [(&[usize], &[usize]); 4] = [
+            (&[big, big, 2, 2], &[2, 2]), // batch count overflows with the matrix
+            (&[0, big, big], &[big, 1]),  // empty batch, but m * k overflows
+            (&[2, 2], &[0, 2, 1 << 63]),  // k * n of b overflows
+            (&[big, 4, 1], &[1, 1, big]), // result count overflows
+        ];
+        for (a, b) in cases {
+            let e = matmul_batched(&[], a, false, &[], b, false, &mut []).unwrap_err();
+            assert!(matches!(e, Error::Shape(_)), "{a:?} @ {b:?}: {e:?}");
+        }
     }
 }

@@ -44,8 +44,10 @@ unsafe fn tile_6x16(
     ep: &Epilogue,
 ) {
     for i in 0..MR {
-        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + 8) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i.wrapping_mul(ldc)) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(
+            c.wrapping_add(i.wrapping_mul(ldc).wrapping_add(8)) as *const i8
+        );
     }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for _ in 0..kc {

@@ -87,8 +87,10 @@ unsafe fn tile_rows<const R: usize>(
 ) {
     // C is touched only after the k loop; start pulling its lines in now.
     for i in 0..R {
-        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + 16) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i.wrapping_mul(ldc)) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(
+            c.wrapping_add(i.wrapping_mul(ldc).wrapping_add(16)) as *const i8
+        );
     }
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for _ in 0..kc {

@@ -100,12 +100,15 @@ impl Layout {
         } else {
             (rows, cols)
         };
+        // Checked: a huge stride or size must be refused, not wrap to a small span.
         let need = if sr == 0 || sc == 0 {
-            0
+            Some(0)
         } else {
-            (sr - 1) * self.ld + sc
+            (sr - 1)
+                .checked_mul(self.ld)
+                .and_then(|s| s.checked_add(sc))
         };
-        if self.ld < sc || len < need {
+        if self.ld < sc || need.is_none_or(|need| len < need) {
             return Err(Error::Shape(format!(
                 "{op}: {name} has {len} elements and row stride {}, too few for a stored \
                  ({sr}, {sc}) matrix",

@@ -83,7 +83,8 @@ unsafe fn pack_panel<const W: usize, S: Simd>(
             // hardware prefetchers miss such strides, so ask for the lines
             // a few rows ahead.
             for (p, row) in dst.chunks_exact_mut(W).enumerate() {
-                let ahead = src.wrapping_add((p + PREFETCH_ROWS) * stride_k);
+                // Only a hint: past the end (or wrapped, for a huge stride) is fine.
+                let ahead = src.wrapping_add((p + PREFETCH_ROWS).wrapping_mul(stride_k));
                 for l in (0..W).step_by(LINE) {
                     prefetch_l1(ahead.wrapping_add(l));
                 }

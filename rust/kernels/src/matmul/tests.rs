@@ -643,3 +643,40 @@ fn few_rows_against_w_in_place() {
         check_linear_bias(rows, 96, 45);
     }
 }
+
+#[test]
+fn a_huge_stride_or_size_is_refused_not_wrapped() {
+    // (sr - 1) * ld + sc overflows for these: a wrapped span would pass the
+    // length check with a short slice.
+    let a = [0.0f32; 4];
+    let mut c = [0.0f32; 4];
+    let huge = usize::MAX / 2 + 1;
+    let e = sgemm(
+        2,
+        2,
+        2,
+        1.0,
+        &a,
+        Layout::normal(huge),
+        &a,
+        Layout::normal(2),
+        0.0,
+        &mut c,
+        2,
+    );
+    assert!(matches!(e, Err(crate::error::Error::Shape(_))), "{e:?}");
+    let e = sgemm(
+        huge,
+        2,
+        2,
+        1.0,
+        &a,
+        Layout::normal(2),
+        &a,
+        Layout::normal(2),
+        0.0,
+        &mut c,
+        2,
+    );
+    assert!(matches!(e, Err(crate::error::Error::Shape(_))), "{e:?}");
+}

@@ -4,7 +4,7 @@
 //!
 //! - [`Portable`]: always available; plain Rust that LLVM vectorises for
 //!   the baseline target (SSE2 on x86-64, NEON on aarch64).
-//! - [`Avx2`]: AVX2 and FMA.
+//! - [`Avx2`]: AVX2, FMA and F16C.
 //! - [`Avx512`]: AVX-512F, with AVX2 and FMA.
 //!
 //! A token comes only from [`Avx2::try_new`] / [`Avx512::try_new`] (a run
@@ -50,7 +50,7 @@ impl Level {
 
 /// Bits of [`cpu_features`]: set once the CPU has been asked.
 const ASKED: u8 = 1;
-/// AVX2 and FMA.
+/// AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 const AVX2_FMA: u8 = 2;
 /// AVX-512F, AVX2 and FMA.
@@ -69,7 +69,12 @@ fn cpu_features() -> u8 {
     let mut f = ASKED;
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // F16C comes with every AVX2 CPU; the quantized kernels convert block
+        // scales with it, so the AVX2 token stands for all three.
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             f |= AVX2_FMA;
             if is_x86_feature_detected!("avx512f") {
                 f |= AVX512;
@@ -140,6 +145,13 @@ pub(crate) trait Simd: Copy + Send + Sync + std::fmt::Debug + 'static {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn avx512(self) -> Option<Avx512> {
+        None
+    }
+
+    /// The AVX2 token, when this token implies AVX2 (AVX2 and AVX-512 do).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn avx2(self) -> Option<Avx2> {
         None
     }
 }

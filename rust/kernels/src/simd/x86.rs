@@ -3,20 +3,20 @@
 
 use super::{cpu_features, Simd, AVX2_FMA, AVX512};
 
-/// AVX2 and FMA.
+/// AVX2, FMA and F16C.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Avx2 {
     _private: (),
 }
 
-/// AVX-512F, with AVX2 and FMA.
+/// AVX-512F, with AVX2, FMA and F16C.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Avx512 {
     _private: (),
 }
 
 impl Avx2 {
-    /// The token, if this CPU has AVX2 and FMA.
+    /// The token, if this CPU has AVX2, FMA and F16C.
     #[inline]
     pub fn try_new() -> Option<Self> {
         (cpu_features() & AVX2_FMA != 0).then_some(Avx2 { _private: () })
@@ -25,7 +25,7 @@ impl Avx2 {
     /// The token without asking.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2, FMA and F16C.
     #[allow(dead_code)]
     pub unsafe fn new_unchecked() -> Self {
         Avx2 { _private: () }
@@ -33,7 +33,7 @@ impl Avx2 {
 }
 
 impl Avx512 {
-    /// The token, if this CPU has AVX-512F, AVX2 and FMA.
+    /// The token, if this CPU has AVX-512F, AVX2, FMA and F16C.
     #[inline]
     pub fn try_new() -> Option<Self> {
         (cpu_features() & AVX512 != 0).then_some(Avx512 { _private: () })
@@ -42,17 +42,10 @@ impl Avx512 {
     /// The token without asking.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F, AVX2 and FMA.
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
     #[allow(dead_code)]
     pub unsafe fn new_unchecked() -> Self {
         Avx512 { _private: () }
-    }
-
-    /// The AVX2 token: every CPU with this one has that one.
-    #[inline(always)]
-    #[allow(dead_code)]
-    pub fn avx2(self) -> Avx2 {
-        Avx2 { _private: () }
     }
 }
 
@@ -68,6 +61,11 @@ impl Simd for Avx2 {
         }
         // SAFETY: the token exists, so the CPU has AVX2 and FMA.
         unsafe { with_avx2(f) }
+    }
+
+    #[inline(always)]
+    fn avx2(self) -> Option<Avx2> {
+        Some(self)
     }
 }
 
@@ -88,5 +86,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn avx512(self) -> Option<Avx512> {
         Some(self)
+    }
+
+    #[inline(always)]
+    fn avx2(self) -> Option<Avx2> {
+        Some(Avx2 { _private: () })
     }
 }

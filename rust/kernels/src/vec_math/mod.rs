@@ -119,13 +119,18 @@ pub(crate) trait Vf32:
 #[macro_export]
 macro_rules! lanes {
     ($V:ty, $n:expr, $l:ident => $body:block) => {{
-        let n = $n;
-        let mut i = 0usize;
-        while i + <$V as $crate::vec_math::Vf32>::N <= n {
-            let $l = $crate::vec_math::Lanes { i, w: <$V as $crate::vec_math::Vf32>::N };
+        let n: usize = $n;
+        let w = <$V as $crate::vec_math::Vf32>::N;
+        // A counted loop over whole registers (no `i + w <= n`, which LLVM
+        // cannot always prove free of overflow once the body sits behind a
+        // token's closure: it then keeps a bounds check in the loop and does
+        // not unroll it).
+        let full = n / w;
+        for c in 0..full {
+            let $l = $crate::vec_math::Lanes { i: c * w, w };
             $body
-            i += <$V as $crate::vec_math::Vf32>::N;
         }
+        let i = full * w;
         if i < n {
             let $l = $crate::vec_math::Lanes { i, w: n - i };
             $body
