@@ -147,9 +147,7 @@ fn key_chunk(
         for r in 0..tq {
             let qr = &s.q[r * dp..(r + 1) * dp];
             let row = &mut s.s[r * BLOCK_K..(r + 1) * BLOCK_K];
-            for (jj, x) in row[..kn].iter_mut().enumerate() {
-                *x = t.dot(qr, &h.k[(j0 + jj) * dp..(j0 + jj + 1) * dp]);
-            }
+            t.dots(qr, &h.k[j0 * dp..(j0 + kn) * dp], &mut row[..kn]);
             let visible = p.causal_limit(r).saturating_sub(j0).min(kn);
             row[visible..].fill(f32::NEG_INFINITY);
             if pad == Cover::Some {

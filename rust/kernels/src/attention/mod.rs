@@ -31,7 +31,7 @@
 //!   run to run and for any thread count.
 //!
 //! All tile arithmetic goes through `tile.rs` (register-blocked products
-//! and vectorised exp2 per SIMD level); scores are kept in base 2 (the
+//! per instruction set, lane loops once over the SIMD tokens); scores are kept in base 2 (the
 //! scale is multiplied by log2(e)) so that the exponentials are exp2.
 
 mod backward;
@@ -53,7 +53,6 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
-use crate::simd::{self, Level};
 use tile::Tiles;
 
 /// Queries per forward/backward task and per tile row block.
@@ -96,7 +95,7 @@ pub fn attention_forward(
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<()> {
-    forward_at(simd::level(), q, k, v, shape, shape.kv_len, opts, o, lse)
+    forward_in(q, k, v, shape, shape.kv_len, opts, o, lse)
 }
 
 /// Forward attention over the first `shape.kv_len` keys of a KV cache:
@@ -121,89 +120,13 @@ pub fn attention_forward_cached(
             shape.kv_len
         )));
     }
-    forward_at(simd::level(), q, k, v, shape, capacity, opts, o, lse)
+    forward_in(q, k, v, shape, capacity, opts, o, lse)
 }
 
 /// Backward attention: from `d_o (B, Hq, Tq, D)` and the forward's `o`
 /// and `lse`, fills `dq (B, Hq, Tq, D)`, `dk, dv (B, Hkv, Tk, D)`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    d_o: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &[f32],
-    lse: &[f32],
-    shape: AttentionShape,
-    opts: AttentionOptions<'_>,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) -> Result<()> {
-    backward_at(simd::level(), d_o, q, k, v, o, lse, shape, opts, dq, dk, dv)
-}
-
-/// [`attention_forward`] at a chosen SIMD level (lowered to what the CPU
-/// has), so that the tests can run every path.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_at(
-    level: Level,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    shape: AttentionShape,
-    capacity: usize,
-    opts: AttentionOptions<'_>,
-    o: &mut [f32],
-    lse: &mut [f32],
-) -> Result<()> {
-    const OP: &str = "attention_forward";
-    check_inputs(OP, q, k, v, shape, capacity, opts)?;
-    let s = shape;
-    check_len(OP, "o", o.len(), &[s.batch, s.q_heads, s.q_len, s.head_dim])?;
-    check_len(OP, "lse", lse.len(), &[s.batch, s.q_heads, s.q_len])?;
-    if o.is_empty() {
-        return Ok(());
-    }
-    let (d, dp) = (s.head_dim, padded_dim(s.head_dim));
-    // Padded copies hold only the used rows [0, kv_len) of each cache slab,
-    // so a decode step costs O(kv_len), not O(capacity).
-    let kv_stride = if dp == d { capacity } else { s.kv_len };
-    let q = pad_rows(q, d, dp);
-    let (k, v) = (
-        pad_slabs(k, capacity, s.kv_len, d, dp),
-        pad_slabs(v, capacity, s.kv_len, d, dp),
-    );
-    let mut o_pad = Vec::new();
-    let o_target: &mut [f32] = if dp == d {
-        o
-    } else {
-        o_pad.resize(o.len() / d * dp, 0.0);
-        &mut o_pad
-    };
-    let problem = Problem {
-        tiles: Tiles::new(level),
-        shape,
-        opts,
-        dp,
-        kv_stride,
-        mask_stride: capacity,
-    };
-    if s.q_len <= DECODE_MAX_Q {
-        decode::forward(&problem, &q, &k, &v, o_target, lse);
-    } else {
-        forward::forward(&problem, &q, &k, &v, o_target, lse);
-    }
-    if dp != d {
-        unpad_rows(&o_pad, dp, o, d);
-    }
-    Ok(())
-}
-
-/// [`attention_backward`] at a chosen SIMD level.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_at(
-    level: Level,
     d_o: &[f32],
     q: &[f32],
     k: &[f32],
@@ -251,7 +174,7 @@ pub(crate) fn backward_at(
     let (d_o, q) = (pad_rows(d_o, d, dp), pad_rows(q, d, dp));
     let (k, v) = (pad_rows(k, d, dp), pad_rows(v, d, dp));
     let problem = Problem {
-        tiles: Tiles::new(level),
+        tiles: Tiles::new(),
         shape,
         opts,
         dp,
@@ -282,6 +205,62 @@ pub(crate) fn backward_at(
         unpad_rows(&dq_pad, dp, dq, d);
         unpad_rows(&dk_pad, dp, dk, d);
         unpad_rows(&dv_pad, dp, dv, d);
+    }
+    Ok(())
+}
+
+/// The forward of both public entries: `k, v` hold `capacity` positions
+/// per slab, of which the first `shape.kv_len` are read.
+#[allow(clippy::too_many_arguments)]
+fn forward_in(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    capacity: usize,
+    opts: AttentionOptions<'_>,
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "attention_forward";
+    check_inputs(OP, q, k, v, shape, capacity, opts)?;
+    let s = shape;
+    check_len(OP, "o", o.len(), &[s.batch, s.q_heads, s.q_len, s.head_dim])?;
+    check_len(OP, "lse", lse.len(), &[s.batch, s.q_heads, s.q_len])?;
+    if o.is_empty() {
+        return Ok(());
+    }
+    let (d, dp) = (s.head_dim, padded_dim(s.head_dim));
+    // Padded copies hold only the used rows [0, kv_len) of each cache slab,
+    // so a decode step costs O(kv_len), not O(capacity).
+    let kv_stride = if dp == d { capacity } else { s.kv_len };
+    let q = pad_rows(q, d, dp);
+    let (k, v) = (
+        pad_slabs(k, capacity, s.kv_len, d, dp),
+        pad_slabs(v, capacity, s.kv_len, d, dp),
+    );
+    let mut o_pad = Vec::new();
+    let o_target: &mut [f32] = if dp == d {
+        o
+    } else {
+        o_pad.resize(o.len() / d * dp, 0.0);
+        &mut o_pad
+    };
+    let problem = Problem {
+        tiles: Tiles::new(),
+        shape,
+        opts,
+        dp,
+        kv_stride,
+        mask_stride: capacity,
+    };
+    if s.q_len <= DECODE_MAX_Q {
+        decode::forward(&problem, &q, &k, &v, o_target, lse);
+    } else {
+        forward::forward(&problem, &q, &k, &v, o_target, lse);
+    }
+    if dp != d {
+        unpad_rows(&o_pad, dp, o, d);
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use super::tile::{Acc, Tiles};
 use super::*;
+use crate::simd::Arch;
 
 mod nonfinite;
 
@@ -19,11 +20,9 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn levels() -> Vec<Level> {
-    [Level::Portable, Level::Avx2Fma, Level::Avx512]
-        .into_iter()
-        .filter(|&l| l <= simd::level())
-        .collect()
+/// Every SIMD token this CPU has, portable first.
+fn levels() -> Vec<Arch> {
+    Arch::supported()
 }
 
 /// `max |got - want| / max(1, max |want|) <= tol`, reporting the worst index.
@@ -199,21 +198,22 @@ impl Case {
         (o, lse, dq, dk, dv)
     }
 
-    fn forward(&self, level: Level) -> (Vec<f32>, Vec<f32>) {
+    fn forward(&self, level: Arch) -> (Vec<f32>, Vec<f32>) {
         let mut o = vec![f32::NAN; self.q.len()];
         let mut lse = vec![f32::NAN; self.q.len() / self.shape.head_dim];
-        forward_at(
-            level,
-            &self.q,
-            &self.k,
-            &self.v,
-            self.shape,
-            self.shape.kv_len,
-            self.opts(),
-            &mut o,
-            &mut lse,
-        )
-        .unwrap();
+        level
+            .forced(|| {
+                attention_forward(
+                    &self.q,
+                    &self.k,
+                    &self.v,
+                    self.shape,
+                    self.opts(),
+                    &mut o,
+                    &mut lse,
+                )
+            })
+            .unwrap();
         (o, lse)
     }
 
@@ -248,25 +248,27 @@ impl Case {
         (o, lse)
     }
 
-    fn backward(&self, level: Level, o: &[f32], lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn backward(&self, level: Arch, o: &[f32], lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut dq = vec![f32::NAN; self.q.len()];
         let mut dk = vec![f32::NAN; self.k.len()];
         let mut dv = vec![f32::NAN; self.v.len()];
-        backward_at(
-            level,
-            &self.d_o,
-            &self.q,
-            &self.k,
-            &self.v,
-            o,
-            lse,
-            self.shape,
-            self.opts(),
-            &mut dq,
-            &mut dk,
-            &mut dv,
-        )
-        .unwrap();
+        level
+            .forced(|| {
+                attention_backward(
+                    &self.d_o,
+                    &self.q,
+                    &self.k,
+                    &self.v,
+                    o,
+                    lse,
+                    self.shape,
+                    self.opts(),
+                    &mut dq,
+                    &mut dk,
+                    &mut dv,
+                )
+            })
+            .unwrap();
         (dq, dk, dv)
     }
 
@@ -281,7 +283,7 @@ impl Case {
                 self.shape,
                 self.causal,
                 self.mask.is_some(),
-                level.name()
+                level.level().name()
             );
             let (go, glse) = self.forward(level);
             assert_close(&format!("{tag} o"), &go, &o, 2e-5);
@@ -372,8 +374,8 @@ fn bits_do_not_depend_on_runs_or_threads() {
             .build()
             .unwrap();
         pool.install(|| {
-            let (o, lse) = case.forward(simd::level());
-            let (dq, dk, dv) = case.backward(simd::level(), &o, &lse);
+            let (o, lse) = case.forward(Arch::best());
+            let (dq, dk, dv) = case.backward(Arch::best(), &o, &lse);
             [o, lse, dq, dk, dv]
         })
     };
@@ -426,7 +428,7 @@ fn tile_products_match_naive() {
     // C (m, n) = A (m, k) B (k, n) [+ C, + C·scale[r]], A read both ways,
     // odd m and k.
     for level in levels() {
-        let t = Tiles::new(level);
+        let t = level.forced(Tiles::new);
         for &(m, n, k) in &[
             (1, 16, 1),
             (7, 32, 17),
@@ -453,7 +455,7 @@ fn tile_products_match_naive() {
                     }
                     let acc = [Acc::No, Acc::Add, Acc::ScaleRows(&scale)][mode];
                     t.gemm((m, n, k), &a, (rsa, csa), &b, n, &mut c, n, acc);
-                    let what = format!("gemm {m}x{n}x{k} {acc:?} {}", level.name());
+                    let what = format!("gemm {m}x{n}x{k} {acc:?} {}", level.level().name());
                     assert_close(&what, &c, &want, 1e-5);
                 }
             }
@@ -464,7 +466,7 @@ fn tile_products_match_naive() {
 #[test]
 fn transposed_packs_match_naive() {
     for level in levels() {
-        let t = Tiles::new(level);
+        let t = level.forced(Tiles::new);
         for &(rows, cols, ld) in &[
             (1, 1, 1),
             (7, 5, 9),
@@ -483,7 +485,7 @@ fn transposed_packs_match_naive() {
                         dst[d * ldd + c],
                         want,
                         "{} ({rows}, {cols}) [{d}][{c}]",
-                        level.name()
+                        level.level().name()
                     );
                 }
             }
@@ -498,19 +500,19 @@ fn exp2_is_accurate_and_exactly_zero_far_below() {
         .chain([f32::NEG_INFINITY; 16])
         .collect();
     for level in levels() {
-        let t = Tiles::new(level);
+        let t = level.forced(Tiles::new);
         let mut s = xs.clone();
         let rows = s.len() / 16;
         t.exp2_rows(&mut s, (rows, 16, 16), 1.0, &vec![0.0; rows]);
         for (&x, &y) in xs.iter().zip(&s) {
             if x < -125.0 {
-                assert!(y < 1e-37, "{} exp2({x}) = {y}", level.name());
+                assert!(y < 1e-37, "{} exp2({x}) = {y}", level.level().name());
             } else {
                 let want = (x as f64).exp2();
                 assert!(
                     ((y as f64) - want).abs() <= 3e-7 * want,
                     "{} exp2({x}) = {y}",
-                    level.name()
+                    level.level().name()
                 );
             }
         }
@@ -528,7 +530,7 @@ fn kv_cache_capacity_reads_only_the_used_rows() {
         ((1, 2, 1, 5, 9, 24), false, true),
     ] {
         let case = Case::new(dims, causal, mask, 7);
-        let (o, lse) = case.forward(simd::level());
+        let (o, lse) = case.forward(Arch::best());
         for extra in [0, 1, 63] {
             let (oc, lc) = case.forward_cached(case.shape.kv_len + extra);
             assert_eq!(o, oc, "{dims:?} capacity +{extra}: o");

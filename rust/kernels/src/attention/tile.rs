@@ -1,21 +1,13 @@
 //! The tile operations every attention loop is built from, one entry point
-//! each, dispatched on the SIMD level. Each entry checks its slices against
-//! the sizes it is given, so the `unsafe` SIMD bodies only ever touch
-//! memory inside them. The portable bodies here are the slow twins the
-//! tests hold the SIMD ones to.
+//! each, on the SIMD token layer (`crate::simd`). Each entry checks its
+//! slices against the sizes it is given; the lane loops (exponentials,
+//! maxima, the softmax gradient, dot products) are then written once over
+//! the token's register type, and only the register-blocked product (and
+//! AVX-512's gathering transpose) is written per instruction set, in
+//! `avx2.rs` and `avx512.rs`, behind [`TileKernels`].
 
-use crate::simd::Level;
-
-/// Taylor coefficients of 2^f = e^(f·ln2): (ln2)^i / i!.
-pub(super) const EXP2_POLY: [f32; 7] = [
-    1.0,
-    std::f32::consts::LN_2,
-    0.240_226_5,
-    0.055_504_11,
-    0.009_618_129,
-    0.001_333_355_8,
-    0.000_154_035_3,
-];
+use crate::simd::{dispatch, Arch, Portable, Simd};
+use crate::vec_math::{exp2, Vf32};
 
 /// What a product does with the C it lands on.
 #[derive(Clone, Copy, Debug)]
@@ -80,19 +72,122 @@ impl Out {
     }
 }
 
-/// The SIMD level a set of tile operations runs at; never above what the
-/// CPU offers.
+/// The products and packs that differ per instruction set; every token
+/// type has them. The lane loops of [`Tiles`] need no such trait: they are
+/// generic over the token's register type.
+pub(super) trait TileKernels: Simd {
+    /// C (m, n) = A (m, k) · B (k, n) as [`Tiles::gemm`] describes.
+    ///
+    /// # Safety
+    /// The slices must hold what [`Tiles::gemm`] asserts: `n % 16 == 0`,
+    /// `n <= ldb, ldc`, and every A, B and C element the product indexes
+    /// inside `a`, `b` and `c` (the SIMD bodies do not check again).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        self,
+        mnk: (usize, usize, usize),
+        a: &[f32],
+        strides: (usize, usize),
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        acc: Acc<'_>,
+    );
+
+    /// `dst[d][c] = src[c][d]·scale` as [`Tiles::pack_transposed`]
+    /// describes, zero up to the next multiple of 16 rows; the slices are
+    /// checked there (this default indexes them, so it checks again).
+    fn pack_transposed(
+        self,
+        src: &[f32],
+        (rows, cols, ld): (usize, usize, usize),
+        scale: f32,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        let width = rows.div_ceil(16) * 16;
+        for (d, col) in dst.chunks_mut(ldd).take(cols).enumerate() {
+            for (c, y) in col[..width].iter_mut().enumerate() {
+                *y = if c < rows {
+                    src[c * ld + d] * scale
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+impl TileKernels for Portable {
+    unsafe fn gemm(
+        self,
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        (rsa, csa): (usize, usize),
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        acc: Acc<'_>,
+    ) {
+        for r in 0..m {
+            let row = &mut c[r * ldc..r * ldc + n];
+            match acc {
+                Acc::No => row.fill(0.0),
+                Acc::Add => {}
+                Acc::ScaleRows(s) => row.iter_mut().for_each(|x| *x *= s[r]),
+            }
+            for p in 0..k {
+                let x = a[r * rsa + p * csa];
+                for (y, &bv) in row.iter_mut().zip(&b[p * ldb..p * ldb + n]) {
+                    *y += x * bv;
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Acc<'a> {
+    /// The operands of a SIMD product: A as a pointer with strides, C with
+    /// its accumulate mode and row scales (null unless `ScaleRows`).
+    pub(super) fn operands(
+        self,
+        a: &[f32],
+        (rs, cs): (usize, usize),
+        c: &mut [f32],
+        ld: usize,
+    ) -> (Lhs, Out) {
+        let row_scale = match self {
+            Acc::ScaleRows(s) => s.as_ptr(),
+            _ => std::ptr::null(),
+        };
+        let lhs = Lhs {
+            ptr: a.as_ptr(),
+            rs,
+            cs,
+        };
+        let out = Out {
+            ptr: c.as_mut_ptr(),
+            ld,
+            accumulate: !matches!(self, Acc::No),
+            row_scale,
+        };
+        (lhs, out)
+    }
+}
+
+/// The token a set of tile operations runs with: the best this CPU has
+/// (or, in tests, the one `Arch::forced` names).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Tiles {
-    level: Level,
+    arch: Arch,
 }
 
 impl Tiles {
-    /// `level` lowered to what this CPU supports.
-    pub fn new(level: Level) -> Self {
-        Tiles {
-            level: level.min(crate::simd::level()),
-        }
+    /// The tiles of `Arch::best()`.
+    pub fn new() -> Self {
+        Tiles { arch: Arch::best() }
     }
 
     /// C (m, n) = A (m, k) · B (k, n) plus, by `acc`, nothing, C, or C
@@ -120,52 +215,14 @@ impl Tiles {
             assert!(a.len() > (m - 1) * rsa + (k - 1) * csa);
             assert!(b.len() >= (k - 1) * ldb + n);
         }
-        let row_scale = match acc {
-            Acc::ScaleRows(s) => {
-                assert!(s.len() >= m);
-                s.as_ptr()
-            }
-            _ => std::ptr::null(),
-        };
-        let lhs = Lhs {
-            ptr: a.as_ptr(),
-            rs: rsa,
-            cs: csa,
-        };
-        let out = Out {
-            ptr: c.as_mut_ptr(),
-            ld: ldc,
-            accumulate: !matches!(acc, Acc::No),
-            row_scale,
-        };
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe { super::avx512::gemm((m, n, k), lhs, b.as_ptr(), ldb, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX2 and FMA; the asserts above keep every pointer the body
-            // forms inside the slices it came from.
-            Level::Avx2Fma => unsafe { super::avx2::gemm((m, n, k), lhs, b.as_ptr(), ldb, out) },
-            _ => {
-                for r in 0..m {
-                    let row = &mut c[r * ldc..r * ldc + n];
-                    match acc {
-                        Acc::No => row.fill(0.0),
-                        Acc::Add => {}
-                        Acc::ScaleRows(s) => row.iter_mut().for_each(|x| *x *= s[r]),
-                    }
-                    for p in 0..k {
-                        let x = a[r * rsa + p * csa];
-                        for (y, &bv) in row.iter_mut().zip(&b[p * ldb..p * ldb + n]) {
-                            *y += x * bv;
-                        }
-                    }
-                }
-            }
+        if let Acc::ScaleRows(s) = acc {
+            assert!(s.len() >= m);
         }
+        let dims = (m, n, k);
+        // SAFETY: the asserts above are the contract of `TileKernels::gemm`.
+        dispatch!(self.arch, |t| unsafe {
+            t.gemm(dims, a, (rsa, csa), b, ldb, c, ldc, acc)
+        })
     }
 
     /// `s[j][c] = 2^(s[j][c] - shift[c])`, `colsum[c] += Σ_j s[j][c]` over a
@@ -182,45 +239,10 @@ impl Tiles {
         }
         assert!(cols % 16 == 0 && cols <= ld && s.len() >= (rows - 1) * ld + cols);
         assert!(shift.len() >= cols && colsum.len() >= cols);
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe {
-                super::avx512::exp2_cols(
-                    s.as_mut_ptr(),
-                    rows,
-                    cols,
-                    ld,
-                    shift.as_ptr(),
-                    colsum.as_mut_ptr(),
-                )
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX2 and FMA; the asserts above keep every pointer the body
-            // forms inside the slices it came from.
-            Level::Avx2Fma => unsafe {
-                super::avx2::exp2_cols(
-                    s.as_mut_ptr(),
-                    rows,
-                    cols,
-                    ld,
-                    shift.as_ptr(),
-                    colsum.as_mut_ptr(),
-                )
-            },
-            _ => {
-                for row in s.chunks_mut(ld).take(rows) {
-                    for ((x, &sh), sum) in row[..cols].iter_mut().zip(shift).zip(colsum.iter_mut())
-                    {
-                        *x = (*x - sh).exp2();
-                        *sum += *x;
-                    }
-                }
-            }
-        }
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || exp2_cols(t, s, (rows, cols, ld), shift, colsum)
+        ))
     }
 
     /// `colmax[c] = max(colmax[c], max_j s[j][c])`; `cols % 16 == 0`.
@@ -230,29 +252,10 @@ impl Tiles {
         }
         assert!(cols % 16 == 0 && cols <= ld && s.len() >= (rows - 1) * ld + cols);
         assert!(colmax.len() >= cols);
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe {
-                super::avx512::col_max(s.as_ptr(), rows, cols, ld, colmax.as_mut_ptr())
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX2 and FMA; the asserts above keep every pointer the body
-            // forms inside the slices it came from.
-            Level::Avx2Fma => unsafe {
-                super::avx2::col_max(s.as_ptr(), rows, cols, ld, colmax.as_mut_ptr())
-            },
-            _ => {
-                for row in s.chunks(ld).take(rows) {
-                    for (m, &x) in colmax.iter_mut().zip(&row[..cols]) {
-                        *m = m.max(x);
-                    }
-                }
-            }
-        }
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || col_max(t, s, (rows, cols, ld), colmax)
+        ))
     }
 
     /// `s[r][c] = 2^(s[r][c]·mul - shift[r])`; `cols % 16 == 0`.
@@ -268,34 +271,14 @@ impl Tiles {
         }
         assert!(cols % 16 == 0 && cols <= ld && s.len() >= (rows - 1) * ld + cols);
         assert!(shift.len() >= rows);
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe {
-                super::avx512::exp2_rows(s.as_mut_ptr(), rows, cols, ld, mul, shift.as_ptr())
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX2 and FMA; the asserts above keep every pointer the body
-            // forms inside the slices it came from.
-            Level::Avx2Fma => unsafe {
-                super::avx2::exp2_rows(s.as_mut_ptr(), rows, cols, ld, mul, shift.as_ptr())
-            },
-            _ => {
-                for (row, &sh) in s.chunks_mut(ld).take(rows).zip(shift) {
-                    for x in &mut row[..cols] {
-                        *x = (*x * mul - sh).exp2();
-                    }
-                }
-            }
-        }
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || exp2_rows(t, s, (rows, cols, ld), mul, shift)
+        ))
     }
 
     /// `p[r][c] = p[r][c]·(dp[r][c] - delta[r])·scale`, turning the
     /// probabilities P into the score gradient dS; `cols % 16 == 0`.
-    #[allow(clippy::too_many_arguments)]
     pub fn softmax_grad_rows(
         self,
         p: &mut [f32],
@@ -310,46 +293,10 @@ impl Tiles {
         let need = (rows - 1) * ld + cols;
         assert!(cols % 16 == 0 && cols <= ld && p.len() >= need && dp.len() >= need);
         assert!(delta.len() >= rows);
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe {
-                super::avx512::softmax_grad_rows(
-                    p.as_mut_ptr(),
-                    dp.as_ptr(),
-                    rows,
-                    cols,
-                    ld,
-                    delta.as_ptr(),
-                    scale,
-                )
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX2 and FMA; the asserts above keep every pointer the body
-            // forms inside the slices it came from.
-            Level::Avx2Fma => unsafe {
-                super::avx2::softmax_grad_rows(
-                    p.as_mut_ptr(),
-                    dp.as_ptr(),
-                    rows,
-                    cols,
-                    ld,
-                    delta.as_ptr(),
-                    scale,
-                )
-            },
-            _ => {
-                for r in 0..rows {
-                    let (pr, dr) = (&mut p[r * ld..r * ld + cols], &dp[r * ld..r * ld + cols]);
-                    for (x, &g) in pr.iter_mut().zip(dr) {
-                        *x = *x * (g - delta[r]) * scale;
-                    }
-                }
-            }
-        }
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || softmax_grad_rows(t, p, dp, (rows, cols, ld), delta, scale)
+        ))
     }
 
     /// Packs `src (rows, cols)` (row stride `ld`) transposed and scaled
@@ -369,49 +316,149 @@ impl Tiles {
         let width = rows.div_ceil(16) * 16;
         assert!(cols <= ld && width <= ldd && ld * 16 <= i32::MAX as usize);
         assert!(src.len() >= (rows - 1) * ld + cols && dst.len() >= (cols - 1) * ldd + width);
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe {
-                super::avx512::pack_transposed(
-                    src.as_ptr(),
-                    (rows, cols, ld),
-                    scale,
-                    dst.as_mut_ptr(),
-                    ldd,
-                )
-            },
-            _ => {
-                for (d, col) in dst.chunks_mut(ldd).take(cols).enumerate() {
-                    for (c, y) in col[..width].iter_mut().enumerate() {
-                        *y = if c < rows {
-                            src[c * ld + d] * scale
-                        } else {
-                            0.0
-                        };
-                    }
+        dispatch!(self.arch, |t| t.pack_transposed(
+            src,
+            (rows, cols, ld),
+            scale,
+            dst,
+            ldd
+        ))
+    }
+
+    /// `out[j] = Σ_i q[i]·rows[j·d + i]` with `d = q.len()`, a multiple of
+    /// 16: the query against each of `out.len()` rows.
+    pub fn dots(self, q: &[f32], rows: &[f32], out: &mut [f32]) {
+        let d = q.len();
+        assert!(d.is_multiple_of(16) && rows.len() >= out.len() * d);
+        if d == 0 {
+            out.fill(0.0);
+            return;
+        }
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || {
+                for (y, k) in out.iter_mut().zip(rows.chunks_exact(d)) {
+                    *y = dot(t, q, k);
                 }
+            }
+        ))
+    }
+}
+
+// The lane loops, once over the token's register type `S::V`. Widths are
+// multiples of 16, so the loops walk blocks of 16 lanes (one AVX-512
+// register, two AVX2 ones): a block is a slice of known length, so the
+// register loads inside it need no bounds check of their own.
+
+/// Lanes per block.
+const W: usize = 16;
+
+#[inline(always)]
+fn exp2_cols<S: Simd>(
+    _: S,
+    s: &mut [f32],
+    (rows, cols, ld): (usize, usize, usize),
+    shift: &[f32],
+    colsum: &mut [f32],
+) {
+    let n = S::V::N;
+    for c in (0..cols).step_by(W) {
+        let (sh, sum) = (&shift[c..c + W], &mut colsum[c..c + W]);
+        for r in 0..W / n {
+            let shr = S::V::load(&sh[r * n..]);
+            let mut acc = S::V::load(&sum[r * n..]);
+            for j in 0..rows {
+                let x = &mut s[j * ld + c..j * ld + c + W];
+                let e = exp2(S::V::load(&x[r * n..]) - shr);
+                e.store(&mut x[r * n..]);
+                acc = acc + e;
+            }
+            acc.store(&mut sum[r * n..]);
+        }
+    }
+}
+
+#[inline(always)]
+fn col_max<S: Simd>(_: S, s: &[f32], (rows, cols, ld): (usize, usize, usize), colmax: &mut [f32]) {
+    let n = S::V::N;
+    for c in (0..cols).step_by(W) {
+        let out = &mut colmax[c..c + W];
+        for r in 0..W / n {
+            let mut m = S::V::load(&out[r * n..]);
+            for j in 0..rows {
+                let x = &s[j * ld + c..j * ld + c + W];
+                m = m.max(S::V::load(&x[r * n..]));
+            }
+            m.store(&mut out[r * n..]);
+        }
+    }
+}
+
+#[inline(always)]
+fn exp2_rows<S: Simd>(
+    _: S,
+    s: &mut [f32],
+    (rows, cols, ld): (usize, usize, usize),
+    mul: f32,
+    shift: &[f32],
+) {
+    let (m, n) = (S::V::splat(mul), S::V::N);
+    for (row, &sh) in s.chunks_mut(ld).take(rows).zip(shift) {
+        let sh = S::V::splat(-sh);
+        for x in row[..cols].chunks_exact_mut(W) {
+            for r in 0..W / n {
+                let x = &mut x[r * n..];
+                exp2(S::V::load(x).mul_add(m, sh)).store(x);
             }
         }
     }
+}
 
-    /// `Σ a[i]·b[i]`; `a.len() == b.len()`, a multiple of 16.
-    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
-        match self.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX-512F; the asserts above keep every pointer the body forms
-            // inside the slices it came from.
-            Level::Avx512 => unsafe { super::avx512::dot(a.as_ptr(), b.as_ptr(), a.len()) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `self.level` never exceeds `simd::level()`, so the CPU has
-            // AVX2 and FMA; the asserts above keep every pointer the body
-            // forms inside the slices it came from.
-            Level::Avx2Fma => unsafe { super::avx2::dot(a.as_ptr(), b.as_ptr(), a.len()) },
-            _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+#[inline(always)]
+fn softmax_grad_rows<S: Simd>(
+    _: S,
+    p: &mut [f32],
+    dp: &[f32],
+    (rows, cols, ld): (usize, usize, usize),
+    delta: &[f32],
+    scale: f32,
+) {
+    let (sc, n) = (S::V::splat(scale), S::V::N);
+    for ((pr, dr), &dl) in p.chunks_mut(ld).zip(dp.chunks(ld)).take(rows).zip(delta) {
+        let dl = S::V::splat(dl);
+        for (x, g) in pr[..cols]
+            .chunks_exact_mut(W)
+            .zip(dr[..cols].chunks_exact(W))
+        {
+            for r in 0..W / n {
+                let (x, g) = (&mut x[r * n..], &g[r * n..]);
+                (S::V::load(x) * (S::V::load(g) - dl) * sc).store(x);
+            }
         }
     }
+}
+
+#[inline(always)]
+fn dot<S: Simd>(_: S, a: &[f32], b: &[f32]) -> f32 {
+    // Two accumulators, alternating by register over blocks of 2W, so that
+    // the adds of one overlap those of the other; then the one block of W
+    // that may be left.
+    let n = S::V::N;
+    let mut acc = [S::V::zero(); 2];
+    let (mut xs, mut ys) = (a.chunks_exact(2 * W), b.chunks_exact(2 * W));
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        for r in 0..2 * W / n {
+            acc[r % 2] = S::V::load(&x[r * n..]).mul_add(S::V::load(&y[r * n..]), acc[r % 2]);
+        }
+    }
+    for (x, y) in xs
+        .remainder()
+        .chunks_exact(W)
+        .zip(ys.remainder().chunks_exact(W))
+    {
+        for r in 0..W / n {
+            acc[r % 2] = S::V::load(&x[r * n..]).mul_add(S::V::load(&y[r * n..]), acc[r % 2]);
+        }
+    }
+    (acc[0] + acc[1]).reduce_sum()
 }

@@ -269,6 +269,37 @@ pub(crate) fn exp<V: Vf32>(x: V) -> V {
     x.lt_select(V::splat(EXP_LO), V::zero(), y)
 }
 
+/// Taylor coefficients of 2^f = e^(f·ln2): (ln2)^i / i!.
+const EXP2_POLY: [f32; 7] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+];
+
+/// Lane-wise `2^x`, relative error about 1e-7; exactly 0 below -125 (and
+/// for -inf: never a subnormal, whose arithmetic costs a microcode assist),
+/// +inf from 128 up, NaN for NaN. `2^x = 2^n · 2^f` with `n = round(x)`,
+/// `|f| <= 1/2`, and `2^f` by its Taylor series in `f ln2` to degree 6.
+/// The attention kernels keep their scores in base 2 for this.
+#[inline(always)]
+pub(crate) fn exp2<V: Vf32>(x: V) -> V {
+    // The constants first: `max`/`min` return their second operand for NaN.
+    let xc = V::splat(128.0).min(V::splat(-125.0).max(x));
+    // Adding 1.5 * 2^23 rounds to the nearest integer in the low bits.
+    let magic = V::splat(12_582_912.0);
+    let n = (xc + magic) - magic;
+    let f = xc - n;
+    let mut p = V::splat(EXP2_POLY[6]);
+    for &c in EXP2_POLY[..6].iter().rev() {
+        p = p.mul_add(f, V::splat(c));
+    }
+    x.lt_select(V::splat(-125.0), V::zero(), p.ldexp(n))
+}
+
 /// Lane-wise `1 / (1 + e^-x)`; exact 0 and 1 at the far ends (and at
 /// -inf, +inf); NaN for NaN.
 #[inline(always)]

@@ -50,7 +50,7 @@ impl Case {
                 self.shape,
                 self.causal,
                 self.mask.is_some(),
-                level.name()
+                level.level().name()
             );
             let (go, glse) = self.forward(level);
             assert_same(&format!("{tag} o"), &go, &o, 2e-5);
@@ -153,7 +153,7 @@ fn kv_cache_with_padded_head_dim_reads_only_the_used_rows() {
     // and the unused rows (NaN here) are never read.
     for &(tq, tk, cap) in &[(1, 10, 4096), (3, 70, 1000), (9, 40, 500)] {
         let case = Case::new((2, 3, 1, tq, tk, 72), true, true, 3);
-        let (o, lse) = case.forward(simd::level());
+        let (o, lse) = case.forward(Arch::best());
         let (oc, lc) = case.forward_cached(cap);
         assert_eq!(o, oc, "tq {tq} kv_len {tk} capacity {cap}: o");
         assert_eq!(lse, lc, "tq {tq} kv_len {tk} capacity {cap}: lse");
