@@ -13,6 +13,10 @@ whose blocks divide the first dimension, data offsets aligned, every tensor's
 data inside the file and no two overlapping. Every failure is a ValueError
 naming the file (and the key or tensor); the reader then maps the same open
 file, so the checked file is the one read.
+
+``llama_config_from_gguf`` maps a llama file's metadata onto ferroformer's
+Llama config; it lives beside the reader so that both loaders (smollm's float
+one and quant.gguf_file's block one) import it from here, not from each other.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from .._files import bounded_numel, open_regular
+from .values import positive
 
 WHAT = "GGUF file"
 VERSIONS = (2, 3)
@@ -286,3 +291,31 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
             )
         tensors[t.name] = data.reshape(shape)
     return meta, tensors
+
+
+def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: str) -> dict:
+    """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
+    ``source``) for a missing key or a value of the wrong type."""
+    if meta.get("general.architecture") != "llama":
+        raise ValueError(
+            f"{source}: expected a llama GGUF, got {meta.get('general.architecture')!r:.80}"
+        )
+
+    def get(key, kind=int):
+        return positive(meta.get("llama." + key), kind, f"metadata llama.{key}", source)
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
+    return dict(
+        vocab_size=len(tokens),
+        max_seq_len=max_seq_len,
+        d_model=get("embedding_length"),
+        n_heads=get("attention.head_count"),
+        n_kv_heads=get("attention.head_count_kv"),
+        n_layers=get("block_count"),
+        d_ff=get("feed_forward_length"),
+        rope_base=float(get("rope.freq_base", float)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+        tie_embeddings="output.weight" not in tensors,
+    )
