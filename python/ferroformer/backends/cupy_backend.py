@@ -669,14 +669,13 @@ class CupyBackend(Backend):
         kind = self._flash_kernels(q.dtype, d)
         if kind is None:
             return self._attention_forward_composed(q, k, v, causal, scale, mask)
-        q, k, v = self._flash_inputs(kind, q, k, v)
         mask = _NULL if mask is None else self._c(mask)
+        if tq == 1:
+            return self._attention_decode(self._c(q), self._c(k), self._c(v), mask, scale, tk)
+        q, k, v = self._flash_inputs(kind, q, k, v)
         o = self.xp.empty_like(q)
         lse = self.xp.empty((b, hq, tq), np.float32)
         if o.size == 0:
-            return o, lse
-        if tq == 1:
-            self._attention_decode(q, k, v, mask, o, lse, scale)
             return o, lse
         args = (q, k, v, mask, o, lse, *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal))
         if kind == "mma":
@@ -704,12 +703,36 @@ class CupyBackend(Backend):
         i = np.int32
         return i(hq), i(hkv), i(tq), i(tk), i(d), np.float32(scale), i(causal)
 
-    def _attention_decode(self, q, k, v, mask, o, lse, scale):
-        """q (B, Hq, 1, D): each query head's keys split into chunks, one block
-        each, then merged per row in chunk order (the bottom-right causal mask
-        shows one query row every key)."""
+    def _attention_forward_cached(self, q, k, v, causal, scale, mask, kv_len):
+        """One query row (decode) against C-contiguous cache buffers of its dtype
+        reads them in place: the split-K kernel takes the first kv_len of each
+        head's k.shape[2] rows. Anything else attends to the used slices, copied."""
+        q = self._compute(q)
+        tq, d = q.shape[2:]
+        if (
+            tq == 1
+            and self._flash_kernels(q.dtype, d) is not None
+            and k.dtype == v.dtype == q.dtype
+            and k.flags.c_contiguous
+            and v.flags.c_contiguous
+            and (mask is None or mask.flags.c_contiguous)
+        ):
+            return self._attention_decode(
+                self._c(q), k, v, _NULL if mask is None else mask, scale, kv_len
+            )
+        return super()._attention_forward_cached(q, k, v, causal, scale, mask, kv_len)
+
+    def _attention_decode(self, q, k, v, mask, scale, tk):
+        """(o, lse) of q (B, Hq, 1, D) against keys [0, tk) of k, v (B, Hkv, Tcap, D),
+        C-contiguous (mask (B, Tcap) too): each query head's keys split into chunks,
+        one block each, then merged per row in chunk order (the bottom-right causal
+        mask shows one query row every key)."""
         b, hq, _, d = q.shape
-        hkv, tk = k.shape[1], k.shape[2]
+        hkv = k.shape[1]
+        o = self.xp.empty_like(q)
+        lse = self.xp.empty((b, hq, 1), np.float32)
+        if o.size == 0:
+            return o, lse
         rows, d_max = b * hq, simt_head_dim(d)
         splits, chunk = decode_split(rows, tk, self._sm_count)
         partial = self.xp.empty((splits, rows, d_max + 2), np.float32)
@@ -726,6 +749,7 @@ class CupyBackend(Backend):
             i(hq),
             i(hkv),
             i(tk),
+            i(k.shape[2]),
             i(d),
             np.float32(scale),
             i(chunk),
@@ -743,6 +767,7 @@ class CupyBackend(Backend):
             i(d_max + 2),
             i(splits),
         )
+        return o, lse
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         xp = self.xp

@@ -305,7 +305,9 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 // -- decode: one query row against a long KV cache ---------------------------------------
 
 // Split-K, first pass: grid (splits * B * Hq), block 128 (4 warps), no shared
-// memory beyond the static merge buffer. Block x takes keys
+// memory beyond the static merge buffer. k, v (B, Hkv, Tcap, D) and key_mask
+// (B, Tcap) may be KV-cache buffers read in place: only keys [0, Tk) of each
+// head take part (Tk <= Tcap). Block x takes keys
 // [s * chunk, min(Tk, (s + 1) * chunk)) of query head bh (s = x % splits);
 // warp w takes the groups of DECODE_KEYS consecutive keys w, w + 4, ... of the
 // chunk (their loads independent, in flight together), lane l the columns
@@ -315,8 +317,8 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 #define DECODE_KEYS 4
 template <typename T, int D_MAX>
 __global__ void attention_decode_partial(const T* q, const T* k, const T* v, const bool* key_mask,
-                                         float* partial, int Hq, int Hkv, int Tk, int D,
-                                         float scale, int chunk, int splits) {
+                                         float* partial, int Hq, int Hkv, int Tk, int Tcap,
+                                         int D, float scale, int chunk, int splits) {
     constexpr int WARPS = SIMT_THREADS / 32;
     constexpr int COLS = D_MAX / 32;
     __shared__ float warp_state[WARPS][D_MAX + 2];
@@ -325,9 +327,9 @@ __global__ void attention_decode_partial(const T* q, const T* k, const T* v, con
     const int bh = blockIdx.x / splits, split = blockIdx.x % splits;
     const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
+    const T* k_head = k + ((i64)b * Hkv + hk) * Tcap * D;
+    const T* v_head = v + ((i64)b * Hkv + hk) * Tcap * D;
+    const bool* mask_row = key_mask ? key_mask + (i64)b * Tcap : nullptr;
     const float scale_log2 = scale * FLASH_LOG2E;
 
     float q_reg[COLS], acc[COLS];
