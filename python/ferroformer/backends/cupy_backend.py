@@ -677,26 +677,29 @@ class CupyBackend(Backend):
         lse = self.xp.empty((b, hq, tq), np.float32)
         if o.size == 0:
             return o, lse
-        args = (q, k, v, mask, o, lse, *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal))
-        if kind == "mma":
-            head_dim = mma_head_dim(d)
-            self._k(
-                f"attention_forward_mma<{self._ctype(q)}, {head_dim}>",
-                (_cdiv(tq, MMA_ROWS) * b * hq,),
-                (FLASH_THREADS,),
-                *args,
-                shared_mem=mma_shared_bytes("forward", head_dim),
-            )
-        else:
-            d_max = simt_head_dim(d)
-            self._k(
-                f"attention_forward_simt<{self._ctype(q)}, {d_max}>",
-                (_cdiv(tq, SIMT_ROWS) * b * hq,),
-                (FLASH_THREADS,),
-                *args,
-                shared_mem=simt_shared_bytes("forward", d_max),
-            )
+        dim, rows_per_block, shared = self._flash_geometry(kind, d)
+        self._k(
+            f"attention_forward_{kind}<{self._ctype(q)}, {dim}>",
+            (_cdiv(tq, rows_per_block) * b * hq,),
+            (FLASH_THREADS,),
+            q,
+            k,
+            v,
+            mask,
+            o,
+            lse,
+            *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal),
+            shared_mem=shared("forward", dim),
+        )
         return o, lse
+
+    @staticmethod
+    def _flash_geometry(kind, d):
+        """(the kernels' head-dim instance, rows of a block, shared-memory function)
+        of the tensor-core ("mma") or CUDA-core ("simt") flash kernels for head dim d."""
+        if kind == "mma":
+            return mma_head_dim(d), MMA_ROWS, mma_shared_bytes
+        return simt_head_dim(d), SIMT_ROWS, simt_shared_bytes
 
     @staticmethod
     def _flash_scalars(hq, hkv, tq, tk, d, scale, causal):
@@ -795,10 +798,7 @@ class CupyBackend(Backend):
         )
         scalars = self._flash_scalars(hq, hkv, tq, tk, d, scale, causal)
         inputs = (q, k, v, do, lse, delta, mask)
-        if kind == "mma":
-            dim, rows_per_block, shared = mma_head_dim(d), MMA_ROWS, mma_shared_bytes
-        else:
-            dim, rows_per_block, shared = simt_head_dim(d), SIMT_ROWS, simt_shared_bytes
+        dim, rows_per_block, shared = self._flash_geometry(kind, d)
         name = f"<{self._ctype(q)}, {dim}>"
         kv_blocks = _cdiv(tk, rows_per_block) * b * hkv
         q_blocks = _cdiv(tq, rows_per_block) * b * hq
