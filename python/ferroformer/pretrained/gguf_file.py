@@ -97,6 +97,14 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise self.bad(f"{what} is not UTF-8 ({e})") from None
 
+    def new_name(self, seen: set, kind: str, what: str) -> str:
+        """A string that is neither empty nor in ``seen`` (added to it): a key or a tensor name."""
+        name = self.string(what)
+        if not name or name in seen:
+            raise self.bad(f"{kind} {name!r:.80} is empty or given twice")
+        seen.add(name)
+        return name
+
     def strings(self, count: int, what: str) -> None:
         """Skips over ``count`` strings (a vocabulary: tens of thousands), checking each
         length and that each is UTF-8, in one loop of local variables."""
@@ -183,10 +191,7 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
         )
     keys, alignment = set(), gguf.GGUF_DEFAULT_ALIGNMENT
     for i in range(n_kv):
-        key = c.string(f"key {i}")
-        if not key or key in keys:
-            raise c.bad(f"key {key!r:.80} is empty or given twice")
-        keys.add(key)
+        key = c.new_name(keys, "key", f"key {i}")
         vtype = c.unpack("I", 4, f"the type of {key}")
         start = c.pos
         c.value(vtype, f"metadata {key}")
@@ -198,10 +203,7 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
                 raise c.bad(f"general.alignment {alignment} is not a power of two up to 2**20")
     infos, names = [], set()
     for i in range(n_tensors):
-        name = c.string(f"the name of tensor {i}")
-        if not name or name in names:
-            raise c.bad(f"tensor name {name!r:.80} is empty or given twice")
-        names.add(name)
+        name = c.new_name(names, "tensor name", f"the name of tensor {i}")
         n_dims = c.unpack("I", 4, f"the rank of tensor {name}")
         if n_dims > MAX_DIMS:
             raise c.bad(f"tensor {name} has {n_dims} dimensions, GGUF allows {MAX_DIMS}")
