@@ -295,6 +295,14 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
     return meta, tensors
 
 
+def vocab_size(meta: Dict, source: str) -> int:
+    """The length of a GGUF file's token list; ValueError (naming ``source``) without one."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
+    return len(tokens)
+
+
 def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: str) -> dict:
     """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
     ``source``) for a missing key or a value of the wrong type."""
@@ -306,11 +314,8 @@ def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: 
     def get(key, kind=int):
         return positive(meta.get("llama." + key), kind, f"metadata llama.{key}", source)
 
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
     return dict(
-        vocab_size=len(tokens),
+        vocab_size=vocab_size(meta, source),
         max_seq_len=max_seq_len,
         d_model=get("embedding_length"),
         n_heads=get("attention.head_count"),

@@ -43,7 +43,7 @@ import numpy as np
 from .._files import open_regular
 from ..checkpoint import check_config_against_tensors
 from ..models import GPT, Llama
-from ..pretrained.gguf_file import check_gguf, llama_config_from_gguf
+from ..pretrained.gguf_file import check_gguf, llama_config_from_gguf, vocab_size
 from ..pretrained.tokenizer import bpe_from_gguf_metadata
 from ..pretrained.values import positive
 from .formats import block_format, dequantize
@@ -318,11 +318,8 @@ def _gpt2(meta, t: _Tensors, max_seq_len, backend):
         raise ValueError(
             f"{where}: gpt2.attention.layer_norm_epsilon {eps!r:.40}; GPT's LayerNorm uses 1e-5"
         )
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ValueError(f"{where}: metadata tokenizer.ggml.tokens must be a non-empty list")
     config = dict(
-        vocab_size=len(tokens),
+        vocab_size=vocab_size(meta, where),
         max_seq_len=max_seq_len,
         d_model=get("embedding_length"),
         n_heads=get("attention.head_count"),
