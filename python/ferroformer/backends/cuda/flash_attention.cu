@@ -61,16 +61,11 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
     float* v_tile = k_tile + Tiles::KEYS * D_MAX;        // (KEYS, D_MAX)
     float* key_bias = v_tile + Tiles::KEYS * D_MAX;      // (KEYS,)
 
-    const int tiles = cdiv(Tq, SIMT_ROWS);
-    const int bh = blockIdx.x / tiles;
-    const int m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * SIMT_ROWS;
-    const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+    const QueryTile<T> tile(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D);
+    const int bh = tile.bh, m0 = tile.m0;
     const int row = m0 + (int)threadIdx.x / ROW_THREADS;
     const int lane_col = threadIdx.x % ROW_THREADS;
     const bool row_valid = row < Tq;
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
 
     const float scale_log2 = scale * FLASH_LOG2E;
     float q_reg[Tiles::COLS], acc[Tiles::COLS];
@@ -86,9 +81,9 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
     float m = neg_inf(), l = 0.0f;
     for (int n0 = 0; n0 < key_end; n0 += Tiles::KEYS) {
         __syncthreads();  // every row is done with the previous tile
-        load_rows_float<T, D_MAX>(k_tile, k_head, n0, Tiles::KEYS, key_end, D);
-        load_rows_float<T, D_MAX>(v_tile, v_head, n0, Tiles::KEYS, key_end, D);
-        load_key_bias(key_bias, mask_row, n0, Tiles::KEYS, key_end);
+        load_rows_float<T, D_MAX>(k_tile, tile.k_head, n0, Tiles::KEYS, key_end, D);
+        load_rows_float<T, D_MAX>(v_tile, tile.v_head, n0, Tiles::KEYS, key_end, D);
+        load_key_bias(key_bias, tile.mask_row, n0, Tiles::KEYS, key_end);
         __syncthreads();
 
         float s[Tiles::KEYS];
@@ -246,16 +241,11 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
     float* v_tile = k_tile + Tiles::KEYS * D_MAX;        // (KEYS, D_MAX)
     float* key_bias = v_tile + Tiles::KEYS * D_MAX;      // (KEYS,)
 
-    const int tiles = cdiv(Tq, SIMT_ROWS);
-    const int bh = blockIdx.x / tiles;
-    const int m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * SIMT_ROWS;
-    const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+    const QueryTile<T> tile(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D);
+    const int bh = tile.bh, m0 = tile.m0;
     const int row = m0 + (int)threadIdx.x / ROW_THREADS;
     const int lane_col = threadIdx.x % ROW_THREADS;
     const bool row_valid = row < Tq;
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
 
     float q_reg[Tiles::COLS], do_reg[Tiles::COLS], dq_acc[Tiles::COLS];
     for (int c = 0; c < Tiles::COLS; ++c) {
@@ -274,9 +264,9 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 
     for (int n0 = 0; n0 < key_end; n0 += Tiles::KEYS) {
         __syncthreads();
-        load_rows_float<T, D_MAX>(k_tile, k_head, n0, Tiles::KEYS, key_end, D);
-        load_rows_float<T, D_MAX>(v_tile, v_head, n0, Tiles::KEYS, key_end, D);
-        load_key_bias(key_bias, mask_row, n0, Tiles::KEYS, key_end);
+        load_rows_float<T, D_MAX>(k_tile, tile.k_head, n0, Tiles::KEYS, key_end, D);
+        load_rows_float<T, D_MAX>(v_tile, tile.v_head, n0, Tiles::KEYS, key_end, D);
+        load_key_bias(key_bias, tile.mask_row, n0, Tiles::KEYS, key_end);
         __syncthreads();
         for (int j = 0; j < Tiles::KEYS; ++j) {
             const float* kj = k_tile + j * D_MAX + lane_col;
