@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _checks as C
 from . import cuda as sources
-from .base import Backend
+from .base import Backend, BackendUnavailable
 from .casting import PLAIN, CastPolicy, bfloat16_dtype, resolve_dtype
 
 _FLAT_THREADS = 256
@@ -46,8 +46,6 @@ _CUDA_R = {"float32": 0, "float16": 2, "bfloat16": 14}
 
 def load_cupy_backend():
     """The cupy backend, or BackendUnavailable saying why it cannot run here."""
-    from . import BackendUnavailable
-
     try:
         import cupy
         from cupy.cuda.compiler import CompileException
