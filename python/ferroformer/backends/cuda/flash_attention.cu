@@ -34,6 +34,21 @@ __device__ __forceinline__ float group_sum(float v) {
     return v;
 }
 
+// The two dot products of the backward for one (query, key) pair, each summed
+// over the 8 lanes of the row: s = a . b (q . k) and dp = c . e (dO . v), where
+// a and c are a lane's COLS registers and b and e its columns of a tile row.
+template <int COLS>
+__device__ __forceinline__ void pair_dots(const float* a, const float* b, const float* c,
+                                          const float* e, float& s, float& dp) {
+    float s_part = 0.0f, dp_part = 0.0f;
+    for (int col = 0; col < COLS; ++col) {
+        s_part += a[col] * b[col * ROW_THREADS];
+        dp_part += c[col] * e[col * ROW_THREADS];
+    }
+    s = group_sum(s_part);
+    dp = group_sum(dp_part);
+}
+
 // rows (rows, D) of src -> tile (rows, D_MAX) in float; zero past n_rows and D.
 template <typename T, int D_MAX>
 __device__ __forceinline__ void load_rows_float(float* tile, const T* src, int row0, int rows,
@@ -199,13 +214,9 @@ __global__ void attention_backward_kv_simt(const T* q, const T* k, const T* v, c
             for (int i = 0; i < Tiles::QUERIES; ++i) {
                 const float* qi = q_tile + i * D_MAX + lane_col;
                 const float* doi = do_tile + i * D_MAX + lane_col;
-                float s_part = 0.0f, dp_part = 0.0f;
-                for (int c = 0; c < Tiles::COLS; ++c) {
-                    s_part += k_reg[c] * qi[c * ROW_THREADS];
-                    dp_part += v_reg[c] * doi[c * ROW_THREADS];
-                }
-                const float s = group_sum(s_part) * scale_log2;
-                const float dp = group_sum(dp_part);
+                float qk, dp;
+                pair_dots<Tiles::COLS>(k_reg, qi, v_reg, doi, qk, dp);
+                const float s = qk * scale_log2;
                 const bool visible = key_valid && (!causal || key < causal_key_end(m0 + i, Tq, Tk));
                 const float p = visible ? exp2f(s - lse2_tile[i]) : 0.0f;
                 const float ds = p * (dp - delta_tile[i]);
@@ -271,13 +282,9 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
         for (int j = 0; j < Tiles::KEYS; ++j) {
             const float* kj = k_tile + j * D_MAX + lane_col;
             const float* vj = v_tile + j * D_MAX + lane_col;
-            float s_part = 0.0f, dp_part = 0.0f;
-            for (int c = 0; c < Tiles::COLS; ++c) {
-                s_part += q_reg[c] * kj[c * ROW_THREADS];
-                dp_part += do_reg[c] * vj[c * ROW_THREADS];
-            }
-            const float s = group_sum(s_part) * scale_log2;
-            const float dp = group_sum(dp_part);
+            float qk, dp;
+            pair_dots<Tiles::COLS>(q_reg, kj, do_reg, vj, qk, dp);
+            const float s = qk * scale_log2;
             const bool visible = key_bias[j] == 0.0f && n0 + j < row_key_end;
             const float p = visible ? exp2f(s - row_lse2) : 0.0f;
             const float ds = p * (dp - row_delta);
