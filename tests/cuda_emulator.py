@@ -364,6 +364,9 @@ def _check_decode(k, grid, block, shared_mem, a):
     rows = grid[0] // splits
     assert a["partial"].size == splits * rows * (d_max + 2) and a["q"].size == rows * a["D"]
     assert splits * chunk >= tk and (tk == 0 or (splits - 1) * chunk < tk)
+    batch, cap = rows // a["Hq"], a["Tcap"]  # k, v (B, Hkv, Tcap, D), key_mask (B, Tcap)
+    assert tk <= cap and a["k"].size == a["v"].size == batch * a["Hkv"] * cap * a["D"]
+    assert a["key_mask"] is None or a["key_mask"].size == batch * cap
 
 
 def _host_work(name, a):
@@ -441,7 +444,16 @@ def _attention_backward_delta(k, d_out, out, delta, rows, D):
     delta[...] = (d_out.reshape(rows, D).astype(np.float64) * out.reshape(rows, D)).sum(axis=1)
 
 
-def _attention_decode_partial(k, q, k_, v, key_mask, partial, Hq, Hkv, Tk, D, scale, chunk, splits):
+def _attention_decode_partial(
+    k, q, k_, v, key_mask, partial, Hq, Hkv, Tk, Tcap, D, scale, chunk, splits
+):
+    rows = q.size // (Hq * D)  # B
+
+    def used(x, heads, width):  # keys [0, Tk) of each head's Tcap
+        return x.reshape(rows * heads, Tcap, width)[:, :Tk].reshape(-1)
+
+    k_, v = used(k_, Hkv, D), used(v, Hkv, D)
+    key_mask = None if key_mask is None else used(key_mask, 1, 1)
     a = dict(q=q, k=k_, v=v, key_mask=key_mask, Hq=Hq, Hkv=Hkv, Tk=Tk, D=D, scale=scale, Tq=1)
     b, q4, k4, v4, hidden = _flash_arrays(a)
     width = int(k.template_args[1]) + 2

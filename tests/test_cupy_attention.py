@@ -192,6 +192,53 @@ def test_strided_and_misaligned_inputs(rng):
 
 
 @pytest.mark.skipif(HOST is not None, reason=str(HOST))
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_reads_the_kv_cache_in_place(monkeypatch, dtype_name, masked, rng):
+    """attention_forward(.., kv_len=) with one query row hands the kernel the
+    cache buffers themselves: no copy of k, v or the mask (there were two of
+    (1, 3, kv_len, 64) per call), the unused rows (NaN here) never read, and
+    the result that of the used slices on the NumPy reference."""
+    ops, ref, dtype = cuda_emulator.backend("90"), NumpyBackend(), dtype_of(dtype_name)
+    copies = []
+    contiguous = ops.xp.ascontiguousarray
+
+    def counting(x, *args, **kwargs):
+        if not x.flags.c_contiguous:
+            copies.append(x.shape)
+        return contiguous(x, *args, **kwargs)
+
+    monkeypatch.setattr(ops.xp, "ascontiguousarray", counting)
+    capacity, kv_len = 160, 97
+    k, v = (np.full((1, 3, capacity, 64), np.nan) for _ in range(2))
+    k[:, :, :kv_len], v[:, :, :kv_len] = (rng.standard_normal((1, 3, kv_len, 64)) for _ in range(2))
+    q = rng.standard_normal((1, 6, 1, 64))  # GQA: two query heads a key head
+    mask = (rng.random((1, capacity)) < 0.3) if masked else None
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    on = ops.xp.asarray
+    o, lse = ops.attention_forward(
+        on(q),
+        on(k),
+        on(v),
+        causal=True,
+        key_padding_mask=None if mask is None else on(mask),
+        kv_len=kv_len,
+    )
+    assert copies == []
+    used = (x[:, :, :kv_len].astype(np.float64) for x in (k, v))
+    o_ref, lse_ref = ref.attention_forward(
+        q.astype(np.float64),
+        *used,
+        causal=True,
+        key_padding_mask=None if mask is None else mask[:, :kv_len],
+    )
+    tol = TOLERANCE[dtype_name]
+    assert o.dtype == dtype
+    assert_close(o, o_ref, rtol=tol, atol=tol * np.abs(o_ref).max(), name="o")
+    assert_close(lse, lse_ref, rtol=tol, atol=tol, name="lse")
+
+
+@pytest.mark.skipif(HOST is not None, reason=str(HOST))
 def test_too_little_shared_memory_fails_on_host(monkeypatch, rng):
     """The host run would catch a launch that asks for less shared memory than the kernel uses."""
     import ferroformer.backends.cupy_backend as cb

@@ -150,6 +150,7 @@ def test_with_dtype_views_share_the_backend(emulated):
         assert isinstance(view, MixedPrecisionBackend) and view.name == "cupy"
         assert view is emulated.with_dtype(name) is with_dtype(emulated, name)
         assert view._k is emulated._k and view.xp is emulated.xp
+        assert set(vars(emulated)) <= set(vars(view))  # every device attribute is shared
         assert view.with_dtype("float32") is emulated
         assert view.compute_dtype.name == name and name in repr(view)
     assert isinstance(emulated, CupyBackend) and emulated.compute_dtype is None

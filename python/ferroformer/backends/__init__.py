@@ -12,17 +12,13 @@ import os
 import warnings
 from typing import Dict, List, Optional, Union
 
-from .base import Backend
+from .base import Backend, BackendUnavailable
 
 NAMES = ("numpy", "rust", "cupy")
 
 _instances: Dict[str, Backend] = {}
 _why_not: Dict[str, str] = {}
 _default: Optional[str] = None
-
-
-class BackendUnavailable(RuntimeError):
-    """The named backend cannot run here; the message says why."""
 
 
 def to_host(x):

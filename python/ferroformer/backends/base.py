@@ -21,6 +21,11 @@ from typing import Tuple
 from . import _checks as C
 
 
+class BackendUnavailable(RuntimeError):
+    """The named backend cannot run here; the message says why. (Defined here, beside
+    Backend, so that a backend's loader raises it without importing the package.)"""
+
+
 class Backend:
     name: str = "abstract"
     xp = None  # the array module: numpy or cupy

@@ -13,8 +13,10 @@ copies of k and v, a split-K kernel for one query row against a KV cache.
 Storage types: float32, float16, and bfloat16 where ml_dtypes and CuPy >= 14
 provide it. An op takes inputs of one dtype and returns that dtype, with
 float32 statistics (mean, rstd, lse). ``with_dtype("bfloat16")`` gives the
-mixed-precision view of precision.py: float32 master weights, half-precision
-activations and products.
+mixed-precision view (rules in precision.py): the same backend under a
+mixed ``casting.CastPolicy``, float32 master weights, half-precision
+activations and products. Every float input an op hands a kernel passes
+through ``_in`` (or ``_compute``), where the policy casts it.
 
 CuPy is imported lazily, only in ``load_cupy_backend``, so that machines
 without it never pay for the import. Inputs may have any layout: a
@@ -29,7 +31,8 @@ import numpy as np
 
 from . import _checks as C
 from . import cuda as sources
-from .base import Backend
+from .base import Backend, BackendUnavailable
+from .casting import PLAIN, CastPolicy, bfloat16_dtype, resolve_dtype
 
 _FLAT_THREADS = 256
 _WARP_ROWS = 8  # rows per block when each row gets one warp
@@ -41,19 +44,8 @@ _NULL = np.uint64(0)  # a null pointer argument
 _CUDA_R = {"float32": 0, "float16": 2, "bfloat16": 14}
 
 
-def bfloat16_dtype():
-    """NumPy's bfloat16 dtype (from ml_dtypes), or None where it is not installed."""
-    try:
-        import ml_dtypes
-    except ImportError:
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
-
-
 def load_cupy_backend():
     """The cupy backend, or BackendUnavailable saying why it cannot run here."""
-    from . import BackendUnavailable
-
     try:
         import cupy
         from cupy.cuda.compiler import CompileException
@@ -212,9 +204,10 @@ class _Kernels:
 
 class CupyBackend(Backend):
     name = "cupy"
-    compute_dtype = None  # ops compute in the dtype of their inputs (precision.py sets one)
+    policy = PLAIN  # ops compute in the dtype of their inputs; with_dtype's views cast
 
     def __init__(self, cupy):
+        self.base = self
         self.xp = cupy
         self._cublas = cupy.cuda.cublas  # loads cuBLAS: fails here, not in the first op, without it
         cupy.cuda.get_cublas_handle()
@@ -246,17 +239,29 @@ class CupyBackend(Backend):
             return ()
         return (dtype,)
 
+    @property
+    def compute_dtype(self):
+        """The dtype every op computes in, or None: the dtype of its inputs."""
+        return self.policy.compute_dtype
+
+    def __repr__(self) -> str:
+        if self.compute_dtype is None:
+            return super().__repr__()
+        return (
+            f"<ferroformer backend 'cupy' computing in {self.compute_dtype.name}, "
+            f"float32 master weights>"
+        )
+
     def with_dtype(self, dtype):
         """This backend computing in ``dtype`` with float32 master weights
-        (precision.MixedPrecisionBackend); "float32" or None: this backend."""
-        from .precision import MixedPrecisionBackend, resolve_dtype
-
-        dtype = resolve_dtype(dtype, self)
+        (a MixedPrecisionBackend, one per dtype); "float32" or None: this backend."""
+        base = self.base
+        dtype = resolve_dtype(dtype, base)
         if dtype == np.float32:
-            return self
-        if dtype.name not in self._views:
-            self._views[dtype.name] = MixedPrecisionBackend(self, dtype)
-        return self._views[dtype.name]
+            return base
+        if dtype.name not in base._views:
+            base._views[dtype.name] = MixedPrecisionBackend(base, dtype)
+        return base._views[dtype.name]
 
     # -- helpers -----------------------------------------------------------------
     def _c(self, x):
@@ -270,11 +275,19 @@ class CupyBackend(Backend):
         """The C++ storage type of an array (or a dtype)."""
         return sources.STORAGE_TYPES[np.dtype(getattr(x, "dtype", x)).name]
 
+    def _in(self, x):
+        """A float input as the kernels read it: in the policy's compute dtype, C-contiguous."""
+        return self._c(self.policy.compute(x))
+
+    def _compute(self, x):
+        """A float input in the policy's compute dtype, in its own layout."""
+        return self.policy.compute(x)
+
     def _float(self, op: str, **arrays):
-        """The contract's dtype check, with the statistics the backward ops take
+        """The policy's dtype check, with the statistics the backward ops take
         (mean, rstd: float32 whatever the storage type) checked apart."""
         stats = {name: arrays.pop(name) for name in ("mean", "rstd") if name in arrays}
-        dtype = super()._float(op, **arrays)
+        dtype = self.policy.floats(op, arrays, self.xp.ndarray, self.float_dtypes, self.name)
         for name, x in stats.items():
             C.require_array(op, name, x, self.xp.ndarray)
             if x.dtype != np.float32 and x.dtype != dtype:
@@ -369,7 +382,7 @@ class CupyBackend(Backend):
         return out
 
     def _matmul(self, a, b, trans_a, trans_b):
-        return self._gemm(a, b, trans_a, trans_b)
+        return self._gemm(self._compute(a), self._compute(b), trans_a, trans_b)
 
     @staticmethod
     def _matrix(x):
@@ -377,6 +390,7 @@ class CupyBackend(Backend):
         return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
     def _linear_forward(self, x, w, b):
+        x, w = self._compute(x), self._compute(w)
         y = self._gemm(self._matrix(x), w, False, True)
         if b is not None:
             y += b
@@ -405,9 +419,10 @@ class CupyBackend(Backend):
             y += bias
         return y
 
-    def _linear_backward(self, dy, x, w, has_bias, grad_dtype=None):
-        """(dx, dw, db); dw and db in grad_dtype (default w's dtype)."""
-        grad_dtype = w.dtype if grad_dtype is None else grad_dtype
+    def _linear_backward(self, dy, x, w, has_bias):
+        """(dx, dw, db); dw and db in w's dtype (a float32 master weight's under mixed precision)."""
+        grad_dtype = w.dtype
+        dy, x, w = self._compute(dy), self._compute(x), self._compute(w)
         dy2, x2 = self._matrix(dy), self._matrix(x)
         dx = self._gemm(dy2, w, False, False).reshape(x.shape)
         dw = self._gemm(dy2, x2, True, False, grad_dtype)
@@ -441,14 +456,14 @@ class CupyBackend(Backend):
         )
 
     def _softmax_forward(self, x, scale, causal):
-        x = self._c(x)
+        x = self._in(x)
         y = self.xp.empty_like(x)
         tq = x.shape[-2] if causal else 1
         self._softmax_rows(x, y, None, None, tq, 1, scale, causal)
         return y
 
     def _softmax_backward(self, dy, y, scale):
-        dy, y = self._c(dy), self._c(y)
+        dy, y = self._in(dy), self._in(y)
         dx = self.xp.empty_like(y)
         cols = y.shape[-1]
         rows = y.size // cols if cols else 0
@@ -468,7 +483,7 @@ class CupyBackend(Backend):
     # -- normalisation -------------------------------------------------------------
     def _norm_forward(self, x, gamma, beta, eps, centered):
         xp = self.xp
-        x, gamma = self._c(x), self._c(gamma)
+        x, gamma = self._in(x), self._in(gamma)
         cols = x.shape[-1]
         rows = x.size // cols if cols else math.prod(x.shape[:-1])
         y = xp.empty_like(x)
@@ -481,7 +496,7 @@ class CupyBackend(Backend):
             cols,
             x,
             gamma,
-            self._c(beta) if centered else _NULL,
+            self._in(beta) if centered else _NULL,
             y,
             mean if centered else _NULL,
             rstd,
@@ -491,16 +506,16 @@ class CupyBackend(Backend):
         )
         return y, mean, rstd
 
-    def _norm_backward(self, dy, x, gamma, mean, rstd, centered, grad_dtype=None):
+    def _norm_backward(self, dy, x, gamma, mean, rstd, centered):
         """(dx, dgamma, dbeta): per-block partial sums of dgamma / dbeta (float),
         then column_sum adds the blocks in a fixed order (deterministic) into
-        grad_dtype (default x's dtype)."""
+        gamma's dtype (a float32 master weight's under mixed precision)."""
         xp = self.xp
-        dy, x, gamma = self._c(dy), self._c(x), self._c(gamma)
+        grad_dtype = gamma.dtype
+        dy, x, gamma = self._in(dy), self._in(x), self._in(gamma)
         cols = x.shape[-1]
         rows = x.size // cols if cols else 0
         dx = xp.empty_like(x)
-        grad_dtype = x.dtype if grad_dtype is None else grad_dtype
         if rows == 0:
             zeros = xp.zeros(cols, grad_dtype)
             return dx, zeros, zeros.copy()
@@ -556,7 +571,7 @@ class CupyBackend(Backend):
 
     # -- activations -------------------------------------------------------------------
     def _act_forward(self, act, x):
-        x = self._c(x)
+        x = self._in(x)
         y = self.xp.empty_like(x)
         self._flat(
             f"activation_forward<{self._ctype(x)}, {sources.ACTIVATIONS[act]}>",
@@ -568,7 +583,7 @@ class CupyBackend(Backend):
         return y
 
     def _act_backward(self, act, dy, x):
-        dy, x = self._c(dy), self._c(x)
+        dy, x = self._in(dy), self._in(x)
         dx = self.xp.empty_like(x)
         self._flat(
             f"activation_backward<{self._ctype(x)}, {sources.ACTIVATIONS[act]}>",
@@ -603,7 +618,7 @@ class CupyBackend(Backend):
         return self._act_backward("silu", dy, x)
 
     def _swiglu_forward(self, gate, up):
-        gate, up = self._c(gate), self._c(up)
+        gate, up = self._in(gate), self._in(up)
         h = self.xp.empty_like(gate)
         self._flat(
             f"swiglu_forward<{self._ctype(gate)}>", gate.size, gate, up, h, np.int64(gate.size)
@@ -611,7 +626,7 @@ class CupyBackend(Backend):
         return h
 
     def _swiglu_backward(self, dh, gate, up):
-        dh, gate, up = self._c(dh), self._c(gate), self._c(up)
+        dh, gate, up = self._in(dh), self._in(gate), self._in(up)
         dgate, dup = self.xp.empty_like(gate), self.xp.empty_like(up)
         self._flat(
             f"swiglu_backward<{self._ctype(gate)}>",
@@ -646,52 +661,79 @@ class CupyBackend(Backend):
         return xs
 
     def _attention_forward(self, q, k, v, causal, scale, mask):
+        q, k, v = self._compute(q), self._compute(k), self._compute(v)
         b, hq, tq, d = q.shape
         hkv, tk = k.shape[1], k.shape[2]
         kind = self._flash_kernels(q.dtype, d)
         if kind is None:
             return self._attention_forward_composed(q, k, v, causal, scale, mask)
-        q, k, v = self._flash_inputs(kind, q, k, v)
         mask = _NULL if mask is None else self._c(mask)
+        if tq == 1:
+            return self._attention_decode(self._c(q), self._c(k), self._c(v), mask, scale, tk)
+        q, k, v = self._flash_inputs(kind, q, k, v)
         o = self.xp.empty_like(q)
         lse = self.xp.empty((b, hq, tq), np.float32)
         if o.size == 0:
             return o, lse
-        if tq == 1:
-            self._attention_decode(q, k, v, mask, o, lse, scale)
-            return o, lse
-        args = (q, k, v, mask, o, lse, *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal))
-        if kind == "mma":
-            head_dim = mma_head_dim(d)
-            self._k(
-                f"attention_forward_mma<{self._ctype(q)}, {head_dim}>",
-                (_cdiv(tq, MMA_ROWS) * b * hq,),
-                (FLASH_THREADS,),
-                *args,
-                shared_mem=mma_shared_bytes("forward", head_dim),
-            )
-        else:
-            d_max = simt_head_dim(d)
-            self._k(
-                f"attention_forward_simt<{self._ctype(q)}, {d_max}>",
-                (_cdiv(tq, SIMT_ROWS) * b * hq,),
-                (FLASH_THREADS,),
-                *args,
-                shared_mem=simt_shared_bytes("forward", d_max),
-            )
+        dim, rows_per_block, shared = self._flash_geometry(kind, d)
+        self._k(
+            f"attention_forward_{kind}<{self._ctype(q)}, {dim}>",
+            (_cdiv(tq, rows_per_block) * b * hq,),
+            (FLASH_THREADS,),
+            q,
+            k,
+            v,
+            mask,
+            o,
+            lse,
+            *self._flash_scalars(hq, hkv, tq, tk, d, scale, causal),
+            shared_mem=shared("forward", dim),
+        )
         return o, lse
+
+    @staticmethod
+    def _flash_geometry(kind, d):
+        """(the kernels' head-dim instance, rows of a block, shared-memory function)
+        of the tensor-core ("mma") or CUDA-core ("simt") flash kernels for head dim d."""
+        if kind == "mma":
+            return mma_head_dim(d), MMA_ROWS, mma_shared_bytes
+        return simt_head_dim(d), SIMT_ROWS, simt_shared_bytes
 
     @staticmethod
     def _flash_scalars(hq, hkv, tq, tk, d, scale, causal):
         i = np.int32
         return i(hq), i(hkv), i(tq), i(tk), i(d), np.float32(scale), i(causal)
 
-    def _attention_decode(self, q, k, v, mask, o, lse, scale):
-        """q (B, Hq, 1, D): each query head's keys split into chunks, one block
-        each, then merged per row in chunk order (the bottom-right causal mask
-        shows one query row every key)."""
+    def _attention_forward_cached(self, q, k, v, causal, scale, mask, kv_len):
+        """One query row (decode) against C-contiguous cache buffers of its dtype
+        reads them in place: the split-K kernel takes the first kv_len of each
+        head's k.shape[2] rows. Anything else attends to the used slices, copied."""
+        q = self._compute(q)
+        tq, d = q.shape[2:]
+        if (
+            tq == 1
+            and self._flash_kernels(q.dtype, d) is not None
+            and k.dtype == v.dtype == q.dtype
+            and k.flags.c_contiguous
+            and v.flags.c_contiguous
+            and (mask is None or mask.flags.c_contiguous)
+        ):
+            return self._attention_decode(
+                self._c(q), k, v, _NULL if mask is None else mask, scale, kv_len
+            )
+        return super()._attention_forward_cached(q, k, v, causal, scale, mask, kv_len)
+
+    def _attention_decode(self, q, k, v, mask, scale, tk):
+        """(o, lse) of q (B, Hq, 1, D) against keys [0, tk) of k, v (B, Hkv, Tcap, D),
+        C-contiguous (mask (B, Tcap) too): each query head's keys split into chunks,
+        one block each, then merged per row in chunk order (the bottom-right causal
+        mask shows one query row every key)."""
         b, hq, _, d = q.shape
-        hkv, tk = k.shape[1], k.shape[2]
+        hkv = k.shape[1]
+        o = self.xp.empty_like(q)
+        lse = self.xp.empty((b, hq, 1), np.float32)
+        if o.size == 0:
+            return o, lse
         rows, d_max = b * hq, simt_head_dim(d)
         splits, chunk = decode_split(rows, tk, self._sm_count)
         partial = self.xp.empty((splits, rows, d_max + 2), np.float32)
@@ -708,6 +750,7 @@ class CupyBackend(Backend):
             i(hq),
             i(hkv),
             i(tk),
+            i(k.shape[2]),
             i(d),
             np.float32(scale),
             i(chunk),
@@ -725,9 +768,11 @@ class CupyBackend(Backend):
             i(d_max + 2),
             i(splits),
         )
+        return o, lse
 
     def _attention_backward(self, do, q, k, v, o, lse, causal, scale, mask):
         xp = self.xp
+        do, q, k, v, o = (self._compute(x) for x in (do, q, k, v, o))
         b, hq, tq, d = q.shape
         hkv, tk = k.shape[1], k.shape[2]
         kind = self._flash_kernels(q.dtype, d)
@@ -751,10 +796,7 @@ class CupyBackend(Backend):
         )
         scalars = self._flash_scalars(hq, hkv, tq, tk, d, scale, causal)
         inputs = (q, k, v, do, lse, delta, mask)
-        if kind == "mma":
-            dim, rows_per_block, shared = mma_head_dim(d), MMA_ROWS, mma_shared_bytes
-        else:
-            dim, rows_per_block, shared = simt_head_dim(d), SIMT_ROWS, simt_shared_bytes
+        dim, rows_per_block, shared = self._flash_geometry(kind, d)
         name = f"<{self._ctype(q)}, {dim}>"
         kv_blocks = _cdiv(tk, rows_per_block) * b * hkv
         q_blocks = _cdiv(tq, rows_per_block) * b * hq
@@ -841,7 +883,7 @@ class CupyBackend(Backend):
     # -- loss --------------------------------------------------------------------------
     def _cross_entropy_forward(self, logits, targets, ignore_index, label_smoothing):
         xp = self.xp
-        logits, targets = self._c(logits), self._c(targets)
+        logits, targets = self._in(logits), self._c(targets)
         n, vocab = logits.shape
         lse = xp.empty(n, np.float32)
         loss_rows = xp.empty(n, np.float32)
@@ -866,7 +908,7 @@ class CupyBackend(Backend):
 
     def _cross_entropy_backward(self, logits, targets, lse, ignore_index, label_smoothing, grad):
         xp = self.xp
-        logits, targets = self._c(logits), self._c(targets)
+        logits, targets = self._in(logits), self._c(targets)
         n, vocab = logits.shape
         count = int(xp.count_nonzero(targets != ignore_index))
         dlogits = xp.empty_like(logits)
@@ -892,22 +934,22 @@ class CupyBackend(Backend):
         weight, ids = self._c(weight), self._c(ids)
         cols = weight.shape[1]
         out = self.xp.empty((*ids.shape, cols), weight.dtype)
-        if out.size == 0:  # (no rows, or rows of nothing: C = 0)
-            return out
-        self._rows(
-            f"embedding_forward<{self._ctype(weight)}>",
-            ids.size,
-            cols,
-            weight,
-            ids,
-            out,
-            np.int64(ids.size),
-            np.int32(cols),
-        )
-        return out
+        if out.size:  # (not: no rows, or rows of nothing, C = 0)
+            self._rows(
+                f"embedding_forward<{self._ctype(weight)}>",
+                ids.size,
+                cols,
+                weight,
+                ids,
+                out,
+                np.int64(ids.size),
+                np.int32(cols),
+            )
+        return self._compute(out)  # (the rows are gathered in the table's dtype, then cast)
 
     def _embedding_backward(self, dy, ids, num_embeddings):
         xp = self.xp
+        dy = self.policy.master(dy)  # the table it is the gradient of is not an argument
         if num_embeddings > C.INT32_MAX:  # one block per row of dweight
             C.int32_sizes(
                 "embedding_backward", "dweight", (num_embeddings, dy.shape[-1]), self.name
@@ -938,15 +980,15 @@ class CupyBackend(Backend):
 
     # -- rotary positions ------------------------------------------------------------------
     def _rope(self, x, cos, sin, sin_sign):
-        x = self._c(x)
+        x = self._in(x)
         out = self.xp.empty_like(x)
         half = x.shape[-1] // 2
         self._flat(
             f"rope<{self._ctype(x)}>",
             x.size // 2,
             x,
-            self._c(cos),
-            self._c(sin),
+            self._in(cos),
+            self._in(sin),
             out,
             np.int64(x.size // 2),
             np.int32(x.shape[-2]),
@@ -963,12 +1005,15 @@ class CupyBackend(Backend):
 
     # -- optimiser ---------------------------------------------------------------------------
     def _adamw_step(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+        # (under mixed precision a half grad updates a float32 param: cast up; the
+        # contract has checked that m and v have param's dtype)
+        grad = self._c(grad.astype(param.dtype, copy=False))
         f = np.float32
         self._flat(
             f"adamw_step<{self._ctype(param)}>",
             param.size,
             param,
-            self._c(grad),
+            grad,
             m,
             v,
             np.int64(param.size),
@@ -982,3 +1027,30 @@ class CupyBackend(Backend):
             f(1.0 - beta1**step),
             f(1.0 - beta2**step),
         )
+
+
+class MixedPrecisionBackend(CupyBackend):
+    """The cupy backend computing in ``dtype`` (float16 or bfloat16) with float32
+    master weights: ``base`` under a mixed ``CastPolicy`` (the rules are in
+    precision.py), nothing overridden. Made by ``CupyBackend.with_dtype``; it
+    shares its base's compiled kernels, cuBLAS state and views."""
+
+    _SHARED = (
+        "xp",
+        "_cublas",
+        "_sm_count",
+        "_tensor_cores",
+        "_max_flat_blocks",
+        "_one",
+        "_zero",
+        "_k",
+        "_views",
+        "_device_bytes",
+    )
+
+    def __init__(self, base: CupyBackend, dtype):
+        for name in self._SHARED:
+            setattr(self, name, getattr(base, name))
+        self.base = base
+        self.policy = CastPolicy(dtype)
+        self.float_dtypes = (np.dtype(np.float32), self.policy.compute_dtype)

@@ -13,6 +13,10 @@ whose blocks divide the first dimension, data offsets aligned, every tensor's
 data inside the file and no two overlapping. Every failure is a ValueError
 naming the file (and the key or tensor); the reader then maps the same open
 file, so the checked file is the one read.
+
+``llama_config_from_gguf`` maps a llama file's metadata onto ferroformer's
+Llama config; it lives beside the reader so that both loaders (smollm's float
+one and quant.gguf_file's block one) import it from here, not from each other.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from .._files import bounded_numel, open_regular
+from .values import positive
 
 WHAT = "GGUF file"
 VERSIONS = (2, 3)
@@ -91,6 +96,14 @@ class _Cursor:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise self.bad(f"{what} is not UTF-8 ({e})") from None
+
+    def new_name(self, seen: set, kind: str, what: str) -> str:
+        """A string that is neither empty nor in ``seen`` (added to it): a key or a tensor name."""
+        name = self.string(what)
+        if not name or name in seen:
+            raise self.bad(f"{kind} {name!r:.80} is empty or given twice")
+        seen.add(name)
+        return name
 
     def strings(self, count: int, what: str) -> None:
         """Skips over ``count`` strings (a vocabulary: tens of thousands), checking each
@@ -178,10 +191,7 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
         )
     keys, alignment = set(), gguf.GGUF_DEFAULT_ALIGNMENT
     for i in range(n_kv):
-        key = c.string(f"key {i}")
-        if not key or key in keys:
-            raise c.bad(f"key {key!r:.80} is empty or given twice")
-        keys.add(key)
+        key = c.new_name(keys, "key", f"key {i}")
         vtype = c.unpack("I", 4, f"the type of {key}")
         start = c.pos
         c.value(vtype, f"metadata {key}")
@@ -193,10 +203,7 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
                 raise c.bad(f"general.alignment {alignment} is not a power of two up to 2**20")
     infos, names = [], set()
     for i in range(n_tensors):
-        name = c.string(f"the name of tensor {i}")
-        if not name or name in names:
-            raise c.bad(f"tensor name {name!r:.80} is empty or given twice")
-        names.add(name)
+        name = c.new_name(names, "tensor name", f"the name of tensor {i}")
         n_dims = c.unpack("I", 4, f"the rank of tensor {name}")
         if n_dims > MAX_DIMS:
             raise c.bad(f"tensor {name} has {n_dims} dimensions, GGUF allows {MAX_DIMS}")
@@ -286,3 +293,36 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
             )
         tensors[t.name] = data.reshape(shape)
     return meta, tensors
+
+
+def vocab_size(meta: Dict, source: str) -> int:
+    """The length of a GGUF file's token list; ValueError (naming ``source``) without one."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
+    return len(tokens)
+
+
+def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: str) -> dict:
+    """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
+    ``source``) for a missing key or a value of the wrong type."""
+    if meta.get("general.architecture") != "llama":
+        raise ValueError(
+            f"{source}: expected a llama GGUF, got {meta.get('general.architecture')!r:.80}"
+        )
+
+    def get(key, kind=int):
+        return positive(meta.get("llama." + key), kind, f"metadata llama.{key}", source)
+
+    return dict(
+        vocab_size=vocab_size(meta, source),
+        max_seq_len=max_seq_len,
+        d_model=get("embedding_length"),
+        n_heads=get("attention.head_count"),
+        n_kv_heads=get("attention.head_count_kv"),
+        n_layers=get("block_count"),
+        d_ff=get("feed_forward_length"),
+        rope_base=float(get("rope.freq_base", float)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+        tie_embeddings="output.weight" not in tensors,
+    )

@@ -10,7 +10,6 @@ computes them.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict, Sequence
 
@@ -22,6 +21,7 @@ from ..checkpoint import check_config_against_tensors
 from ..models import BERT
 from .files import package_path
 from .tokenizer import Tokenizer, wordpiece_from_file
+from .values import positive
 
 NAME = "all-MiniLM-L6-v2"
 MAX_CONFIG_BYTES = 1 << 20
@@ -87,22 +87,8 @@ def bert_config_from_hf(cfg, source: str) -> dict:
     def get(key, kind):
         if key not in cfg:
             raise ValueError(f"{source}: not a valid config.json: no {key!r}")
-        v = cfg[key]
-        if kind is int:
-            ok = isinstance(v, int) and not isinstance(v, bool) and v >= (key != "type_vocab_size")
-        else:
-            ok = (
-                isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and math.isfinite(v)
-                and v > 0
-            )
-        if not ok:
-            raise ValueError(
-                f"{source}: not a valid config.json: {key} must be a positive "
-                f"{kind.__name__}, got {v!r:.80}"
-            )
-        return v
+        where = f"{source}: not a valid config.json"
+        return positive(cfg[key], kind, key, where, low=int(key != "type_vocab_size"))
 
     if cfg.get("hidden_act") != "gelu":
         raise ValueError(

@@ -13,7 +13,6 @@ pairs too, so the weights load as they are.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict
 
@@ -22,7 +21,7 @@ import numpy as np
 from ..checkpoint import check_config_against_tensors
 from ..models import Llama
 from .files import package_path
-from .gguf_file import read_gguf
+from .gguf_file import llama_config_from_gguf, read_gguf
 from .tokenizer import Tokenizer, bpe_from_gguf_metadata
 
 NAME = "SmolLM2-135M-Instruct"
@@ -61,48 +60,6 @@ def llama_state_from_gguf(
         out[f + "ff.fc1.weight"] = stacked([g + "ffn_gate.weight", g + "ffn_up.weight"])
         out[f + "ff.fc2.weight"] = get(g + "ffn_down.weight")
     return out
-
-
-def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: str) -> dict:
-    """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
-    ``source``) for a missing key or a value of the wrong type."""
-    if meta.get("general.architecture") != "llama":
-        raise ValueError(
-            f"{source}: expected a llama GGUF, got {meta.get('general.architecture')!r:.80}"
-        )
-
-    def get(key, kind=int):
-        v = meta.get("llama." + key)
-        if kind is int:
-            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
-        else:
-            ok = (
-                isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and math.isfinite(v)
-                and v > 0
-            )
-        if not ok:
-            raise ValueError(
-                f"{source}: metadata llama.{key} must be a positive {kind.__name__}, got {v!r:.80}"
-            )
-        return v
-
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ValueError(f"{source}: metadata tokenizer.ggml.tokens must be a non-empty list")
-    return dict(
-        vocab_size=len(tokens),
-        max_seq_len=max_seq_len,
-        d_model=get("embedding_length"),
-        n_heads=get("attention.head_count"),
-        n_kv_heads=get("attention.head_count_kv"),
-        n_layers=get("block_count"),
-        d_ff=get("feed_forward_length"),
-        rope_base=float(get("rope.freq_base", float)),
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
-        tie_embeddings="output.weight" not in tensors,
-    )
 
 
 def load_smollm(

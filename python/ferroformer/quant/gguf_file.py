@@ -43,9 +43,9 @@ import numpy as np
 from .._files import open_regular
 from ..checkpoint import check_config_against_tensors
 from ..models import GPT, Llama
-from ..pretrained.gguf_file import check_gguf
-from ..pretrained.smollm import llama_config_from_gguf
+from ..pretrained.gguf_file import check_gguf, llama_config_from_gguf, vocab_size
 from ..pretrained.tokenizer import bpe_from_gguf_metadata
+from ..pretrained.values import positive
 from .formats import block_format, dequantize
 from .layers import QuantizedEmbedding, QuantizedLinear, _activations, set_activations
 from .tensor import QuantizedTensor
@@ -221,12 +221,6 @@ class _Tensors:
         return sum(s[0] for s in shapes), shapes[0][1]
 
 
-def _positive_int(v, what, where):
-    if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-        raise ValueError(f"{where}: {what} must be a positive int, got {v!r:.80}")
-    return v
-
-
 def _validate(cls, config, where):
     try:
         cls.validate_config(config)
@@ -237,10 +231,10 @@ def _validate(cls, config, where):
 def _llama(meta, t: _Tensors, max_seq_len, backend):
     where = t.where
     if max_seq_len is None:
-        max_seq_len = _positive_int(
-            meta.get("llama.context_length"), "metadata llama.context_length", where
+        max_seq_len = positive(
+            meta.get("llama.context_length"), int, "metadata llama.context_length", where
         )
-    _positive_int(max_seq_len, "max_seq_len", where)
+    positive(max_seq_len, int, "max_seq_len", where)
     config = llama_config_from_gguf(meta, t.infos, max_seq_len, where)
     _validate(Llama, config, where)
     if config["n_layers"] > len(t.infos):
@@ -309,7 +303,7 @@ def _gpt2(meta, t: _Tensors, max_seq_len, backend):
     where = t.where
 
     def get(key):
-        return _positive_int(meta.get("gpt2." + key), "metadata gpt2." + key, where)
+        return positive(meta.get("gpt2." + key), int, "metadata gpt2." + key, where)
 
     context = get("context_length")
     if max_seq_len is None:
@@ -324,11 +318,8 @@ def _gpt2(meta, t: _Tensors, max_seq_len, backend):
         raise ValueError(
             f"{where}: gpt2.attention.layer_norm_epsilon {eps!r:.40}; GPT's LayerNorm uses 1e-5"
         )
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ValueError(f"{where}: metadata tokenizer.ggml.tokens must be a non-empty list")
     config = dict(
-        vocab_size=len(tokens),
+        vocab_size=vocab_size(meta, where),
         max_seq_len=max_seq_len,
         d_model=get("embedding_length"),
         n_heads=get("attention.head_count"),

@@ -34,6 +34,21 @@ __device__ __forceinline__ float group_sum(float v) {
     return v;
 }
 
+// The two dot products of the backward for one (query, key) pair, each summed
+// over the 8 lanes of the row: s = a . b (q . k) and dp = c . e (dO . v), where
+// a and c are a lane's COLS registers and b and e its columns of a tile row.
+template <int COLS>
+__device__ __forceinline__ void pair_dots(const float* a, const float* b, const float* c,
+                                          const float* e, float& s, float& dp) {
+    float s_part = 0.0f, dp_part = 0.0f;
+    for (int col = 0; col < COLS; ++col) {
+        s_part += a[col] * b[col * ROW_THREADS];
+        dp_part += c[col] * e[col * ROW_THREADS];
+    }
+    s = group_sum(s_part);
+    dp = group_sum(dp_part);
+}
+
 // rows (rows, D) of src -> tile (rows, D_MAX) in float; zero past n_rows and D.
 template <typename T, int D_MAX>
 __device__ __forceinline__ void load_rows_float(float* tile, const T* src, int row0, int rows,
@@ -61,16 +76,11 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
     float* v_tile = k_tile + Tiles::KEYS * D_MAX;        // (KEYS, D_MAX)
     float* key_bias = v_tile + Tiles::KEYS * D_MAX;      // (KEYS,)
 
-    const int tiles = cdiv(Tq, SIMT_ROWS);
-    const int bh = blockIdx.x / tiles;
-    const int m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * SIMT_ROWS;
-    const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+    const QueryTile<T> tile(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D);
+    const int bh = tile.bh, m0 = tile.m0;
     const int row = m0 + (int)threadIdx.x / ROW_THREADS;
     const int lane_col = threadIdx.x % ROW_THREADS;
     const bool row_valid = row < Tq;
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
 
     const float scale_log2 = scale * FLASH_LOG2E;
     float q_reg[Tiles::COLS], acc[Tiles::COLS];
@@ -86,9 +96,9 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
     float m = neg_inf(), l = 0.0f;
     for (int n0 = 0; n0 < key_end; n0 += Tiles::KEYS) {
         __syncthreads();  // every row is done with the previous tile
-        load_rows_float<T, D_MAX>(k_tile, k_head, n0, Tiles::KEYS, key_end, D);
-        load_rows_float<T, D_MAX>(v_tile, v_head, n0, Tiles::KEYS, key_end, D);
-        load_key_bias(key_bias, mask_row, n0, Tiles::KEYS, key_end);
+        load_rows_float<T, D_MAX>(k_tile, tile.k_head, n0, Tiles::KEYS, key_end, D);
+        load_rows_float<T, D_MAX>(v_tile, tile.v_head, n0, Tiles::KEYS, key_end, D);
+        load_key_bias(key_bias, tile.mask_row, n0, Tiles::KEYS, key_end);
         __syncthreads();
 
         float s[Tiles::KEYS];
@@ -204,13 +214,9 @@ __global__ void attention_backward_kv_simt(const T* q, const T* k, const T* v, c
             for (int i = 0; i < Tiles::QUERIES; ++i) {
                 const float* qi = q_tile + i * D_MAX + lane_col;
                 const float* doi = do_tile + i * D_MAX + lane_col;
-                float s_part = 0.0f, dp_part = 0.0f;
-                for (int c = 0; c < Tiles::COLS; ++c) {
-                    s_part += k_reg[c] * qi[c * ROW_THREADS];
-                    dp_part += v_reg[c] * doi[c * ROW_THREADS];
-                }
-                const float s = group_sum(s_part) * scale_log2;
-                const float dp = group_sum(dp_part);
+                float qk, dp;
+                pair_dots<Tiles::COLS>(k_reg, qi, v_reg, doi, qk, dp);
+                const float s = qk * scale_log2;
                 const bool visible = key_valid && (!causal || key < causal_key_end(m0 + i, Tq, Tk));
                 const float p = visible ? exp2f(s - lse2_tile[i]) : 0.0f;
                 const float ds = p * (dp - delta_tile[i]);
@@ -246,16 +252,11 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
     float* v_tile = k_tile + Tiles::KEYS * D_MAX;        // (KEYS, D_MAX)
     float* key_bias = v_tile + Tiles::KEYS * D_MAX;      // (KEYS,)
 
-    const int tiles = cdiv(Tq, SIMT_ROWS);
-    const int bh = blockIdx.x / tiles;
-    const int m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * SIMT_ROWS;
-    const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+    const QueryTile<T> tile(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D);
+    const int bh = tile.bh, m0 = tile.m0;
     const int row = m0 + (int)threadIdx.x / ROW_THREADS;
     const int lane_col = threadIdx.x % ROW_THREADS;
     const bool row_valid = row < Tq;
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
 
     float q_reg[Tiles::COLS], do_reg[Tiles::COLS], dq_acc[Tiles::COLS];
     for (int c = 0; c < Tiles::COLS; ++c) {
@@ -274,20 +275,16 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 
     for (int n0 = 0; n0 < key_end; n0 += Tiles::KEYS) {
         __syncthreads();
-        load_rows_float<T, D_MAX>(k_tile, k_head, n0, Tiles::KEYS, key_end, D);
-        load_rows_float<T, D_MAX>(v_tile, v_head, n0, Tiles::KEYS, key_end, D);
-        load_key_bias(key_bias, mask_row, n0, Tiles::KEYS, key_end);
+        load_rows_float<T, D_MAX>(k_tile, tile.k_head, n0, Tiles::KEYS, key_end, D);
+        load_rows_float<T, D_MAX>(v_tile, tile.v_head, n0, Tiles::KEYS, key_end, D);
+        load_key_bias(key_bias, tile.mask_row, n0, Tiles::KEYS, key_end);
         __syncthreads();
         for (int j = 0; j < Tiles::KEYS; ++j) {
             const float* kj = k_tile + j * D_MAX + lane_col;
             const float* vj = v_tile + j * D_MAX + lane_col;
-            float s_part = 0.0f, dp_part = 0.0f;
-            for (int c = 0; c < Tiles::COLS; ++c) {
-                s_part += q_reg[c] * kj[c * ROW_THREADS];
-                dp_part += do_reg[c] * vj[c * ROW_THREADS];
-            }
-            const float s = group_sum(s_part) * scale_log2;
-            const float dp = group_sum(dp_part);
+            float qk, dp;
+            pair_dots<Tiles::COLS>(q_reg, kj, do_reg, vj, qk, dp);
+            const float s = qk * scale_log2;
             const bool visible = key_bias[j] == 0.0f && n0 + j < row_key_end;
             const float p = visible ? exp2f(s - row_lse2) : 0.0f;
             const float ds = p * (dp - row_delta);
@@ -305,7 +302,9 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 // -- decode: one query row against a long KV cache ---------------------------------------
 
 // Split-K, first pass: grid (splits * B * Hq), block 128 (4 warps), no shared
-// memory beyond the static merge buffer. Block x takes keys
+// memory beyond the static merge buffer. k, v (B, Hkv, Tcap, D) and key_mask
+// (B, Tcap) may be KV-cache buffers read in place: only keys [0, Tk) of each
+// head take part (Tk <= Tcap). Block x takes keys
 // [s * chunk, min(Tk, (s + 1) * chunk)) of query head bh (s = x % splits);
 // warp w takes the groups of DECODE_KEYS consecutive keys w, w + 4, ... of the
 // chunk (their loads independent, in flight together), lane l the columns
@@ -315,8 +314,8 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
 #define DECODE_KEYS 4
 template <typename T, int D_MAX>
 __global__ void attention_decode_partial(const T* q, const T* k, const T* v, const bool* key_mask,
-                                         float* partial, int Hq, int Hkv, int Tk, int D,
-                                         float scale, int chunk, int splits) {
+                                         float* partial, int Hq, int Hkv, int Tk, int Tcap,
+                                         int D, float scale, int chunk, int splits) {
     constexpr int WARPS = SIMT_THREADS / 32;
     constexpr int COLS = D_MAX / 32;
     __shared__ float warp_state[WARPS][D_MAX + 2];
@@ -325,9 +324,9 @@ __global__ void attention_decode_partial(const T* q, const T* k, const T* v, con
     const int bh = blockIdx.x / splits, split = blockIdx.x % splits;
     const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
+    const T* k_head = k + ((i64)b * Hkv + hk) * Tcap * D;
+    const T* v_head = v + ((i64)b * Hkv + hk) * Tcap * D;
+    const bool* mask_row = key_mask ? key_mask + (i64)b * Tcap : nullptr;
     const float scale_log2 = scale * FLASH_LOG2E;
 
     float q_reg[COLS], acc[COLS];

@@ -207,15 +207,10 @@ __global__ void attention_forward_mma(const T* q, const T* k, const T* v, const 
     T* v_tile = k_tile + BN * LD;                                    // (BN, LD): Q first
     float* key_bias = reinterpret_cast<float*>(v_tile + BN * LD);    // (BN,)
 
-    const int tiles = cdiv(Tq, BM);
-    const int bh = blockIdx.x / tiles;
-    const int m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * BM;
-    const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+    const QueryTile<T> tile(k, v, key_mask, BM, Hq, Hkv, Tq, Tk, D);
+    const int bh = tile.bh, m0 = tile.m0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
     const int row0 = m0 + warp * 16 + (lane >> 2);  // rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3])
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
     const int key_end = causal ? causal_key_end(min(m0 + BM, Tq) - 1, Tq, Tk) : Tk;
     const int all_see = causal ? causal_key_end(m0, Tq, Tk) : Tk;  // keys below it: seen by every row
     const int row_end[2] = {causal ? causal_key_end(row0, Tq, Tk) : Tk,
@@ -224,8 +219,8 @@ __global__ void attention_forward_mma(const T* q, const T* k, const T* v, const 
 
     load_tile_async<T, HEAD_DIM>(v_tile, q + (i64)bh * Tq * D, m0, BM, Tq, D);
     if (key_end > 0) {
-        load_tile_async<T, HEAD_DIM>(k_tile, k_head, 0, BN, key_end, D);
-        load_key_bias(key_bias, mask_row, 0, BN, key_end);
+        load_tile_async<T, HEAD_DIM>(k_tile, tile.k_head, 0, BN, key_end, D);
+        load_key_bias(key_bias, tile.mask_row, 0, BN, key_end);
     }
     cp_async_commit();
     cp_async_wait_all();
@@ -243,7 +238,7 @@ __global__ void attention_forward_mma(const T* q, const T* k, const T* v, const 
             cp_async_wait_all();
             __syncthreads();  // K(n0) landed; every warp is done with V(n0 - BN)
         }
-        load_tile_async<T, HEAD_DIM>(v_tile, v_head, n0, BN, key_end, D);
+        load_tile_async<T, HEAD_DIM>(v_tile, tile.v_head, n0, BN, key_end, D);
         cp_async_commit();
 
         float s[NS][4];
@@ -251,7 +246,7 @@ __global__ void attention_forward_mma(const T* q, const T* k, const T* v, const 
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk) mma_row<T, NS, true>(s, qf[kk], k_tile + kk * 16, LD);
 
-        const bool edge = mask_row != nullptr || n0 + BN > all_see;
+        const bool edge = tile.mask_row != nullptr || n0 + BN > all_see;
         float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
         for (int nb = 0; nb < NS; ++nb) {
@@ -292,8 +287,8 @@ __global__ void attention_forward_mma(const T* q, const T* k, const T* v, const 
         cp_async_wait_all();
         __syncthreads();  // V(n0) landed; every warp is done with K(n0) and its key_bias
         if (n0 + BN < key_end) {
-            load_tile_async<T, HEAD_DIM>(k_tile, k_head, n0 + BN, BN, key_end, D);
-            load_key_bias(key_bias, mask_row, n0 + BN, BN, key_end);
+            load_tile_async<T, HEAD_DIM>(k_tile, tile.k_head, n0 + BN, BN, key_end, D);
+            load_key_bias(key_bias, tile.mask_row, n0 + BN, BN, key_end);
         }
         cp_async_commit();
 #pragma unroll
@@ -340,15 +335,10 @@ __global__ void attention_backward_q_mma(const T* q, const T* k, const T* v, con
     T* v_tile = k_tile + BN * LD;                                   // (BN, LD)
     float* key_bias = reinterpret_cast<float*>(v_tile + BN * LD);   // (BN,)
 
-    const int tiles = cdiv(Tq, BM);
-    const int bh = blockIdx.x / tiles;
-    const int m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * BM;
-    const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+    const QueryTile<T> tile(k, v, key_mask, BM, Hq, Hkv, Tq, Tk, D);
+    const int bh = tile.bh, m0 = tile.m0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
     const int row0 = m0 + warp * 16 + (lane >> 2);
-    const T* k_head = k + ((i64)b * Hkv + hk) * Tk * D;
-    const T* v_head = v + ((i64)b * Hkv + hk) * Tk * D;
-    const bool* mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
     const int key_end = causal ? causal_key_end(min(m0 + BM, Tq) - 1, Tq, Tk) : Tk;
     const int all_see = causal ? causal_key_end(m0, Tq, Tk) : Tk;
     const int row_end[2] = {causal ? causal_key_end(row0, Tq, Tk) : Tk,
@@ -375,9 +365,9 @@ __global__ void attention_backward_q_mma(const T* q, const T* k, const T* v, con
     zero(dq_acc);
     for (int n0 = 0; n0 < key_end; n0 += BN) {
         __syncthreads();  // every warp is done with the previous K and V tiles (or with Q)
-        load_tile_async<T, HEAD_DIM>(k_tile, k_head, n0, BN, key_end, D);
-        load_tile_async<T, HEAD_DIM>(v_tile, v_head, n0, BN, key_end, D);
-        load_key_bias(key_bias, mask_row, n0, BN, key_end);
+        load_tile_async<T, HEAD_DIM>(k_tile, tile.k_head, n0, BN, key_end, D);
+        load_tile_async<T, HEAD_DIM>(v_tile, tile.v_head, n0, BN, key_end, D);
+        load_key_bias(key_bias, tile.mask_row, n0, BN, key_end);
         cp_async_commit();
         cp_async_wait_all();
         __syncthreads();
@@ -392,7 +382,7 @@ __global__ void attention_backward_q_mma(const T* q, const T* k, const T* v, con
             mma_row<T, NS, true>(s, qf[kk], k_tile + kk * 16, LD);
             mma_row<T, NS, true>(dp, af, v_tile + kk * 16, LD);
         }
-        const bool edge = mask_row != nullptr || n0 + BN > all_see;
+        const bool edge = tile.mask_row != nullptr || n0 + BN > all_see;
 #pragma unroll
         for (int nb = 0; nb < NS; ++nb) {
 #pragma unroll

@@ -42,6 +42,28 @@ __device__ __forceinline__ int causal_first_query(int j, int Tq, int Tk) {
     return (int)(first < 0 ? 0 : first);
 }
 
+// Block x of a grid over query tiles of `rows` rows (see above): rows [m0, m0 + rows)
+// of query head bh; k_head and v_head the first rows of its key/value head in k
+// and v, mask_row its batch's row of key_mask (null without a mask).
+template <typename T>
+struct QueryTile {
+    int bh, m0;
+    const T* k_head;
+    const T* v_head;
+    const bool* mask_row;
+
+    __device__ __forceinline__ QueryTile(const T* k, const T* v, const bool* key_mask, int rows,
+                                         int Hq, int Hkv, int Tq, int Tk, int D) {
+        const int tiles = cdiv(Tq, rows);
+        bh = blockIdx.x / tiles;
+        m0 = (tiles - 1 - (int)(blockIdx.x % tiles)) * rows;
+        const int b = bh / Hq, hk = (bh % Hq) / (Hq / Hkv);
+        k_head = k + ((i64)b * Hkv + hk) * Tk * D;
+        v_head = v + ((i64)b * Hkv + hk) * Tk * D;
+        mask_row = key_mask ? key_mask + (i64)b * Tk : nullptr;
+    }
+};
+
 // lse (natural log) -> the log2-domain offset of p = exp2(s2 - offset); +inf
 // for a row that saw no key, which makes every p of the row exactly 0.
 __device__ __forceinline__ float lse_to_log2(float lse) {
