@@ -20,20 +20,12 @@ fn dims<'a>(op: &str, x: &'a In<'_>) -> PyResult<(usize, usize, &'a [usize], &'a
 /// `(y, mean, rstd)`: `x (..., C)`, `gamma, beta (C,)`, `mean, rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn layernorm_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    beta: In<'py>,
-    eps: f32,
+    py: Python<'py>, x: In<'py>, gamma: In<'py>, beta: In<'py>, eps: f32,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "layernorm_forward";
     util::guard(OP, || {
         let (rows, cols, shape, lead) = dims(OP, &x)?;
-        let xs = util::slice(OP, "x", &x)?;
-        let (gs, bs) = (
-            util::slice(OP, "gamma", &gamma)?,
-            util::slice(OP, "beta", &beta)?,
-        );
+        let [xs, gs, bs] = util::slices(OP, [("x", &x), ("gamma", &gamma), ("beta", &beta)])?;
         let [y, mean, rstd] = util::outputs(py, OP, [shape, lead, lead])?;
         util::run_into(
             py,
@@ -49,22 +41,21 @@ pub(crate) fn layernorm_forward<'py>(
 /// `mean, rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn layernorm_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    mean: In<'py>,
-    rstd: In<'py>,
+    py: Python<'py>, dy: In<'py>, x: In<'py>, gamma: In<'py>, mean: In<'py>, rstd: In<'py>,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "layernorm_backward";
     util::guard(OP, || {
         let (rows, cols, shape, _) = dims(OP, &x)?;
-        let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
-        let gs = util::slice(OP, "gamma", &gamma)?;
-        let (ms, rs) = (
-            util::slice(OP, "mean", &mean)?,
-            util::slice(OP, "rstd", &rstd)?,
-        );
+        let [dys, xs, gs, ms, rs] = util::slices(
+            OP,
+            [
+                ("dy", &dy),
+                ("x", &x),
+                ("gamma", &gamma),
+                ("mean", &mean),
+                ("rstd", &rstd),
+            ],
+        )?;
         let [dx, dg, db] = util::outputs(py, OP, [shape, &[cols], &[cols]])?;
         util::run_into(
             py,
@@ -79,15 +70,12 @@ pub(crate) fn layernorm_backward<'py>(
 /// `(y, rstd)`: `x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn rmsnorm_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    eps: f32,
+    py: Python<'py>, x: In<'py>, gamma: In<'py>, eps: f32,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "rmsnorm_forward";
     util::guard(OP, || {
         let (rows, cols, shape, lead) = dims(OP, &x)?;
-        let (xs, gs) = (util::slice(OP, "x", &x)?, util::slice(OP, "gamma", &gamma)?);
+        let [xs, gs] = util::slices(OP, [("x", &x), ("gamma", &gamma)])?;
         let [y, rstd] = util::outputs(py, OP, [shape, lead])?;
         util::run_into(py, util::small(rows * cols), [&y, &rstd], |[ys, rs]| {
             k::rmsnorm_forward(xs, gs, eps, ys, rs, rows, cols)
@@ -99,20 +87,15 @@ pub(crate) fn rmsnorm_forward<'py>(
 /// `(dx, dgamma)` from `dy, x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn rmsnorm_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    rstd: In<'py>,
+    py: Python<'py>, dy: In<'py>, x: In<'py>, gamma: In<'py>, rstd: In<'py>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "rmsnorm_backward";
     util::guard(OP, || {
         let (rows, cols, shape, _) = dims(OP, &x)?;
-        let (dys, xs) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "x", &x)?);
-        let (gs, rs) = (
-            util::slice(OP, "gamma", &gamma)?,
-            util::slice(OP, "rstd", &rstd)?,
-        );
+        let [dys, xs, gs, rs] = util::slices(
+            OP,
+            [("dy", &dy), ("x", &x), ("gamma", &gamma), ("rstd", &rstd)],
+        )?;
         let [dx, dg] = util::outputs(py, OP, [shape, &[cols]])?;
         util::run_into(py, util::small(rows * cols), [&dx, &dg], |[dxs, dgs]| {
             k::rmsnorm_backward(dys, xs, gs, rs, dxs, dgs, rows, cols)

@@ -12,10 +12,7 @@ use crate::util::{self, Array, In};
 /// dims `(Tq, Tk)` are masked bottom-right aligned.
 #[pyfunction]
 pub(crate) fn softmax_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    scale: f32,
-    causal: bool,
+    py: Python<'py>, x: In<'py>, scale: f32, causal: bool,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "softmax_forward";
     util::guard(OP, || {
@@ -39,15 +36,12 @@ pub(crate) fn softmax_forward<'py>(
 /// `dx = scale * y * (dy - sum(dy * y, last axis))`.
 #[pyfunction]
 pub(crate) fn softmax_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    y: In<'py>,
-    scale: f32,
+    py: Python<'py>, dy: In<'py>, y: In<'py>, scale: f32,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "softmax_backward";
     util::guard(OP, || {
         let (rows, cols) = shapes::rows_cols(OP, "dy", dy.shape())?;
-        let (dys, ys) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "y", &y)?);
+        let [dys, ys] = util::slices(OP, [("dy", &dy), ("y", &y)])?;
         util::fill(py, util::uninit(py, OP, dy.shape())?, |dx| {
             k::softmax_backward(dys, ys, dx, rows, cols, scale)
         })
