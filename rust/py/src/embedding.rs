@@ -2,31 +2,21 @@
 //! shape, rows out as `ids.shape + (C,)`.
 
 use ferroformer_kernels::embedding as k;
-use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
 
-use crate::util;
+use crate::shapes;
+use crate::util::{self, Array, In};
 
 /// `weight[ids]`; an id outside `[0, V)` raises IndexError.
 #[pyfunction]
-fn embedding_forward<'py>(
-    py: Python<'py>,
-    weight: PyReadonlyArrayDyn<'py, f32>,
-    ids: PyReadonlyArrayDyn<'py, i64>,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+pub(crate) fn embedding_forward<'py>(
+    py: Python<'py>, weight: In<'py>, ids: In<'py, i64>,
+) -> PyResult<Array<'py>> {
     const OP: &str = "embedding_forward";
     util::guard(OP, || {
-        let (vocab, dim) = match weight.shape() {
-            &[v, c] => (v, c),
-            s => {
-                return Err(PyValueError::new_err(format!(
-                    "{OP}: weight must be (V, C), got {s:?}"
-                )))
-            }
-        };
-        let mut shape = ids.shape().to_vec();
-        shape.push(dim);
+        let [vocab, dim] = shapes::exact(OP, "weight", "(V, C)", weight.shape())?;
+        let shape = [ids.shape(), &[dim]].concat();
         let (ws, is) = (
             util::slice(OP, "weight", &weight)?,
             util::slice(OP, "ids", &ids)?,
@@ -37,35 +27,18 @@ fn embedding_forward<'py>(
     })
 }
 
-/// `dweight (num_embeddings, C)`, summed in token order (deterministic).
+/// `dweight (num_embeddings, C)` from `dy ids.shape + (C,)`, summed in
+/// token order (deterministic).
 #[pyfunction]
-fn embedding_backward<'py>(
-    py: Python<'py>,
-    dy: PyReadonlyArrayDyn<'py, f32>,
-    ids: PyReadonlyArrayDyn<'py, i64>,
-    num_embeddings: usize,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+pub(crate) fn embedding_backward<'py>(
+    py: Python<'py>, dy: In<'py>, ids: In<'py, i64>, num_embeddings: usize,
+) -> PyResult<Array<'py>> {
     const OP: &str = "embedding_backward";
     util::guard(OP, || {
-        let dim = match dy.shape().split_last() {
-            Some((&c, lead)) if lead == ids.shape() => c,
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "{OP}: dy must be ids.shape + (C,), got dy {:?} and ids {:?}",
-                    dy.shape(),
-                    ids.shape()
-                )))
-            }
-        };
+        let [dim] = shapes::last(OP, "dy", "ids.shape + (C,)", dy.shape())?;
         let (dys, is) = (util::slice(OP, "dy", &dy)?, util::slice(OP, "ids", &ids)?);
         util::fill(py, util::uninit(py, OP, &[num_embeddings, dim])?, |dw| {
             k::embedding_backward(dys, is, dw, num_embeddings, dim)
         })
     })
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(embedding_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(embedding_backward, m)?)?;
-    Ok(())
 }

@@ -2,49 +2,28 @@
 //! (T, D/2)`, adjacent pairs rotated.
 
 use ferroformer_kernels::rope as k;
-use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
 
-use crate::util;
+use crate::shapes;
+use crate::util::{self, Array, In};
 
 type Kernel =
     fn(&[f32], &[f32], &[f32], &mut [f32], usize, usize, usize) -> ferroformer_kernels::Result<()>;
 
+/// `kernel(x, cos, sin)` into a fresh array shaped like `x`.
 fn rotate<'py>(
-    py: Python<'py>,
-    op: &str,
-    x: PyReadonlyArrayDyn<'py, f32>,
-    cos: PyReadonlyArrayDyn<'py, f32>,
-    sin: PyReadonlyArrayDyn<'py, f32>,
-    kernel: Kernel,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    py: Python<'py>, op: &str, [x, cos, sin]: [In<'py>; 3], kernel: Kernel,
+) -> PyResult<Array<'py>> {
     util::guard(op, || {
-        let shape = util::shape(&x);
-        let (t, d) = match shape.as_slice() {
-            [.., t, d] if d % 2 == 0 => (*t, *d),
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "{op}: x must be (..., T, D) with D even, got {shape:?}"
-                )))
-            }
-        };
-        for (name, a) in [("cos", &cos), ("sin", &sin)] {
-            if a.shape() != [t, d / 2] {
-                return Err(PyValueError::new_err(format!(
-                    "{op}: {name} must be (T, D/2) = ({t}, {}), got {:?}",
-                    d / 2,
-                    a.shape()
-                )));
-            }
-        }
+        let shape = x.shape();
+        let [t, d] = shapes::last(op, "x", "(..., T, D)", shape)?;
         let rows = shape[..shape.len() - 1].iter().product();
-        let xs = util::slice(op, "x", &x)?;
-        let (cs, ss) = (util::slice(op, "cos", &cos)?, util::slice(op, "sin", &sin)?);
+        let [xs, cs, ss] = util::slices(op, [("x", &x), ("cos", &cos), ("sin", &sin)])?;
         if rows == 0 {
-            return util::zeros(py, op, &shape);
+            return util::zeros(py, op, shape);
         }
-        util::fill(py, util::uninit(py, op, &shape)?, |y| {
+        util::fill(py, util::uninit(py, op, shape)?, |y| {
             kernel(xs, cs, ss, y, rows, t, d)
         })
     })
@@ -52,28 +31,16 @@ fn rotate<'py>(
 
 /// `(x0, x1) -> (x0 c - x1 s, x0 s + x1 c)` per adjacent pair.
 #[pyfunction]
-fn rope_forward<'py>(
-    py: Python<'py>,
-    x: PyReadonlyArrayDyn<'py, f32>,
-    cos: PyReadonlyArrayDyn<'py, f32>,
-    sin: PyReadonlyArrayDyn<'py, f32>,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    rotate(py, "rope_forward", x, cos, sin, k::rope_forward)
+pub(crate) fn rope_forward<'py>(
+    py: Python<'py>, x: In<'py>, cos: In<'py>, sin: In<'py>,
+) -> PyResult<Array<'py>> {
+    rotate(py, "rope_forward", [x, cos, sin], k::rope_forward)
 }
 
 /// The inverse rotation of `dy`.
 #[pyfunction]
-fn rope_backward<'py>(
-    py: Python<'py>,
-    dy: PyReadonlyArrayDyn<'py, f32>,
-    cos: PyReadonlyArrayDyn<'py, f32>,
-    sin: PyReadonlyArrayDyn<'py, f32>,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    rotate(py, "rope_backward", dy, cos, sin, k::rope_backward)
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(rope_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(rope_backward, m)?)?;
-    Ok(())
+pub(crate) fn rope_backward<'py>(
+    py: Python<'py>, dy: In<'py>, cos: In<'py>, sin: In<'py>,
+) -> PyResult<Array<'py>> {
+    rotate(py, "rope_backward", [dy, cos, sin], k::rope_backward)
 }

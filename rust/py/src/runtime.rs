@@ -8,17 +8,17 @@ use pyo3::prelude::*;
 use crate::util;
 
 #[pyfunction]
-fn set_num_threads(n: usize) {
+pub(crate) fn set_num_threads(n: usize) {
     pool::set_num_threads(n);
 }
 
 #[pyfunction]
-fn get_num_threads() -> usize {
+pub(crate) fn get_num_threads() -> usize {
     pool::num_threads()
 }
 
 #[pyfunction]
-fn simd_level() -> &'static str {
+pub(crate) fn simd_level() -> &'static str {
     simd::level().name()
 }
 
@@ -27,23 +27,15 @@ fn simd_level() -> &'static str {
 /// the GIL released (the path the kernels take). For tests only.
 #[pyfunction]
 #[pyo3(signature = (in_pool=false))]
-fn _force_panic(py: Python<'_>, in_pool: bool) -> PyResult<()> {
+pub(crate) fn _force_panic(py: Python<'_>, in_pool: bool) -> PyResult<()> {
     util::guard("_force_panic", || {
         if in_pool {
             // `pool::install` runs the closure on one of the pool's threads
-            util::run(py, || -> ferroformer_kernels::Result<()> {
+            util::run_on(py, false, || -> ferroformer_kernels::Result<()> {
                 panic!("forced on a pool thread for a test")
             })
         } else {
             panic!("forced for a test")
         }
     })
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(_force_panic, m)?)?;
-    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
-    Ok(())
 }

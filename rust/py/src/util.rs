@@ -1,8 +1,9 @@
-//! The one path every binding takes into Rust: borrow the arrays, check
-//! their sizes, release the GIL, run inside ferroformer's thread pool, and
-//! map a kernel error onto its Python exception. Every binding body runs
-//! inside [`guard`], the last line of defence that turns a Rust panic into
-//! a RuntimeError naming the op.
+//! The one path every binding takes into Rust: borrow the inputs as
+//! slices, allocate the outputs, release the GIL and run the kernel (on
+//! the calling thread or in ferroformer's pool), then map a kernel error
+//! onto its Python exception and handle any signal that arrived meanwhile.
+//! Every binding body runs inside [`guard`], the last line of defence that
+//! turns a Rust panic into a RuntimeError naming the op.
 
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,10 +13,16 @@ use ferroformer_kernels::{pool, Error};
 use numpy::npyffi::{self, npy_intp, PY_ARRAY_API};
 use numpy::{
     Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
-    PyUntypedArrayMethods,
+    PyReadwriteArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+
+/// A float32 array of any rank: what every binding allocates and returns.
+pub type Array<'py> = Bound<'py, PyArrayDyn<f32>>;
+
+/// A borrowed input array (float32 unless said otherwise).
+pub type In<'py, T = f32> = PyReadonlyArrayDyn<'py, T>;
 
 /// Runs a binding's body; a panic anywhere inside it (in the body, in a
 /// kernel, on a pool thread: rayon hands a worker's panic back to the
@@ -47,52 +54,60 @@ pub fn to_pyerr(e: Error) -> PyErr {
     }
 }
 
-/// Releases the GIL and runs `f` in the kernel thread pool.
-pub fn run<T: Send>(
-    py: Python<'_>,
-    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
-) -> PyResult<T> {
-    py.detach(|| pool::install(f)).map_err(to_pyerr)
-}
-
 /// Elements up to which a row-wise or element-wise kernel runs as one task
 /// (its chunk size), and so gains nothing from the pool.
 pub const SERIAL_ELEMS: usize = ferroformer_kernels::vec_math::CHUNK_ELEMS;
 
-/// [`run`] for a kernel over `elems` elements: at most [`SERIAL_ELEMS`]
-/// run on the calling thread (see [`pool::serial`]), which spares small
-/// calls (one decoding step's norms and activations) the trip into the
-/// pool; more go to the pool.
-pub fn run_sized<T: Send>(
-    py: Python<'_>,
-    elems: usize,
-    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
-) -> PyResult<T> {
-    run_on(py, elems <= SERIAL_ELEMS, f)
+/// Whether a row-wise or element-wise kernel over `elems` elements is one
+/// task ([`SERIAL_ELEMS`]): then it runs on the calling thread (see
+/// [`pool::serial`]), which spares small calls (one decoding step's norms
+/// and activations) the trip into the pool.
+pub fn small(elems: usize) -> bool {
+    elems <= SERIAL_ELEMS
 }
 
-/// [`run`] on the calling thread when `serial` (the caller knows the kernel
-/// will do the work as one task), else in the pool.
+/// Runs `f` with the GIL released: on the calling thread when `serial`
+/// (the caller knows the kernel does the work as one task), else in the
+/// kernel thread pool; then maps a kernel error onto its Python exception.
+///
+/// A Ctrl-C (or any signal with a Python handler) that arrives while the
+/// kernel runs cannot stop it, since the kernel borrows the arrays until
+/// it returns; it is handled as soon as the kernel returns, and its
+/// KeyboardInterrupt replaces the result, so a caller in a loop of calls
+/// made from C (a `map` over arrays, say) stops at once.
+///
+/// A panic is not caught here but by [`guard`], around the whole binding.
 pub fn run_on<T: Send>(
-    py: Python<'_>,
-    serial: bool,
-    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
+    py: Python<'_>, serial: bool, f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
 ) -> PyResult<T> {
-    if serial {
-        py.detach(|| pool::serial(f)).map_err(to_pyerr)
+    let result = if serial {
+        py.detach(|| pool::serial(f))
     } else {
-        run(py, f)
-    }
+        py.detach(|| pool::install(f))
+    };
+    py.check_signals()?;
+    result.map_err(to_pyerr)
+}
+
+/// [`run_on`] for a kernel that writes `N` outputs: `f` gets their data as
+/// mutable slices, in order, while the GIL is released. The outputs are
+/// fresh arrays (from [`outputs`], [`uninit`] or [`zeros`]), so they are
+/// contiguous and nothing else borrows them.
+pub fn run_into<const N: usize, T: Send>(
+    py: Python<'_>, serial: bool, outs: [&Array<'_>; N],
+    f: impl FnOnce([&mut [f32]; N]) -> ferroformer_kernels::Result<T> + Send,
+) -> PyResult<T> {
+    let mut borrows = outs.map(|a| a.readwrite());
+    let slices = borrows
+        .each_mut()
+        .map(|b| b.as_slice_mut().expect("fresh arrays are contiguous"));
+    run_on(py, serial, move || f(slices))
 }
 
 /// The array's data as a slice; the Python layer hands in C-contiguous,
 /// aligned arrays, so a strided or unaligned one here is a caller bug
 /// reported as ValueError.
-pub fn slice<'a, T: numpy::Element>(
-    op: &str,
-    name: &str,
-    a: &'a PyReadonlyArrayDyn<'_, T>,
-) -> PyResult<&'a [T]> {
+pub fn slice<'a, T: numpy::Element>(op: &str, name: &str, a: &'a In<'_, T>) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_| {
         PyValueError::new_err(format!(
             "{op}: {name} must be C-contiguous and aligned (the rust backend copies it so)"
@@ -100,8 +115,26 @@ pub fn slice<'a, T: numpy::Element>(
     })
 }
 
-pub fn shape<T: numpy::Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {
-    a.shape().to_vec()
+/// [`slice`] of each named array, in order.
+pub fn slices<'a, T: numpy::Element, const N: usize>(
+    op: &str, arrays: [(&str, &'a In<'_, T>); N],
+) -> PyResult<[&'a [T]; N]> {
+    let mut out = [&[][..]; N];
+    for (s, (name, a)) in out.iter_mut().zip(arrays) {
+        *s = slice(op, name, a)?;
+    }
+    Ok(out)
+}
+
+/// [`slice`] of an array the kernel updates in place.
+pub fn slice_mut<'a, T: numpy::Element>(
+    op: &str, name: &str, a: &'a mut PyReadwriteArrayDyn<'_, T>,
+) -> PyResult<&'a mut [T]> {
+    a.as_slice_mut().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{op}: {name} must be C-contiguous, aligned and writable"
+        ))
+    })
 }
 
 /// A fresh C-order float32 array, or the Python error NumPy raised (the
@@ -109,11 +142,8 @@ pub fn shape<T: numpy::Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {
 /// panic on that. A shape whose element count or byte size does not fit
 /// `isize` is a ValueError naming the op, before anything is allocated.
 fn new_array<'py>(
-    py: Python<'py>,
-    op: &str,
-    shape: &[usize],
-    zeroed: bool,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    py: Python<'py>, op: &str, shape: &[usize], zeroed: bool,
+) -> PyResult<Array<'py>> {
     let bytes = shape
         .iter()
         .try_fold(std::mem::size_of::<f32>(), |n, &d| n.checked_mul(d))
@@ -156,47 +186,42 @@ fn new_array<'py>(
 /// # Safety contract
 /// Only for outputs that the kernel writes in full before returning Ok (f32
 /// has no invalid bit patterns; on an error the array is dropped unseen).
-pub fn uninit<'py>(
-    py: Python<'py>,
-    op: &str,
-    shape: &[usize],
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+pub fn uninit<'py>(py: Python<'py>, op: &str, shape: &[usize]) -> PyResult<Array<'py>> {
     new_array(py, op, shape, false)
 }
 
 /// A fresh zero-filled float32 array of the given shape.
-pub fn zeros<'py>(
-    py: Python<'py>,
-    op: &str,
-    shape: &[usize],
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+pub fn zeros<'py>(py: Python<'py>, op: &str, shape: &[usize]) -> PyResult<Array<'py>> {
     new_array(py, op, shape, true)
 }
 
-/// Runs `f` with the output's data as a mutable slice while the GIL is
-/// released, then hands the output back. The work is taken to be the
-/// output's size (element-wise and row-wise kernels): see [`run_sized`].
-pub fn fill<'py>(
-    py: Python<'py>,
-    out: Bound<'py, PyArrayDyn<f32>>,
-    f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let serial = out.len() <= SERIAL_ELEMS;
-    fill_on(py, out, serial, f)
+/// Fresh uninitialised float32 outputs of the given shapes (see
+/// [`uninit`]), for [`run_into`].
+pub fn outputs<'py, const N: usize>(
+    py: Python<'py>, op: &str, shapes: [&[usize]; N],
+) -> PyResult<[Array<'py>; N]> {
+    let mut made = Vec::with_capacity(N);
+    for shape in shapes {
+        made.push(uninit(py, op, shape)?);
+    }
+    Ok(made.try_into().expect("one array per shape"))
 }
 
-/// [`fill`] on the calling thread when `serial` (see [`run_on`]): for
-/// products, whose output says little about their cost.
+/// [`run_into`] for a kernel with one output, which it hands back.
 pub fn fill_on<'py>(
-    py: Python<'py>,
-    out: Bound<'py, PyArrayDyn<f32>>,
-    serial: bool,
+    py: Python<'py>, out: Array<'py>, serial: bool,
     f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    {
-        let mut rw = out.readwrite();
-        let dst = rw.as_slice_mut().expect("fresh arrays are contiguous");
-        run_on(py, serial, move || f(dst))?;
-    }
+) -> PyResult<Array<'py>> {
+    run_into(py, serial, [&out], |[y]| f(y))?;
     Ok(out)
+}
+
+/// [`fill_on`] for a row-wise or element-wise kernel, whose work is the
+/// output's size (see [`small`]).
+pub fn fill<'py>(
+    py: Python<'py>, out: Array<'py>,
+    f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
+) -> PyResult<Array<'py>> {
+    let serial = small(out.len());
+    fill_on(py, out, serial, f)
 }
