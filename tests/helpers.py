@@ -39,19 +39,21 @@ def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
         )
 
 
-def numerical_grad(f, x, eps=1e-6):
-    """d f(x) / dx for a scalar function f of a float64 array, by central differences."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
+def numerical_grad(f, x, eps=1e-6, at=None):
+    """d f(x) / dx for a scalar function f of a float64 array, by central differences;
+    with ``at`` (flat indices) only those entries, as a 1-D array."""
+    flat = x.reshape(-1)
+    idx = range(flat.size) if at is None else at
+    g = np.zeros(len(idx), x.dtype)
+    for j, i in enumerate(idx):
         old = flat[i]
         flat[i] = old + eps
         hi = f()
         flat[i] = old - eps
         lo = f()
         flat[i] = old
-        gflat[i] = (hi - lo) / (2 * eps)
-    return g
+        g[j] = (hi - lo) / (2 * eps)
+    return g.reshape(x.shape) if at is None else g
 
 
 def noncontiguous(x):

@@ -51,20 +51,6 @@ def rust_or_skip(kernels=MODEL_KERNELS):
     return ops
 
 
-def _numerical_at(loss, x, idx, eps=1e-6):
-    flat = x.reshape(-1)
-    out = np.empty(len(idx))
-    for j, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + eps
-        hi = loss()
-        flat[i] = old - eps
-        lo = loss()
-        flat[i] = old
-        out[j] = (hi - lo) / (2 * eps)
-    return out
-
-
 def check_grads(
     module,
     args,
@@ -114,7 +100,7 @@ def check_grads(
             idx = rng.choice(p.data.size, size=min(samples, p.data.size), replace=False)
             assert_close(
                 p.grad.reshape(-1)[idx],
-                _numerical_at(loss, p.data, idx),
+                numerical_grad(loss, p.data, at=idx),
                 rtol=rtol,
                 atol=atol,
                 name=f"d {name}",

@@ -331,31 +331,8 @@ def test_sampling_is_seeded(bytes_run):
     assert one.startswith("def ")
     others = {ok(*args, "--seed", s).stdout for s in (4, 5)}
     assert others != {one}  # the seed matters
-    greedy = ok(
-        "generate",
-        "--checkpoint",
-        bytes_run,
-        "--prompt",
-        "def ",
-        "--max-new-tokens",
-        "16",
-        "--seed",
-        "7",
-    ).stdout
-    assert (
-        greedy
-        == ok(
-            "generate",
-            "--checkpoint",
-            bytes_run,
-            "--prompt",
-            "def ",
-            "--max-new-tokens",
-            "16",
-            "--seed",
-            "8",
-        ).stdout
-    )
+    greedy = ["generate", "--checkpoint", bytes_run, "--prompt", "def ", "--max-new-tokens", "16"]
+    assert ok(*greedy, "--seed", "7").stdout == ok(*greedy, "--seed", "8").stdout
 
 
 def test_sampling_on_the_transformer(copy_run):

@@ -47,14 +47,19 @@ def _fake_cupy(get_device_count):
     return cupy, CUDARuntimeError
 
 
-def test_loader_without_gpu_says_so(monkeypatch):
-    cupy, _ = _fake_cupy(lambda: 0)
+def install(monkeypatch, cupy):
+    """Makes ``import cupy`` (and its cuda and compiler modules) give the fake."""
     for name, module in (
         ("cupy", cupy),
         ("cupy.cuda", cupy.cuda),
         ("cupy.cuda.compiler", cupy.cuda.compiler),
     ):
         monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_loader_without_gpu_says_so(monkeypatch):
+    cupy, _ = _fake_cupy(lambda: 0)
+    install(monkeypatch, cupy)
     with pytest.raises(BackendUnavailable, match="found no CUDA GPU"):
         load_cupy_backend()
 
@@ -64,12 +69,7 @@ def test_loader_with_unusable_driver_says_why(monkeypatch):
         raise error("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
 
     cupy, error = _fake_cupy(no_driver)
-    for name, module in (
-        ("cupy", cupy),
-        ("cupy.cuda", cupy.cuda),
-        ("cupy.cuda.compiler", cupy.cuda.compiler),
-    ):
-        monkeypatch.setitem(sys.modules, name, module)
+    install(monkeypatch, cupy)
     with pytest.raises(BackendUnavailable, match="no usable CUDA GPU .*InsufficientDriver"):
         load_cupy_backend()
 

@@ -423,6 +423,13 @@ def test_decode_split_covers_every_key_once(rows, tk, sms):
 # -- on a GPU ----------------------------------------------------------------------------------
 
 
+def gpu_dtype(ops, dtype_name):
+    """The dtype ``dtype_name`` names, or a skip where this GPU does not compute in it."""
+    if dtype_name not in [d.name for d in ops.float_dtypes]:
+        pytest.skip(f"{dtype_name} is not available here")
+    return dtype_of(dtype_name)
+
+
 GPU_CASES = [
     *CASES,
     (4, 12, 12, 1024, 1024, 64),
@@ -436,8 +443,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_gpu_matches_reference(cupy_ops, case, causal, masked, dtype_name, rng):
-    if dtype_name not in [d.name for d in cupy_ops.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
+    gpu_dtype(cupy_ops, dtype_name)
     check_attention(OnDevice(cupy_ops), case, dtype_name, causal, masked, rng)
 
 
@@ -474,10 +480,8 @@ def test_gpu_tensor_cores_agree_with_cuda_cores(cupy_ops, dtype_name, rng):
 def test_gpu_memory_is_linear_in_t(cupy_ops, dtype_name):
     """At T = 16384 the scores of one head would take 1 GiB in float32; flash
     attention's forward and backward allocate a few times the inputs."""
-    if dtype_name not in [d.name for d in cupy_ops.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
+    dtype = gpu_dtype(cupy_ops, dtype_name)
     cp = cupy_ops.xp
-    dtype = dtype_of(dtype_name)
     pool = cp.get_default_memory_pool()
     q = cp.ones((1, 4, 16384, 64), dtype)
     pool.free_all_blocks()
@@ -491,9 +495,7 @@ def test_gpu_memory_is_linear_in_t(cupy_ops, dtype_name):
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_gpu_backward_is_deterministic(cupy_ops, dtype_name, rng):
-    if dtype_name not in [d.name for d in cupy_ops.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
-    dtype = dtype_of(dtype_name)
+    dtype = gpu_dtype(cupy_ops, dtype_name)
     q, k, v, do, mask = make_inputs(rng, (2, 8, 2, 777, 777, 64), True)
     q, k, v, do = (cupy_ops.xp.asarray(x.astype(dtype)) for x in (q, k, v, do))
     kw = dict(causal=True, key_padding_mask=cupy_ops.xp.asarray(mask))
@@ -512,9 +514,7 @@ def test_gpu_backward_is_deterministic(cupy_ops, dtype_name, rng):
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_gpu_decode_matches_the_last_row_of_the_forward(cupy_ops, dtype_name, rng):
-    if dtype_name not in [d.name for d in cupy_ops.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
-    dtype = dtype_of(dtype_name)
+    dtype = gpu_dtype(cupy_ops, dtype_name)
     q, k, v, _, _ = make_inputs(rng, (2, 8, 2, 64, 5000, 128), False)
     q, k, v = (cupy_ops.xp.asarray(x.astype(dtype)) for x in (q, k, v))
     o_full, lse_full = cupy_ops.attention_forward(q, k, v, causal=True)

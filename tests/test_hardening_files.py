@@ -691,6 +691,19 @@ def _hostile_headers(data):
     yield "metadata not an object", _st_join(h, body)
 
 
+def assert_files_refused(guard, tmp_path, cases, fn, **kw):
+    """Each case's bytes written to a .safetensors file, read by ``fn`` under the guard:
+    every one a ValueError naming its file."""
+    failures = []
+    for case, data in cases.items():
+        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
+        path.write_bytes(data)
+        out = guard.call(fn, path, **kw)
+        if out["error"] != "ValueError" or str(path) not in out["message"]:
+            failures.append((case, out))
+    assert not failures, failures
+
+
 @pytest.fixture(scope="module")
 def hostile_headers(ckpt_bytes):
     return dict(_hostile_headers(ckpt_bytes))
@@ -699,14 +712,7 @@ def hostile_headers(ckpt_bytes):
 @pytest.mark.parametrize("reader", sorted(ST_READERS))
 def test_hostile_safetensors_headers(guard, tmp_path, hostile_headers, reader):
     fn, kw = ST_READERS[reader]
-    failures = []
-    for case, data in hostile_headers.items():
-        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
-        path.write_bytes(data)
-        out = guard.call(fn, path, **kw)
-        if out["error"] != "ValueError" or str(path) not in out["message"]:
-            failures.append((case, out))
-    assert not failures, failures
+    assert_files_refused(guard, tmp_path, hostile_headers, fn, **kw)
 
 
 def test_hostile_header_names_the_tensor(guard, tmp_path, ckpt_bytes):
@@ -780,14 +786,7 @@ def test_config_is_bounded_by_the_tensors(guard, tmp_path, ckpt_bytes):
         "llama tied in the config only": _with_config(l_bytes, tie_embeddings=True),
         "another model class": _with_meta(ckpt_bytes, model_class="BERT"),
     }
-    failures = []
-    for case, data in cases.items():
-        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
-        path.write_bytes(data)
-        out = guard.call(LOAD, path, backend="numpy")
-        if out["error"] != "ValueError" or str(path) not in out["message"]:
-            failures.append((case, out))
-    assert not failures, failures
+    assert_files_refused(guard, tmp_path, cases, LOAD, backend="numpy")
 
 
 def test_wrong_types_and_json_in_checkpoint_metadata(guard, tmp_path, ckpt_bytes):
@@ -827,14 +826,7 @@ def test_wrong_types_and_json_in_checkpoint_metadata(guard, tmp_path, ckpt_bytes
     h = json.loads(json.dumps(header))
     h["model/evil"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
     cases["an unexpected tensor"] = _st_join(h, body)
-    failures = []
-    for case, data in cases.items():
-        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
-        path.write_bytes(data)
-        out = guard.call(LOAD, path, backend="numpy")
-        if out["error"] != "ValueError" or str(path) not in out["message"]:
-            failures.append((case, out))
-    assert not failures, failures
+    assert_files_refused(guard, tmp_path, cases, LOAD, backend="numpy")
 
 
 def test_loads_json_bounds_depth_without_recursion_error():
