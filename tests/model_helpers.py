@@ -1,6 +1,6 @@
 """Helpers for the nn / model / training tests: finite-difference checks of a
-module's backward (inputs and parameters), and a skip for rust kernels that
-have not landed yet."""
+module's backward (inputs and parameters), the small encoder-decoder most of
+them build, and a skip for rust kernels that have not landed yet."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ MODEL_KERNELS = (
     "cross_entropy_backward",
     "adamw_step",
 )
+
+
+# the encoder-decoder most model tests use; each changes what it needs
+SMALL_TRANSFORMER = dict(
+    d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=3, d_ff=64, dropout=0.0
+)
+
+
+def small_transformer(src_vocab: int, tgt_vocab: int, **kw):
+    """A small ``Transformer``: SMALL_TRANSFORMER's sizes, each overridden by ``kw``."""
+    from ferroformer.models import Transformer
+
+    return Transformer(src_vocab, tgt_vocab, **{**SMALL_TRANSFORMER, **kw})
 
 
 def rust_or_skip(kernels=MODEL_KERNELS):

@@ -156,19 +156,8 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, capsys, tmp_pa
 def test_train_reports_checkpoints_and_plots(tmp_path):
     d = tmp_path / "run"
     args = [
-        "train",
-        "--task",
-        "addition",
-        "--digits",
-        "1",
-        "--steps",
-        "60",
-        "--eval-examples",
-        "40",
-        "--checkpoint-dir",
-        d,
-        "--checkpoint-every",
-        "20",
+        *"train --task addition --digits 1 --steps 60 --eval-examples 40".split(),
+        *("--checkpoint-dir", d, "--checkpoint-every", "20"),
         *TINY,
     ]
     try:
@@ -296,17 +285,8 @@ def test_generate_copies_greedily_and_deterministically(copy_run):
 
 def test_generate_addition_prints_the_sum(tmp_path):
     ok(
-        "train",
-        "--task",
-        "addition",
-        "--digits",
-        "1",
-        "--steps",
-        "10",
-        "--eval-examples",
-        "0",
-        "--checkpoint-dir",
-        tmp_path,
+        *"train --task addition --digits 1 --steps 10 --eval-examples 0".split(),
+        *("--checkpoint-dir", tmp_path),
         *TINY,
     )
     out = ok("generate", "--checkpoint", tmp_path, "--prompt", "3+4")

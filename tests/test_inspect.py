@@ -16,9 +16,10 @@ from ferroformer.inspect import (
     embedding_matrix,
     nearest_neighbours,
 )
-from ferroformer.models import BERT, GPT, Llama, Transformer
+from ferroformer.models import BERT, GPT, Llama
 
 from helpers import assert_close
+from model_helpers import small_transformer
 
 V, T = 24, 7
 BACKENDS = [b for b in ("numpy", "rust") if b in available_backends()]
@@ -33,17 +34,7 @@ def gpt(backend=None, **kw):
 
 
 def transformer():
-    return Transformer(
-        V,
-        V,
-        d_model=32,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_decoder_layers=3,
-        d_ff=64,
-        dropout=0.0,
-        rng=0,
-    )
+    return small_transformer(V, V, rng=0)
 
 
 def zero_queries(attn):

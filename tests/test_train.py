@@ -20,7 +20,7 @@ from ferroformer.data import (
     ReverseTask,
     stdlib_sources,
 )
-from ferroformer.models import GPT, Transformer
+from ferroformer.models import GPT
 from ferroformer.nn import Linear
 from ferroformer.train import (
     SGD,
@@ -33,7 +33,7 @@ from ferroformer.train import (
 )
 
 from helpers import assert_close
-from model_helpers import rust_or_skip
+from model_helpers import rust_or_skip, small_transformer
 
 
 # -- loss -------------------------------------------------------------------------------
@@ -243,15 +243,11 @@ def fit(model, opt, batches, steps, warmup, floor, **kw):
 def test_transformer_learns_copy():
     """Copy of 1-6 symbols; >= 99% exact match under greedy decoding (the issue's target)."""
     task = CopyTask(n_symbols=8, min_len=1, max_len=6)
-    m = Transformer(
+    m = small_transformer(
         task.vocab_size,
         task.vocab_size,
-        d_model=32,
-        n_heads=4,
         n_encoder_layers=1,
         n_decoder_layers=1,
-        d_ff=64,
-        dropout=0.0,
         max_seq_len=16,
         norm_first=True,
         pad_id=PAD,
