@@ -382,6 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         new_tokens="SmolLM2 greedy tokens",
         numpy_tokens="SmolLM2 tokens for the numpy backend",
         repeat="rounds over the contenders; each keeps its best",
+        small="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens",
+        profile="also split a rust SmolLM2 decode step into head / linears / attention / rest",
     )
     p.add_argument("--only", choices=("minilm", "smollm"), help="run one model only")
     p.add_argument("--sentences", type=int, default=256, help="MiniLM sentences (default 256)")
@@ -392,18 +394,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         help="MiniLM sentences for the numpy backend (default 64)",
     )
     p.add_argument("--batch", type=int, default=32, help="MiniLM batch size (default 32)")
-    p.add_argument(
-        "--small",
-        action="store_true",
-        help="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens",
-    )
-    p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
-    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="also split a rust SmolLM2 decode step into head / linears / attention / rest",
-    )
     args = p.parse_args(argv)
     if args.small:
         args.sentences, args.numpy_sentences = 64, 32
