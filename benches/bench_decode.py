@@ -479,9 +479,14 @@ def _timed(fn) -> float:
 # -- main -------------------------------------------------------------------------------
 
 
-def main(argv=None) -> None:
+def run_arguments(
+    doc: str, *, new_tokens: str, numpy_tokens: str, repeat: str, small: str, profile: str
+):
+    """The argument parser of a decode bench, with what every one of them takes:
+    --threads, --repeat, --new-tokens (default 64), --numpy-tokens (default 16),
+    --small, --no-numpy, --no-torch and --profile; the strings are their help texts."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
         "--threads",
@@ -489,30 +494,26 @@ def main(argv=None) -> None:
         default=default_threads(),
         help="threads for every contender (default: the CPUs this process may use)",
     )
-    p.add_argument(
-        "--new-tokens", type=int, default=64, help="greedy tokens to generate (default 64)"
-    )
-    p.add_argument(
-        "--numpy-tokens",
-        type=int,
-        default=16,
-        help="tokens for the (slow) numpy backend (default 16)",
-    )
-    p.add_argument("--prompt-len", type=int, default=128, help="random prompt length (default 128)")
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=2,
-        help="rounds over the contenders; the best prefill and decode of each (default 2)",
-    )
-    p.add_argument("--small", action="store_true", help="a tiny model, for a quick check")
+    p.add_argument("--repeat", type=int, default=2, help=f"{repeat} (default 2)")
+    p.add_argument("--new-tokens", type=int, default=64, help=f"{new_tokens} (default 64)")
+    p.add_argument("--numpy-tokens", type=int, default=16, help=f"{numpy_tokens} (default 16)")
+    p.add_argument("--small", action="store_true", help=small)
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="also split a rust decode step into head / linears / attention / rest",
+    p.add_argument("--profile", action="store_true", help=profile)
+    return p
+
+
+def main(argv=None) -> None:
+    p = run_arguments(
+        __doc__,
+        new_tokens="greedy tokens to generate",
+        numpy_tokens="tokens for the (slow) numpy backend",
+        repeat="rounds over the contenders; the best prefill and decode of each",
+        small="a tiny model, for a quick check",
+        profile="also split a rust decode step into head / linears / attention / rest",
     )
+    p.add_argument("--prompt-len", type=int, default=128, help="random prompt length (default 128)")
     p.add_argument(
         "--no-bound",
         action="store_true",

@@ -245,10 +245,8 @@ def weight_bytes_per_token(model) -> int:
 
 def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
     """Time inside each backend op (every public method of the model's backend object,
-    and the NumPy reference of the quantized product when the backend has none) over
-    n_steps single-token steps, against the wall time of those steps."""
-    import ferroformer.quant.layers as qlayers
-
+    the quantized product included) over n_steps single-token steps, against the wall
+    time of those steps."""
     model = fer.model
     ops = model.ops
     spent: Dict[str, float] = {}
@@ -278,11 +276,6 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
         if callable(attr) and not isinstance(attr, type):
             object.__setattr__(ops, name, timed(name, attr))
             patched.append(name)
-    ref = getattr(
-        qlayers, "quantized_linear_forward", None
-    )  # older layers: a module-level fallback
-    if ref is not None:
-        qlayers.quantized_linear_forward = timed("quantized_linear_forward (numpy reference)", ref)
     try:
         cache = model.new_cache(1, len(prompt) + n_steps + 1)
         tok = int(np.argmax(fer._run(np.asarray(prompt, np.int64)[None, :], cache)))
@@ -293,8 +286,6 @@ def profile_steps(fer: Ferro, prompt: Sequence[int], n_steps: int = 32) -> dict:
             tok = int(np.argmax(fer._run(np.array([[tok]], np.int64), cache)))
         total = time.perf_counter() - t0
     finally:
-        if ref is not None:
-            qlayers.quantized_linear_forward = ref
         for name in patched:
             ops.__dict__.pop(name, None)
     inside = sum(spent.values())

@@ -29,6 +29,7 @@ from statistics import median
 import numpy as np
 
 import ferroformer as ff
+from ferroformer.bench import call_times
 
 ops = ff.backend("rust")
 
@@ -53,15 +54,8 @@ def rounds(fns, repeats, pause):
     for r in range(ROUNDS):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for i in order:
-            fn = fns[i]
             time.sleep(pause)
-            fn()
-            ts = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-            out[i].append(median(ts))
+            out[i].append(median(call_times(fns[i], repeats)))
     return out
 
 

@@ -29,7 +29,6 @@ rounds and each keeps its best time. Not collected by pytest.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -47,11 +46,11 @@ from bench_decode import (
     Run,
     TorchDecoder,
     compare_tokens,
-    default_threads,
     import_torch,
     machine_info,
     measure,
     profile_decode_step,
+    run_arguments,
     set_threads,
     table,
 )
@@ -378,16 +377,15 @@ def bench_smollm(args, torch) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    p = run_arguments(
+        __doc__,
+        new_tokens="SmolLM2 greedy tokens",
+        numpy_tokens="SmolLM2 tokens for the numpy backend",
+        repeat="rounds over the contenders; each keeps its best",
+        small="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens",
+        profile="also split a rust SmolLM2 decode step into head / linears / attention / rest",
     )
     p.add_argument("--only", choices=("minilm", "smollm"), help="run one model only")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=default_threads(),
-        help="threads for every contender (default: the CPUs this process may use)",
-    )
     p.add_argument("--sentences", type=int, default=256, help="MiniLM sentences (default 256)")
     p.add_argument(
         "--numpy-sentences",
@@ -396,31 +394,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         help="MiniLM sentences for the numpy backend (default 64)",
     )
     p.add_argument("--batch", type=int, default=32, help="MiniLM batch size (default 32)")
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=2,
-        help="rounds over the contenders; each keeps its best (default 2)",
-    )
-    p.add_argument("--new-tokens", type=int, default=64, help="SmolLM2 greedy tokens (default 64)")
-    p.add_argument(
-        "--numpy-tokens",
-        type=int,
-        default=16,
-        help="SmolLM2 tokens for the numpy backend (default 16)",
-    )
-    p.add_argument(
-        "--small",
-        action="store_true",
-        help="a quick check: 64 sentences, 8 new tokens, numpy on 32 sentences / 4 tokens",
-    )
-    p.add_argument("--no-numpy", action="store_true", help="skip the numpy backend")
-    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it imports")
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="also split a rust SmolLM2 decode step into head / linears / attention / rest",
-    )
     args = p.parse_args(argv)
     if args.small:
         args.sentences, args.numpy_sentences = 64, 32

@@ -15,13 +15,12 @@ streaming rate (a numpy sum over a 512 MB array, the best of a few).
 from __future__ import annotations
 
 import argparse
-import time
 from statistics import median
 
 import numpy as np
 
 import ferroformer as ff
-from ferroformer import _native as N
+from ferroformer.bench import call_times
 from ferroformer.quant.formats import block_format, dequantize
 
 SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]
@@ -38,13 +37,7 @@ def weight(name, out_f, in_f, rng):
 
 
 def timed(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return median(ts)
+    return median(call_times(fn, repeats))
 
 
 def bandwidth(nbytes=1 << 29):
@@ -82,7 +75,7 @@ def main(argv=None):
             wf = dequantize(w, name)
             for rows in ROWS:
                 x = rng.standard_normal((rows, in_f)).astype(np.float32)
-                ours = timed(lambda: N.quantized_linear_forward(x, w, name), args.repeats)
+                ours = timed(lambda: ops.quantized_linear_forward(x, w, name), args.repeats)
                 f32 = timed(lambda: ops.linear_forward(x, wf), args.repeats)
                 deq = timed(lambda: x @ dequantize(w, name).T, max(1, args.repeats // 3))
                 gbs = w.nbytes / ours / 1e9
@@ -92,7 +85,8 @@ def main(argv=None):
                 )
                 if args.int8:
                     i8 = timed(
-                        lambda: N.quantized_linear_forward(x, w, name, None, True), args.repeats
+                        lambda: ops.quantized_linear_forward(x, w, name, activations="int8"),
+                        args.repeats,
                     )
                     line += f" {i8 * 1e3:8.3f}"
                 print(line, flush=True)
@@ -102,7 +96,7 @@ def test_quantized_decode_head(benchmark):
     rng = np.random.default_rng(0)
     w = weight("Q4_1", 49152, 576, rng)
     x = rng.standard_normal((1, 576)).astype(np.float32)
-    benchmark(N.quantized_linear_forward, x, w, "Q4_1")
+    benchmark(ff.backend("rust").quantized_linear_forward, x, w, "Q4_1")
 
 
 if __name__ == "__main__":

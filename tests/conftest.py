@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from devices import BACKENDS, FAST_BACKENDS, HOST_BACKENDS, make_backend  # noqa: F401
+from devices import BACKENDS, FAST_BACKENDS, HOST_BACKENDS, NO_GPU, make_backend  # noqa: F401
 
 import ferroformer as ff
 
@@ -33,3 +33,11 @@ def backend(request):
 def host_backend(request):
     """The backends that take and return NumPy arrays themselves (models run on them)."""
     return ff.backend(request.param)
+
+
+@pytest.fixture
+def cupy_ops():
+    """The cupy backend on a real GPU, on device arrays; a skip without one."""
+    if NO_GPU is not None:
+        pytest.skip(f"cupy backend: {NO_GPU}")
+    return ff.backend("cupy")  # with a GPU present it must load: an error here fails

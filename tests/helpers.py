@@ -1,5 +1,6 @@
-"""Test helpers: one ``assert_close`` for every comparison, and central
-finite differences for the gradient checks."""
+"""Test helpers: one ``assert_close`` for every comparison, ``compare`` (a
+backend in float32 against the NumPy reference in float64, the contract
+tests' check), and central finite differences for the gradient checks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
         return
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
+    if e.ndim == 0:  # one number for every value
+        e = np.broadcast_to(e, a.shape)
     assert a.shape == e.shape, f"{name}: shape {a.shape} != expected {e.shape}"
     both_inf = np.isinf(a) & np.isinf(e) & (np.sign(a) == np.sign(e))
     a_f, e_f = np.where(both_inf, 0, a), np.where(both_inf, 0, e)
@@ -36,19 +39,21 @@ def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
         )
 
 
-def numerical_grad(f, x, eps=1e-6):
-    """d f(x) / dx for a scalar function f of a float64 array, by central differences."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
+def numerical_grad(f, x, eps=1e-6, at=None):
+    """d f(x) / dx for a scalar function f of a float64 array, by central differences;
+    with ``at`` (flat indices) only those entries, as a 1-D array."""
+    flat = x.reshape(-1)
+    idx = range(flat.size) if at is None else at
+    g = np.zeros(len(idx), x.dtype)
+    for j, i in enumerate(idx):
         old = flat[i]
         flat[i] = old + eps
         hi = f()
         flat[i] = old - eps
         lo = f()
         flat[i] = old
-        gflat[i] = (hi - lo) / (2 * eps)
-    return g
+        g[j] = (hi - lo) / (2 * eps)
+    return g.reshape(x.shape) if at is None else g
 
 
 def noncontiguous(x):
@@ -60,3 +65,28 @@ def noncontiguous(x):
     out = big[..., ::2]
     assert not out.flags.c_contiguous or x.shape[-1] == 1
     return out
+
+
+def f32(x):
+    return np.asarray(x, np.float32)
+
+
+def compare(backend, ref, call, inputs, *, rtol=2e-4, atol=2e-5, contiguous=True):
+    """Runs ``call(ops, *inputs)`` on ``backend`` in float32 (optionally with
+    strided inputs) and on the reference in float64, and compares."""
+    f32_in = [f32(x) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x for x in inputs]
+    if not contiguous:
+        f32_in = [noncontiguous(x) if isinstance(x, np.ndarray) else x for x in f32_in]
+    got = call(backend, *f32_in)
+    want = call(
+        ref,
+        *[
+            x.astype(np.float64) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x
+            for x in inputs
+        ],
+    )
+    for g in got if isinstance(got, tuple) else (got,):
+        if isinstance(g, np.ndarray):
+            assert g.dtype == np.float32 or g.dtype.kind != "f", g.dtype
+    assert_close(got, want, rtol=rtol, atol=atol, name=backend.name)
+    return got

@@ -1,6 +1,6 @@
 """Helpers for the nn / model / training tests: finite-difference checks of a
-module's backward (inputs and parameters), and a skip for rust kernels that
-have not landed yet."""
+module's backward (inputs and parameters), the small encoder-decoder most of
+them build, and a skip for rust kernels that have not landed yet."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ MODEL_KERNELS = (
 )
 
 
+# the encoder-decoder most model tests use; each changes what it needs
+SMALL_TRANSFORMER = dict(
+    d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=3, d_ff=64, dropout=0.0
+)
+
+
+def small_transformer(src_vocab: int, tgt_vocab: int, **kw):
+    """A small ``Transformer``: SMALL_TRANSFORMER's sizes, each overridden by ``kw``."""
+    from ferroformer.models import Transformer
+
+    return Transformer(src_vocab, tgt_vocab, **{**SMALL_TRANSFORMER, **kw})
+
+
 def rust_or_skip(kernels=MODEL_KERNELS):
     """The rust backend, or a skip naming the native kernels that are missing."""
     try:
@@ -49,20 +62,6 @@ def rust_or_skip(kernels=MODEL_KERNELS):
     if missing:
         pytest.skip(f"rust kernels not merged yet: {', '.join(missing)}")
     return ops
-
-
-def _numerical_at(loss, x, idx, eps=1e-6):
-    flat = x.reshape(-1)
-    out = np.empty(len(idx))
-    for j, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + eps
-        hi = loss()
-        flat[i] = old - eps
-        lo = loss()
-        flat[i] = old
-        out[j] = (hi - lo) / (2 * eps)
-    return out
 
 
 def check_grads(
@@ -114,7 +113,7 @@ def check_grads(
             idx = rng.choice(p.data.size, size=min(samples, p.data.size), replace=False)
             assert_close(
                 p.grad.reshape(-1)[idx],
-                _numerical_at(loss, p.data, idx),
+                numerical_grad(loss, p.data, at=idx),
                 rtol=rtol,
                 atol=atol,
                 name=f"d {name}",

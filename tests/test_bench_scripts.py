@@ -17,6 +17,8 @@ from ferroformer.models import BERT, GPT, Llama
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benches"))
 import bench_decode as bd
 
+from helpers import assert_close
+
 pytestmark = pytest.mark.skipif(
     "rust" not in ff.available_backends(), reason="needs the rust backend"
 )
@@ -51,8 +53,8 @@ def _check_same(model, torch_decoder, vocab):
     ours = bd.greedy(bd.FerroDecoder(model), prompt, 8, "rust")
     theirs = bd.greedy(torch_decoder, prompt, 8, "torch")
     assert ours.tokens == theirs.tokens
-    np.testing.assert_allclose(ours.prefill_logits, theirs.prefill_logits, atol=1e-4)
-    np.testing.assert_allclose(ours.last_logits, theirs.last_logits, atol=1e-4)
+    assert_close(ours.prefill_logits, theirs.prefill_logits, atol=1e-4, rtol=1e-7)
+    assert_close(ours.last_logits, theirs.last_logits, atol=1e-4, rtol=1e-7)
     assert "MATCH" in bd.compare_tokens(ours, theirs)
 
 
@@ -95,7 +97,7 @@ def test_torch_bert_peer_matches_with_padding():
     peer = bp.torch_minilm(model.state_dict(), model.config)
     with torch.inference_mode():
         theirs = peer(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    assert_close(theirs, ours, atol=1e-5, rtol=1e-7)
 
 
 def test_sentences_are_mixed_and_deterministic():

@@ -158,30 +158,30 @@ def test_garbage_header(saved):
         load_checkpoint(path, backend="numpy")
 
 
-def test_wrong_format_and_pickle_free(saved):
+HEADER_EDITS = {  # name: (edit(header, body) in place, what the error says)
+    "wrong format, pickle-free": (
+        lambda h, body: h["__metadata__"].update(format="pickle"),
+        "format",
+    ),
+    "offsets outside the data": (
+        lambda h, body: h["model/wte.weight"].update(data_offsets=[0, len(body) + 400]),
+        "offsets",
+    ),
+    "shape that does not fit its bytes": (
+        lambda h, body: h["model/wte.weight"].update(shape=[10**9, 10**9]),
+        "needs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_EDITS))
+def test_damaged_header(saved, case):
+    change, message = HEADER_EDITS[case]
     path, data = saved
     header, body = _split(data)
-    header["__metadata__"]["format"] = "pickle"
+    change(header, body)
     _rewrite(path, header, body)
-    with pytest.raises(ValueError, match="format"):
-        load_checkpoint(path, backend="numpy")
-
-
-def test_offsets_outside_the_data(saved):
-    path, data = saved
-    header, body = _split(data)
-    header["model/wte.weight"]["data_offsets"] = [0, len(body) + 400]
-    _rewrite(path, header, body)
-    with pytest.raises(ValueError, match="offsets"):
-        load_checkpoint(path, backend="numpy")
-
-
-def test_shape_that_does_not_fit_its_bytes(saved):
-    path, data = saved
-    header, body = _split(data)
-    header["model/wte.weight"]["shape"] = [10**9, 10**9]
-    _rewrite(path, header, body)
-    with pytest.raises(ValueError, match="needs"):
+    with pytest.raises(ValueError, match=message):
         load_checkpoint(path, backend="numpy")
 
 

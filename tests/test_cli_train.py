@@ -156,19 +156,8 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, capsys, tmp_pa
 def test_train_reports_checkpoints_and_plots(tmp_path):
     d = tmp_path / "run"
     args = [
-        "train",
-        "--task",
-        "addition",
-        "--digits",
-        "1",
-        "--steps",
-        "60",
-        "--eval-examples",
-        "40",
-        "--checkpoint-dir",
-        d,
-        "--checkpoint-every",
-        "20",
+        *"train --task addition --digits 1 --steps 60 --eval-examples 40".split(),
+        *("--checkpoint-dir", d, "--checkpoint-every", "20"),
         *TINY,
     ]
     try:
@@ -296,17 +285,8 @@ def test_generate_copies_greedily_and_deterministically(copy_run):
 
 def test_generate_addition_prints_the_sum(tmp_path):
     ok(
-        "train",
-        "--task",
-        "addition",
-        "--digits",
-        "1",
-        "--steps",
-        "10",
-        "--eval-examples",
-        "0",
-        "--checkpoint-dir",
-        tmp_path,
+        *"train --task addition --digits 1 --steps 10 --eval-examples 0".split(),
+        *("--checkpoint-dir", tmp_path),
         *TINY,
     )
     out = ok("generate", "--checkpoint", tmp_path, "--prompt", "3+4")
@@ -331,31 +311,8 @@ def test_sampling_is_seeded(bytes_run):
     assert one.startswith("def ")
     others = {ok(*args, "--seed", s).stdout for s in (4, 5)}
     assert others != {one}  # the seed matters
-    greedy = ok(
-        "generate",
-        "--checkpoint",
-        bytes_run,
-        "--prompt",
-        "def ",
-        "--max-new-tokens",
-        "16",
-        "--seed",
-        "7",
-    ).stdout
-    assert (
-        greedy
-        == ok(
-            "generate",
-            "--checkpoint",
-            bytes_run,
-            "--prompt",
-            "def ",
-            "--max-new-tokens",
-            "16",
-            "--seed",
-            "8",
-        ).stdout
-    )
+    greedy = ["generate", "--checkpoint", bytes_run, "--prompt", "def ", "--max-new-tokens", "16"]
+    assert ok(*greedy, "--seed", "7").stdout == ok(*greedy, "--seed", "8").stdout
 
 
 def test_sampling_on_the_transformer(copy_run):

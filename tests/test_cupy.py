@@ -1,13 +1,8 @@
-"""The cupy backend: the loader's messages (everywhere), and on a GPU the whole
-op contract of test_ops.py (and the error checks of test_errors.py) against
-the float64 NumPy reference, plus what only a device backend has: arrays on
-the device, moving between backends, determinism, and the kernels' large-row
-paths. Without CuPy or a usable GPU the GPU tests skip, saying why.
-
-The contract tests are test_ops.py's own functions, collected again here
-with a ``backend`` fixture that runs the cupy backend on NumPy arrays: each
-input goes to the GPU (a strided input stays strided there), each result
-comes back, and in-place updates (adamw_step) are copied back.
+"""The cupy backend: the loader's messages (everywhere), and on a GPU what
+only a device backend has: arrays on the device, moving between backends,
+determinism, and the kernels' large-row paths. The op contract itself runs
+on the GPU through test_ops.py's ``backend`` fixture ("cupy", see devices.py).
+Without CuPy or a usable GPU the GPU tests skip, saying why.
 """
 
 from __future__ import annotations
@@ -17,14 +12,13 @@ import types
 
 import numpy as np
 import pytest
-import test_ops
 from devices import NO_GPU, OnDevice
 
 import ferroformer as ff
 from ferroformer.backends import BackendUnavailable
 from ferroformer.backends.cupy_backend import load_cupy_backend, row_launch, row_threads
 
-from helpers import assert_close
+from helpers import assert_close, compare
 
 # -- the loader, on every machine ---------------------------------------------------
 
@@ -53,14 +47,19 @@ def _fake_cupy(get_device_count):
     return cupy, CUDARuntimeError
 
 
-def test_loader_without_gpu_says_so(monkeypatch):
-    cupy, _ = _fake_cupy(lambda: 0)
+def install(monkeypatch, cupy):
+    """Makes ``import cupy`` (and its cuda and compiler modules) give the fake."""
     for name, module in (
         ("cupy", cupy),
         ("cupy.cuda", cupy.cuda),
         ("cupy.cuda.compiler", cupy.cuda.compiler),
     ):
         monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_loader_without_gpu_says_so(monkeypatch):
+    cupy, _ = _fake_cupy(lambda: 0)
+    install(monkeypatch, cupy)
     with pytest.raises(BackendUnavailable, match="found no CUDA GPU"):
         load_cupy_backend()
 
@@ -70,12 +69,7 @@ def test_loader_with_unusable_driver_says_why(monkeypatch):
         raise error("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
 
     cupy, error = _fake_cupy(no_driver)
-    for name, module in (
-        ("cupy", cupy),
-        ("cupy.cuda", cupy.cuda),
-        ("cupy.cuda.compiler", cupy.cuda.compiler),
-    ):
-        monkeypatch.setitem(sys.modules, name, module)
+    install(monkeypatch, cupy)
     with pytest.raises(BackendUnavailable, match="no usable CUDA GPU .*InsufficientDriver"):
         load_cupy_backend()
 
@@ -99,16 +93,6 @@ def test_row_launch_shapes():
         t = row_threads(cols)
         assert t % 32 == 0 and 32 <= t <= 1024
         assert t == 1024 or cols <= 8 * t
-
-
-# -- the contract on the GPU ------------------------------------------------------------
-
-
-@pytest.fixture
-def cupy_ops():
-    if NO_GPU is not None:
-        pytest.skip(f"cupy backend: {NO_GPU}")
-    return ff.backend("cupy")  # with a GPU present it must load: an error here fails
 
 
 # -- what only a device backend has -------------------------------------------------------
@@ -168,8 +152,8 @@ def test_long_rows(cupy_ops, ref, rng, cols):
     x, dy = rng.standard_normal((9, cols)), rng.standard_normal((9, cols))
     gamma, beta = rng.standard_normal(cols), rng.standard_normal(cols)
     on = OnDevice(cupy_ops)
-    test_ops.compare(on, ref, lambda o, x: o.softmax_forward(x, scale=0.5), [x])
-    test_ops.compare(
+    compare(on, ref, lambda o, x: o.softmax_forward(x, scale=0.5), [x])
+    compare(
         on,
         ref,
         lambda o, x, g, b: o.layernorm_forward(x, g, b),
@@ -178,7 +162,7 @@ def test_long_rows(cupy_ops, ref, rng, cols):
         atol=1e-4,
     )
     _, mean, rstd = ref.layernorm_forward(x, gamma, beta)
-    test_ops.compare(
+    compare(
         on,
         ref,
         lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r),

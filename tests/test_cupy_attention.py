@@ -25,9 +25,8 @@ import re
 
 import numpy as np
 import pytest
-from test_cupy import NO_GPU, OnDevice
+from devices import OnDevice
 
-import ferroformer as ff
 from ferroformer.backends import cuda
 from ferroformer.backends.cupy_backend import (
     bfloat16_dtype,
@@ -471,11 +470,11 @@ def test_decode_split_covers_every_key_once(rows, tk, sms):
 # -- on a GPU ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def gpu():
-    if NO_GPU is not None:
-        pytest.skip(f"cupy backend: {NO_GPU}")
-    return ff.backend("cupy")
+def gpu_dtype(ops, dtype_name):
+    """The dtype ``dtype_name`` names, or a skip where this GPU does not compute in it."""
+    if dtype_name not in [d.name for d in ops.float_dtypes]:
+        pytest.skip(f"{dtype_name} is not available here")
+    return dtype_of(dtype_name)
 
 
 GPU_CASES = [
@@ -490,24 +489,23 @@ GPU_CASES = [
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_gpu_matches_reference(gpu, case, causal, masked, dtype_name, rng):
-    if dtype_name not in [d.name for d in gpu.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
-    check_attention(OnDevice(gpu), case, dtype_name, causal, masked, rng)
+def test_gpu_matches_reference(cupy_ops, case, causal, masked, dtype_name, rng):
+    gpu_dtype(cupy_ops, dtype_name)
+    check_attention(OnDevice(cupy_ops), case, dtype_name, causal, masked, rng)
 
 
 @pytest.mark.parametrize("dtype_name", [d for d in DTYPES if d != "float32"])
-def test_gpu_tensor_cores_agree_with_cuda_cores(gpu, dtype_name, rng):
-    if not gpu._tensor_cores:
+def test_gpu_tensor_cores_agree_with_cuda_cores(cupy_ops, dtype_name, rng):
+    if not cupy_ops._tensor_cores:
         pytest.skip("no tensor-core kernels before sm_80")
-    cuda_cores = type(gpu)(gpu.xp)
+    cuda_cores = type(cupy_ops)(cupy_ops.xp)
     cuda_cores._tensor_cores = False
     dtype = dtype_of(dtype_name)
     q, k, v, do, mask = make_inputs(rng, (2, 8, 2, 300, 300, 128), True)
-    q, k, v, do = (gpu.xp.asarray(x.astype(dtype)) for x in (q, k, v, do))
-    mask = gpu.xp.asarray(mask)
+    q, k, v, do = (cupy_ops.xp.asarray(x.astype(dtype)) for x in (q, k, v, do))
+    mask = cupy_ops.xp.asarray(mask)
     outs = []
-    for ops in (gpu, cuda_cores):
+    for ops in (cupy_ops, cuda_cores):
         o, lse = ops.attention_forward(q, k, v, causal=True, key_padding_mask=mask)
         outs.append(
             [
@@ -526,36 +524,32 @@ def test_gpu_tensor_cores_agree_with_cuda_cores(gpu, dtype_name, rng):
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_gpu_memory_is_linear_in_t(gpu, dtype_name):
+def test_gpu_memory_is_linear_in_t(cupy_ops, dtype_name):
     """At T = 16384 the scores of one head would take 1 GiB in float32; flash
     attention's forward and backward allocate a few times the inputs."""
-    if dtype_name not in [d.name for d in gpu.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
-    cp = gpu.xp
-    dtype = dtype_of(dtype_name)
+    dtype = gpu_dtype(cupy_ops, dtype_name)
+    cp = cupy_ops.xp
     pool = cp.get_default_memory_pool()
     q = cp.ones((1, 4, 16384, 64), dtype)
     pool.free_all_blocks()
     before = pool.total_bytes()
-    o, lse = gpu.attention_forward(q, q, q, causal=True)
-    grads = gpu.attention_backward(q, q, q, q, o, lse, causal=True)
+    o, lse = cupy_ops.attention_forward(q, q, q, causal=True)
+    grads = cupy_ops.attention_backward(q, q, q, q, o, lse, causal=True)
     cp.cuda.Device().synchronize()
     assert pool.total_bytes() - before <= 8 * q.nbytes + 16 * lse.nbytes
     del grads
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_gpu_backward_is_deterministic(gpu, dtype_name, rng):
-    if dtype_name not in [d.name for d in gpu.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
-    dtype = dtype_of(dtype_name)
+def test_gpu_backward_is_deterministic(cupy_ops, dtype_name, rng):
+    dtype = gpu_dtype(cupy_ops, dtype_name)
     q, k, v, do, mask = make_inputs(rng, (2, 8, 2, 777, 777, 64), True)
-    q, k, v, do = (gpu.xp.asarray(x.astype(dtype)) for x in (q, k, v, do))
-    kw = dict(causal=True, key_padding_mask=gpu.xp.asarray(mask))
-    o, lse = gpu.attention_forward(q, k, v, **kw)
-    first = gpu.attention_backward(do, q, k, v, o, lse, **kw)
+    q, k, v, do = (cupy_ops.xp.asarray(x.astype(dtype)) for x in (q, k, v, do))
+    kw = dict(causal=True, key_padding_mask=cupy_ops.xp.asarray(mask))
+    o, lse = cupy_ops.attention_forward(q, k, v, **kw)
+    first = cupy_ops.attention_backward(do, q, k, v, o, lse, **kw)
     for _ in range(3):
-        again = gpu.attention_backward(do, q, k, v, o, lse, **kw)
+        again = cupy_ops.attention_backward(do, q, k, v, o, lse, **kw)
         for a, b in zip(first, again):
             assert bool(
                 (
@@ -566,14 +560,12 @@ def test_gpu_backward_is_deterministic(gpu, dtype_name, rng):
 
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
-def test_gpu_decode_matches_the_last_row_of_the_forward(gpu, dtype_name, rng):
-    if dtype_name not in [d.name for d in gpu.float_dtypes]:
-        pytest.skip(f"{dtype_name} is not available here")
-    dtype = dtype_of(dtype_name)
+def test_gpu_decode_matches_the_last_row_of_the_forward(cupy_ops, dtype_name, rng):
+    dtype = gpu_dtype(cupy_ops, dtype_name)
     q, k, v, _, _ = make_inputs(rng, (2, 8, 2, 64, 5000, 128), False)
-    q, k, v = (gpu.xp.asarray(x.astype(dtype)) for x in (q, k, v))
-    o_full, lse_full = gpu.attention_forward(q, k, v, causal=True)
-    o_one, lse_one = gpu.attention_forward(q[:, :, -1:], k, v, causal=True)
+    q, k, v = (cupy_ops.xp.asarray(x.astype(dtype)) for x in (q, k, v))
+    o_full, lse_full = cupy_ops.attention_forward(q, k, v, causal=True)
+    o_one, lse_one = cupy_ops.attention_forward(q[:, :, -1:], k, v, causal=True)
     tol = TOLERANCE[dtype_name]
     assert_close(
         o_one.astype(np.float32).get(),

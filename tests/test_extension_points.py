@@ -13,7 +13,7 @@ from ferroformer.generate import KVCache
 from ferroformer.models import BERT, GPT, Llama, Transformer
 
 from helpers import assert_close
-from model_helpers import check_grads
+from model_helpers import check_grads, small_transformer
 
 BACKENDS = HOST_BACKENDS
 PROMPTS = [[5, 9, 3, 17, 2, 44, 8], [11, 4], [7], [30, 31, 32, 33, 34, 35, 36]]
@@ -25,29 +25,9 @@ MODELS = {
         61, 48, d_model=48, n_heads=6, n_kv_heads=2, n_layers=2, tie_embeddings=True, **kw
     ),
     "bert": lambda **kw: BERT(61, 32, d_model=32, n_heads=4, n_layers=3, dropout=0.0, **kw),
-    "transformer": lambda **kw: Transformer(
-        23,
-        29,
-        d_model=32,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_decoder_layers=3,
-        d_ff=64,
-        dropout=0.0,
-        **kw,
-    ),
-    "transformer-untied": lambda **kw: Transformer(
-        23,
-        29,
-        d_model=32,
-        n_heads=4,
-        n_encoder_layers=1,
-        n_decoder_layers=2,
-        d_ff=64,
-        dropout=0.0,
-        norm_first=True,
-        tie_embeddings=False,
-        **kw,
+    "transformer": lambda **kw: small_transformer(23, 29, **kw),
+    "transformer-untied": lambda **kw: small_transformer(
+        23, 29, n_encoder_layers=1, n_decoder_layers=2, norm_first=True, tie_embeddings=False, **kw
     ),
 }
 

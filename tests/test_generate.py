@@ -7,10 +7,11 @@ from devices import HOST_BACKENDS
 
 from ferroformer import backend
 from ferroformer.generate import KVCache, left_pad
-from ferroformer.models import GPT, Llama, Transformer
+from ferroformer.models import GPT, Llama
 from ferroformer.nn import MultiHeadAttention, RotaryEmbedding
 
 from helpers import assert_close
+from model_helpers import small_transformer
 
 BACKENDS = HOST_BACKENDS
 
@@ -28,20 +29,8 @@ def llama(be, dtype=np.float32, **kw):
 
 
 def seq2seq(be, dtype=np.float32):
-    return Transformer(
-        23,
-        29,
-        d_model=32,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_decoder_layers=2,
-        d_ff=64,
-        dropout=0.0,
-        max_seq_len=40,
-        pad_id=0,
-        backend=be,
-        dtype=dtype,
-        rng=3,
+    return small_transformer(
+        23, 29, n_decoder_layers=2, max_seq_len=40, pad_id=0, backend=be, dtype=dtype, rng=3
     )
 
 

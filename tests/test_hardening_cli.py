@@ -148,32 +148,20 @@ def test_an_unwritable_checkpoint_dir_fails_before_training(capsys, tmp_path):
     assert "Not a directory" in line
 
 
-def _train(capsys, d, *extra):
-    code, out, err = main(
+def _train(capsys, d, *extra, steps=2):
+    """``train`` of a tiny GPT on copy into checkpoint dir ``d`` -> (code, stdout, stderr)."""
+    return main(
         capsys,
-        "train",
-        "--task",
-        "copy",
-        "--model",
-        "gpt",
-        "--length",
-        "3",
-        "--steps",
-        "2",
-        "--eval-examples",
-        "0",
-        "--checkpoint-dir",
-        d,
+        *"train --task copy --model gpt --length 3 --eval-examples 0".split(),
+        *("--steps", str(steps), "--checkpoint-dir", d),
         *TINY,
         *extra,
     )
-    assert code == 0, err
-    return out
 
 
 def test_a_checkpoint_from_something_else_is_named(capsys, tmp_path):
     d = tmp_path / "run"
-    _train(capsys, d)
+    assert _train(capsys, d)[0] == 0
     path = d / "step-00000002.safetensors"
     ck = load_checkpoint(path, backend="numpy")
     # settings that do not describe the model stored with them
@@ -201,7 +189,7 @@ def test_a_checkpoint_from_something_else_is_named(capsys, tmp_path):
 
 def test_resume_refuses_fewer_steps_than_reached(capsys, tmp_path):
     d = tmp_path / "run"
-    _train(capsys, d)
+    assert _train(capsys, d)[0] == 0
     line = one_error(
         capsys, "train", "--checkpoint-dir", d, "--resume", "--steps", "1", "--no-progress"
     )
@@ -212,27 +200,7 @@ def test_diverging_training_stops_with_the_step_and_keeps_the_last_good_checkpoi
     capsys, tmp_path
 ):
     d = tmp_path / "run"
-    code, _, err = main(
-        capsys,
-        "train",
-        "--task",
-        "copy",
-        "--model",
-        "gpt",
-        "--length",
-        "3",
-        "--steps",
-        "50",
-        "--eval-examples",
-        "0",
-        "--checkpoint-dir",
-        d,
-        "--checkpoint-every",
-        "1",
-        "--lr",
-        "1e38",
-        *TINY,
-    )
+    code, _, err = _train(capsys, d, "--checkpoint-every", "1", "--lr", "1e38", steps=50)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1, err
     assert "training stopped at step" in lines[0] and "the last good checkpoint is" in lines[0]

@@ -441,59 +441,22 @@ def test_smollm_tiny_gguf_matches_the_file(tmp_path):
 
 
 def test_expected_shapes_match_the_models():
+    lm = dict(vocab_size=11, max_seq_len=7)  # the decoder-only models and BERT
+    seq2seq = dict(src_vocab_size=5, tgt_vocab_size=6, d_model=8, n_heads=2, d_ff=12)
     cases = [
-        (GPT, dict(vocab_size=11, max_seq_len=7, d_model=8, n_heads=2, n_layers=2)),
-        (
-            GPT,
-            dict(
-                vocab_size=11, max_seq_len=7, d_model=8, n_heads=2, n_layers=1, d_ff=5, bias=False
-            ),
-        ),
-        (BERT, dict(vocab_size=11, max_seq_len=7, d_model=8, n_heads=2, n_layers=2)),
-        (
-            BERT,
-            dict(
-                vocab_size=11, max_seq_len=7, d_model=8, n_heads=2, n_layers=1, n_segments=0, d_ff=3
-            ),
-        ),
-        (
-            Llama,
-            dict(vocab_size=11, max_seq_len=7, d_model=16, n_heads=4, n_kv_heads=2, n_layers=2),
-        ),
-        (
-            Llama,
-            dict(
-                vocab_size=11,
-                max_seq_len=7,
-                d_model=16,
-                n_heads=4,
-                n_layers=1,
-                d_ff=9,
-                tie_embeddings=True,
-            ),
-        ),
+        (GPT, dict(lm, d_model=8, n_heads=2, n_layers=2)),
+        (GPT, dict(lm, d_model=8, n_heads=2, n_layers=1, d_ff=5, bias=False)),
+        (BERT, dict(lm, d_model=8, n_heads=2, n_layers=2)),
+        (BERT, dict(lm, d_model=8, n_heads=2, n_layers=1, n_segments=0, d_ff=3)),
+        (Llama, dict(lm, d_model=16, n_heads=4, n_kv_heads=2, n_layers=2)),
+        (Llama, dict(lm, d_model=16, n_heads=4, n_layers=1, d_ff=9, tie_embeddings=True)),
+        (Transformer, dict(seq2seq, n_encoder_layers=1, n_decoder_layers=2)),
         (
             Transformer,
             dict(
-                src_vocab_size=5,
-                tgt_vocab_size=6,
-                d_model=8,
-                n_heads=2,
-                n_encoder_layers=1,
-                n_decoder_layers=2,
-                d_ff=12,
-            ),
-        ),
-        (
-            Transformer,
-            dict(
-                src_vocab_size=5,
-                tgt_vocab_size=6,
-                d_model=8,
-                n_heads=2,
+                seq2seq,
                 n_encoder_layers=2,
                 n_decoder_layers=1,
-                d_ff=12,
                 norm_first=True,
                 activation="swiglu",
                 tie_embeddings=False,
@@ -691,6 +654,19 @@ def _hostile_headers(data):
     yield "metadata not an object", _st_join(h, body)
 
 
+def assert_files_refused(guard, tmp_path, cases, fn, **kw):
+    """Each case's bytes written to a .safetensors file, read by ``fn`` under the guard:
+    every one a ValueError naming its file."""
+    failures = []
+    for case, data in cases.items():
+        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
+        path.write_bytes(data)
+        out = guard.call(fn, path, **kw)
+        if out["error"] != "ValueError" or str(path) not in out["message"]:
+            failures.append((case, out))
+    assert not failures, failures
+
+
 @pytest.fixture(scope="module")
 def hostile_headers(ckpt_bytes):
     return dict(_hostile_headers(ckpt_bytes))
@@ -699,14 +675,7 @@ def hostile_headers(ckpt_bytes):
 @pytest.mark.parametrize("reader", sorted(ST_READERS))
 def test_hostile_safetensors_headers(guard, tmp_path, hostile_headers, reader):
     fn, kw = ST_READERS[reader]
-    failures = []
-    for case, data in hostile_headers.items():
-        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
-        path.write_bytes(data)
-        out = guard.call(fn, path, **kw)
-        if out["error"] != "ValueError" or str(path) not in out["message"]:
-            failures.append((case, out))
-    assert not failures, failures
+    assert_files_refused(guard, tmp_path, hostile_headers, fn, **kw)
 
 
 def test_hostile_header_names_the_tensor(guard, tmp_path, ckpt_bytes):
@@ -780,14 +749,7 @@ def test_config_is_bounded_by_the_tensors(guard, tmp_path, ckpt_bytes):
         "llama tied in the config only": _with_config(l_bytes, tie_embeddings=True),
         "another model class": _with_meta(ckpt_bytes, model_class="BERT"),
     }
-    failures = []
-    for case, data in cases.items():
-        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
-        path.write_bytes(data)
-        out = guard.call(LOAD, path, backend="numpy")
-        if out["error"] != "ValueError" or str(path) not in out["message"]:
-            failures.append((case, out))
-    assert not failures, failures
+    assert_files_refused(guard, tmp_path, cases, LOAD, backend="numpy")
 
 
 def test_wrong_types_and_json_in_checkpoint_metadata(guard, tmp_path, ckpt_bytes):
@@ -827,14 +789,7 @@ def test_wrong_types_and_json_in_checkpoint_metadata(guard, tmp_path, ckpt_bytes
     h = json.loads(json.dumps(header))
     h["model/evil"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
     cases["an unexpected tensor"] = _st_join(h, body)
-    failures = []
-    for case, data in cases.items():
-        path = tmp_path / f"{case.replace(' ', '_')}.safetensors"
-        path.write_bytes(data)
-        out = guard.call(LOAD, path, backend="numpy")
-        if out["error"] != "ValueError" or str(path) not in out["message"]:
-            failures.append((case, out))
-    assert not failures, failures
+    assert_files_refused(guard, tmp_path, cases, LOAD, backend="numpy")
 
 
 def test_loads_json_bounds_depth_without_recursion_error():
@@ -968,22 +923,27 @@ def test_minilm_hostile_weights_and_tokenizer(guard, tmp_path):
 # -- GPT-2 tokenizer files ------------------------------------------------------------------
 def test_gpt2_hostile_files(guard, tmp_path):
     pytest.importorskip("tokenizers")
-    cases = {
-        ("encoder.json", "deep"): b"[" * 100_000 + b"]" * 100_000,
-        ("encoder.json", "a list"): b'["a", "b"]',
-        ("encoder.json", "empty object"): b"{}",
-        ("encoder.json", "id a string"): b'{"a": "0", "b": 1}',
-        ("encoder.json", "id a bool"): b'{"a": true, "b": 1}',
-        ("encoder.json", "id negative"): b'{"a": -1, "b": 1}',
-        ("encoder.json", "id 2**40"): b'{"a": 1099511627776, "b": 1}',
-        ("encoder.json", "id twice"): b'{"a": 0, "b": 0}',
-        ("encoder.json", "not UTF-8"): b'{"\xff": 0}',
-        ("encoder.json", "not JSON"): b'{"a": 0',
-        ("vocab.bpe", "three tokens"): b"#version: 0.2\na b c\n",
-        ("vocab.bpe", "one token"): b"#version: 0.2\nab\n",
-        ("vocab.bpe", "not UTF-8"): b"#version: 0.2\n\xff \xfe\n",
-        ("vocab.bpe", "unknown tokens"): b"#version: 0.2\nx y\n",
+    files = {
+        "encoder.json": {
+            "deep": b"[" * 100_000 + b"]" * 100_000,
+            "a list": b'["a", "b"]',
+            "empty object": b"{}",
+            "id a string": b'{"a": "0", "b": 1}',
+            "id a bool": b'{"a": true, "b": 1}',
+            "id negative": b'{"a": -1, "b": 1}',
+            "id 2**40": b'{"a": 1099511627776, "b": 1}',
+            "id twice": b'{"a": 0, "b": 0}',
+            "not UTF-8": b'{"\xff": 0}',
+            "not JSON": b'{"a": 0',
+        },
+        "vocab.bpe": {
+            "three tokens": b"#version: 0.2\na b c\n",
+            "one token": b"#version: 0.2\nab\n",
+            "not UTF-8": b"#version: 0.2\n\xff \xfe\n",
+            "unknown tokens": b"#version: 0.2\nx y\n",
+        },
     }
+    cases = {(name, case): data for name, some in files.items() for case, data in some.items()}
     failures = []
     for (name, case), data in cases.items():
         folder = make_gpt2(tmp_path / f"{name}_{case.replace(' ', '_')}")

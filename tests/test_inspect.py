@@ -16,7 +16,10 @@ from ferroformer.inspect import (
     embedding_matrix,
     nearest_neighbours,
 )
-from ferroformer.models import BERT, GPT, Llama, Transformer
+from ferroformer.models import BERT, GPT, Llama
+
+from helpers import assert_close
+from model_helpers import small_transformer
 
 V, T = 24, 7
 BACKENDS = [b for b in ("numpy", "rust") if b in available_backends()]
@@ -31,17 +34,7 @@ def gpt(backend=None, **kw):
 
 
 def transformer():
-    return Transformer(
-        V,
-        V,
-        d_model=32,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_decoder_layers=3,
-        d_ff=64,
-        dropout=0.0,
-        rng=0,
-    )
+    return small_transformer(V, V, rng=0)
 
 
 def zero_queries(attn):
@@ -63,7 +56,7 @@ def test_gpt_weights_are_causal_distributions(backend):
     m = gpt(backend)
     w = attention_weights(m, ids(), layer=1)
     assert w.shape == (2, 4, T, T) and w.dtype == np.float32 and isinstance(w, np.ndarray)
-    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert_close(w.sum(-1), 1.0, atol=1e-5, rtol=1e-7)
     assert (w >= 0).all()
     assert np.abs(np.triu(w, 1)).max() == 0.0  # no query sees a later key
     assert not np.allclose(w[..., 1, 0], 0.5)  # the random init is not uniform
@@ -74,7 +67,7 @@ def test_backends_agree():
         pytest.skip("needs the numpy and rust backends")
     a = attention_weights(gpt("numpy"), ids(), layer=2)
     b = attention_weights(gpt("rust"), ids(), layer=2)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_close(a, b, atol=1e-5, rtol=1e-7)
 
 
 def test_head_selects_one_head_and_negative_indices_count_from_the_end():
@@ -91,10 +84,10 @@ def test_uniform_attention_when_queries_are_zero():
     zero_queries(m.blocks[0].attn)
     w = attention_weights(m, ids(), layer=0)
     want = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
-    np.testing.assert_allclose(w, np.broadcast_to(want, w.shape), atol=1e-6)
+    assert_close(w, np.broadcast_to(want, w.shape), atol=1e-6, rtol=1e-7)
     ent = attention_entropy(w)
     assert ent.shape == (2, 4)
-    np.testing.assert_allclose(ent, np.mean(np.log(np.arange(1, T + 1))), atol=1e-5)
+    assert_close(ent, np.mean(np.log(np.arange(1, T + 1))), atol=1e-5, rtol=1e-7)
 
 
 def test_mode_and_flags_are_restored():
@@ -121,19 +114,19 @@ def test_bert_padding_columns_get_no_weight():
     mask[0, 5:] = True
     w = attention_weights(m, ids(), layer=1, key_padding_mask=mask)
     assert w.shape == (2, 4, T, T)
-    np.testing.assert_allclose(w[0, ..., :5], 0.2, atol=1e-6)
-    np.testing.assert_allclose(w[0, ..., 5:], 0.0, atol=1e-7)
-    np.testing.assert_allclose(w[1], 1.0 / T, atol=1e-6)  # not causal, nothing masked
+    assert_close(w[0, ..., :5], 0.2, atol=1e-6, rtol=1e-7)
+    assert_close(w[0, ..., 5:], 0.0, atol=1e-7, rtol=1e-7)
+    assert_close(w[1], 1.0 / T, atol=1e-6, rtol=1e-7)  # not causal, nothing masked
     ent = attention_entropy(w)
-    np.testing.assert_allclose(ent[0], math.log(5), atol=1e-5)
-    np.testing.assert_allclose(ent[1], math.log(T), atol=1e-5)
+    assert_close(ent[0], math.log(5), atol=1e-5, rtol=1e-7)
+    assert_close(ent[1], math.log(T), atol=1e-5, rtol=1e-7)
 
 
 def test_llama_gqa_heads():
     m = Llama(V, max_seq_len=16, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, rng=0)
     w = attention_weights(m, ids(), layer=1)
     assert w.shape == (2, 4, T, T)
-    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert_close(w.sum(-1), 1.0, atol=1e-5, rtol=1e-7)
     assert np.abs(np.triu(w, 1)).max() == 0.0
 
 
@@ -144,14 +137,14 @@ def test_transformer_encoder_decoder_and_cross():
     mask[1, 4:] = True
     enc = attention_weights(m, src, tgt, layer=1, src_key_padding_mask=mask)
     assert enc.shape == (2, 4, 6, 6)
-    np.testing.assert_allclose(enc[1, ..., 4:], 0.0, atol=1e-7)
+    assert_close(enc[1, ..., 4:], 0.0, atol=1e-7, rtol=1e-7)
     assert (enc[0] > 0).all()  # the encoder is not causal
     dec = attention_weights(m, src, tgt, layer=2, stack="decoder")
     assert dec.shape == (2, 4, 4, 4) and np.abs(np.triu(dec, 1)).max() == 0.0
     cross = attention_weights(m, src, tgt, layer=0, kind="cross", src_key_padding_mask=mask)
     assert cross.shape == (2, 4, 4, 6)
-    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(cross[1, ..., 4:], 0.0, atol=1e-7)
+    assert_close(cross.sum(-1), 1.0, atol=1e-5, rtol=1e-7)
+    assert_close(cross[1, ..., 4:], 0.0, atol=1e-7, rtol=1e-7)
     assert attention_module(m, 0, kind="cross") is m.decoder[0].cross_attn
     assert attention_module(m, 1, stack="decoder") is m.decoder[1].attn
     assert attention_module(m, 1) is m.encoder[1].attn
@@ -194,10 +187,10 @@ def test_transformer_bad_stack_and_layer():
 # -- attention_entropy -----------------------------------------------------------------------
 def test_entropy_of_uniform_one_hot_and_reductions():
     uni = np.full((3, 5, 8), 1 / 8)
-    np.testing.assert_allclose(attention_entropy(uni), [math.log(8)] * 3)
+    assert_close(attention_entropy(uni), [math.log(8)] * 3, rtol=1e-7, atol=0)
     one = np.zeros((2, 3, 4, 6))
     one[..., 2] = 1
-    np.testing.assert_allclose(attention_entropy(one), np.zeros((2, 3)), atol=0)
+    assert_close(attention_entropy(one), np.zeros((2, 3)), atol=0, rtol=1e-7)
     mixed = np.array([[0.5, 0.5, 0, 0], [1, 0, 0, 0]])
     assert attention_entropy(mixed) == pytest.approx(math.log(2) / 2)
 
@@ -226,7 +219,7 @@ def test_a_copied_row_is_the_nearest_neighbour():
     set_row(m.wte, 9, 3)
     got, sims = nearest_neighbours(m, 3, k=4)
     assert list(got[:2]) == [9, 17] and 3 not in got  # ties by lower id
-    np.testing.assert_allclose(sims[:2], 1.0, atol=1e-6)
+    assert_close(sims[:2], 1.0, atol=1e-6, rtol=1e-7)
     assert (np.diff(sims) <= 1e-12).all() and sims[2] < 0.999
     got, dist = nearest_neighbours(m, 3, k=3, metric="euclidean")
     assert got[0] == 9 and dist[0] == 0.0 and (np.diff(dist) >= 0).all()
@@ -240,8 +233,8 @@ def test_neighbours_against_brute_force():
     n = e / np.linalg.norm(e, axis=1, keepdims=True)
     want = n @ n[5]
     assert sorted(got) == [i for i in range(30) if i != 5]
-    np.testing.assert_allclose(sims, want[got], atol=1e-12)
-    np.testing.assert_allclose(sims, np.sort(np.delete(want, 5))[::-1], atol=1e-12)
+    assert_close(sims, want[got], atol=1e-12, rtol=1e-7)
+    assert_close(sims, np.sort(np.delete(want, 5))[::-1], atol=1e-12, rtol=1e-7)
 
 
 def test_embedding_tables_by_model():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_cupy import NO_GPU
 
 import ferroformer as ff
 from ferroformer.backends.cupy_backend import CupyBackend, bfloat16_dtype
@@ -451,13 +450,10 @@ def test_gpt_bfloat16_training_tracks_float32_on_the_emulator(emulated, monkeypa
     assert abs(np.mean(half[-5:]) - np.mean(full[-5:])) <= 0.02 * np.mean(full[-5:])
 
 
-def test_gpt_bfloat16_training_reaches_the_float32_loss_on_gpu():
+def test_gpt_bfloat16_training_reaches_the_float32_loss_on_gpu(cupy_ops):
     """Issue 7: a small GPT trained in bfloat16 ends within 2% of the float32 loss."""
-    if NO_GPU is not None:
-        pytest.skip(f"cupy backend: {NO_GPU}")
     if bfloat16_dtype() is None:
         pytest.skip("bfloat16 needs ml_dtypes")
-    cupy_ops = ff.backend("cupy")
     size = dict(steps=300, batch=16, seq=128, d_model=128, layers=2)
     full = np.mean(train_gpt(cupy_ops, **size)[-30:])
     half = np.mean(train_gpt(cupy_ops.with_dtype("bfloat16"), **size)[-30:])

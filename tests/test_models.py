@@ -15,60 +15,22 @@ from model_helpers import check_grads, rust_or_skip
 V = 11
 
 
+# each architecture at test size: its class, positional arguments and sizes
+TINY = {
+    "GPT": (GPT, (V,), dict(n_heads=2, n_layers=2)),
+    "Llama": (Llama, (V,), dict(n_heads=4, n_kv_heads=2, n_layers=2, d_ff=12)),
+    "BERT": (BERT, (V,), dict(n_heads=2, n_layers=2, d_ff=12)),
+    "Transformer": (
+        Transformer,
+        (V, V + 2),
+        dict(n_heads=2, n_encoder_layers=2, n_decoder_layers=2, d_ff=12),
+    ),
+}
+
+
 def tiny(name, backend="numpy", dtype=np.float32, **kw):
-    if name == "GPT":
-        return GPT(
-            V,
-            max_seq_len=8,
-            d_model=8,
-            n_heads=2,
-            n_layers=2,
-            backend=backend,
-            dtype=dtype,
-            rng=0,
-            **kw,
-        )
-    if name == "Llama":
-        return Llama(
-            V,
-            max_seq_len=8,
-            d_model=8,
-            n_heads=4,
-            n_kv_heads=2,
-            n_layers=2,
-            d_ff=12,
-            backend=backend,
-            dtype=dtype,
-            rng=0,
-            **kw,
-        )
-    if name == "BERT":
-        return BERT(
-            V,
-            max_seq_len=8,
-            d_model=8,
-            n_heads=2,
-            n_layers=2,
-            d_ff=12,
-            backend=backend,
-            dtype=dtype,
-            rng=0,
-            **kw,
-        )
-    return Transformer(
-        V,
-        V + 2,
-        d_model=8,
-        n_heads=2,
-        n_encoder_layers=2,
-        n_decoder_layers=2,
-        d_ff=12,
-        max_seq_len=8,
-        backend=backend,
-        dtype=dtype,
-        rng=0,
-        **kw,
-    )
+    cls, args, sizes = TINY[name]
+    return cls(*args, max_seq_len=8, d_model=8, **sizes, backend=backend, dtype=dtype, rng=0, **kw)
 
 
 def inputs(name, rng):

@@ -130,4 +130,4 @@ def test_threads_agree():
         two = _native.matmul(a, b, False, False)
     finally:
         _native.set_num_threads(before)
-    np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-6)
+    assert_close(one, two, rtol=1e-6, atol=1e-6)

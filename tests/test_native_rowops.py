@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from helpers import assert_close
+
 native = pytest.importorskip("ferroformer._native")
 
 RTOL = 1e-5
@@ -22,7 +24,7 @@ def f32(a):
 def close(got, want, rtol=RTOL, atol=1e-6):
     assert got.dtype == np.float32
     assert got.shape == want.shape
-    np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=atol)
+    assert_close(got.astype(np.float64), want, rtol=rtol, atol=atol)
 
 
 def ref_softmax(x, scale, causal):

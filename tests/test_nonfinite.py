@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from devices import FAST_BACKENDS, HOST_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,8 +22,8 @@ import ferroformer as ff
 
 from helpers import assert_close
 
-FAST = [n for n in ff.available_backends() if n != "numpy" and ff.backend(n).xp is np]
-BACKENDS = ["numpy", *FAST]  # numpy: its own masked-position rules, checked in float64
+FAST = FAST_BACKENDS
+BACKENDS = HOST_BACKENDS  # numpy: its own masked-position rules, checked in float64
 SPECIALS = (np.nan, np.inf, -np.inf)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -132,15 +133,18 @@ def test_softmax_masked_entries_stay_zero(name):
 
 
 # -- norms -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
-@given(
+norm_cases = given(
     rows=st.integers(1, 8),
     c=st.integers(1, 70),
     where=spoils,
     wg=spoils,
     seed=st.integers(0, 2**16),
 )
+
+
+@pytest.mark.parametrize("name", FAST)
+@settings(max_examples=40, deadline=None)
+@norm_cases
 def test_layernorm(name, rows, c, where, wg, seed):
     x = spoil(data(seed, rows, c), where)
     g, b = spoil(data(seed + 1, c), wg[:1]), spoil(data(seed + 2, c), wg[1:2])
@@ -156,13 +160,7 @@ def test_layernorm(name, rows, c, where, wg, seed):
 
 @pytest.mark.parametrize("name", FAST)
 @settings(max_examples=40, deadline=None)
-@given(
-    rows=st.integers(1, 8),
-    c=st.integers(1, 70),
-    where=spoils,
-    wg=spoils,
-    seed=st.integers(0, 2**16),
-)
+@norm_cases
 def test_rmsnorm(name, rows, c, where, wg, seed):
     x = spoil(data(seed, rows, c), where)
     g = spoil(data(seed + 1, c), wg[:1])

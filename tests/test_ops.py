@@ -7,34 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import assert_close, noncontiguous
+from helpers import assert_close, compare, f32
 
 ROW_SHAPES = [(1, 1), (1, 7), (7, 17), (3, 5, 65), (2, 257), (1031, 64)]
-
-
-def f32(x):
-    return np.asarray(x, np.float32)
-
-
-def compare(backend, ref, call, inputs, *, rtol=2e-4, atol=2e-5, contiguous=True):
-    """Runs ``call(ops, *inputs)`` on ``backend`` in float32 (optionally with
-    strided inputs) and on the reference in float64, and compares."""
-    f32_in = [f32(x) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x for x in inputs]
-    if not contiguous:
-        f32_in = [noncontiguous(x) if isinstance(x, np.ndarray) else x for x in f32_in]
-    got = call(backend, *f32_in)
-    want = call(
-        ref,
-        *[
-            x.astype(np.float64) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x
-            for x in inputs
-        ],
-    )
-    for g in got if isinstance(got, tuple) else (got,):
-        if isinstance(g, np.ndarray):
-            assert g.dtype == np.float32 or g.dtype.kind != "f", g.dtype
-    assert_close(got, want, rtol=rtol, atol=atol, name=backend.name)
-    return got
 
 
 @pytest.mark.parametrize("contiguous", [True, False])
@@ -367,6 +342,6 @@ def test_numpy_tanh_gelu_keeps_its_relative_accuracy_in_the_left_tail():
 
         lo, hi = f(x.astype(np.float32)).astype(np.float64), f(x)
         assert (np.sign(lo) == np.sign(hi)).all()
-        np.testing.assert_allclose(lo, hi, rtol=2e-5, atol=0)
+        assert_close(lo, hi, rtol=2e-5, atol=0)
     got = ops.gelu_backward(np.float32([np.inf]), np.float32([-6.125]))
     assert got[0] == -np.inf

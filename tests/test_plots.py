@@ -13,6 +13,8 @@ from ferroformer import plots
 from ferroformer.models import GPT, Llama, Transformer
 from ferroformer.nn.positional import sinusoidal_table
 
+from helpers import assert_close
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,7 +95,7 @@ def test_positional_tables(mpl, tmp_path):
     )
     np.testing.assert_array_equal(plots.positional_table(gpt), np.asarray(gpt.wpe.weight.data))
     assert plots.positional_table(llama).shape == (32, 4)  # cos, head_dim / 2
-    np.testing.assert_allclose(plots.positional_table(tr), sinusoidal_table(40, 16), atol=1e-7)
+    assert_close(plots.positional_table(tr), sinusoidal_table(40, 16), atol=1e-7, rtol=1e-7)
     for name, src in [
         ("sin.png", sinusoidal_table(64, 32)),
         ("gpt.png", gpt),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from devices import HOST_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,7 @@ import ferroformer as ff
 
 from helpers import assert_close
 
-BACKENDS = [n for n in ff.available_backends() if ff.backend(n).xp is np]
+BACKENDS = HOST_BACKENDS
 dims = st.integers(1, 40)
 
 

@@ -548,32 +548,15 @@ def test_quantized_embedding_decodes_the_rows_it_returns(rng):
         emb(np.array([1.0]))
 
 
+SMALL = dict(vocab_size=96, max_seq_len=32, n_heads=4, n_layers=2, rng=0, backend="numpy")
+
+
 def small_gpt(d=64, **kw):
-    return GPT(
-        vocab_size=96,
-        max_seq_len=32,
-        d_model=d,
-        n_heads=4,
-        n_layers=2,
-        rng=0,
-        backend="numpy",
-        **kw,
-    ).eval()
+    return GPT(d_model=d, **SMALL, **kw).eval()
 
 
 def small_llama(d=64, **kw):
-    return Llama(
-        vocab_size=96,
-        max_seq_len=32,
-        d_model=d,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        d_ff=2 * d,
-        rng=0,
-        backend="numpy",
-        **kw,
-    ).eval()
+    return Llama(d_model=d, n_kv_heads=2, d_ff=2 * d, **SMALL, **kw).eval()
 
 
 def decoded_twin(model, quantized):

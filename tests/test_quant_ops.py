@@ -168,7 +168,7 @@ def test_float64_on_the_numpy_backend(ref):
     x, q, name, bias = valid_case()
     got = ref.quantized_linear_forward(x.astype(np.float64), q, name, bias.astype(np.float64))
     assert got.dtype == np.float64
-    np.testing.assert_allclose(got, expected(x, q, name, bias), rtol=1e-12, atol=1e-12)
+    assert_close(got, expected(x, q, name, bias), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("which", ["x", "qweight", "bias"])

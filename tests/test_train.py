@@ -20,7 +20,7 @@ from ferroformer.data import (
     ReverseTask,
     stdlib_sources,
 )
-from ferroformer.models import GPT, Transformer
+from ferroformer.models import GPT
 from ferroformer.nn import Linear
 from ferroformer.train import (
     SGD,
@@ -33,7 +33,7 @@ from ferroformer.train import (
 )
 
 from helpers import assert_close
-from model_helpers import rust_or_skip
+from model_helpers import rust_or_skip, small_transformer
 
 
 # -- loss -------------------------------------------------------------------------------
@@ -234,34 +234,28 @@ def test_byte_dataset_reads_the_standard_library(rng, tmp_path):
 
 
 # -- training targets at CI size ------------------------------------------------------------------
+def fit(model, opt, batches, steps, warmup, floor, **kw):
+    """``steps`` steps from seed 0: warmup, then cosine decay from the optimizer's lr to floor."""
+    schedule = LRSchedule(opt.lr, warmup, steps, "cosine", floor)
+    Trainer(model, opt, batches, seed=0, schedule=schedule, progress=False, **kw).fit(steps)
+
+
 def test_transformer_learns_copy():
     """Copy of 1-6 symbols; >= 99% exact match under greedy decoding (the issue's target)."""
     task = CopyTask(n_symbols=8, min_len=1, max_len=6)
-    m = Transformer(
+    m = small_transformer(
         task.vocab_size,
         task.vocab_size,
-        d_model=32,
-        n_heads=4,
         n_encoder_layers=1,
         n_decoder_layers=1,
-        d_ff=64,
-        dropout=0.0,
         max_seq_len=16,
         norm_first=True,
         pad_id=PAD,
         backend="numpy",
         rng=0,
     )
-    tr = Trainer(
-        m,
-        AdamW(m, lr=3e-3, betas=(0.9, 0.98)),
-        task.seq2seq_batch_fn(32),
-        seed=0,
-        schedule=LRSchedule(3e-3, 50, 600, "cosine", 3e-4),
-        grad_clip=1.0,
-        progress=False,
-    )
-    tr.fit(600)
+    opt = AdamW(m, lr=3e-3, betas=(0.9, 0.98))
+    fit(m, opt, task.seq2seq_batch_fn(32), 600, 50, 3e-4, grad_clip=1.0)
     acc = task.evaluate_seq2seq(m, task.test_examples(300, np.random.default_rng(1)))
     assert acc >= 0.99, acc
 
@@ -272,16 +266,8 @@ def test_gpt_learns_two_digit_addition_on_held_out_sums():
     m = GPT(
         task.vocab_size, max_seq_len=12, d_model=48, n_heads=4, n_layers=2, backend="numpy", rng=0
     )
-    tr = Trainer(
-        m,
-        AdamW(m, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.1),
-        task.lm_batch_fn(64),
-        seed=0,
-        schedule=LRSchedule(1e-2, 50, 800, "cosine", 1e-3),
-        grad_clip=1.0,
-        progress=False,
-    )
-    tr.fit(800)
+    opt = AdamW(m, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.1)
+    fit(m, opt, task.lm_batch_fn(64), 800, 50, 1e-3, grad_clip=1.0)
     acc = task.evaluate_lm(m, task.test_examples(400, np.random.default_rng(1)))
     assert acc >= 0.9, acc
 
@@ -289,14 +275,6 @@ def test_gpt_learns_two_digit_addition_on_held_out_sums():
 def test_byte_lm_gets_well_under_the_unigram_entropy():
     data = ByteLMDataset(max_bytes=300_000)
     m = GPT(256, max_seq_len=64, d_model=48, n_heads=4, n_layers=2, backend="numpy", rng=0)
-    tr = Trainer(
-        m,
-        AdamW(m, lr=3e-3),
-        data.batch_fn(16, 64),
-        seed=0,
-        schedule=LRSchedule(3e-3, 20, 250, "cosine", 3e-4),
-        progress=False,
-    )
-    tr.fit(250)
+    fit(m, AdamW(m, lr=3e-3), data.batch_fn(16, 64), 250, 20, 3e-4)
     val, h = data.evaluate(m, seq_len=64), data.unigram_entropy()
     assert val < 0.8 * h, (val, h)

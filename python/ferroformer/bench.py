@@ -124,6 +124,18 @@ CASES: List[Case] = [
 ]
 
 
+def call_times(fn, repeat: int) -> List[float]:
+    """The seconds of each of ``repeat`` calls of ``fn``, after one call to warm up;
+    for calls long enough to time one by one (take the median or the minimum)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def best_of(fn, repeat: int, min_time: float = 0.05) -> float:
     """The fastest of ``repeat`` timings (seconds per call), each long enough to be read."""
     fn()  # warm up: first-touch pages, thread pool, lazy compiles

@@ -23,6 +23,39 @@ from .runs import (
     stored_schedule,
 )
 
+# the run's settings, in RUN_DEFAULTS (help texts: "{}" is where the default goes)
+_SETTINGS = (
+    (
+        "--task",
+        dict(choices=TASKS),
+        "copy, reverse, addition, or bytes (a byte-level LM) (default {})",
+    ),
+    (
+        "--model",
+        dict(choices=ARCHS),
+        "architecture; transformer (encoder-decoder) for copy, reverse and addition only "
+        "(default {})",
+    ),
+    ("--layers", dict(type=positive_int), "layers (per stack for transformer) (default {})"),
+    ("--d-model", dict(type=positive_int), "width (default {})"),
+    ("--heads", dict(type=positive_int), "attention heads (default {})"),
+    (
+        "--steps",
+        dict(type=positive_int),
+        "optimizer steps in all (default {}; with --resume: the run's)",
+    ),
+    ("--batch-size", dict(type=positive_int), "(default {})"),
+    ("--lr", dict(type=positive_float), "peak learning rate, cosine decay to lr/20 (default {})"),
+    ("--seed", dict(type=non_negative_int), "(default {})"),
+    ("--digits", dict(type=int_in(1, 9)), "addition: digits per operand, 1-9 (default {})"),
+    ("--length", dict(type=positive_int), "copy / reverse: longest sequence (default {})"),
+    (
+        "--seq-len",
+        dict(type=positive_int),
+        "bytes: training window and context length (default {})",
+    ),
+)
+
 
 def add_parser(sub) -> None:
     d = RUN_DEFAULTS
@@ -35,65 +68,8 @@ def add_parser(sub) -> None:
         "With --resume the run's settings come from its latest checkpoint; a "
         "setting given again must agree, and --steps may extend the run.",
     )
-    t.add_argument(
-        "--task",
-        choices=TASKS,
-        default=None,
-        help=f"copy, reverse, addition, or bytes (a byte-level LM) (default {d['task']})",
-    )
-    t.add_argument(
-        "--model",
-        choices=ARCHS,
-        default=None,
-        help=f"architecture; transformer (encoder-decoder) for copy, reverse and "
-        f"addition only (default {d['model']})",
-    )
-    t.add_argument(
-        "--layers",
-        type=positive_int,
-        default=None,
-        help=f"layers (per stack for transformer) (default {d['layers']})",
-    )
-    t.add_argument(
-        "--d-model", type=positive_int, default=None, help=f"width (default {d['d_model']})"
-    )
-    t.add_argument(
-        "--heads", type=positive_int, default=None, help=f"attention heads (default {d['heads']})"
-    )
-    t.add_argument(
-        "--steps",
-        type=positive_int,
-        default=None,
-        help=f"optimizer steps in all (default {d['steps']}; with --resume: the run's)",
-    )
-    t.add_argument(
-        "--batch-size", type=positive_int, default=None, help=f"(default {d['batch_size']})"
-    )
-    t.add_argument(
-        "--lr",
-        type=positive_float,
-        default=None,
-        help=f"peak learning rate, cosine decay to lr/20 (default {d['lr']})",
-    )
-    t.add_argument("--seed", type=non_negative_int, default=None, help=f"(default {d['seed']})")
-    t.add_argument(
-        "--digits",
-        type=int_in(1, 9),
-        default=None,
-        help=f"addition: digits per operand, 1-9 (default {d['digits']})",
-    )
-    t.add_argument(
-        "--length",
-        type=positive_int,
-        default=None,
-        help=f"copy / reverse: longest sequence (default {d['length']})",
-    )
-    t.add_argument(
-        "--seq-len",
-        type=positive_int,
-        default=None,
-        help=f"bytes: training window and context length (default {d['seq_len']})",
-    )
+    for flag, kind, text in _SETTINGS:  # None when not given: --resume tells them apart
+        t.add_argument(flag, **kind, default=None, help=text.format(d[flag[2:].replace("-", "_")]))
     t.add_argument(
         "--backend", choices=BACKENDS, default=None, help="default: the fastest available"
     )

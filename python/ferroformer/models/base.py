@@ -1,5 +1,6 @@
 """What every model shares: a ``config`` dict that rebuilds it, ``from_config``,
-and the GPT-2 style initialisation used by the decoder-only models.
+the stack of blocks and the output head tied to an embedding, and the GPT-2
+style initialisation used by the decoder-only models.
 
     model = GPT(vocab_size=256, n_layers=2, d_model=64, n_heads=4, max_seq_len=128, rng=0)
     same = GPT.from_config(model.config, rng=0)      # same architecture (and weights, same rng)
@@ -12,8 +13,9 @@ import inspect
 import numpy as np
 
 from .. import backends
-from ..nn import init
-from ..nn.module import Module
+from ..nn import Linear, init
+from ..nn.module import Module, ModuleList
+from ._factories import DEFAULTS, split_factories
 
 _CONFIG_TYPES = (bool, int, float, str, type(None))
 _LIMIT = 1 << 24  # no size in a sane config is larger; keeps a hostile config from allocating
@@ -24,15 +26,20 @@ class Model(Module):
 
     config: dict
 
-    def _setup(self, config: dict, backend, dtype) -> None:
-        """Records the constructor arguments; called first by each model's __init__."""
+    def _setup(self, args: dict):
+        """Called first by each model's __init__ with its ``locals()``: records the
+        JSON arguments as ``config`` and the layer factories that are not the defaults
+        as ``factories`` (a TypeError for one that is not callable); returns the
+        generator the layers draw their weights from."""
+        config, self.factories = split_factories(type(self).__name__, args)
         self.config = {
             k: v
             for k, v in config.items()
             if k not in ("self", "backend", "dtype", "rng", "__class__")
         }
-        self._backend_request = backend
-        self._dtype = np.dtype(dtype)
+        self._backend_request = args["backend"]
+        self._dtype = np.dtype(args["dtype"])
+        return np.random.default_rng(args["rng"])
 
     def _finish(self) -> None:
         """Moves the freshly built (host) parameters to the requested backend."""
@@ -42,8 +49,6 @@ class Model(Module):
     def config_keys(cls):
         """The constructor's JSON arguments: not the backend, dtype, rng or the layer
         factories (code, see models/_factories.py)."""
-        from ._factories import DEFAULTS
-
         skip = {"self", "backend", "dtype", "rng", *DEFAULTS}
         return [n for n in inspect.signature(cls.__init__).parameters if n not in skip]
 
@@ -70,8 +75,6 @@ class Model(Module):
     def from_config(cls, config: dict, *, backend=None, dtype=np.float32, rng=None, **factories):
         """The model a ``config`` describes; ``factories`` (linear=, ff=, mixer=) as the
         constructor takes them, since a config holds none."""
-        from ._factories import DEFAULTS
-
         unknown = sorted(set(factories) - set(DEFAULTS))
         if unknown:
             raise TypeError(
@@ -81,6 +84,28 @@ class Model(Module):
         return cls(
             **cls.validate_config(dict(config)), backend=backend, dtype=dtype, rng=rng, **factories
         )
+
+
+def block_stack(block, n: int, prefix: str, *args, **kwargs) -> ModuleList:
+    """``n`` blocks ``block(*args, layer=i, name=f"{prefix}.{i}", **kwargs)``, built in
+    order (they draw from one generator), as the model's ``prefix`` list."""
+    return ModuleList(block(*args, layer=i, name=f"{prefix}.{i}", **kwargs) for i in range(n))
+
+
+def backward_stack(blocks: ModuleList, dx):
+    """The gradient through a stack built by ``block_stack``, last block first."""
+    for blk in reversed(blocks._list):
+        dx = blk.backward(dx)
+    return dx
+
+
+def tied_head(embedding, bias: bool, dtype) -> Linear:
+    """An output head whose weight is the embedding's (V, C) matrix: a plain ``Linear``
+    (whatever the ``linear=`` factory), drawing nothing from the generator."""
+    vocab, width = embedding.weight.data.shape
+    head = Linear(width, vocab, bias=bias, weight=np.zeros((vocab, width)), dtype=dtype)
+    head.weight = embedding.weight
+    return head
 
 
 class CausalLM:

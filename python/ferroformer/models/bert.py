@@ -21,9 +21,9 @@ Parameters (V vocab_size, C d_model, F d_ff (default 4C), S n_segments, L n_laye
   head_ln.weight, .bias      (C,)
   decoder.bias               (V,)
 
-The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
-the defaults give the layout above; they are not config, see models/_factories.py).
-The decoder is the token embedding's matrix, a plain ``Linear``.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout; the decoder is the token embedding's
+matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ from ..nn import (
     EncoderBlock,
     LayerNorm,
     LearnedPositionalEmbedding,
-    Linear,
     make_feed_forward,
     make_linear,
     make_self_attention,
 )
-from ..nn.module import ModuleList
-from ._factories import split_factories
-from .base import Model, init_gpt_style
+from .base import Model, backward_stack, block_stack, init_gpt_style, tied_head
 
 
 class BERT(Model):
@@ -69,42 +66,35 @@ class BERT(Model):
         rng=None,
     ):
         super().__init__()
-        config, self.factories = split_factories("BERT", dict(locals()))
-        self._setup(config, backend, dtype)
-        rng = np.random.default_rng(rng)
+        rng = self._setup(dict(locals()))
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.pos_emb = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
         self.seg_emb = Embedding(n_segments, d_model, rng=rng, dtype=dtype) if n_segments else None
         self.emb_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
         self.emb_drop = Dropout(dropout, rng=int(rng.integers(2**63)))
-        self.blocks = ModuleList(
-            EncoderBlock(
-                d_model,
-                n_heads,
-                d_ff,
-                dropout=dropout,
-                norm_first=False,
-                norm_eps=norm_eps,
-                activation="gelu",
-                gelu_approximate=gelu_approximate,
-                checkpoint=checkpoint,
-                layer=i,
-                name=f"blocks.{i}",
-                linear=linear,
-                ff=ff,
-                mixer=mixer,
-                rng=rng,
-                dtype=dtype,
-            )
-            for i in range(n_layers)
+        self.blocks = block_stack(
+            EncoderBlock,
+            n_layers,
+            "blocks",
+            d_model,
+            n_heads,
+            d_ff,
+            dropout=dropout,
+            norm_first=False,
+            norm_eps=norm_eps,
+            activation="gelu",
+            gelu_approximate=gelu_approximate,
+            checkpoint=checkpoint,
+            linear=linear,
+            ff=ff,
+            mixer=mixer,
+            rng=rng,
+            dtype=dtype,
         )
         self.head_dense = linear(d_model, d_model, True, rng=rng, dtype=dtype, name="head_dense")
         self.head_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
-        self.decoder = Linear(
-            d_model, vocab_size, weight=np.zeros((vocab_size, d_model)), dtype=dtype
-        )
-        self.decoder.weight = self.tok_emb.weight
+        self.decoder = tied_head(self.tok_emb, True, dtype)
         self.gelu_approximate = gelu_approximate
         init_gpt_style(self, n_layers, rng, residual_names=())
         self._finish()
@@ -136,9 +126,7 @@ class BERT(Model):
         dx = self.head_dense.backward(
             self.ops.gelu_backward(da, h, approximate=self.gelu_approximate)
         )
-        for blk in reversed(self.blocks._list):
-            dx = blk.backward(dx)
-        dx = self.emb_ln.backward(self.emb_drop.backward(dx))
+        dx = self.emb_ln.backward(self.emb_drop.backward(backward_stack(self.blocks, dx)))
         if self.seg_emb is not None:
             self.seg_emb.backward(dx)
         self.tok_emb.backward(self.pos_emb.backward(dx))

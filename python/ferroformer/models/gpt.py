@@ -17,9 +17,9 @@ Parameters (V vocab_size, C d_model, F d_ff (default 4 C), L n_layers, i < L):
   blocks.i.ff.fc2.weight     (C, F);     .bias (C,)
   ln_f.weight, .bias         (C,)
 
-The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
-the defaults give the layout above; they are not config, see models/_factories.py).
-The head is the token embedding's matrix, a plain ``Linear``.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout; the head is the token embedding's
+matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
@@ -32,14 +32,11 @@ from ..nn import (
     Embedding,
     LayerNorm,
     LearnedPositionalEmbedding,
-    Linear,
     make_feed_forward,
     make_linear,
     make_self_attention,
 )
-from ..nn.module import ModuleList
-from ._factories import split_factories
-from .base import CausalLM, Model, init_gpt_style
+from .base import CausalLM, Model, backward_stack, block_stack, init_gpt_style, tied_head
 
 
 class GPT(CausalLM, Model):
@@ -63,38 +60,31 @@ class GPT(CausalLM, Model):
         rng=None,
     ):
         super().__init__()
-        config, self.factories = split_factories("GPT", dict(locals()))
-        self._setup(config, backend, dtype)
-        rng = np.random.default_rng(rng)
+        rng = self._setup(dict(locals()))
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.wte = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.wpe = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
         self.drop = Dropout(dropout, rng=int(rng.integers(2**63)))
-        self.blocks = ModuleList(
-            DecoderBlock(
-                d_model,
-                n_heads,
-                d_ff,
-                cross_attention=False,
-                dropout=dropout,
-                activation="gelu",
-                bias=bias,
-                checkpoint=checkpoint,
-                layer=i,
-                name=f"blocks.{i}",
-                linear=linear,
-                ff=ff,
-                mixer=mixer,
-                rng=rng,
-                dtype=dtype,
-            )
-            for i in range(n_layers)
+        self.blocks = block_stack(
+            DecoderBlock,
+            n_layers,
+            "blocks",
+            d_model,
+            n_heads,
+            d_ff,
+            cross_attention=False,
+            dropout=dropout,
+            activation="gelu",
+            bias=bias,
+            checkpoint=checkpoint,
+            linear=linear,
+            ff=ff,
+            mixer=mixer,
+            rng=rng,
+            dtype=dtype,
         )
         self.ln_f = LayerNorm(d_model, dtype=dtype)
-        self.head = Linear(
-            d_model, vocab_size, bias=False, weight=np.zeros((vocab_size, d_model)), dtype=dtype
-        )
-        self.head.weight = self.wte.weight
+        self.head = tied_head(self.wte, False, dtype)
         init_gpt_style(self, n_layers, rng)
         self._finish()
 
@@ -110,7 +100,5 @@ class GPT(CausalLM, Model):
         return self.head(self.ln_f(x))
 
     def backward(self, dlogits):
-        dx = self.ln_f.backward(self.head.backward(dlogits))
-        for blk in reversed(self.blocks._list):
-            dx = blk.backward(dx)
+        dx = backward_stack(self.blocks, self.ln_f.backward(self.head.backward(dlogits)))
         self.wte.backward(self.wpe.backward(self.drop.backward(dx)))

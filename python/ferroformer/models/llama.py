@@ -18,9 +18,9 @@ F d_ff (default: 8C/3 rounded up to a multiple of 32), L n_layers, i < L):
   norm.weight                (C,)
   lm_head.weight             (V, C)          absent when tie_embeddings
 
-The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
-the defaults give the layout above; they are not config, see models/_factories.py).
-A tied head is the token embedding's matrix, a plain ``Linear``.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout; a tied head is the token embedding's
+matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,7 @@ from ..nn import (
     make_linear,
     make_self_attention,
 )
-from ..nn.module import ModuleList
-from ._factories import split_factories
-from .base import CausalLM, Model, init_gpt_style
+from .base import CausalLM, Model, backward_stack, block_stack, init_gpt_style
 
 
 class Llama(CausalLM, Model):
@@ -65,35 +63,31 @@ class Llama(CausalLM, Model):
         rng=None,
     ):
         super().__init__()
-        config, self.factories = split_factories("Llama", dict(locals()))
-        self._setup(config, backend, dtype)
-        rng = np.random.default_rng(rng)
+        rng = self._setup(dict(locals()))
         if d_ff is None:
             d_ff = -(-(8 * d_model // 3) // 32) * 32
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.rope = RotaryEmbedding(d_model // n_heads, max_seq_len, rope_base, dtype=dtype)
-        self.blocks = ModuleList(
-            DecoderBlock(
-                d_model,
-                n_heads,
-                d_ff,
-                cross_attention=False,
-                n_kv_heads=n_kv_heads,
-                norm="rms",
-                norm_eps=norm_eps,
-                activation="swiglu",
-                bias=False,
-                rope=self.rope,
-                checkpoint=checkpoint,
-                layer=i,
-                name=f"blocks.{i}",
-                linear=linear,
-                ff=ff,
-                mixer=mixer,
-                rng=rng,
-                dtype=dtype,
-            )
-            for i in range(n_layers)
+        self.blocks = block_stack(
+            DecoderBlock,
+            n_layers,
+            "blocks",
+            d_model,
+            n_heads,
+            d_ff,
+            cross_attention=False,
+            n_kv_heads=n_kv_heads,
+            norm="rms",
+            norm_eps=norm_eps,
+            activation="swiglu",
+            bias=False,
+            rope=self.rope,
+            checkpoint=checkpoint,
+            linear=linear,
+            ff=ff,
+            mixer=mixer,
+            rng=rng,
+            dtype=dtype,
         )
         self.norm = RMSNorm(d_model, norm_eps, dtype=dtype)
         if tie_embeddings:  # drawn like an untied head, so that the rest of the weights agree
@@ -114,7 +108,6 @@ class Llama(CausalLM, Model):
         return self.lm_head(self.norm(x))
 
     def backward(self, dlogits):
-        dx = self.norm.backward(self.lm_head.backward(dlogits))
-        for blk in reversed(self.blocks._list):
-            dx = blk.backward(dx)
-        self.tok_emb.backward(dx)
+        self.tok_emb.backward(
+            backward_stack(self.blocks, self.norm.backward(self.lm_head.backward(dlogits)))
+        )

@@ -20,11 +20,10 @@ Parameters (Vs, Vt vocab sizes, C d_model, F d_ff, Le / Ld layers):
              cross_attn.proj (C, C), ln2, ff.fc1, ff.fc2}   (each .weight and .bias)
   enc_norm, dec_norm (C,) when norm_first; head.weight (Vt, C) when not tied
 
-The layers come from the ``linear=``, ``ff=`` and ``mixer=`` factories (nn/blocks.py;
-the defaults give the layout above; they are not config, see models/_factories.py).
-Factories see the encoder's blocks as "encoder.i", the decoder's as "decoder.i";
-cross-attention stays a ``MultiHeadAttention`` (with projections from ``linear``),
-and a tied head is the target embedding's matrix, a plain ``Linear``.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout. Factories see the encoder's blocks as
+"encoder.i", the decoder's as "decoder.i"; cross-attention stays a
+``MultiHeadAttention`` (with projections from ``linear``), and a tied head is the target embedding's matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
@@ -39,15 +38,12 @@ from ..nn import (
     Embedding,
     EncoderBlock,
     LayerNorm,
-    Linear,
     SinusoidalPositionalEncoding,
     make_feed_forward,
     make_linear,
     make_self_attention,
 )
-from ..nn.module import ModuleList
-from ._factories import split_factories
-from .base import Model
+from .base import Model, backward_stack, block_stack, tied_head
 
 
 class Transformer(Model):
@@ -76,9 +72,7 @@ class Transformer(Model):
         rng=None,
     ):
         super().__init__()
-        config, self.factories = split_factories("Transformer", dict(locals()))
-        self._setup(config, backend, dtype)
-        rng = np.random.default_rng(rng)
+        rng = self._setup(dict(locals()))
         self.pad_id = pad_id
         std = 1.0 / math.sqrt(d_model)  # unit variance after the sqrt(d_model) scale
         self.src_emb = Embedding(src_vocab_size, d_model, scale=True, std=std, rng=rng, dtype=dtype)
@@ -94,27 +88,19 @@ class Transformer(Model):
             linear=linear,
             ff=ff,
             mixer=mixer,
+            rng=rng,
             dtype=dtype,
         )
-        self.encoder = ModuleList(
-            EncoderBlock(d_model, n_heads, d_ff, layer=i, name=f"encoder.{i}", rng=rng, **kw)
-            for i in range(n_encoder_layers)
+        self.encoder = block_stack(
+            EncoderBlock, n_encoder_layers, "encoder", d_model, n_heads, d_ff, **kw
         )
-        self.decoder = ModuleList(
-            DecoderBlock(d_model, n_heads, d_ff, layer=i, name=f"decoder.{i}", rng=rng, **kw)
-            for i in range(n_decoder_layers)
+        self.decoder = block_stack(
+            DecoderBlock, n_decoder_layers, "decoder", d_model, n_heads, d_ff, **kw
         )
         self.enc_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
         self.dec_norm = LayerNorm(d_model, dtype=dtype) if norm_first else None
         if tie_embeddings:
-            self.head = Linear(
-                d_model,
-                tgt_vocab_size,
-                bias=False,
-                weight=np.zeros((tgt_vocab_size, d_model)),
-                dtype=dtype,
-            )
-            self.head.weight = self.tgt_emb.weight
+            self.head = tied_head(self.tgt_emb, False, dtype)
         else:
             self.head = linear(d_model, tgt_vocab_size, False, rng=rng, dtype=dtype, name="head")
         self._finish()
@@ -234,6 +220,5 @@ class Transformer(Model):
             dmemory = dm if dmemory is None else dmemory + dm
         self.tgt_emb.backward(self.pe.backward(self.tgt_drop.backward(dy)))
         dx = dmemory if self.enc_norm is None else self.enc_norm.backward(dmemory)
-        for blk in reversed(self.encoder._list):
-            dx = blk.backward(dx)
+        dx = backward_stack(self.encoder, dx)
         self.src_emb.backward(self.pe.backward(self.src_drop.backward(dx)))

@@ -311,30 +311,9 @@ class MultiHeadAttention(Module):
 
 
 def make_self_attention(
-    layer: int,
-    d_model: int,
-    n_heads: int,
-    *,
-    n_kv_heads=None,
-    causal: bool = False,
-    bias: bool = True,
-    rope: RotaryEmbedding = None,
-    alibi: bool = False,
-    rng=None,
-    dtype=np.float32,
-    linear=make_linear,
-    name: str = "",
+    layer: int, d_model: int, n_heads: int, *, n_kv_heads=None, name: str = "", **options
 ) -> MultiHeadAttention:
-    """The default ``mixer=`` factory: multi-head self-attention in every block."""
-    return MultiHeadAttention(
-        d_model,
-        n_heads,
-        n_kv_heads,
-        causal=causal,
-        bias=bias,
-        rope=rope,
-        alibi=alibi,
-        rng=rng,
-        dtype=dtype,
-        linear=linear,
-    )
+    """The default ``mixer=`` factory: multi-head self-attention in every block; the
+    ``options`` (causal, bias, rope, alibi, rng, dtype, linear) as MultiHeadAttention
+    takes them."""
+    return MultiHeadAttention(d_model, n_heads, n_kv_heads, **options)

@@ -95,6 +95,11 @@ class TransformerBlock(Module):
         def drop():
             return Dropout(dropout, rng=int(rng.integers(2**63)))
 
+        def placed(part):  # what a factory gets besides its own arguments
+            return dict(
+                rng=rng, dtype=dtype, linear=scoped(linear, f"{prefix}{part}."), name=prefix + part
+            )
+
         self.ln1 = make_norm(norm, d_model, norm_eps, dtype)
         self.attn = mixer(
             layer,
@@ -105,10 +110,7 @@ class TransformerBlock(Module):
             bias=bias,
             rope=rope,
             alibi=alibi,
-            rng=rng,
-            dtype=dtype,
-            linear=scoped(linear, prefix + "attn."),
-            name=prefix + "attn",
+            **placed("attn"),
         )
         self.drop1 = drop()
         if cross_attention:
@@ -132,10 +134,7 @@ class TransformerBlock(Module):
             activation=activation,
             bias=bias,
             gelu_approximate=gelu_approximate,
-            rng=rng,
-            dtype=dtype,
-            linear=scoped(linear, prefix + "ff."),
-            name=prefix + "ff",
+            **placed("ff"),
         )
         self.drop2 = drop()
 
@@ -148,27 +147,18 @@ class TransformerBlock(Module):
 
     # -- one residual sublayer ---------------------------------------------------
     def _sub_forward(self, norm, layer, drop, x, **kw):
-        if self.norm_first:
-            out = drop(layer(norm(x), **kw))
-            out += x
-            return out
-        out = drop(layer(x, **kw))
+        out = drop(layer(norm(x) if self.norm_first else x, **kw))
         out += x
-        return norm(out)
+        return out if self.norm_first else norm(out)
 
     def _sub_backward(self, norm, layer, drop, dy):
         """-> (dx, dmemory or None)."""
-        if self.norm_first:
-            g = layer.backward(drop.backward(dy))
-            dh, dmem = g if isinstance(g, tuple) else (g, None)
-            dx = norm.backward(dh)
-            dx += dy
-            return dx, dmem
-        dz = norm.backward(dy)
+        dz = dy if self.norm_first else norm.backward(dy)  # d of the residual sum
         g = layer.backward(drop.backward(dz))
         dh, dmem = g if isinstance(g, tuple) else (g, None)
-        dh += dz
-        return dh, dmem
+        dx = norm.backward(dh) if self.norm_first else dh
+        dx += dz
+        return dx, dmem
 
     # -- the block ------------------------------------------------------------------
     def _forward(self, x, memory, key_padding_mask, memory_key_padding_mask, offset, cache=None):

@@ -79,26 +79,8 @@ class FeedForward(Module):
 
 
 def make_feed_forward(
-    layer: int,
-    d_model: int,
-    d_ff: int,
-    *,
-    activation: str = "gelu",
-    bias: bool = True,
-    gelu_approximate: str = "tanh",
-    rng=None,
-    dtype=np.float32,
-    linear=make_linear,
-    name: str = "",
+    layer: int, d_model: int, d_ff: int, *, activation: str = "gelu", name: str = "", **options
 ) -> FeedForward:
-    """The default ``ff=`` factory: the same ``FeedForward`` in every block."""
-    return FeedForward(
-        d_model,
-        d_ff,
-        activation,
-        bias=bias,
-        gelu_approximate=gelu_approximate,
-        rng=rng,
-        dtype=dtype,
-        linear=linear,
-    )
+    """The default ``ff=`` factory: the same ``FeedForward`` in every block; the
+    ``options`` (bias, gelu_approximate, rng, dtype, linear) as FeedForward takes them."""
+    return FeedForward(d_model, d_ff, activation, **options)
