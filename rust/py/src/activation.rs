@@ -10,7 +10,9 @@ use crate::util::{self, Array, In};
 
 /// `f(inputs, y)` into a fresh `y` shaped like the first input.
 fn apply<'py, const N: usize>(
-    py: Python<'py>, op: &str, inputs: [(&str, &In<'py>); N],
+    py: Python<'py>,
+    op: &str,
+    inputs: [(&str, &In<'py>); N],
     f: impl FnOnce([&[f32]; N], &mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
     util::guard(op, || {
@@ -47,7 +49,9 @@ elementwise! {
 /// `approximate` is `"tanh"` or `"none"` (exact erf).
 #[pyfunction]
 pub(crate) fn gelu_forward<'py>(
-    py: Python<'py>, x: In<'py>, approximate: &str,
+    py: Python<'py>,
+    x: In<'py>,
+    approximate: &str,
 ) -> PyResult<Array<'py>> {
     let g = Gelu::parse("gelu_forward", approximate).map_err(util::to_pyerr)?;
     apply(py, "gelu_forward", [("x", &x)], |[x], y| {
@@ -57,7 +61,10 @@ pub(crate) fn gelu_forward<'py>(
 
 #[pyfunction]
 pub(crate) fn gelu_backward<'py>(
-    py: Python<'py>, dy: In<'py>, x: In<'py>, approximate: &str,
+    py: Python<'py>,
+    dy: In<'py>,
+    x: In<'py>,
+    approximate: &str,
 ) -> PyResult<Array<'py>> {
     let g = Gelu::parse("gelu_backward", approximate).map_err(util::to_pyerr)?;
     apply(
@@ -71,7 +78,10 @@ pub(crate) fn gelu_backward<'py>(
 /// `(dgate, dup)`.
 #[pyfunction]
 pub(crate) fn swiglu_backward<'py>(
-    py: Python<'py>, dh: In<'py>, gate: In<'py>, up: In<'py>,
+    py: Python<'py>,
+    dh: In<'py>,
+    gate: In<'py>,
+    up: In<'py>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "swiglu_backward";
     util::guard(OP, || {

@@ -28,7 +28,10 @@ fn shape_of(op: &str, q: &In<'_>, k: &In<'_>) -> PyResult<AttentionShape> {
 
 /// The kernel options, the mask borrowed as a slice.
 fn options<'a>(
-    op: &str, causal: bool, scale: f32, mask: &'a Option<In<'_, bool>>,
+    op: &str,
+    causal: bool,
+    scale: f32,
+    mask: &'a Option<In<'_, bool>>,
 ) -> PyResult<AttentionOptions<'a>> {
     let key_padding_mask = match mask {
         Some(m) => Some(util::slice(op, "key_padding_mask", m)?),
@@ -49,8 +52,14 @@ fn options<'a>(
 #[pyo3(signature = (q, k, v, causal, scale, key_padding_mask=None, kv_len=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_forward<'py>(
-    py: Python<'py>, q: In<'py>, k: In<'py>, v: In<'py>, causal: bool, scale: f32,
-    key_padding_mask: Option<In<'py, bool>>, kv_len: Option<usize>,
+    py: Python<'py>,
+    q: In<'py>,
+    k: In<'py>,
+    v: In<'py>,
+    causal: bool,
+    scale: f32,
+    key_padding_mask: Option<In<'py, bool>>,
+    kv_len: Option<usize>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "attention_forward";
     util::guard(OP, || {
@@ -76,8 +85,16 @@ pub(crate) fn attention_forward<'py>(
 #[pyo3(signature = (do_, q, k, v, o, lse, causal, scale, key_padding_mask=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_backward<'py>(
-    py: Python<'py>, do_: In<'py>, q: In<'py>, k: In<'py>, v: In<'py>, o: In<'py>, lse: In<'py>,
-    causal: bool, scale: f32, key_padding_mask: Option<In<'py, bool>>,
+    py: Python<'py>,
+    do_: In<'py>,
+    q: In<'py>,
+    k: In<'py>,
+    v: In<'py>,
+    o: In<'py>,
+    lse: In<'py>,
+    causal: bool,
+    scale: f32,
+    key_padding_mask: Option<In<'py, bool>>,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "attention_backward";
     util::guard(OP, || {

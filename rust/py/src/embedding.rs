@@ -11,7 +11,9 @@ use crate::util::{self, Array, In};
 /// `weight[ids]`; an id outside `[0, V)` raises IndexError.
 #[pyfunction]
 pub(crate) fn embedding_forward<'py>(
-    py: Python<'py>, weight: In<'py>, ids: In<'py, i64>,
+    py: Python<'py>,
+    weight: In<'py>,
+    ids: In<'py, i64>,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "embedding_forward";
     util::guard(OP, || {
@@ -31,7 +33,10 @@ pub(crate) fn embedding_forward<'py>(
 /// token order (deterministic).
 #[pyfunction]
 pub(crate) fn embedding_backward<'py>(
-    py: Python<'py>, dy: In<'py>, ids: In<'py, i64>, num_embeddings: usize,
+    py: Python<'py>,
+    dy: In<'py>,
+    ids: In<'py, i64>,
+    num_embeddings: usize,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "embedding_backward";
     util::guard(OP, || {

@@ -12,7 +12,10 @@ use crate::util::{self, Array, In};
 /// per-row log-sum-exp `(N,)`.
 #[pyfunction]
 pub(crate) fn cross_entropy_forward<'py>(
-    py: Python<'py>, logits: In<'py>, targets: In<'py, i64>, ignore_index: i64,
+    py: Python<'py>,
+    logits: In<'py>,
+    targets: In<'py, i64>,
+    ignore_index: i64,
     label_smoothing: f32,
 ) -> PyResult<(f64, Array<'py>)> {
     const OP: &str = "cross_entropy_forward";
@@ -31,8 +34,13 @@ pub(crate) fn cross_entropy_forward<'py>(
 /// `dlogits (N, V)` of `grad * loss`.
 #[pyfunction]
 pub(crate) fn cross_entropy_backward<'py>(
-    py: Python<'py>, logits: In<'py>, targets: In<'py, i64>, lse: In<'py>, ignore_index: i64,
-    label_smoothing: f32, grad: f32,
+    py: Python<'py>,
+    logits: In<'py>,
+    targets: In<'py, i64>,
+    lse: In<'py>,
+    ignore_index: i64,
+    label_smoothing: f32,
+    grad: f32,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "cross_entropy_backward";
     util::guard(OP, || {

@@ -18,7 +18,11 @@ use crate::util::{self, Array, In};
 #[pyfunction]
 #[pyo3(signature = (a, b, trans_a=false, trans_b=false))]
 pub(crate) fn matmul<'py>(
-    py: Python<'py>, a: In<'py>, b: In<'py>, trans_a: bool, trans_b: bool,
+    py: Python<'py>,
+    a: In<'py>,
+    b: In<'py>,
+    trans_a: bool,
+    trans_b: bool,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "matmul";
     util::guard(OP, || {
@@ -54,7 +58,10 @@ fn serial((rows, in_f, out_f): (usize, usize, usize)) -> bool {
 #[pyfunction]
 #[pyo3(signature = (x, w, b=None))]
 pub(crate) fn linear_forward<'py>(
-    py: Python<'py>, x: In<'py>, w: In<'py>, b: Option<In<'py>>,
+    py: Python<'py>,
+    x: In<'py>,
+    w: In<'py>,
+    b: Option<In<'py>>,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "linear_forward";
     util::guard(OP, || {
@@ -76,7 +83,11 @@ type Grads<'py> = (Array<'py>, Array<'py>, Option<Array<'py>>);
 #[pyfunction]
 #[pyo3(signature = (dy, x, w, has_bias=true))]
 pub(crate) fn linear_backward<'py>(
-    py: Python<'py>, dy: In<'py>, x: In<'py>, w: In<'py>, has_bias: bool,
+    py: Python<'py>,
+    dy: In<'py>,
+    x: In<'py>,
+    w: In<'py>,
+    has_bias: bool,
 ) -> PyResult<Grads<'py>> {
     const OP: &str = "linear_backward";
     util::guard(OP, || {

@@ -20,7 +20,11 @@ fn dims<'a>(op: &str, x: &'a In<'_>) -> PyResult<(usize, usize, &'a [usize], &'a
 /// `(y, mean, rstd)`: `x (..., C)`, `gamma, beta (C,)`, `mean, rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn layernorm_forward<'py>(
-    py: Python<'py>, x: In<'py>, gamma: In<'py>, beta: In<'py>, eps: f32,
+    py: Python<'py>,
+    x: In<'py>,
+    gamma: In<'py>,
+    beta: In<'py>,
+    eps: f32,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "layernorm_forward";
     util::guard(OP, || {
@@ -41,7 +45,12 @@ pub(crate) fn layernorm_forward<'py>(
 /// `mean, rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn layernorm_backward<'py>(
-    py: Python<'py>, dy: In<'py>, x: In<'py>, gamma: In<'py>, mean: In<'py>, rstd: In<'py>,
+    py: Python<'py>,
+    dy: In<'py>,
+    x: In<'py>,
+    gamma: In<'py>,
+    mean: In<'py>,
+    rstd: In<'py>,
 ) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
     const OP: &str = "layernorm_backward";
     util::guard(OP, || {
@@ -70,7 +79,10 @@ pub(crate) fn layernorm_backward<'py>(
 /// `(y, rstd)`: `x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn rmsnorm_forward<'py>(
-    py: Python<'py>, x: In<'py>, gamma: In<'py>, eps: f32,
+    py: Python<'py>,
+    x: In<'py>,
+    gamma: In<'py>,
+    eps: f32,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "rmsnorm_forward";
     util::guard(OP, || {
@@ -87,7 +99,11 @@ pub(crate) fn rmsnorm_forward<'py>(
 /// `(dx, dgamma)` from `dy, x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
 #[pyfunction]
 pub(crate) fn rmsnorm_backward<'py>(
-    py: Python<'py>, dy: In<'py>, x: In<'py>, gamma: In<'py>, rstd: In<'py>,
+    py: Python<'py>,
+    dy: In<'py>,
+    x: In<'py>,
+    gamma: In<'py>,
+    rstd: In<'py>,
 ) -> PyResult<(Array<'py>, Array<'py>)> {
     const OP: &str = "rmsnorm_backward";
     util::guard(OP, || {

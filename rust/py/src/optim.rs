@@ -14,8 +14,17 @@ type InOut<'py> = PyReadwriteArrayDyn<'py, f32>;
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn adamw_step(
-    py: Python<'_>, mut param: InOut<'_>, grad: In<'_>, mut m: InOut<'_>, mut v: InOut<'_>,
-    lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: i64,
+    py: Python<'_>,
+    mut param: InOut<'_>,
+    grad: In<'_>,
+    mut m: InOut<'_>,
+    mut v: InOut<'_>,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step: i64,
 ) -> PyResult<()> {
     const OP: &str = "adamw_step";
     util::guard(OP, || {

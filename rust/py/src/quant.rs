@@ -21,7 +21,11 @@ use crate::util::{self, Array, In};
 #[pyfunction]
 #[pyo3(signature = (x, qweight, qtype, b=None, int8_activations=false))]
 pub(crate) fn quantized_linear_forward<'py>(
-    py: Python<'py>, x: In<'py>, qweight: In<'py, u8>, qtype: &str, b: Option<In<'py>>,
+    py: Python<'py>,
+    x: In<'py>,
+    qweight: In<'py, u8>,
+    qtype: &str,
+    b: Option<In<'py>>,
     int8_activations: bool,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "quantized_linear_forward";

@@ -13,7 +13,10 @@ type Kernel =
 
 /// `kernel(x, cos, sin)` into a fresh array shaped like `x`.
 fn rotate<'py>(
-    py: Python<'py>, op: &str, [x, cos, sin]: [In<'py>; 3], kernel: Kernel,
+    py: Python<'py>,
+    op: &str,
+    [x, cos, sin]: [In<'py>; 3],
+    kernel: Kernel,
 ) -> PyResult<Array<'py>> {
     util::guard(op, || {
         let shape = x.shape();
@@ -32,7 +35,10 @@ fn rotate<'py>(
 /// `(x0, x1) -> (x0 c - x1 s, x0 s + x1 c)` per adjacent pair.
 #[pyfunction]
 pub(crate) fn rope_forward<'py>(
-    py: Python<'py>, x: In<'py>, cos: In<'py>, sin: In<'py>,
+    py: Python<'py>,
+    x: In<'py>,
+    cos: In<'py>,
+    sin: In<'py>,
 ) -> PyResult<Array<'py>> {
     rotate(py, "rope_forward", [x, cos, sin], k::rope_forward)
 }
@@ -40,7 +46,10 @@ pub(crate) fn rope_forward<'py>(
 /// The inverse rotation of `dy`.
 #[pyfunction]
 pub(crate) fn rope_backward<'py>(
-    py: Python<'py>, dy: In<'py>, cos: In<'py>, sin: In<'py>,
+    py: Python<'py>,
+    dy: In<'py>,
+    cos: In<'py>,
+    sin: In<'py>,
 ) -> PyResult<Array<'py>> {
     rotate(py, "rope_backward", [dy, cos, sin], k::rope_backward)
 }

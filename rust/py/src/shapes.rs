@@ -16,14 +16,20 @@ fn bad(op: &str, name: &str, layout: &str, shape: &[usize]) -> PyErr {
 
 /// The dims of an array that must have exactly `N` of them.
 pub fn exact<const N: usize>(
-    op: &str, name: &str, layout: &str, shape: &[usize],
+    op: &str,
+    name: &str,
+    layout: &str,
+    shape: &[usize],
 ) -> PyResult<[usize; N]> {
     shape.try_into().map_err(|_| bad(op, name, layout, shape))
 }
 
 /// The last `N` dims of an array that has at least `N`.
 pub fn last<const N: usize>(
-    op: &str, name: &str, layout: &str, shape: &[usize],
+    op: &str,
+    name: &str,
+    layout: &str,
+    shape: &[usize],
 ) -> PyResult<[usize; N]> {
     shape
         .len()

@@ -12,7 +12,10 @@ use crate::util::{self, Array, In};
 /// dims `(Tq, Tk)` are masked bottom-right aligned.
 #[pyfunction]
 pub(crate) fn softmax_forward<'py>(
-    py: Python<'py>, x: In<'py>, scale: f32, causal: bool,
+    py: Python<'py>,
+    x: In<'py>,
+    scale: f32,
+    causal: bool,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "softmax_forward";
     util::guard(OP, || {
@@ -36,7 +39,10 @@ pub(crate) fn softmax_forward<'py>(
 /// `dx = scale * y * (dy - sum(dy * y, last axis))`.
 #[pyfunction]
 pub(crate) fn softmax_backward<'py>(
-    py: Python<'py>, dy: In<'py>, y: In<'py>, scale: f32,
+    py: Python<'py>,
+    dy: In<'py>,
+    y: In<'py>,
+    scale: f32,
 ) -> PyResult<Array<'py>> {
     const OP: &str = "softmax_backward";
     util::guard(OP, || {

@@ -78,7 +78,9 @@ pub fn small(elems: usize) -> bool {
 ///
 /// A panic is not caught here but by [`guard`], around the whole binding.
 pub fn run_on<T: Send>(
-    py: Python<'_>, serial: bool, f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
+    py: Python<'_>,
+    serial: bool,
+    f: impl FnOnce() -> ferroformer_kernels::Result<T> + Send,
 ) -> PyResult<T> {
     let result = if serial {
         py.detach(|| pool::serial(f))
@@ -94,7 +96,9 @@ pub fn run_on<T: Send>(
 /// fresh arrays (from [`outputs`], [`uninit`] or [`zeros`]), so they are
 /// contiguous and nothing else borrows them.
 pub fn run_into<const N: usize, T: Send>(
-    py: Python<'_>, serial: bool, outs: [&Array<'_>; N],
+    py: Python<'_>,
+    serial: bool,
+    outs: [&Array<'_>; N],
     f: impl FnOnce([&mut [f32]; N]) -> ferroformer_kernels::Result<T> + Send,
 ) -> PyResult<T> {
     let mut borrows = outs.map(|a| a.readwrite());
@@ -117,7 +121,8 @@ pub fn slice<'a, T: numpy::Element>(op: &str, name: &str, a: &'a In<'_, T>) -> P
 
 /// [`slice`] of each named array, in order.
 pub fn slices<'a, T: numpy::Element, const N: usize>(
-    op: &str, arrays: [(&str, &'a In<'_, T>); N],
+    op: &str,
+    arrays: [(&str, &'a In<'_, T>); N],
 ) -> PyResult<[&'a [T]; N]> {
     let mut out = [&[][..]; N];
     for (s, (name, a)) in out.iter_mut().zip(arrays) {
@@ -128,7 +133,9 @@ pub fn slices<'a, T: numpy::Element, const N: usize>(
 
 /// [`slice`] of an array the kernel updates in place.
 pub fn slice_mut<'a, T: numpy::Element>(
-    op: &str, name: &str, a: &'a mut PyReadwriteArrayDyn<'_, T>,
+    op: &str,
+    name: &str,
+    a: &'a mut PyReadwriteArrayDyn<'_, T>,
 ) -> PyResult<&'a mut [T]> {
     a.as_slice_mut().map_err(|_| {
         PyValueError::new_err(format!(
@@ -142,7 +149,10 @@ pub fn slice_mut<'a, T: numpy::Element>(
 /// panic on that. A shape whose element count or byte size does not fit
 /// `isize` is a ValueError naming the op, before anything is allocated.
 fn new_array<'py>(
-    py: Python<'py>, op: &str, shape: &[usize], zeroed: bool,
+    py: Python<'py>,
+    op: &str,
+    shape: &[usize],
+    zeroed: bool,
 ) -> PyResult<Array<'py>> {
     let bytes = shape
         .iter()
@@ -198,7 +208,9 @@ pub fn zeros<'py>(py: Python<'py>, op: &str, shape: &[usize]) -> PyResult<Array<
 /// Fresh uninitialised float32 outputs of the given shapes (see
 /// [`uninit`]), for [`run_into`].
 pub fn outputs<'py, const N: usize>(
-    py: Python<'py>, op: &str, shapes: [&[usize]; N],
+    py: Python<'py>,
+    op: &str,
+    shapes: [&[usize]; N],
 ) -> PyResult<[Array<'py>; N]> {
     let mut made = Vec::with_capacity(N);
     for shape in shapes {
@@ -209,7 +221,9 @@ pub fn outputs<'py, const N: usize>(
 
 /// [`run_into`] for a kernel with one output, which it hands back.
 pub fn fill_on<'py>(
-    py: Python<'py>, out: Array<'py>, serial: bool,
+    py: Python<'py>,
+    out: Array<'py>,
+    serial: bool,
     f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
     run_into(py, serial, [&out], |[y]| f(y))?;
@@ -219,7 +233,8 @@ pub fn fill_on<'py>(
 /// [`fill_on`] for a row-wise or element-wise kernel, whose work is the
 /// output's size (see [`small`]).
 pub fn fill<'py>(
-    py: Python<'py>, out: Array<'py>,
+    py: Python<'py>,
+    out: Array<'py>,
     f: impl FnOnce(&mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
     let serial = small(out.len());
