@@ -8,6 +8,11 @@
 //! Parallel loops use rayon; callers run them inside [`pool::install`] so
 //! that `ferroformer.set_num_threads` governs their width.
 
+// Every unsafe operation sits in its own `unsafe {}` block, and every such
+// block states the invariant it relies on in a `// SAFETY:` comment.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 pub mod pool;
 pub mod simd;

@@ -3,6 +3,11 @@
 //! bindings live in their own file and only read the sizes they need,
 //! release the GIL and call the kernels (through `util`).
 
+// Every unsafe operation sits in its own `unsafe {}` block, and every such
+// block states the invariant it relies on in a `// SAFETY:` comment.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod shapes;
 mod util;
 

@@ -36,7 +36,8 @@ impl Lhs {
     /// The result must stay inside the slice the pointer came from.
     pub unsafe fn offset(self, rows: usize) -> Lhs {
         Lhs {
-            ptr: self.ptr.add(rows * self.rs),
+            // SAFETY: the caller keeps the result inside the slice (above).
+            ptr: unsafe { self.ptr.add(rows * self.rs) },
             ..self
         }
     }
@@ -62,10 +63,12 @@ impl Out {
         let row_scale = if self.row_scale.is_null() {
             self.row_scale
         } else {
-            self.row_scale.add(rows)
+            // SAFETY: the caller keeps the result inside the slice (above).
+            unsafe { self.row_scale.add(rows) }
         };
         Out {
-            ptr: self.ptr.add(rows * self.ld + cols),
+            // SAFETY: the caller keeps the result inside the slice (above).
+            ptr: unsafe { self.ptr.add(rows * self.ld + cols) },
             row_scale,
             ..self
         }

@@ -139,9 +139,9 @@ unsafe fn tile(
         w.wrapping_add(12 * ldw),
     );
     let (l1, l2) = (ldw, 2 * ldw);
-    // SAFETY: the 14 W rows and the panel are read for k depths (the
-    // contract).
     for _ in 0..k {
+        // SAFETY: the 14 W rows and the panel are read for k depths (the
+        // contract), and the token proves AVX-512F.
         unsafe {
             let b0 = _mm512_loadu_ps(xp);
             let b1 = _mm512_loadu_ps(xp.add(16));

@@ -34,36 +34,44 @@ impl Vf32 for F32x8 {
 
     #[inline(always)]
     fn splat(x: f32) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_set1_ps(x)) }
     }
     #[inline(always)]
     fn load(s: &[f32]) -> Self {
         let s = &s[..8];
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_loadu_ps(s.as_ptr())) }
     }
     #[inline(always)]
     fn store(self, s: &mut [f32]) {
         let s = &mut s[..8];
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), self.0) }
     }
     #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_fmadd_ps(self.0, b.0, c.0)) }
     }
     #[inline(always)]
     fn max(self, o: Self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_max_ps(self.0, o.0)) }
     }
     #[inline(always)]
     fn min(self, o: Self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_min_ps(self.0, o.0)) }
     }
     #[inline(always)]
     fn sqrt(self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_sqrt_ps(self.0)) }
     }
     #[inline(always)]
     fn ldexp(self, n: Self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe {
             let n = _mm256_cvtps_epi32(n.0);
             let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
@@ -72,6 +80,7 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe {
             let m = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0);
             F32x8(_mm256_blendv_ps(b.0, a.0, m))
@@ -79,10 +88,12 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn swap_pairs(self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe { F32x8(_mm256_permute_ps::<0b10_11_00_01>(self.0)) }
     }
     #[inline(always)]
     fn reduce_sum(self) -> f32 {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe {
             let s = _mm_add_ps(
                 _mm256_castps256_ps128(self.0),
@@ -95,6 +106,7 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn reduce_max(self) -> f32 {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
         unsafe {
             let s = _mm_max_ps(
                 _mm256_castps256_ps128(self.0),
