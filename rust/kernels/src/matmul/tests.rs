@@ -7,6 +7,36 @@ use super::*;
 use crate::simd::Arch;
 use crate::vec_math::testing::{assert_close, random};
 
+/// `x @ w^T + bias` by the naive oracle: what `linear_forward` must give.
+fn linear_naive(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Vec<f32> {
+    let mut want = vec![0.0; rows * out_f];
+    sgemm_naive(
+        rows,
+        out_f,
+        in_f,
+        1.0,
+        x,
+        Layout::normal(in_f),
+        w,
+        Layout::transposed(in_f),
+        0.0,
+        &mut want,
+        out_f,
+    )
+    .unwrap();
+    for (i, v) in want.iter_mut().enumerate() {
+        *v += bias[i % out_f];
+    }
+    want
+}
+
 /// Inside a two-thread pool, so that the parallel splits run for real.
 fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
@@ -163,24 +193,7 @@ fn small_m_linear_forward_bias() {
             let bias = random(out_f, 14);
             let mut y = vec![f32::NAN; rows * out_f];
             linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
-            let mut want = vec![0.0; rows * out_f];
-            sgemm_naive(
-                rows,
-                out_f,
-                in_f,
-                1.0,
-                &x,
-                Layout::normal(in_f),
-                &w,
-                Layout::transposed(in_f),
-                0.0,
-                &mut want,
-                out_f,
-            )
-            .unwrap();
-            for (i, v) in want.iter_mut().enumerate() {
-                *v += bias[i % out_f];
-            }
+            let want = linear_naive(&x, &w, &bias, rows, in_f, out_f);
             assert_close(
                 &format!("linear_forward rows={rows}"),
                 &y,
@@ -452,24 +465,7 @@ fn linear_forward_and_backward() {
 
             let mut y = vec![0.0; rows * out_f];
             linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
-            let mut want = vec![0.0; rows * out_f];
-            sgemm_naive(
-                rows,
-                out_f,
-                in_f,
-                1.0,
-                &x,
-                Layout::normal(in_f),
-                &w,
-                Layout::transposed(in_f),
-                0.0,
-                &mut want,
-                out_f,
-            )
-            .unwrap();
-            for (i, v) in want.iter_mut().enumerate() {
-                *v += bias[i % out_f];
-            }
+            let want = linear_naive(&x, &w, &bias, rows, in_f, out_f);
             assert_close("linear_forward", &y, &want, 1e-5, 1e-5);
 
             let (mut dx, mut dw, mut db) = (
