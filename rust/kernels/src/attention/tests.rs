@@ -4,7 +4,7 @@
 use super::tile::{Acc, Tiles};
 use super::*;
 use crate::simd::Arch;
-use crate::vec_math::testing::{assert_close, random};
+use crate::vec_math::testing::{assert_close, in_pool, random};
 
 mod nonfinite;
 
@@ -335,11 +335,7 @@ fn rows_without_keys_are_zero() {
 fn bits_do_not_depend_on_runs_or_threads() {
     let case = Case::new((1, 4, 2, 200, 200, 64), true, true, 70);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        in_pool(threads, || {
             let (o, lse) = case.forward(Arch::best());
             let (dq, dk, dv) = case.backward(Arch::best(), &o, &lse);
             [o, lse, dq, dk, dv]

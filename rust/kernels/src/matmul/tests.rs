@@ -5,7 +5,7 @@
 use super::gemm::GemmArgs;
 use super::*;
 use crate::simd::Arch;
-use crate::vec_math::testing::{assert_close, random};
+use crate::vec_math::testing::{assert_close, in_pool, random};
 
 /// `x @ w^T + bias` by the naive oracle: what `linear_forward` must give.
 fn linear_naive(
@@ -35,15 +35,6 @@ fn linear_naive(
         *v += bias[i % out_f];
     }
     want
-}
-
-/// Inside a two-thread pool, so that the parallel splits run for real.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap()
-        .install(f)
 }
 
 /// One product with token `arch` on `threads` threads against the oracle, with
@@ -96,7 +87,7 @@ fn check(
 #[test]
 fn odd_sizes_every_token_and_transpose() {
     let sizes = [1, 7, 17, 65];
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &m in &sizes {
                 for &n in &sizes {
@@ -129,7 +120,7 @@ fn large_sizes_across_block_edges_threaded() {
         // Depth blocks of unequal length (1030 = 344 + 344 + 342 on AVX-512).
         (57, 130, 1030),
     ];
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &(m, n, k) in &shapes {
                 for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -142,7 +133,7 @@ fn large_sizes_across_block_edges_threaded() {
 
 #[test]
 fn vector_shapes_threaded() {
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &(m, n, k) in &[
                 (1, 5000, 257),
@@ -165,7 +156,7 @@ fn small_m_every_token() {
     // across the 4-row steps and the task split.
     let ks = [1, 7, 8, 15, 16, 17, 33, 100, 257];
     let ns = [2, 3, 4, 5, 7, 65, 301];
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for m in 1..=small_m::MAX_M + 1 {
                 for &n in &ns {
@@ -185,7 +176,7 @@ fn small_m_every_token() {
 
 #[test]
 fn small_m_linear_forward_bias() {
-    in_pool(|| {
+    in_pool(2, || {
         for rows in 1..=small_m::MAX_M {
             let (in_f, out_f) = (37, 203);
             let x = random(rows * in_f, 12);
@@ -207,7 +198,7 @@ fn small_m_linear_forward_bias() {
 
 #[test]
 fn alpha_beta_accumulate() {
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &(m, n, k) in &[(17, 65, 300), (65, 17, 7), (1, 65, 17), (65, 1, 17)] {
                 for threads in [1, 2] {
@@ -391,7 +382,7 @@ fn batched_broadcasting() {
         (&[0, 4, 5], &[5, 6]),
         (&[2, 4, 0], &[1, 0, 6]),
     ];
-    in_pool(|| {
+    in_pool(2, || {
         for &(ash, bsh) in cases {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let swap = |sh: &[usize], t: bool| {
@@ -450,7 +441,7 @@ fn batched_rejects_bad_shapes() {
 
 #[test]
 fn linear_forward_and_backward() {
-    in_pool(|| {
+    in_pool(2, || {
         for &(rows, in_f, out_f) in &[
             (1, 17, 65),
             (65, 17, 7),
@@ -549,7 +540,7 @@ fn every_partial_row_panel_with_epilogue() {
     // m = 33..=46 leaves every remainder mod MR = 14 (AVX-512) and mod 6
     // (AVX2) in the last row panel, on the GEMM path (m > small_m's
     // MAX_M); n = 71 also has a partial column panel; both threads.
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for m in 33..=46 {
                 for (ta, tb) in [(false, false), (false, true), (true, false)] {
@@ -570,7 +561,10 @@ fn check_linear_bias(rows: usize, in_f: usize, out_f: usize) {
     let w = random(out_f * in_f, 5);
     let b = random(out_f, 6);
     let mut y = vec![f32::NAN; rows * out_f];
-    in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
+    in_pool(2, || {
+        linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)
+    })
+    .unwrap();
     let mut want = vec![0.0f32; rows * out_f];
     for i in 0..rows {
         for j in 0..out_f {
@@ -594,7 +588,7 @@ fn few_rows_against_w_in_place() {
     // The `swapped` path (AVX-512; 33..=256 rows of x against W (n, k)
     // read in place): partial x panels and W blocks, strided x (trans_a),
     // the epilogue, one and two threads; and the bias through linear_forward.
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &m in &[33, 47, 64, 100, 128, 256] {
                 for &(n, k) in &[(28, 64), (71, 77), (300, 768)] {

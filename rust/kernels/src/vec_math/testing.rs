@@ -36,6 +36,16 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
     Rng::new(seed).vec(n, -1.0, 1.0)
 }
 
+/// Runs `f` inside a fresh rayon pool of `threads` threads, so that the
+/// parallel splits run for real or a result can be compared across counts.
+pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 /// Asserts `|got - want| <= atol + rtol |want|` element-wise, printing the
 /// first values and the worst miss on failure. Where `want` is NaN `got`
 /// must be NaN, and where it is infinite, the same infinity. `want` is an
