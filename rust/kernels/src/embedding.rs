@@ -96,7 +96,7 @@ pub fn embedding_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vec_math::testing::{assert_close, Rng, SIZES};
+    use crate::vec_math::testing::{assert_close, in_pool, Rng, SIZES};
 
     #[test]
     fn embedding_matches_naive() {
@@ -130,13 +130,11 @@ mod tests {
         let dy = rng.vec(n * dim, -1.0, 1.0);
         let ids: Vec<i64> = (0..n).map(|_| (rng.next_u64() % 37) as i64).collect();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
             let mut dw = vec![0.0; vocab * dim];
-            pool.install(|| embedding_backward(&dy, &ids, &mut dw, vocab, dim))
-                .unwrap();
+            in_pool(threads, || {
+                embedding_backward(&dy, &ids, &mut dw, vocab, dim)
+            })
+            .unwrap();
             dw
         };
         assert_eq!(run(1), run(4));

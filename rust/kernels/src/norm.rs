@@ -411,7 +411,7 @@ pub fn rmsnorm_backward(
 mod tests {
     use super::*;
     use crate::simd::Arch;
-    use crate::vec_math::testing::{assert_close, Rng, SIZES};
+    use crate::vec_math::testing::{assert_close, in_pool, Rng, SIZES};
 
     fn f64s(v: &[f32]) -> Vec<f64> {
         v.iter().map(|&a| a as f64).collect()
@@ -542,11 +542,7 @@ mod tests {
         let gamma = rng.vec(cols, 0.5, 1.5);
         let (mean, rstd) = (vec![0.1; rows], vec![1.2; rows]);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            in_pool(threads, || {
                 let (mut dx, mut dg, mut db) =
                     (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
                 layernorm_backward(

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::forward::row_is_clean;
 use super::tile::Acc;
-use super::{cover, exact, Cover, Problem, BLOCK_K};
+use super::{cover, exact, Cover, Head, Problem, BLOCK_K};
 
 /// Aim for this many (batch, head, chunk) tasks...
 const TARGET_TASKS: usize = 32;
@@ -43,13 +43,7 @@ pub(super) fn forward(
         || Scratch::new(tq, dp),
         |s, (task, part)| {
             let (bh, c) = (task / nchunks, task % nchunks);
-            let kv = p.kv_index(bh);
-            let head = Head {
-                q: &q[bh * tq * dp..(bh + 1) * tq * dp],
-                k: p.kv_rows(k, kv),
-                v: p.kv_rows(v, kv),
-                pad: p.padding(bh / p.shape.q_heads),
-            };
+            let head = p.head(bh, q, k, v);
             key_chunk(p, &head, c * chunk, ((c + 1) * chunk).min(tk), s, part);
         },
     );
@@ -87,13 +81,6 @@ pub(super) fn forward(
                 }
             }
         });
-}
-
-struct Head<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    pad: Option<&'a [bool]>,
 }
 
 struct Scratch {

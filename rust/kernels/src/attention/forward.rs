@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::tile::Acc;
-use super::{all_finite, cover, exact, Cover, Problem, BLOCK_K, BLOCK_Q};
+use super::{all_finite, cover, exact, Cover, Head, Problem, BLOCK_K, BLOCK_Q};
 
 /// Per-task scratch, reused across the tasks a rayon worker runs.
 struct Scratch {
@@ -59,13 +59,7 @@ pub(super) fn forward(
         .zip(lse.par_chunks_mut(tq))
         .enumerate()
         .for_each(|(bh, (o_h, lse_h))| {
-            let kv = p.kv_index(bh);
-            let head = Head {
-                q: &q[bh * tq * dp..(bh + 1) * tq * dp],
-                k: p.kv_rows(k, kv),
-                v: p.kv_rows(v, kv),
-                pad: p.padding(bh / p.shape.q_heads),
-            };
+            let head = p.head(bh, q, k, v);
             o_h.par_chunks_mut(BLOCK_Q * dp)
                 .zip(lse_h.par_chunks_mut(BLOCK_Q))
                 .enumerate()
@@ -76,14 +70,6 @@ pub(super) fn forward(
                     },
                 );
         });
-}
-
-/// One head's slices: `q (Tq, dp)`, `k, v (Tk, dp)`, padding `(Tk,)`.
-struct Head<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    pad: Option<&'a [bool]>,
 }
 
 /// Queries `i0..i0 + qn` of one head against all the keys they may see.

@@ -298,6 +298,18 @@ impl Problem<'_> {
             .map(|m| &m[b * cap..b * cap + tk])
     }
 
+    /// What flat (batch, q head) `bh` reads in the forward: its query rows,
+    /// the key and value rows of its kv head, its batch's padding row.
+    fn head<'h>(&'h self, bh: usize, q: &'h [f32], k: &'h [f32], v: &'h [f32]) -> Head<'h> {
+        let (tq, dp, kv) = (self.shape.q_len, self.dp, self.kv_index(bh));
+        Head {
+            q: &q[bh * tq * dp..(bh + 1) * tq * dp],
+            k: self.kv_rows(k, kv),
+            v: self.kv_rows(v, kv),
+            pad: self.padding(bh / self.shape.q_heads),
+        }
+    }
+
     /// The used rows `(Tk, dp)` of flat (batch, kv head) `kv` in k or v.
     fn kv_rows<'k>(&self, x: &'k [f32], kv: usize) -> &'k [f32] {
         let start = kv * self.kv_stride * self.dp;
@@ -323,6 +335,15 @@ impl Problem<'_> {
         }
         (j + s.q_len).saturating_sub(s.kv_len + i0).min(n)
     }
+}
+
+/// One q head's forward slices: `q (Tq, dp)`, `k, v (Tk, dp)` of its kv
+/// head, padding `(Tk,)`; see [`Problem::head`].
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    pad: Option<&'a [bool]>,
 }
 
 /// How the padding mask covers a key range.

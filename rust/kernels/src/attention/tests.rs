@@ -4,54 +4,20 @@
 use super::tile::{Acc, Tiles};
 use super::*;
 use crate::simd::Arch;
+use crate::vec_math::testing::{assert_close, in_pool, random};
 
 mod nonfinite;
 
-/// Deterministic uniform values in [-1, 1) (xorshift).
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect()
-}
-
-/// Every SIMD token this CPU has, portable first.
-fn levels() -> Vec<Arch> {
-    Arch::supported()
-}
-
-/// `max |got - want| / max(1, max |want|) <= tol`, reporting the worst index.
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let big = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-    let (mut worst, mut at) = (0.0f64, 0);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.is_finite() || g == f32::NEG_INFINITY,
-            "{what}: non-finite {g} at {i}"
-        );
-        let e = if g as f64 == w {
-            0.0
-        } else {
-            (g as f64 - w).abs() / big
-        };
-        if e > worst || e.is_nan() {
-            (worst, at) = (e, i);
-        }
-    }
-    assert!(
-        worst <= tol,
-        "{what}: error {worst:.3e} at {at}: got {} want {} (first got {:?}, want {:?})",
-        got[at],
-        want[at],
-        &got[..got.len().min(4)],
-        &want[..want.len().min(4)]
-    );
+/// `|got - want| <= tol · max(1, max |finite want|)`: one scale per output,
+/// since an attention output sums whole rows; NaN where `want` is NaN and
+/// the same infinities, as `assert_close` has it.
+#[track_caller]
+fn assert_scaled(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let big = want
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(1.0f64, |m, x| m.max(x.abs()));
+    assert_close(what, got, want, 0.0, tol * big);
 }
 
 /// A test problem: shapes, options and random inputs.
@@ -277,7 +243,7 @@ impl Case {
         let (o, lse, dq, dk, dv) = self.reference();
         let o32: Vec<f32> = o.iter().map(|&x| x as f32).collect();
         let lse32: Vec<f32> = lse.iter().map(|&x| x as f32).collect();
-        for level in levels() {
+        for level in Arch::supported() {
             let tag = format!(
                 "{what} {:?} causal={} mask={} {}",
                 self.shape,
@@ -286,12 +252,12 @@ impl Case {
                 level.level().name()
             );
             let (go, glse) = self.forward(level);
-            assert_close(&format!("{tag} o"), &go, &o, 2e-5);
-            assert_close(&format!("{tag} lse"), &glse, &lse, 2e-5);
+            assert_scaled(&format!("{tag} o"), &go, &o, 2e-5);
+            assert_scaled(&format!("{tag} lse"), &glse, &lse, 2e-5);
             let (gdq, gdk, gdv) = self.backward(level, &o32, &lse32);
-            assert_close(&format!("{tag} dq"), &gdq, &dq, 5e-5);
-            assert_close(&format!("{tag} dk"), &gdk, &dk, 5e-5);
-            assert_close(&format!("{tag} dv"), &gdv, &dv, 5e-5);
+            assert_scaled(&format!("{tag} dq"), &gdq, &dq, 5e-5);
+            assert_scaled(&format!("{tag} dk"), &gdk, &dk, 5e-5);
+            assert_scaled(&format!("{tag} dv"), &gdv, &dv, 5e-5);
         }
     }
 }
@@ -355,7 +321,7 @@ fn grouped_and_multi_query() {
 fn rows_without_keys_are_zero() {
     // Tq > Tk under causal: the first Tq - Tk rows see nothing.
     let case = Case::new((1, 1, 1, 20, 5, 16), true, false, 60);
-    for level in levels() {
+    for level in Arch::supported() {
         let (o, lse) = case.forward(level);
         assert!(lse[..15].iter().all(|&x| x == f32::NEG_INFINITY));
         assert!(o[..15 * 16].iter().all(|&x| x == 0.0));
@@ -369,11 +335,7 @@ fn rows_without_keys_are_zero() {
 fn bits_do_not_depend_on_runs_or_threads() {
     let case = Case::new((1, 4, 2, 200, 200, 64), true, true, 70);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        in_pool(threads, || {
             let (o, lse) = case.forward(Arch::best());
             let (dq, dk, dv) = case.backward(Arch::best(), &o, &lse);
             [o, lse, dq, dk, dv]
@@ -427,7 +389,7 @@ fn bad_shapes_are_errors() {
 fn tile_products_match_naive() {
     // C (m, n) = A (m, k) B (k, n) [+ C, + C·scale[r]], A read both ways,
     // odd m and k.
-    for level in levels() {
+    for level in Arch::supported() {
         let t = level.forced(Tiles::new);
         for &(m, n, k) in &[
             (1, 16, 1),
@@ -456,7 +418,7 @@ fn tile_products_match_naive() {
                     let acc = [Acc::No, Acc::Add, Acc::ScaleRows(&scale)][mode];
                     t.gemm((m, n, k), &a, (rsa, csa), &b, n, &mut c, n, acc);
                     let what = format!("gemm {m}x{n}x{k} {acc:?} {}", level.level().name());
-                    assert_close(&what, &c, &want, 1e-5);
+                    assert_scaled(&what, &c, &want, 1e-5);
                 }
             }
         }
@@ -465,7 +427,7 @@ fn tile_products_match_naive() {
 
 #[test]
 fn transposed_packs_match_naive() {
-    for level in levels() {
+    for level in Arch::supported() {
         let t = level.forced(Tiles::new);
         for &(rows, cols, ld) in &[
             (1, 1, 1),
@@ -499,7 +461,7 @@ fn exp2_is_accurate_and_exactly_zero_far_below() {
         .map(|i| -140.0 + i as f32 * 0.3)
         .chain([f32::NEG_INFINITY; 16])
         .collect();
-    for level in levels() {
+    for level in Arch::supported() {
         let t = level.forced(Tiles::new);
         let mut s = xs.clone();
         let rows = s.len() / 16;

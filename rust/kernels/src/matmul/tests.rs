@@ -5,53 +5,36 @@
 use super::gemm::GemmArgs;
 use super::*;
 use crate::simd::Arch;
+use crate::vec_math::testing::{assert_close, in_pool, random};
 
-/// Deterministic values in [-1, 1).
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Fails with the first differing values and the largest difference.
-// NaN must count as a mismatch: hence `!(d <= tol)`, not `d > tol`.
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let mut worst = (0.0f32, 0usize);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let d = (g - w).abs();
-        if !(d <= tol * (1.0 + w.abs())) && (d > worst.0 || d.is_nan()) {
-            worst = (if d.is_nan() { f32::INFINITY } else { d }, i);
-        }
+/// `x @ w^T + bias` by the naive oracle: what `linear_forward` must give.
+fn linear_naive(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Vec<f32> {
+    let mut want = vec![0.0; rows * out_f];
+    sgemm_naive(
+        rows,
+        out_f,
+        in_f,
+        1.0,
+        x,
+        Layout::normal(in_f),
+        w,
+        Layout::transposed(in_f),
+        0.0,
+        &mut want,
+        out_f,
+    )
+    .unwrap();
+    for (i, v) in want.iter_mut().enumerate() {
+        *v += bias[i % out_f];
     }
-    assert!(
-        worst.0 == 0.0,
-        "{what}: max diff {} at {}: got {:?} want {:?} (first values got {:?} want {:?})",
-        worst.0,
-        worst.1,
-        got[worst.1],
-        want[worst.1],
-        &got[..got.len().min(4)],
-        &want[..want.len().min(4)],
-    );
-}
-
-/// Inside a two-thread pool, so that the parallel splits run for real.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap()
-        .install(f)
+    want
 }
 
 /// One product with token `arch` on `threads` threads against the oracle, with
@@ -72,9 +55,9 @@ fn check(
     let (ar, ac) = if ta { (k, m) } else { (m, k) };
     let (br, bc) = if tb { (n, k) } else { (k, n) };
     let (lda, ldb, ldc) = (ac + pad, bc + pad, n + pad);
-    let a = data(ar * lda, 1);
-    let b = data(br * ldb, 2);
-    let c0 = data(m * ldc, 3);
+    let a = random(ar * lda, 1);
+    let b = random(br * ldb, 2);
+    let c0 = random(m * ldc, 3);
     let al = Layout { trans: ta, ld: lda };
     let bl = Layout { trans: tb, ld: ldb };
     let mut want = c0.clone();
@@ -97,13 +80,14 @@ fn check(
     dispatch!(arch, |s| unsafe { run(s, &g, threads) });
     let what =
         format!("{arch:?} x{threads} m={m} n={n} k={k} ta={ta} tb={tb} alpha={alpha} beta={beta}");
-    assert_close(&got, &want, 1e-5 * (k as f32).sqrt().max(1.0), &what);
+    let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+    assert_close(&what, &got, &want, tol, tol);
 }
 
 #[test]
 fn odd_sizes_every_token_and_transpose() {
     let sizes = [1, 7, 17, 65];
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &m in &sizes {
                 for &n in &sizes {
@@ -136,7 +120,7 @@ fn large_sizes_across_block_edges_threaded() {
         // Depth blocks of unequal length (1030 = 344 + 344 + 342 on AVX-512).
         (57, 130, 1030),
     ];
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &(m, n, k) in &shapes {
                 for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -149,7 +133,7 @@ fn large_sizes_across_block_edges_threaded() {
 
 #[test]
 fn vector_shapes_threaded() {
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &(m, n, k) in &[
                 (1, 5000, 257),
@@ -172,7 +156,7 @@ fn small_m_every_token() {
     // across the 4-row steps and the task split.
     let ks = [1, 7, 8, 15, 16, 17, 33, 100, 257];
     let ns = [2, 3, 4, 5, 7, 65, 301];
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for m in 1..=small_m::MAX_M + 1 {
                 for &n in &ns {
@@ -192,40 +176,29 @@ fn small_m_every_token() {
 
 #[test]
 fn small_m_linear_forward_bias() {
-    in_pool(|| {
+    in_pool(2, || {
         for rows in 1..=small_m::MAX_M {
             let (in_f, out_f) = (37, 203);
-            let x = data(rows * in_f, 12);
-            let w = data(out_f * in_f, 13);
-            let bias = data(out_f, 14);
+            let x = random(rows * in_f, 12);
+            let w = random(out_f * in_f, 13);
+            let bias = random(out_f, 14);
             let mut y = vec![f32::NAN; rows * out_f];
             linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
-            let mut want = vec![0.0; rows * out_f];
-            sgemm_naive(
-                rows,
-                out_f,
-                in_f,
-                1.0,
-                &x,
-                Layout::normal(in_f),
-                &w,
-                Layout::transposed(in_f),
-                0.0,
-                &mut want,
-                out_f,
-            )
-            .unwrap();
-            for (i, v) in want.iter_mut().enumerate() {
-                *v += bias[i % out_f];
-            }
-            assert_close(&y, &want, 1e-5, &format!("linear_forward rows={rows}"));
+            let want = linear_naive(&x, &w, &bias, rows, in_f, out_f);
+            assert_close(
+                &format!("linear_forward rows={rows}"),
+                &y,
+                &want,
+                1e-5,
+                1e-5,
+            );
         }
     });
 }
 
 #[test]
 fn alpha_beta_accumulate() {
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &(m, n, k) in &[(17, 65, 300), (65, 17, 7), (1, 65, 17), (65, 1, 17)] {
                 for threads in [1, 2] {
@@ -241,8 +214,8 @@ fn alpha_beta_accumulate() {
 fn beta_zero_ignores_nan_in_c() {
     for arch in Arch::supported() {
         for &(m, n, k) in &[(20, 40, 30), (1, 40, 30), (20, 1, 30), (3, 3, 0)] {
-            let a = data(m * k, 4);
-            let b = data(k * n, 5);
+            let a = random(m * k, 4);
+            let b = random(k * n, 5);
             let mut c = vec![f32::NAN; m * n];
             let (av, bv) = checked_views(
                 "t",
@@ -409,7 +382,7 @@ fn batched_broadcasting() {
         (&[0, 4, 5], &[5, 6]),
         (&[2, 4, 0], &[1, 0, 6]),
     ];
-    in_pool(|| {
+    in_pool(2, || {
         for &(ash, bsh) in cases {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let swap = |sh: &[usize], t: bool| {
@@ -421,16 +394,17 @@ fn batched_broadcasting() {
                     s
                 };
                 let (ash, bsh) = (swap(ash, ta), swap(bsh, tb));
-                let a = data(ash.iter().product(), 6);
-                let b = data(bsh.iter().product(), 7);
+                let a = random(ash.iter().product(), 6);
+                let b = random(bsh.iter().product(), 7);
                 let (want, shape) = batched_naive(&a, &ash, ta, &b, &bsh, tb);
                 let mut got = vec![f32::NAN; want.len()];
                 matmul_batched(&a, &ash, ta, &b, &bsh, tb, &mut got).unwrap();
                 assert_close(
+                    &format!("{ash:?} {ta} @ {bsh:?} {tb} -> {shape:?}"),
                     &got,
                     &want,
                     1e-5,
-                    &format!("{ash:?} {ta} @ {bsh:?} {tb} -> {shape:?}"),
+                    1e-5,
                 );
             }
         }
@@ -467,7 +441,7 @@ fn batched_rejects_bad_shapes() {
 
 #[test]
 fn linear_forward_and_backward() {
-    in_pool(|| {
+    in_pool(2, || {
         for &(rows, in_f, out_f) in &[
             (1, 17, 65),
             (65, 17, 7),
@@ -475,32 +449,15 @@ fn linear_forward_and_backward() {
             (7, 1, 1),
             (0, 3, 4),
         ] {
-            let x = data(rows * in_f, 8);
-            let w = data(out_f * in_f, 9);
-            let bias = data(out_f, 10);
-            let dy = data(rows * out_f, 11);
+            let x = random(rows * in_f, 8);
+            let w = random(out_f * in_f, 9);
+            let bias = random(out_f, 10);
+            let dy = random(rows * out_f, 11);
 
             let mut y = vec![0.0; rows * out_f];
             linear_forward(&x, &w, Some(&bias), &mut y, rows, in_f, out_f).unwrap();
-            let mut want = vec![0.0; rows * out_f];
-            sgemm_naive(
-                rows,
-                out_f,
-                in_f,
-                1.0,
-                &x,
-                Layout::normal(in_f),
-                &w,
-                Layout::transposed(in_f),
-                0.0,
-                &mut want,
-                out_f,
-            )
-            .unwrap();
-            for (i, v) in want.iter_mut().enumerate() {
-                *v += bias[i % out_f];
-            }
-            assert_close(&y, &want, 1e-5, "linear_forward");
+            let want = linear_naive(&x, &w, &bias, rows, in_f, out_f);
+            assert_close("linear_forward", &y, &want, 1e-5, 1e-5);
 
             let (mut dx, mut dw, mut db) = (
                 vec![0.0; rows * in_f],
@@ -553,9 +510,9 @@ fn linear_forward_and_backward() {
             let want_db: Vec<f32> = (0..out_f)
                 .map(|j| (0..rows).map(|i| dy[i * out_f + j]).sum())
                 .collect();
-            assert_close(&dx, &want_dx, 1e-5, "dx");
-            assert_close(&dw, &want_dw, 1e-4, "dw");
-            assert_close(&db, &want_db, 1e-4, "db");
+            assert_close("dx", &dx, &want_dx, 1e-5, 1e-5);
+            assert_close("dw", &dw, &want_dw, 1e-4, 1e-4);
+            assert_close("db", &db, &want_db, 1e-4, 1e-4);
 
             // Accumulating adds the same gradients again.
             linear_backward(
@@ -572,8 +529,8 @@ fn linear_forward_and_backward() {
             )
             .unwrap();
             let twice = |v: &[f32]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
-            assert_close(&dw, &twice(&want_dw), 1e-4, "dw accumulated");
-            assert_close(&db, &twice(&want_db), 1e-4, "db accumulated");
+            assert_close("dw accumulated", &dw, &twice(&want_dw), 1e-4, 1e-4);
+            assert_close("db accumulated", &db, &twice(&want_db), 1e-4, 1e-4);
         }
     });
 }
@@ -583,7 +540,7 @@ fn every_partial_row_panel_with_epilogue() {
     // m = 33..=46 leaves every remainder mod MR = 14 (AVX-512) and mod 6
     // (AVX2) in the last row panel, on the GEMM path (m > small_m's
     // MAX_M); n = 71 also has a partial column panel; both threads.
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for m in 33..=46 {
                 for (ta, tb) in [(false, false), (false, true), (true, false)] {
@@ -600,11 +557,14 @@ fn every_partial_row_panel_with_epilogue() {
 
 /// `linear_forward` with a bias, on the pool, against a float64 loop.
 fn check_linear_bias(rows: usize, in_f: usize, out_f: usize) {
-    let x = data(rows * in_f, 4);
-    let w = data(out_f * in_f, 5);
-    let b = data(out_f, 6);
+    let x = random(rows * in_f, 4);
+    let w = random(out_f * in_f, 5);
+    let b = random(out_f, 6);
     let mut y = vec![f32::NAN; rows * out_f];
-    in_pool(|| linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)).unwrap();
+    in_pool(2, || {
+        linear_forward(&x, &w, Some(&b), &mut y, rows, in_f, out_f)
+    })
+    .unwrap();
     let mut want = vec![0.0f32; rows * out_f];
     for i in 0..rows {
         for j in 0..out_f {
@@ -615,10 +575,11 @@ fn check_linear_bias(rows: usize, in_f: usize, out_f: usize) {
         }
     }
     assert_close(
+        &format!("linear_forward rows={rows} in={in_f} out={out_f}"),
         &y,
         &want,
         1e-4,
-        &format!("linear_forward rows={rows} in={in_f} out={out_f}"),
+        1e-4,
     );
 }
 
@@ -627,7 +588,7 @@ fn few_rows_against_w_in_place() {
     // The `swapped` path (AVX-512; 33..=256 rows of x against W (n, k)
     // read in place): partial x panels and W blocks, strided x (trans_a),
     // the epilogue, one and two threads; and the bias through linear_forward.
-    in_pool(|| {
+    in_pool(2, || {
         for arch in Arch::supported() {
             for &m in &[33, 47, 64, 100, 128, 256] {
                 for &(n, k) in &[(28, 64), (71, 77), (300, 768)] {

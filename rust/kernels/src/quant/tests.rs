@@ -4,31 +4,17 @@
 use super::blocks::{decode_block, ChunkScale, QType, CHUNK};
 use super::{quantized_linear_forward, Activations};
 use crate::simd::Arch;
-
-/// A small deterministic generator (xorshift), so the tests need no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
+use crate::vec_math::testing::Rng;
 
 /// Random blocks whose f16 fields are finite values in [2^-10, 2^-6).
 fn random_weight(t: QType, out_f: usize, in_f: usize, rng: &mut Rng) -> Vec<u8> {
     let n_blocks = out_f * in_f / t.block_size();
     let mut w: Vec<u8> = (0..n_blocks * t.type_size())
-        .map(|_| rng.next() as u8)
+        .map(|_| rng.next_u64() as u8)
         .collect();
     for blk in w.chunks_exact_mut(t.type_size()) {
         for &at in t.half_offsets() {
-            let h: u16 = 0x1400 | (rng.next() as u16 & 0x0fff);
+            let h: u16 = 0x1400 | (rng.next_u64() as u16 & 0x0fff);
             blk[at..at + 2].copy_from_slice(&h.to_le_bytes());
         }
     }
@@ -58,11 +44,11 @@ fn decode(t: QType, w: &[u8], out_f: usize, in_f: usize) -> Vec<f32> {
 }
 
 fn check(t: QType, mode: Activations, rows: usize, in_f: usize, out_f: usize, with_bias: bool) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (rows * 31 + in_f * 7 + out_f) as u64);
+    let mut rng = Rng::new((rows * 31 + in_f * 7 + out_f) as u64);
     let w = random_weight(t, out_f, in_f, &mut rng);
     let wf = decode(t, &w, out_f, in_f);
-    let x: Vec<f32> = (0..rows * in_f).map(|_| rng.f32()).collect();
-    let bias: Vec<f32> = (0..out_f).map(|_| rng.f32()).collect();
+    let x: Vec<f32> = (0..rows * in_f).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let bias: Vec<f32> = (0..out_f).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let b = with_bias.then_some(&bias[..]);
     for arch in Arch::supported() {
         let mut y = vec![f32::NAN; rows * out_f];
@@ -121,9 +107,9 @@ fn quant_every_type_odd_sizes() {
 fn quant_nonfinite_rows_propagate() {
     let t = QType::Q4_0;
     let (rows, in_f, out_f) = (3, 64, 5);
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let w = random_weight(t, out_f, in_f, &mut rng);
-    let mut x: Vec<f32> = (0..rows * in_f).map(|_| rng.f32()).collect();
+    let mut x: Vec<f32> = (0..rows * in_f).map(|_| rng.uniform(-1.0, 1.0)).collect();
     x[in_f + 3] = f32::NAN;
     x[2 * in_f + 40] = f32::INFINITY;
     let wf = decode(t, &w, out_f, in_f);

@@ -1,6 +1,8 @@
-//! Test helpers shared by the row-wise kernels' tests: a seeded generator
-//! and one `assert_close` that prints where and by how much a kernel
-//! missed its f64 reference.
+//! The crate's one set of test helpers: a seeded generator and one
+//! `assert_close` that prints where and by how much a kernel missed its
+//! reference. Every test module uses these and `Arch::supported()` for
+//! the SIMD instances, so a change to how tests compare or draw data is
+//! made once.
 
 /// Sizes every row-wise test sweeps: one lane, below, across and well past
 /// each register width, and a long row.
@@ -29,17 +31,40 @@ impl Rng {
     }
 }
 
+/// `n` values uniform in `[-1, 1)` from `seed`.
+pub fn random(n: usize, seed: u64) -> Vec<f32> {
+    Rng::new(seed).vec(n, -1.0, 1.0)
+}
+
+/// Runs `f` inside a fresh rayon pool of `threads` threads, so that the
+/// parallel splits run for real or a result can be compared across counts.
+pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 /// Asserts `|got - want| <= atol + rtol |want|` element-wise, printing the
 /// first values and the worst miss on failure. Where `want` is NaN `got`
-/// must be NaN, and where it is infinite, the same infinity.
+/// must be NaN, and where it is infinite, the same infinity. `want` is an
+/// f64 reference or an f32 one (compared in f64, exactly as given).
 #[track_caller]
 // `!(err <= worst)` on purpose: a NaN miss is the worst one.
 #[allow(clippy::neg_cmp_op_on_partial_ord)]
-pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+pub fn assert_close<W: Copy + Into<f64>>(
+    what: &str,
+    got: &[f32],
+    want: &[W],
+    rtol: f64,
+    atol: f64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = (0usize, 0.0f64);
     let mut bad = 0usize;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let w: f64 = w.into();
         let err = (g as f64 - w).abs();
         let ok = if w.is_nan() {
             g.is_nan()
@@ -56,13 +81,18 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
         }
     }
     if bad > 0 {
-        let head: Vec<_> = got.iter().zip(want).take(6).collect();
+        let head: Vec<(f32, f64)> = got
+            .iter()
+            .zip(want)
+            .take(6)
+            .map(|(&g, &w)| (g, w.into()))
+            .collect();
         panic!(
             "{what}: {bad} of {} elements off; worst at {} got {} want {} (|diff| {:e}); first {head:?}",
             got.len(),
             worst.0,
             got[worst.0],
-            want[worst.0],
+            want[worst.0].into(),
             worst.1
         );
     }
