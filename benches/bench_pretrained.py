@@ -76,12 +76,14 @@ def sentences(n: int, seed: int = 0) -> List[str]:
     return out
 
 
-def _load(name: str, backend: str):
-    """(model, tokenizer), or None after printing why the model is skipped."""
+def _load(name: str, heading: str):
+    """Prints the section's heading, then (model, tokenizer) on the rust backend, or None
+    after printing why the model is skipped."""
     from ferroformer.pretrained import MissingPackage, load
 
+    print(f"## {name}: {heading}", flush=True)
     try:
-        return load(name, backend=backend)
+        return load(name, backend="rust")
     except (MissingPackage, ImportError) as e:
         print(f"{name}: skipped ({e})")
         return None
@@ -175,8 +177,7 @@ def bench_minilm(args, torch) -> None:
     from ferroformer.pretrained.minilm import embed
 
     name = "all-MiniLM-L6-v2"
-    print(f"## {name}: sentences/s, batch {args.batch}", flush=True)
-    loaded = _load(name, "rust")
+    loaded = _load(name, f"sentences/s, batch {args.batch}")
     if loaded is None:
         return
     model, tok = loaded
@@ -337,8 +338,7 @@ def torch_llama(state: Dict[str, np.ndarray], cfg: Dict):
 
 def bench_smollm(args, torch) -> None:
     name = "SmolLM2-135M-Instruct"
-    print(f"## {name}: greedy decode, batch 1", flush=True)
-    loaded = _load(name, "rust")
+    loaded = _load(name, "greedy decode, batch 1")
     if loaded is None:
         return
     model, tok = loaded

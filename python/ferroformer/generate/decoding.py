@@ -74,9 +74,10 @@ def _max_len(model) -> int:
 
 
 class _Picker:
-    """Chooses each step's tokens, tracks finished rows and collects the output."""
+    """Chooses each step's tokens, tracks finished rows, collects the output and moves
+    the progress bar: the part both decoding loops share."""
 
-    def __init__(self, batch, n, *, temperature, top_k, top_p, eos_id, seed, callback=None):
+    def __init__(self, batch, n, progress, temperature, top_k, top_p, eos_id, seed, callback):
         check_sampling_args(temperature, top_k, top_p)
         self.callback = callback
         self.kw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -85,6 +86,7 @@ class _Picker:
         self.out = np.full((batch, n), -1 if eos_id is None else eos_id, dtype=np.int64)
         self.done = np.zeros(batch, bool)
         self.n = 0
+        self.bar = _bar(progress, n)
 
     def pick(self, logits):
         """logits (B, V) (any backend) -> next ids (B,) host int64; True when all rows are done."""
@@ -96,9 +98,11 @@ class _Picker:
         self.n += 1
         if self.callback is not None:
             self.callback(nxt.copy())
+        self.bar.update(1)
         return nxt, bool(self.done.all()) if self.eos_id is not None else False
 
     def result(self):
+        self.bar.close()
         return self.out[:, : self.n]
 
 
@@ -134,25 +138,14 @@ def generate(
             f"generate: prompt length {t} + max_new_tokens {max_new_tokens} - 1 = "
             f"{total} positions exceed the model's max_seq_len {_max_len(model)}"
         )
-    picker = _Picker(
-        b,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        seed=seed,
-        callback=callback,
-    )
+    picker = _Picker(b, max_new_tokens, progress, temperature, top_k, top_p, eos_id, seed, callback)
     xp = model.ops.xp
-    bar = _bar(progress, max_new_tokens)
     with _eval(model):
         if use_cache:
             cache = model.new_cache(b, total, pad=pad)
             logits = model(xp.asarray(ids), cache=cache, last_only=True)
             for step in range(max_new_tokens):
                 nxt, finished = picker.pick(logits[:, -1])
-                bar.update(1)
                 if finished or step == max_new_tokens - 1:
                     break
                 logits = model(xp.asarray(nxt[:, None]), cache=cache, last_only=True)
@@ -163,11 +156,9 @@ def generate(
                 cache = model.new_cache(b, seq.shape[1], pad=pad)
                 logits = model(xp.asarray(seq), cache=cache, last_only=True)
                 nxt, finished = picker.pick(logits[:, -1])
-                bar.update(1)
                 if finished:
                     break
                 seq = np.concatenate([seq, nxt[:, None]], axis=1)
-    bar.close()
     return picker.result()
 
 
@@ -200,17 +191,7 @@ def generate_seq2seq(
     if src.ndim != 2:
         raise ValueError(f"generate: src must be (B, Ts) token ids, got shape {tuple(src.shape)}")
     b = src.shape[0]
-    picker = _Picker(
-        b,
-        max_len,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        seed=seed,
-        callback=callback,
-    )
-    bar = _bar(progress, max_len)
+    picker = _Picker(b, max_len, progress, temperature, top_k, top_p, eos_id, seed, callback)
     with _eval(model):
         mask = model.source_mask(src, src_key_padding_mask)
         memory = model.encode(src, mask)
@@ -225,12 +206,10 @@ def generate_seq2seq(
             else:
                 logits = model.decode(xp.asarray(tgt), memory, mask, last_only=True)
             nxt, finished = picker.pick(logits[:, -1])
-            bar.update(1)
             if finished:
                 break
             step_in = nxt[:, None]
             tgt = np.concatenate([tgt, step_in], axis=1)
-    bar.close()
     return picker.result()
 
 

@@ -30,7 +30,9 @@ class Model(Module):
         """Called first by each model's __init__ with its ``locals()``: records the
         JSON arguments as ``config`` and the layer factories that are not the defaults
         as ``factories`` (a TypeError for one that is not callable); returns the
-        generator the layers draw their weights from."""
+        generator the layers draw their weights from, and the keyword arguments
+        every block of the model takes from it (the factories, that generator and
+        the dtype) for ``block_stack``."""
         config, self.factories = split_factories(type(self).__name__, args)
         self.config = {
             k: v
@@ -39,7 +41,9 @@ class Model(Module):
         }
         self._backend_request = args["backend"]
         self._dtype = np.dtype(args["dtype"])
-        return np.random.default_rng(args["rng"])
+        rng = np.random.default_rng(args["rng"])
+        layers = {k: args[k] for k in ("linear", "ff", "mixer")}
+        return rng, dict(layers, rng=rng, dtype=args["dtype"])
 
     def _finish(self) -> None:
         """Moves the freshly built (host) parameters to the requested backend."""

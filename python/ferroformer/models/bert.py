@@ -66,7 +66,7 @@ class BERT(Model):
         rng=None,
     ):
         super().__init__()
-        rng = self._setup(dict(locals()))
+        rng, layers = self._setup(dict(locals()))
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.pos_emb = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
@@ -86,11 +86,7 @@ class BERT(Model):
             activation="gelu",
             gelu_approximate=gelu_approximate,
             checkpoint=checkpoint,
-            linear=linear,
-            ff=ff,
-            mixer=mixer,
-            rng=rng,
-            dtype=dtype,
+            **layers,
         )
         self.head_dense = linear(d_model, d_model, True, rng=rng, dtype=dtype, name="head_dense")
         self.head_ln = LayerNorm(d_model, norm_eps, dtype=dtype)

@@ -60,7 +60,7 @@ class GPT(CausalLM, Model):
         rng=None,
     ):
         super().__init__()
-        rng = self._setup(dict(locals()))
+        rng, layers = self._setup(dict(locals()))
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.wte = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.wpe = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
@@ -77,11 +77,7 @@ class GPT(CausalLM, Model):
             activation="gelu",
             bias=bias,
             checkpoint=checkpoint,
-            linear=linear,
-            ff=ff,
-            mixer=mixer,
-            rng=rng,
-            dtype=dtype,
+            **layers,
         )
         self.ln_f = LayerNorm(d_model, dtype=dtype)
         self.head = tied_head(self.wte, False, dtype)

@@ -63,7 +63,7 @@ class Llama(CausalLM, Model):
         rng=None,
     ):
         super().__init__()
-        rng = self._setup(dict(locals()))
+        rng, layers = self._setup(dict(locals()))
         if d_ff is None:
             d_ff = -(-(8 * d_model // 3) // 32) * 32
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
@@ -83,11 +83,7 @@ class Llama(CausalLM, Model):
             bias=False,
             rope=self.rope,
             checkpoint=checkpoint,
-            linear=linear,
-            ff=ff,
-            mixer=mixer,
-            rng=rng,
-            dtype=dtype,
+            **layers,
         )
         self.norm = RMSNorm(d_model, norm_eps, dtype=dtype)
         if tie_embeddings:  # drawn like an untied head, so that the rest of the weights agree

@@ -72,7 +72,7 @@ class Transformer(Model):
         rng=None,
     ):
         super().__init__()
-        rng = self._setup(dict(locals()))
+        rng, layers = self._setup(dict(locals()))
         self.pad_id = pad_id
         std = 1.0 / math.sqrt(d_model)  # unit variance after the sqrt(d_model) scale
         self.src_emb = Embedding(src_vocab_size, d_model, scale=True, std=std, rng=rng, dtype=dtype)
@@ -85,11 +85,7 @@ class Transformer(Model):
             norm_first=norm_first,
             activation=activation,
             checkpoint=checkpoint,
-            linear=linear,
-            ff=ff,
-            mixer=mixer,
-            rng=rng,
-            dtype=dtype,
+            **layers,
         )
         self.encoder = block_stack(
             EncoderBlock, n_encoder_layers, "encoder", d_model, n_heads, d_ff, **kw

@@ -60,7 +60,56 @@ __device__ __forceinline__ void load_rows_float(float* tile, const T* src, int r
     }
 }
 
+// This lane's columns (see above) of one row of a and of b, starting at
+// element `start`, into registers; 0 past D or where the row does not exist.
+template <typename T, int COLS>
+__device__ __forceinline__ void load_lane_pair(float* a_reg, float* b_reg, const T* a, const T* b,
+                                               i64 start, bool exists, int lane_col, int D) {
+    for (int c = 0; c < COLS; ++c) {
+        const int d = lane_col + c * ROW_THREADS;
+        a_reg[c] = exists && d < D ? to_float(a[start + d]) : 0.0f;
+        b_reg[c] = exists && d < D ? to_float(b[start + d]) : 0.0f;
+    }
+}
+
 // -- forward ------------------------------------------------------------------------
+
+// What the two query-row kernels (the forward and dQ) share: K, V and the key
+// bias of KEYS keys at a time in dynamic shared memory, the block's query tile,
+// this thread's row and lane, and the keys the tile and the row may see.
+template <typename T, int D_MAX>
+struct SimtQueryRows : QueryTile<T> {
+    typedef SimtTiles<D_MAX> Tiles;
+    float* k_tile;    // (KEYS, D_MAX)
+    float* v_tile;    // (KEYS, D_MAX)
+    float* key_bias;  // (KEYS,)
+    int row, lane_col, key_end, row_key_end;
+    bool row_valid;
+
+    __device__ __forceinline__ SimtQueryRows(unsigned char* shared, const T* k, const T* v,
+                                             const bool* key_mask, int Hq, int Hkv, int Tq,
+                                             int Tk, int D, int causal)
+        : QueryTile<T>(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D) {
+        k_tile = reinterpret_cast<float*>(shared);
+        v_tile = k_tile + Tiles::KEYS * D_MAX;
+        key_bias = v_tile + Tiles::KEYS * D_MAX;
+        row = this->m0 + (int)threadIdx.x / ROW_THREADS;
+        lane_col = threadIdx.x % ROW_THREADS;
+        row_valid = row < Tq;
+        const int last_row = min(this->m0 + SIMT_ROWS, Tq) - 1;
+        key_end = causal ? causal_key_end(last_row, Tq, Tk) : Tk;
+        row_key_end = causal ? causal_key_end(row, Tq, Tk) : Tk;
+    }
+
+    // Keys [n0, n0 + KEYS) into the shared tiles, once every row is done with the previous ones.
+    __device__ __forceinline__ void load_keys(int n0, int D) const {
+        __syncthreads();
+        load_rows_float<T, D_MAX>(k_tile, this->k_head, n0, Tiles::KEYS, key_end, D);
+        load_rows_float<T, D_MAX>(v_tile, this->v_head, n0, Tiles::KEYS, key_end, D);
+        load_key_bias(key_bias, this->mask_row, n0, Tiles::KEYS, key_end);
+        __syncthreads();
+    }
+};
 
 // grid (ceil(Tq / 16) * B * Hq), block 128, dynamic shared memory
 // (2 * KEYS * D_MAX + KEYS) floats. Block x takes query rows [16 t, 16 t + 16)
@@ -72,15 +121,9 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
                                        float scale, int causal) {
     typedef SimtTiles<D_MAX> Tiles;
     DYNAMIC_SHARED(shared);
-    float* k_tile = reinterpret_cast<float*>(shared);  // (KEYS, D_MAX)
-    float* v_tile = k_tile + Tiles::KEYS * D_MAX;        // (KEYS, D_MAX)
-    float* key_bias = v_tile + Tiles::KEYS * D_MAX;      // (KEYS,)
-
-    const QueryTile<T> tile(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D);
-    const int bh = tile.bh, m0 = tile.m0;
-    const int row = m0 + (int)threadIdx.x / ROW_THREADS;
-    const int lane_col = threadIdx.x % ROW_THREADS;
-    const bool row_valid = row < Tq;
+    const SimtQueryRows<T, D_MAX> tile(shared, k, v, key_mask, Hq, Hkv, Tq, Tk, D, causal);
+    const int bh = tile.bh, row = tile.row, lane_col = tile.lane_col;
+    const bool row_valid = tile.row_valid;
 
     const float scale_log2 = scale * FLASH_LOG2E;
     float q_reg[Tiles::COLS], acc[Tiles::COLS];
@@ -89,17 +132,10 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
         q_reg[c] = row_valid && d < D ? to_float(q[((i64)bh * Tq + row) * D + d]) * scale_log2 : 0.0f;
         acc[c] = 0.0f;
     }
-    const int last_row = min(m0 + SIMT_ROWS, Tq) - 1;
-    const int key_end = causal ? causal_key_end(last_row, Tq, Tk) : Tk;
-    const int row_key_end = causal ? causal_key_end(row, Tq, Tk) : Tk;
 
     float m = neg_inf(), l = 0.0f;
-    for (int n0 = 0; n0 < key_end; n0 += Tiles::KEYS) {
-        __syncthreads();  // every row is done with the previous tile
-        load_rows_float<T, D_MAX>(k_tile, tile.k_head, n0, Tiles::KEYS, key_end, D);
-        load_rows_float<T, D_MAX>(v_tile, tile.v_head, n0, Tiles::KEYS, key_end, D);
-        load_key_bias(key_bias, tile.mask_row, n0, Tiles::KEYS, key_end);
-        __syncthreads();
+    for (int n0 = 0; n0 < tile.key_end; n0 += Tiles::KEYS) {
+        tile.load_keys(n0, D);
 
         float s[Tiles::KEYS];
         float tile_max = neg_inf();
@@ -107,10 +143,10 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
         for (int j = 0; j < Tiles::KEYS; ++j) {
             float part = 0.0f;
             for (int c = 0; c < Tiles::COLS; ++c) {
-                part += q_reg[c] * k_tile[j * D_MAX + lane_col + c * ROW_THREADS];
+                part += q_reg[c] * tile.k_tile[j * D_MAX + lane_col + c * ROW_THREADS];
             }
             const float sj = group_sum(part);
-            s[j] = key_bias[j] == 0.0f && n0 + j < row_key_end ? sj : neg_inf();
+            s[j] = tile.key_bias[j] == 0.0f && n0 + j < tile.row_key_end ? sj : neg_inf();
             tile_max = fmaxf(tile_max, s[j]);
         }
         const float m_new = fmaxf(m, tile_max);
@@ -123,7 +159,7 @@ __global__ void attention_forward_simt(const T* q, const T* k, const T* v, const
             const float p = exp2f(s[j] - m_use);
             l += p;
             for (int c = 0; c < Tiles::COLS; ++c) {
-                acc[c] += p * v_tile[j * D_MAX + lane_col + c * ROW_THREADS];
+                acc[c] += p * tile.v_tile[j * D_MAX + lane_col + c * ROW_THREADS];
             }
         }
         m = m_new;
@@ -184,15 +220,10 @@ __global__ void attention_backward_kv_simt(const T* q, const T* k, const T* v, c
     const bool key_exists = key < Tk;
     const bool key_valid = key_exists && !(key_mask && key_mask[(i64)b * Tk + key]);
 
-    float k_reg[Tiles::COLS], v_reg[Tiles::COLS], dk_acc[Tiles::COLS], dv_acc[Tiles::COLS];
-    for (int c = 0; c < Tiles::COLS; ++c) {
-        const int d = lane_col + c * ROW_THREADS;
-        const i64 at = ((i64)bhk * Tk + key) * D + d;
-        k_reg[c] = key_exists && d < D ? to_float(k[at]) : 0.0f;
-        v_reg[c] = key_exists && d < D ? to_float(v[at]) : 0.0f;
-        dk_acc[c] = 0.0f;
-        dv_acc[c] = 0.0f;
-    }
+    float k_reg[Tiles::COLS], v_reg[Tiles::COLS];
+    float dk_acc[Tiles::COLS] = {}, dv_acc[Tiles::COLS] = {};
+    load_lane_pair<T, Tiles::COLS>(k_reg, v_reg, k, v, ((i64)bhk * Tk + key) * D, key_exists,
+                                   lane_col, D);
     const float scale_log2 = scale * FLASH_LOG2E;
     const int q_begin = causal ? causal_first_query(n0, Tq, Tk) : 0;
 
@@ -248,44 +279,26 @@ __global__ void attention_backward_q_simt(const T* q, const T* k, const T* v, co
                                           int Tk, int D, float scale, int causal) {
     typedef SimtTiles<D_MAX> Tiles;
     DYNAMIC_SHARED(shared);
-    float* k_tile = reinterpret_cast<float*>(shared);  // (KEYS, D_MAX)
-    float* v_tile = k_tile + Tiles::KEYS * D_MAX;        // (KEYS, D_MAX)
-    float* key_bias = v_tile + Tiles::KEYS * D_MAX;      // (KEYS,)
+    const SimtQueryRows<T, D_MAX> tile(shared, k, v, key_mask, Hq, Hkv, Tq, Tk, D, causal);
+    const int bh = tile.bh, row = tile.row, lane_col = tile.lane_col;
+    const bool row_valid = tile.row_valid;
 
-    const QueryTile<T> tile(k, v, key_mask, SIMT_ROWS, Hq, Hkv, Tq, Tk, D);
-    const int bh = tile.bh, m0 = tile.m0;
-    const int row = m0 + (int)threadIdx.x / ROW_THREADS;
-    const int lane_col = threadIdx.x % ROW_THREADS;
-    const bool row_valid = row < Tq;
-
-    float q_reg[Tiles::COLS], do_reg[Tiles::COLS], dq_acc[Tiles::COLS];
-    for (int c = 0; c < Tiles::COLS; ++c) {
-        const int d = lane_col + c * ROW_THREADS;
-        const i64 at = ((i64)bh * Tq + row) * D + d;
-        q_reg[c] = row_valid && d < D ? to_float(q[at]) : 0.0f;
-        do_reg[c] = row_valid && d < D ? to_float(d_out[at]) : 0.0f;
-        dq_acc[c] = 0.0f;
-    }
+    float q_reg[Tiles::COLS], do_reg[Tiles::COLS], dq_acc[Tiles::COLS] = {};
+    load_lane_pair<T, Tiles::COLS>(q_reg, do_reg, q, d_out, ((i64)bh * Tq + row) * D, row_valid,
+                                   lane_col, D);
     const float scale_log2 = scale * FLASH_LOG2E;
     const float row_lse2 = row_valid ? lse_to_log2(lse[(i64)bh * Tq + row]) : pos_inf();
     const float row_delta = row_valid ? delta[(i64)bh * Tq + row] : 0.0f;
-    const int last_row = min(m0 + SIMT_ROWS, Tq) - 1;
-    const int key_end = causal ? causal_key_end(last_row, Tq, Tk) : Tk;
-    const int row_key_end = causal ? causal_key_end(row, Tq, Tk) : Tk;
 
-    for (int n0 = 0; n0 < key_end; n0 += Tiles::KEYS) {
-        __syncthreads();
-        load_rows_float<T, D_MAX>(k_tile, tile.k_head, n0, Tiles::KEYS, key_end, D);
-        load_rows_float<T, D_MAX>(v_tile, tile.v_head, n0, Tiles::KEYS, key_end, D);
-        load_key_bias(key_bias, tile.mask_row, n0, Tiles::KEYS, key_end);
-        __syncthreads();
+    for (int n0 = 0; n0 < tile.key_end; n0 += Tiles::KEYS) {
+        tile.load_keys(n0, D);
         for (int j = 0; j < Tiles::KEYS; ++j) {
-            const float* kj = k_tile + j * D_MAX + lane_col;
-            const float* vj = v_tile + j * D_MAX + lane_col;
+            const float* kj = tile.k_tile + j * D_MAX + lane_col;
+            const float* vj = tile.v_tile + j * D_MAX + lane_col;
             float qk, dp;
             pair_dots<Tiles::COLS>(q_reg, kj, do_reg, vj, qk, dp);
             const float s = qk * scale_log2;
-            const bool visible = key_bias[j] == 0.0f && n0 + j < row_key_end;
+            const bool visible = tile.key_bias[j] == 0.0f && n0 + j < tile.row_key_end;
             const float p = visible ? exp2f(s - row_lse2) : 0.0f;
             const float ds = p * (dp - row_delta);
             for (int c = 0; c < Tiles::COLS; ++c) dq_acc[c] += ds * kj[c * ROW_THREADS];
