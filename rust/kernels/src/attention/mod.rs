@@ -95,7 +95,7 @@ pub fn attention_forward(
     o: &mut [f32],
     lse: &mut [f32],
 ) -> Result<()> {
-    forward_in(q, k, v, shape, shape.kv_len, opts, o, lse)
+    attention_forward_cached(q, k, v, shape, shape.kv_len, opts, o, lse)
 }
 
 /// Forward attention over the first `shape.kv_len` keys of a KV cache:
@@ -120,7 +120,47 @@ pub fn attention_forward_cached(
             shape.kv_len
         )));
     }
-    forward_in(q, k, v, shape, capacity, opts, o, lse)
+    const OP: &str = "attention_forward";
+    check_inputs(OP, q, k, v, shape, capacity, opts)?;
+    let s = shape;
+    check_len(OP, "o", o.len(), &[s.batch, s.q_heads, s.q_len, s.head_dim])?;
+    check_len(OP, "lse", lse.len(), &[s.batch, s.q_heads, s.q_len])?;
+    if o.is_empty() {
+        return Ok(());
+    }
+    let (d, dp) = (s.head_dim, padded_dim(s.head_dim));
+    // Padded copies hold only the used rows [0, kv_len) of each cache slab,
+    // so a decode step costs O(kv_len), not O(capacity).
+    let kv_stride = if dp == d { capacity } else { s.kv_len };
+    let q = pad_rows(q, d, dp);
+    let (k, v) = (
+        pad_slabs(k, capacity, s.kv_len, d, dp),
+        pad_slabs(v, capacity, s.kv_len, d, dp),
+    );
+    let mut o_pad = Vec::new();
+    let o_target: &mut [f32] = if dp == d {
+        o
+    } else {
+        o_pad.resize(o.len() / d * dp, 0.0);
+        &mut o_pad
+    };
+    let problem = Problem {
+        tiles: Tiles::new(),
+        shape,
+        opts,
+        dp,
+        kv_stride,
+        mask_stride: capacity,
+    };
+    if s.q_len <= DECODE_MAX_Q {
+        decode::forward(&problem, &q, &k, &v, o_target, lse);
+    } else {
+        forward::forward(&problem, &q, &k, &v, o_target, lse);
+    }
+    if dp != d {
+        unpad_rows(&o_pad, dp, o, d);
+    }
+    Ok(())
 }
 
 /// Backward attention: from `d_o (B, Hq, Tq, D)` and the forward's `o`
@@ -205,62 +245,6 @@ pub fn attention_backward(
         unpad_rows(&dq_pad, dp, dq, d);
         unpad_rows(&dk_pad, dp, dk, d);
         unpad_rows(&dv_pad, dp, dv, d);
-    }
-    Ok(())
-}
-
-/// The forward of both public entries: `k, v` hold `capacity` positions
-/// per slab, of which the first `shape.kv_len` are read.
-#[allow(clippy::too_many_arguments)]
-fn forward_in(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    shape: AttentionShape,
-    capacity: usize,
-    opts: AttentionOptions<'_>,
-    o: &mut [f32],
-    lse: &mut [f32],
-) -> Result<()> {
-    const OP: &str = "attention_forward";
-    check_inputs(OP, q, k, v, shape, capacity, opts)?;
-    let s = shape;
-    check_len(OP, "o", o.len(), &[s.batch, s.q_heads, s.q_len, s.head_dim])?;
-    check_len(OP, "lse", lse.len(), &[s.batch, s.q_heads, s.q_len])?;
-    if o.is_empty() {
-        return Ok(());
-    }
-    let (d, dp) = (s.head_dim, padded_dim(s.head_dim));
-    // Padded copies hold only the used rows [0, kv_len) of each cache slab,
-    // so a decode step costs O(kv_len), not O(capacity).
-    let kv_stride = if dp == d { capacity } else { s.kv_len };
-    let q = pad_rows(q, d, dp);
-    let (k, v) = (
-        pad_slabs(k, capacity, s.kv_len, d, dp),
-        pad_slabs(v, capacity, s.kv_len, d, dp),
-    );
-    let mut o_pad = Vec::new();
-    let o_target: &mut [f32] = if dp == d {
-        o
-    } else {
-        o_pad.resize(o.len() / d * dp, 0.0);
-        &mut o_pad
-    };
-    let problem = Problem {
-        tiles: Tiles::new(),
-        shape,
-        opts,
-        dp,
-        kv_stride,
-        mask_stride: capacity,
-    };
-    if s.q_len <= DECODE_MAX_Q {
-        decode::forward(&problem, &q, &k, &v, o_target, lse);
-    } else {
-        forward::forward(&problem, &q, &k, &v, o_target, lse);
-    }
-    if dp != d {
-        unpad_rows(&o_pad, dp, o, d);
     }
     Ok(())
 }

@@ -99,9 +99,13 @@ pub(super) trait TileKernels: Simd {
     );
 
     /// `dst[d][c] = src[c][d]·scale` as [`Tiles::pack_transposed`]
-    /// describes, zero up to the next multiple of 16 rows; the slices are
-    /// checked there (this default indexes them, so it checks again).
-    fn pack_transposed(
+    /// describes, zero up to the next multiple of 16 rows.
+    ///
+    /// # Safety
+    /// The slices and sizes must pass what [`Tiles::pack_transposed`]
+    /// asserts (the SIMD body does not check again; this default indexes
+    /// the slices, so it is safe in itself).
+    unsafe fn pack_transposed(
         self,
         src: &[f32],
         (rows, cols, ld): (usize, usize, usize),
@@ -319,13 +323,11 @@ impl Tiles {
         let width = rows.div_ceil(16) * 16;
         assert!(cols <= ld && width <= ldd && ld * 16 <= i32::MAX as usize);
         assert!(src.len() >= (rows - 1) * ld + cols && dst.len() >= (cols - 1) * ldd + width);
-        dispatch!(self.arch, |t| t.pack_transposed(
-            src,
-            (rows, cols, ld),
-            scale,
-            dst,
-            ldd
-        ))
+        // SAFETY: the asserts above are the contract of
+        // `TileKernels::pack_transposed`.
+        dispatch!(self.arch, |t| unsafe {
+            t.pack_transposed(src, (rows, cols, ld), scale, dst, ldd)
+        })
     }
 
     /// `out[j] = Σ_i q[i]·rows[j·d + i]` with `d = q.len()`, a multiple of
