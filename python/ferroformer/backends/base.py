@@ -59,6 +59,24 @@ class Backend:
         if n > C.ROOM_FAST:
             C.room(op, out_bytes, arrays, self._memory_limit())
 
+    def _ready(self, x, dtype, width: int, out_width: int = 0) -> bool:
+        """Whether ``x`` may go straight to an ``_op`` from a module whose other
+        arguments were fixed at construction (weights of known shapes, its own
+        intermediate results): ``x`` is this backend's array, of ``dtype`` (one of
+        its float dtypes), with last axis ``width``, and a result of ``out_width``
+        values per row of it stays far below any memory limit. A module calls the
+        public op where this is False, and so checks every input once: the public
+        op raises the contract's error, or takes the case the fast path leaves out
+        (a mixed-precision mix of dtypes)."""
+        return (
+            isinstance(x, self.xp.ndarray)
+            and x.dtype == dtype
+            and dtype in self.float_dtypes
+            and x.shape[-1:] == (width,)
+            and width > 0
+            and x.size // width * (width + out_width) * dtype.itemsize < C.ROOM_FAST
+        )
+
     def _mask(self, op, key_padding_mask):
         if key_padding_mask is None:
             return None

@@ -32,6 +32,8 @@ states (generate/cache.py) passes a layer its slot as ``cache=``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backends import to_host
@@ -168,9 +170,7 @@ class MultiHeadAttention(Module):
         if self.alibi:
             o, extra = self._unfused_forward(q, k, v, key_padding_mask)
         else:
-            o, extra = self.ops.attention_forward(
-                q, k, v, causal=self.causal, key_padding_mask=key_padding_mask
-            )
+            o, extra = self._attend(q, k, v, key_padding_mask, self.cross)
         if self.keep_weights:
             self.weights = self._weights(q, k, key_padding_mask)
         if self.training:
@@ -202,7 +202,7 @@ class MultiHeadAttention(Module):
             q, k, v = self._heads(self.q(x), h), state.k, state.v
             if self.keep_weights:
                 self.weights = self._weights(q, k, key_padding_mask)
-            o, _ = self.ops.attention_forward(q, k, v, key_padding_mask=key_padding_mask)
+            o, _ = self._attend(q, k, v, key_padding_mask, True)
             return self.proj(self._merge(o))
         rows = cache.rows
         start = rows.length
@@ -223,10 +223,47 @@ class MultiHeadAttention(Module):
                 self.weights = to_host(p).astype(np.float32, copy=False)
             if self.alibi:
                 return self.proj(self._merge(self.ops.matmul(p, self._repeat_kv(vs))))
-        o, _ = self.ops.attention_forward(
-            q, state.k, state.v, causal=self.causal, key_padding_mask=rows.mask, kv_len=end
-        )
+        o, _ = self._attend(q, state.k, state.v, rows.mask, False, end)
         return self.proj(self._merge(o))
+
+    def _attend_backward(self, do, q, k, v, o, lse, mask):
+        """attention_backward of what ``_attend`` computed: unchecked where the
+        forward's fast path could be taken and ``do`` (from proj.backward) has q's shape."""
+        ops = self.ops
+        if (
+            self.cross
+            or mask is not None
+            or not ops._ready(do, q.dtype, self.head_dim, 2 * self.head_dim)
+            or do.shape != q.shape
+            or not q.dtype == k.dtype == v.dtype == o.dtype
+        ):
+            return ops.attention_backward(
+                do, q, k, v, o, lse, causal=self.causal, key_padding_mask=mask
+            )
+        scale = 1.0 / math.sqrt(self.head_dim)
+        return ops._attention_backward(do, q, k, v, o, lse, self.causal, scale, mask)
+
+    def _attend(self, q, k, v, mask, checked: bool, kv_len=None):
+        """The attention op on this layer's own q, k, v (its projections' heads, its
+        KV-cache buffers and their mask). The shapes agree by construction, so the
+        op's unchecked path takes them, unless ``checked`` (cross-attention, whose
+        keys come from the caller's memory), a caller's key_padding_mask is given
+        (``mask`` without ``kv_len``), or a dtype differs: then the public op checks."""
+        ops = self.ops
+        fast = (
+            not checked
+            and (mask is None or kv_len is not None)
+            and ops._ready(q, k.dtype, self.head_dim, 1)
+            and v.dtype == k.dtype
+        )
+        if not fast:
+            return ops.attention_forward(
+                q, k, v, causal=self.causal, key_padding_mask=mask, kv_len=kv_len
+            )
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if kv_len is None:
+            return ops._attention_forward(q, k, v, self.causal, scale, mask)
+        return ops._attention_forward_cached(q, k, v, self.causal, scale, mask, kv_len)
 
     def backward(self, dy):
         """dy (B, Tq, d_model) -> dx, or (dx, dmemory) for cross-attention."""
@@ -236,9 +273,7 @@ class MultiHeadAttention(Module):
         if self.alibi:
             dq, dk, dv = self._unfused_backward(do, q, k, v, extra)
         else:
-            dq, dk, dv = self.ops.attention_backward(
-                do, q, k, v, o, extra, causal=self.causal, key_padding_mask=mask
-            )
+            dq, dk, dv = self._attend_backward(do, q, k, v, o, extra, mask)
         if self.rope is not None:
             dq = self.rope.backward(dq, offset)
             dk = self.rope.backward(dk, offset)

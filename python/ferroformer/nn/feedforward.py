@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import _checks as C
 from .linear import make_linear
 from .module import Module
 
@@ -41,6 +42,7 @@ class FeedForward(Module):
             raise ValueError(
                 f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}"
             )
+        C.gelu_approximate("FeedForward", gelu_approximate)
         rng = np.random.default_rng(rng)
         self.activation, self.d_ff, self.gelu_approximate = activation, d_ff, gelu_approximate
         width = 2 * d_ff if activation == "swiglu" else d_ff
@@ -50,13 +52,7 @@ class FeedForward(Module):
     def forward(self, x):
         """x (..., d_model) -> (..., d_model)."""
         h = self.fc1(x)
-        ops = self.ops
-        if self.activation == "swiglu":
-            a = ops.swiglu_forward(h[..., : self.d_ff], h[..., self.d_ff :])
-        elif self.activation == "gelu":
-            a = ops.gelu_forward(h, approximate=self.gelu_approximate)
-        else:
-            a = ops.relu_forward(h)
+        a = self._activate(h)
         if self.training:
             self.cache = h
         return self.fc2(a)
@@ -64,15 +60,38 @@ class FeedForward(Module):
     def backward(self, dy):
         h = self.take_cache()
         da = self.fc2.backward(dy)
-        ops = self.ops
+        return self.fc1.backward(self._activate_backward(da, h))
+
+    # h comes from fc1, so its shape is this layer's own: the unchecked ops take it
+    # unless it is of another kind than fc1 usually returns (a dtype mix under mixed
+    # precision, a plugged-in linear's output), which the public ops check
+    def _fast(self, h) -> bool:
+        width = 2 * self.d_ff if self.activation == "swiglu" else self.d_ff
+        return self.ops._ready(h, h.dtype, width, 1)
+
+    def _activate(self, h):
+        ops, f, fast = self.ops, self.d_ff, self._fast(h)
         if self.activation == "swiglu":
-            dgate, dup = ops.swiglu_backward(da, h[..., : self.d_ff], h[..., self.d_ff :])
-            dh = ops.xp.concatenate([dgate, dup], axis=-1)
-        elif self.activation == "gelu":
-            dh = ops.gelu_backward(da, h, approximate=self.gelu_approximate)
-        else:
-            dh = ops.relu_backward(da, h)
-        return self.fc1.backward(dh)
+            gate, up = h[..., :f], h[..., f:]
+            return ops._swiglu_forward(gate, up) if fast else ops.swiglu_forward(gate, up)
+        if self.activation == "gelu":
+            approx = self.gelu_approximate
+            return ops._gelu_forward(h, approx) if fast else ops.gelu_forward(h, approximate=approx)
+        return ops._relu_forward(h) if fast else ops.relu_forward(h)
+
+    def _activate_backward(self, da, h):
+        ops, f = self.ops, self.d_ff
+        fast = self._fast(h) and ops._ready(da, h.dtype, f) and da.shape[:-1] == h.shape[:-1]
+        if self.activation == "swiglu":
+            gate, up = h[..., :f], h[..., f:]
+            back = ops._swiglu_backward if fast else ops.swiglu_backward
+            return ops.xp.concatenate(back(da, gate, up), axis=-1)
+        if self.activation == "gelu":
+            approx = self.gelu_approximate
+            if fast:
+                return ops._gelu_backward(da, h, approx)
+            return ops.gelu_backward(da, h, approximate=approx)
+        return ops._relu_backward(da, h) if fast else ops.relu_backward(da, h)
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, d_ff={self.d_ff}"

@@ -54,16 +54,22 @@ class Linear(Module):
         """x (..., in) -> (..., out)."""
         if self.training:
             self.cache = x
-        return self.ops.linear_forward(
-            x, self.weight.data, None if self.bias is None else self.bias.data
-        )
+        ops, w = self.ops, self.weight.data
+        b = None if self.bias is None else self.bias.data
+        if ops._ready(x, w.dtype, self.in_features, self.out_features):
+            return ops._linear_forward(x, w, b)
+        return ops.linear_forward(x, w, b)
 
     def backward(self, dy):
         """dy (..., out) -> dx (..., in)."""
         x = self.take_cache()
-        dx, dw, db = self.ops.linear_backward(
-            dy, x, self.weight.data, has_bias=self.bias is not None
-        )
+        ops, w, has_bias = self.ops, self.weight.data, self.bias is not None
+        if ops._ready(dy, w.dtype, self.out_features, self.in_features) and (
+            dy.shape[:-1] == x.shape[:-1] and x.dtype == w.dtype
+        ):
+            dx, dw, db = ops._linear_backward(dy, x, w, has_bias)
+        else:
+            dx, dw, db = ops.linear_backward(dy, x, w, has_bias=has_bias)
         self.weight.add_grad(dw)
         if self.bias is not None:
             self.bias.add_grad(db)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import _checks as C
 from . import init
 from .module import Module, Parameter
 
@@ -17,21 +18,27 @@ from .module import Module, Parameter
 class LayerNorm(Module):
     def __init__(self, dim: int, eps: float = 1e-5, *, dtype=np.float32):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps = dim, C.real(type(self).__name__, "eps", eps, low=0.0)
         self.weight = Parameter(init.ones(dim, dtype))
         self.bias = Parameter(init.zeros(dim, dtype))
 
     def forward(self, x):
-        y, mean, rstd = self.ops.layernorm_forward(
-            x, self.weight.data, self.bias.data, eps=self.eps
-        )
+        ops, g, b = self.ops, self.weight.data, self.bias.data
+        if ops._ready(x, g.dtype, self.dim, 2):
+            y, mean, rstd = ops._layernorm_forward(x, g, b, self.eps)
+        else:
+            y, mean, rstd = ops.layernorm_forward(x, g, b, eps=self.eps)
         if self.training:
             self.cache = (x, mean, rstd)
         return y
 
     def backward(self, dy):
         x, mean, rstd = self.take_cache()
-        dx, dgamma, dbeta = self.ops.layernorm_backward(dy, x, self.weight.data, mean, rstd)
+        ops, g = self.ops, self.weight.data
+        if ops._ready(dy, g.dtype, self.dim) and dy.shape == x.shape and x.dtype == g.dtype:
+            dx, dgamma, dbeta = ops._layernorm_backward(dy, x, g, mean, rstd)
+        else:
+            dx, dgamma, dbeta = ops.layernorm_backward(dy, x, g, mean, rstd)
         self.weight.add_grad(dgamma)
         self.bias.add_grad(dbeta)
         return dx
@@ -43,18 +50,26 @@ class LayerNorm(Module):
 class RMSNorm(Module):
     def __init__(self, dim: int, eps: float = 1e-6, *, dtype=np.float32):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim, self.eps = dim, C.real(type(self).__name__, "eps", eps, low=0.0)
         self.weight = Parameter(init.ones(dim, dtype))
 
     def forward(self, x):
-        y, rstd = self.ops.rmsnorm_forward(x, self.weight.data, eps=self.eps)
+        ops, g = self.ops, self.weight.data
+        if ops._ready(x, g.dtype, self.dim, 1):
+            y, rstd = ops._rmsnorm_forward(x, g, self.eps)
+        else:
+            y, rstd = ops.rmsnorm_forward(x, g, eps=self.eps)
         if self.training:
             self.cache = (x, rstd)
         return y
 
     def backward(self, dy):
         x, rstd = self.take_cache()
-        dx, dgamma = self.ops.rmsnorm_backward(dy, x, self.weight.data, rstd)
+        ops, g = self.ops, self.weight.data
+        if ops._ready(dy, g.dtype, self.dim) and dy.shape == x.shape and x.dtype == g.dtype:
+            dx, dgamma = ops._rmsnorm_backward(dy, x, g, rstd)
+        else:
+            dx, dgamma = ops.rmsnorm_backward(dy, x, g, rstd)
         self.weight.add_grad(dgamma)
         return dx
 

@@ -138,7 +138,7 @@ class RotaryEmbedding(Module):
         if positions is not None:
             return self._forward_rows(x, positions)
         cos, sin = self._tables(x.shape[-2], offset)
-        return self.ops.rope_forward(x, cos, sin)
+        return self._rotate(self.ops._rope_forward, self.ops.rope_forward, x, cos, sin)
 
     def _forward_rows(self, x, positions):
         positions = np.asarray(positions)
@@ -155,11 +155,20 @@ class RotaryEmbedding(Module):
         xp = self.ops.xp
         idx = xp.asarray(positions)
         cos, sin = self.cos[idx], self.sin[idx]
-        return xp.stack([self.ops.rope_forward(x[i], cos[i], sin[i]) for i in range(x.shape[0])])
+        fast, checked = self.ops._rope_forward, self.ops.rope_forward
+        return xp.stack([self._rotate(fast, checked, x[i], cos[i], sin[i]) for i in range(len(x))])
 
     def backward(self, dy, offset: int = 0):
         cos, sin = self._tables(dy.shape[-2], offset)
-        return self.ops.rope_backward(dy, cos, sin)
+        return self._rotate(self.ops._rope_backward, self.ops.rope_backward, dy, cos, sin)
+
+    def _rotate(self, fast, checked, x, cos, sin):
+        """``fast(x, cos, sin)`` where x is what an attention layer hands over (its
+        heads, (..., T, head_dim), of the tables' dtype; cos and sin are this layer's
+        rows for those T positions), else the public op ``checked``, which checks."""
+        if self.ops._ready(x, cos.dtype, self.head_dim) and x.ndim >= 2:
+            return fast(x, cos, sin)
+        return checked(x, cos, sin)
 
 
 def alibi_slopes(n_heads: int):

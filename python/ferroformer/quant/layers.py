@@ -118,8 +118,13 @@ class QuantizedLinear(Module):
 
     def forward(self, x):
         """x (..., in) -> (..., out)."""
-        op, mode = self.ops.quantized_linear_forward, self.activations
+        ops, mode = self.ops, self.activations
         b = None if self.bias is None else self.bias.data
+        if ops._ready(x, x.dtype, self.in_features, self.out_features) and (
+            b is None or b.dtype == x.dtype
+        ):
+            return self._fast_forward(x, b)
+        op = ops.quantized_linear_forward
         if len(self.parts) == 1:
             return op(x, self.parts[0].data, self.parts[0].qtype, b, activations=mode)
         ys = [op(x, p.data, p.qtype, activations=mode) for p in self.parts]
@@ -127,6 +132,27 @@ class QuantizedLinear(Module):
         if b is not None:
             y += b
         return y
+
+    def _fast_forward(self, x, b):
+        """The blocks' products through the unchecked op: the parts were checked when
+        the layer was built, x by ``forward``."""
+        ops, int8 = self.ops, self.activations == "int8"
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if not x2.flags.c_contiguous:
+            x2 = ops.xp.ascontiguousarray(x2)
+
+        def product(p, bias):
+            blocks = int8 and p.format.block_size > 1
+            return ops._quantized_linear_forward(x2, p.data, p.qtype, bias, blocks)
+
+        if len(self.parts) == 1:
+            y = product(self.parts[0], b)
+        else:
+            y = ops.xp.concatenate([product(p, None) for p in self.parts], axis=-1)
+            if b is not None:
+                y += b
+        return y.reshape((*lead, self.out_features))
 
     def backward(self, dy):
         raise _frozen("QuantizedLinear")
