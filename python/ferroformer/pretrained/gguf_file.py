@@ -1,18 +1,20 @@
-"""Reading GGUF files through the ``gguf`` package: metadata as plain
-Python values, tensors dequantised to float32 in PyTorch's layout
-(``(out_features, in_features)`` for weight matrices).
+"""Reading GGUF files: metadata as plain Python values, tensors dequantised to
+float32 (by the ``gguf`` package) in PyTorch's layout (``(out_features,
+in_features)`` for weight matrices). ``read_header`` is the one parser of the
+format's layout, for this float loader and quant.gguf_file's block one.
 
-The file's structure is checked here first (``check_gguf``), because the
-package's reader trusts the counts and lengths it reads: an array that claims
-2**60 elements loops without end, a tensor whose data lies past the end of
-the file is a short view. Checked: a regular file (never a FIFO or device),
-the magic and version, every count and length against the bytes left, keys
-and strings UTF-8, value types known, arrays nested at most a few deep, no
-key or tensor twice, at most 4 dimensions of at least 1, a known tensor type
-whose blocks divide the first dimension, data offsets aligned, every tensor's
-data inside the file and no two overlapping. Every failure is a ValueError
-naming the file (and the key or tensor); the reader then maps the same open
-file, so the checked file is the one read.
+The file's structure is checked first (``check_gguf``), so that the parser
+and the decoder can trust the counts and lengths they read (unchecked, an
+array that claims 2**60 elements loops without end, a tensor whose data lies
+past the end of the file is a short view). Checked: a regular file (never a
+FIFO or device), the magic and version, every count and length against the
+bytes left, keys and strings UTF-8, value types known, arrays nested at most
+a few deep, no key or tensor twice, at most 4 dimensions of at least 1, a
+known tensor type whose blocks divide the first dimension, data offsets
+aligned, every tensor's data inside the file and no two overlapping. Every
+failure is a ValueError naming the file (and the key or tensor); the parser
+and the decoder then read the same open file, so the checked file is the one
+read.
 
 ``llama_config_from_gguf`` maps a llama file's metadata onto ferroformer's
 Llama config (``gguf_sizes`` the sizes every architecture states); they live
