@@ -1,5 +1,6 @@
-"""Argument helpers every command shares: the argparse types (integers and
-floats in range), the backend choices and the ``--debug`` flag."""
+"""Argument helpers every command shares: the subcommand's parser (with the
+``--debug`` flag), ``--backend``, and the argparse types (integers and floats
+in range)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ DEBUG.add_argument(
     default=argparse.SUPPRESS,
     help="on failure, print the traceback too",
 )
+
+
+def add_command(sub, name: str, help: str, description=None) -> argparse.ArgumentParser:
+    """The parser of one subcommand: ``help`` is its line in the top-level --help,
+    ``description`` heads its own --help; every command takes --debug."""
+    return sub.add_parser(name, help=help, parents=[DEBUG], description=description)
+
+
+def add_backend(p, help=None) -> None:
+    """``--backend``, one of BACKENDS; None when not given (the command's default)."""
+    p.add_argument("--backend", choices=BACKENDS, default=None, help=help)
 
 
 def int_in(low, high=None):

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import platform
 
-from .args import BACKENDS, DEBUG, int_in, positive_int
+from .args import BACKENDS, add_command, int_in, positive_int
 
 MAX_THREADS = 1024  # a rust pool beyond this is a typo, and starting it takes minutes
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "bench", help="time each op on every backend (and PyTorch, if installed)", parents=[DEBUG]
-    )
+    p = add_command(sub, "bench", "time each op on every backend (and PyTorch, if installed)")
     p.add_argument(
         "--backends",
         nargs="+",

@@ -6,13 +6,11 @@ from __future__ import annotations
 import sys
 import time
 
-from .args import BACKENDS, DEBUG, positive_int
+from .args import add_backend, add_command, positive_int
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "chat", help="answer a question with SmolLM2-135M-Instruct (greedy)", parents=[DEBUG]
-    )
+    p = add_command(sub, "chat", "answer a question with SmolLM2-135M-Instruct (greedy)")
     p.add_argument("question")
     p.add_argument(
         "--gguf",
@@ -20,7 +18,7 @@ def add_parser(sub) -> None:
         default=None,
         help="a GGUF file (llama or gpt2, with a chat template) instead of SmolLM2",
     )
-    p.add_argument("--backend", choices=BACKENDS, default=None)
+    add_backend(p)
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     add_activations(p)
     p.add_argument("--verbose", action="store_true", help="print the time taken to stderr")

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from .args import BACKENDS, DEBUG, int_in, non_negative_int, positive_int
+from .args import add_backend, add_command, int_in, non_negative_int, positive_int
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="train a small GPT on addition, then generate (about a minute)",
-        parents=[DEBUG],
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="backend to train on (default: the fastest available)",
-    )
+    p = add_command(sub, "demo", "train a small GPT on addition, then generate (about a minute)")
+    add_backend(p, help="backend to train on (default: the fastest available)")
     p.add_argument("--digits", type=int_in(1, 9), default=3, help="digits per operand (1-9)")
     p.add_argument("--steps", type=positive_int, default=1800, help="training steps")
     p.add_argument("--seed", type=non_negative_int, default=0)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from .args import BACKENDS, DEBUG
+from .args import add_backend, add_command
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "embed",
-        help="sentence embeddings with all-MiniLM-L6-v2: cosine similarities",
-        parents=[DEBUG],
-    )
+    p = add_command(sub, "embed", "sentence embeddings with all-MiniLM-L6-v2: cosine similarities")
     p.add_argument("sentences", nargs="+", help="sentences to compare")
-    p.add_argument("--backend", choices=BACKENDS, default=None)
+    add_backend(p)
 
 
 def run(args) -> int:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 
-from .args import BACKENDS, DEBUG, non_negative_int, positive_int
+from .args import add_backend, add_command, non_negative_int, positive_int
 from .runs import decode_answer, encode_prompt, find_checkpoint, seq_lens, stored_run
 
 
 def add_parser(sub) -> None:
-    g = sub.add_parser(
+    g = add_command(
+        sub,
         "generate",
-        help="continue a prompt with a model saved by `train`",
-        parents=[DEBUG],
+        "continue a prompt with a model saved by `train`",
         description="Load a checkpoint written by `python -m ferroformer train` and complete a "
         "prompt in the way its task reads text: bytes: any text; addition: "
         "'12+34'; copy / reverse: digits, e.g. '31415'.",
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     from .chat import add_activations
 
     add_activations(g)
-    g.add_argument("--backend", choices=BACKENDS, default=None)
+    add_backend(g)
 
 
 def run(args) -> int:

@@ -3,15 +3,15 @@ checkpoint."""
 
 from __future__ import annotations
 
-from .args import BACKENDS, DEBUG
+from .args import add_backend, add_command
 from .runs import check_output, encode_prompt, find_checkpoint, seq_lens, stored_run, token_label
 
 
 def add_parser(sub) -> None:
-    i = sub.add_parser(
+    i = add_command(
+        sub,
         "inspect",
-        help="attention entropy per head, and an attention map, for a `train` checkpoint",
-        parents=[DEBUG],
+        "attention entropy per head, and an attention map, for a `train` checkpoint",
         description="Runs the model of a `train` checkpoint on a prompt plus its own greedy "
         "answer and prints the entropy of every attention head; --plot draws the "
         "attention of one layer (all heads) as a PNG.",
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
         default=None,
         help='write the attention map as a PNG (needs pip install "ferroformer[plot]")',
     )
-    i.add_argument("--backend", choices=BACKENDS, default=None)
+    add_backend(i)
 
 
 def run(args) -> int:

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import sys
 
-from .args import DEBUG
+from .args import add_command
 
 TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "quantize",
-        help="quantize a checkpoint or GGUF file into a GGUF file",
-        parents=[DEBUG],
+        "quantize a checkpoint or GGUF file into a GGUF file",
         description="Read IN (a checkpoint written by `train`, or a GGUF file of a llama or "
         "gpt2 model), quantize its linear layers to --type (a GGUF file's "
         "layers are decoded first; embeddings and a tied head keep their "

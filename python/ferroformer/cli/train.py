@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from .args import BACKENDS, DEBUG, int_in, non_negative_int, positive_float, positive_int
+from .args import add_backend, add_command, int_in, non_negative_int, positive_float, positive_int
 from .runs import (
     ARCHS,
     RUN_DEFAULTS,
@@ -59,10 +59,10 @@ _SETTINGS = (
 
 def add_parser(sub) -> None:
     d = RUN_DEFAULTS
-    t = sub.add_parser(
+    t = add_command(
+        sub,
         "train",
-        help="train a small model on a built-in task, with checkpoints and resume",
-        parents=[DEBUG],
+        "train a small model on a built-in task, with checkpoints and resume",
         description="Train GPT, Llama or an encoder-decoder Transformer on a built-in task "
         "(generated on the fly; bytes: the Python standard library's sources). "
         "With --resume the run's settings come from its latest checkpoint; a "
@@ -70,9 +70,7 @@ def add_parser(sub) -> None:
     )
     for flag, kind, text in _SETTINGS:  # None when not given: --resume tells them apart
         t.add_argument(flag, **kind, default=None, help=text.format(d[flag[2:].replace("-", "_")]))
-    t.add_argument(
-        "--backend", choices=BACKENDS, default=None, help="default: the fastest available"
-    )
+    add_backend(t, help="default: the fastest available")
     t.add_argument(
         "--checkpoint-dir",
         metavar="DIR",

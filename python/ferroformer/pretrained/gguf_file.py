@@ -1,30 +1,34 @@
-"""Reading GGUF files through the ``gguf`` package: metadata as plain
-Python values, tensors dequantised to float32 in PyTorch's layout
-(``(out_features, in_features)`` for weight matrices).
+"""Reading GGUF files: metadata as plain Python values, tensors dequantised to
+float32 (by the ``gguf`` package) in PyTorch's layout (``(out_features,
+in_features)`` for weight matrices). ``read_header`` is the one parser of the
+format's layout, for this float loader and quant.gguf_file's block one.
 
-The file's structure is checked here first (``check_gguf``), because the
-package's reader trusts the counts and lengths it reads: an array that claims
-2**60 elements loops without end, a tensor whose data lies past the end of
-the file is a short view. Checked: a regular file (never a FIFO or device),
-the magic and version, every count and length against the bytes left, keys
-and strings UTF-8, value types known, arrays nested at most a few deep, no
-key or tensor twice, at most 4 dimensions of at least 1, a known tensor type
-whose blocks divide the first dimension, data offsets aligned, every tensor's
-data inside the file and no two overlapping. Every failure is a ValueError
-naming the file (and the key or tensor); the reader then maps the same open
-file, so the checked file is the one read.
+The file's structure is checked first (``check_gguf``), so that the parser
+and the decoder can trust the counts and lengths they read (unchecked, an
+array that claims 2**60 elements loops without end, a tensor whose data lies
+past the end of the file is a short view). Checked: a regular file (never a
+FIFO or device), the magic and version, every count and length against the
+bytes left, keys and strings UTF-8, value types known, arrays nested at most
+a few deep, no key or tensor twice, at most 4 dimensions of at least 1, a
+known tensor type whose blocks divide the first dimension, data offsets
+aligned, every tensor's data inside the file and no two overlapping. Every
+failure is a ValueError naming the file (and the key or tensor); the parser
+and the decoder then read the same open file, so the checked file is the one
+read.
 
 ``llama_config_from_gguf`` maps a llama file's metadata onto ferroformer's
-Llama config; it lives beside the reader so that both loaders (smollm's float
-one and quant.gguf_file's block one) import it from here, not from each other.
+Llama config (``gguf_sizes`` the sizes every architecture states); they live
+beside the reader so that both loaders (smollm's float one and
+quant.gguf_file's block one) import them from here, not from each other.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -36,6 +40,17 @@ VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 4
 _STRING, _ARRAY = 8, 9
+# GGML tensor types stored as plain numbers: the numpy type of their elements
+# (the others are blocks of bytes, shaped by the gguf package before decoding)
+_PLAIN = {
+    0: np.float32,
+    1: np.float16,
+    24: np.int8,
+    25: np.int16,
+    26: np.int32,
+    27: np.int64,
+    28: np.float64,
+}
 # GGUF scalar value types -> (struct format, bytes)
 _SCALARS = {
     0: ("B", 1),
@@ -244,10 +259,77 @@ def check_gguf(buf, where: str) -> Tuple[int, int]:
     return n_kv, n_tensors
 
 
+class _Reader:
+    """Reads the values of GGUF bytes that ``check_gguf`` has passed, so that every
+    length is known to fit and every string to be UTF-8."""
+
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def scalar(self, fmt: str):
+        (v,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += struct.calcsize("<" + fmt)
+        return v
+
+    def string(self) -> str:
+        n = self.scalar("Q")
+        s = self.buf[self.pos : self.pos + n].decode("utf-8")
+        self.pos += n
+        return s
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self.scalar(_SCALARS[vtype][0])
+        if vtype == _STRING:
+            return self.string()
+        itype, count = self.scalar("I"), self.scalar("Q")
+        if itype == _STRING:  # a vocabulary: one tight loop, no call per string
+            buf, pos, out = self.buf, self.pos, []
+            length = _U64.unpack_from
+            append = out.append
+            for _ in range(count):
+                (n,) = length(buf, pos)
+                pos += 8
+                append(buf[pos : pos + n].decode("utf-8"))
+                pos += n
+            self.pos = pos
+            return out
+        if itype in _SCALARS:  # numbers in one read
+            dtype = np.dtype("<" + _SCALARS[itype][0])
+            a = np.frombuffer(self.buf, dtype, count, self.pos)
+            self.pos += count * dtype.itemsize
+            return a.tolist()
+        return [self.value(itype) for _ in range(count)]
+
+
+def read_header(buf) -> Tuple[Dict[str, object], List[Tuple[str, Tuple[int, ...], int, int]], int]:
+    """(metadata as Python values, the tensors as (name, shape slowest axis first, GGML
+    type, offset in the data section), where the data section starts) of GGUF bytes
+    ``buf`` that ``check_gguf`` has passed: the one parser of the format's layout, for
+    both loaders."""
+    r = _Reader(buf)
+    r.pos = 8
+    n_tensors, n_kv = r.scalar("Q"), r.scalar("Q")
+    meta = {}
+    for _ in range(n_kv):
+        key = r.string()
+        meta[key] = r.value(r.scalar("I"))
+    tensors = []
+    for _ in range(n_tensors):
+        name = r.string()
+        dims = tuple(r.scalar("Q") for _ in range(r.scalar("I")))
+        tensors.append((name, tuple(reversed(dims)), r.scalar("I"), r.scalar("Q")))
+    alignment = int(meta.get("general.alignment", 32))
+    return meta, tensors, -(-r.pos // alignment) * alignment
+
+
 def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
     """(metadata, tensors) of a GGUF file; FileNotFoundError for a missing file,
-    ValueError (naming the file) for one that is not a regular file or is damaged."""
+    ValueError (naming the file) for one that is not a regular file or is damaged.
+    The tensors are decoded by the gguf package from a read-only map of the file."""
     gguf = _gguf()
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
     path = os.fspath(path)
     where = f"{path}: not a valid {WHAT}"
     f, size = open_regular(path, WHAT)
@@ -257,41 +339,29 @@ def read_gguf(path) -> Tuple[Dict, Dict[str, np.ndarray]]:
                 f"{where}: {size} bytes, too short for a GGUF header (truncated or not GGUF)"
             )
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            n_kv, n_tensors = check_gguf(buf, where)
-        try:
-            reader = gguf.GGUFReader(f)  # np.memmap of the same open file
-        except Exception as e:  # the reader raises many kinds on a damaged file
-            raise ValueError(f"{where}: the gguf reader refused it ({e})") from e
-    n_fields = sum(not k.startswith("GGUF.") for k in reader.fields)
-    if (len(reader.tensors), n_fields) != (n_tensors, n_kv):
-        raise ValueError(
-            f"{where}: the gguf reader found {len(reader.tensors)} tensors and "
-            f"{n_fields} keys, the header declares {n_tensors} and {n_kv}"
-        )
-    meta = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            meta[key] = field.contents()
-        except Exception as e:
-            raise ValueError(f"{where}: metadata field {key} is damaged: {e}") from e
+            check_gguf(buf, where)
+            meta, infos, data_start = read_header(buf)
+        data = np.memmap(f, np.uint8, mode="r")  # its own map: stays valid once f is closed
     tensors = {}
-    for t in reader.tensors:
-        # GGUF lists the fastest axis first
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+    for name, shape, raw_type, offset in infos:
+        qtype = GGMLQuantizationType(raw_type)
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        start = data_start + offset
+        raw = data[start : start + math.prod(shape) // block * type_size]
         try:
-            data = gguf.quants.dequantize(t.data, t.tensor_type)
+            if qtype in _PLAIN:
+                raw = raw.view(_PLAIN[qtype]).reshape(shape)
+            else:
+                raw = raw.reshape(gguf.quants.quant_shape_to_byte_shape(shape, qtype))
+            values = gguf.quants.dequantize(raw, qtype)
         except Exception as e:
+            raise ValueError(f"{where}: tensor {name} ({qtype.name}) cannot be decoded: {e}") from e
+        values = np.asarray(values, np.float32)
+        if values.size != bounded_numel(shape, values.size):
             raise ValueError(
-                f"{where}: tensor {t.name} ({t.tensor_type.name}) cannot be decoded: {e}"
-            ) from e
-        data = np.asarray(data, np.float32)
-        if data.size != bounded_numel(shape, data.size):
-            raise ValueError(
-                f"{where}: tensor {t.name} holds {data.size} values, its shape {shape} needs more"
+                f"{where}: tensor {name} holds {values.size} values, its shape {shape} needs more"
             )
-        tensors[t.name] = data.reshape(shape)
+        tensors[name] = values.reshape(shape)
     return meta, tensors
 
 
@@ -303,6 +373,35 @@ def vocab_size(meta: Dict, source: str) -> int:
     return len(tokens)
 
 
+# per architecture: (config key, metadata key after "<arch>.") of each size it states
+_SIZES = {
+    "llama": (
+        ("d_model", "embedding_length"),
+        ("n_heads", "attention.head_count"),
+        ("n_kv_heads", "attention.head_count_kv"),
+        ("n_layers", "block_count"),
+        ("d_ff", "feed_forward_length"),
+    ),
+    "gpt2": (
+        ("d_model", "embedding_length"),
+        ("n_heads", "attention.head_count"),
+        ("n_layers", "block_count"),
+        ("d_ff", "feed_forward_length"),
+    ),
+}
+
+
+def gguf_sizes(meta: Dict, arch: str, max_seq_len: int, source: str) -> dict:
+    """The config's vocab_size, max_seq_len and the sizes of an ``arch`` file's metadata
+    (``_SIZES``), read in that order; ValueError (naming ``source``) for a size that is
+    missing or not a positive int."""
+    config = dict(vocab_size=vocab_size(meta, source), max_seq_len=max_seq_len)
+    for ours, theirs in _SIZES[arch]:
+        key = f"{arch}.{theirs}"
+        config[ours] = positive(meta.get(key), int, f"metadata {key}", source)
+    return config
+
+
 def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: str) -> dict:
     """ferroformer Llama config of a llama GGUF file's metadata; ValueError (naming
     ``source``) for a missing key or a value of the wrong type."""
@@ -311,18 +410,12 @@ def llama_config_from_gguf(meta: Dict, tensors: Dict, max_seq_len: int, source: 
             f"{source}: expected a llama GGUF, got {meta.get('general.architecture')!r:.80}"
         )
 
-    def get(key, kind=int):
-        return positive(meta.get("llama." + key), kind, f"metadata llama.{key}", source)
+    def get(key):
+        return float(positive(meta.get("llama." + key), float, f"metadata llama.{key}", source))
 
     return dict(
-        vocab_size=vocab_size(meta, source),
-        max_seq_len=max_seq_len,
-        d_model=get("embedding_length"),
-        n_heads=get("attention.head_count"),
-        n_kv_heads=get("attention.head_count_kv"),
-        n_layers=get("block_count"),
-        d_ff=get("feed_forward_length"),
-        rope_base=float(get("rope.freq_base", float)),
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", float)),
+        gguf_sizes(meta, "llama", max_seq_len, source),
+        rope_base=get("rope.freq_base"),
+        norm_eps=get("attention.layer_norm_rms_epsilon"),
         tie_embeddings="output.weight" not in tensors,
     )

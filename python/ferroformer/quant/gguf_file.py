@@ -20,9 +20,10 @@ llama.cpp's converter permuted the rows of Q and K so that RoPE rotates
 adjacent pairs (x[2i], x[2i+1]), which is what ferroformer's rope op does, so
 the rows are used as they lie (as pretrained/smollm.py does).
 
-The metadata is parsed here, after ``check_gguf`` has walked it, rather than
-by ``gguf.GGUFReader``, which builds a NumPy array per vocabulary string and
-takes seconds on a 49k-token vocabulary.
+The metadata and the tensors' layout come from the pretrained loader's
+``read_header``, the one parser of the format (after ``check_gguf`` has walked
+it), rather than from ``gguf.GGUFReader``, which builds a NumPy array per
+vocabulary string and takes seconds on a 49k-token vocabulary.
 
 Tokenizers: byte-level BPE vocabularies (``tokenizer.ggml.model`` "gpt2", as
 SmolLM, Llama 3 and GPT-2 have) come back as a ``Tokenizer`` with the file's
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -43,7 +43,7 @@ import numpy as np
 from .._files import open_regular
 from ..checkpoint import check_config_against_tensors
 from ..models import GPT, Llama
-from ..pretrained.gguf_file import check_gguf, llama_config_from_gguf, vocab_size
+from ..pretrained.gguf_file import check_gguf, gguf_sizes, llama_config_from_gguf, read_header
 from ..pretrained.tokenizer import bpe_from_gguf_metadata
 from ..pretrained.values import positive
 from .formats import block_format, dequantize
@@ -52,34 +52,6 @@ from .tensor import QuantizedTensor
 
 WHAT = "GGUF file"
 ARCHITECTURES = ("llama", "gpt2")
-_SCALARS = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}
-_NUMPY = {
-    0: "<u1",
-    1: "<i1",
-    2: "<u2",
-    3: "<i2",
-    4: "<u4",
-    5: "<i4",
-    6: "<f4",
-    7: "?",
-    10: "<u8",
-    11: "<i8",
-    12: "<f8",
-}
-_STRING, _ARRAY = 8, 9
-_U64 = struct.Struct("<Q")
 
 
 class TensorInfo(NamedTuple):
@@ -92,64 +64,10 @@ class TensorInfo(NamedTuple):
     nbytes: int
 
 
-# -- the file's layout (after check_gguf, so every length here is known to fit) -----
-class _Reader:
-    def __init__(self, buf):
-        self.buf, self.pos = buf, 0
-
-    def scalar(self, fmt: str):
-        (v,) = struct.unpack_from("<" + fmt, self.buf, self.pos)
-        self.pos += struct.calcsize("<" + fmt)
-        return v
-
-    def string(self) -> str:
-        n = self.scalar("Q")
-        s = self.buf[self.pos : self.pos + n].decode("utf-8")
-        self.pos += n
-        return s
-
-    def value(self, vtype: int):
-        if vtype in _SCALARS:
-            return self.scalar(_SCALARS[vtype])
-        if vtype == _STRING:
-            return self.string()
-        itype, count = self.scalar("I"), self.scalar("Q")
-        if itype == _STRING:  # a vocabulary: one tight loop, no call per string
-            buf, pos, out = self.buf, self.pos, []
-            length = _U64.unpack_from
-            append = out.append
-            for _ in range(count):
-                (n,) = length(buf, pos)
-                pos += 8
-                append(buf[pos : pos + n].decode("utf-8"))
-                pos += n
-            self.pos = pos
-            return out
-        if itype in _NUMPY:  # numbers in one read
-            dtype = np.dtype(_NUMPY[itype])
-            a = np.frombuffer(self.buf, dtype, count, self.pos)
-            self.pos += count * dtype.itemsize
-            return a.tolist()
-        return [self.value(itype) for _ in range(count)]
-
-
 def read_layout(buf, where: str) -> Tuple[Dict[str, object], Dict[str, TensorInfo]]:
     """(metadata as Python values, tensors by name) of the checked GGUF bytes ``buf``;
     ValueError naming ``where`` for a tensor type ferroformer does not decode."""
-    r = _Reader(buf)
-    r.pos = 8
-    n_tensors, n_kv = r.scalar("Q"), r.scalar("Q")
-    meta = {}
-    for _ in range(n_kv):
-        key = r.string()
-        meta[key] = r.value(r.scalar("I"))
-    alignment = int(meta.get("general.alignment", 32))
-    raw = []
-    for _ in range(n_tensors):
-        name = r.string()
-        dims = tuple(r.scalar("Q") for _ in range(r.scalar("I")))
-        raw.append((name, tuple(reversed(dims)), r.scalar("I"), r.scalar("Q")))
-    data_start = -(-r.pos // alignment) * alignment
+    meta, raw, data_start = read_header(buf)
     tensors = {}
     for name, shape, gtype, offset in raw:
         try:
@@ -318,16 +236,7 @@ def _gpt2(meta, t: _Tensors, max_seq_len, backend):
         raise ValueError(
             f"{where}: gpt2.attention.layer_norm_epsilon {eps!r:.40}; GPT's LayerNorm uses 1e-5"
         )
-    config = dict(
-        vocab_size=vocab_size(meta, where),
-        max_seq_len=max_seq_len,
-        d_model=get("embedding_length"),
-        n_heads=get("attention.head_count"),
-        n_layers=get("block_count"),
-        d_ff=get("feed_forward_length"),
-        dropout=0.0,
-        bias=True,
-    )
+    config = dict(gguf_sizes(meta, "gpt2", max_seq_len, where), dropout=0.0, bias=True)
     _validate(GPT, config, where)
     if config["n_layers"] > len(t.infos):
         raise ValueError(
