@@ -37,10 +37,9 @@ class Model(Module):
         if init is None:
             return
         sig = inspect.signature(init)
-        options = sig.parameters.get("options")
-        if options is None or options.kind is not options.VAR_KEYWORD:
-            return  # (a constructor of its own making, shown as it is)
-        own = [p for p in sig.parameters.values() if p is not options]
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        if len(own) == len(sig.parameters):
+            return
         shared = [
             inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
             for k, v in OPTIONS.items()
