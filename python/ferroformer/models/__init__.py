@@ -1,12 +1,10 @@
 """The transformer family: ``Transformer`` (encoder-decoder), ``GPT``, ``BERT``, ``Llama``.
 
-Each model's module docstring lists its parameter names and shapes (those the
-default layer factories make); each has a ``config`` dict from which
-``Model.from_config`` rebuilds it. Besides its architecture's arguments, every
-constructor takes the same keywords (``OPTIONS`` in base.py): the ``linear=``,
-``ff=`` and ``mixer=`` layer factories (nn/blocks.py), which are not config
-(``model.factories`` names those that are not the defaults, and _factories.py
-says how to rebuild such a model), and ``backend``, ``dtype`` and ``rng``.
+Each model's module docstring lists its parameter names and shapes; each has a
+``config`` dict from which ``Model.from_config`` rebuilds it. Each takes the
+``linear=``, ``ff=`` and ``mixer=`` layer factories (nn/blocks.py), which are
+not config: ``model.factories`` names those that are not the defaults, and
+_factories.py says how to rebuild such a model.
 """
 
 from .base import Model

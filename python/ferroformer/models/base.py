@@ -13,15 +13,12 @@ import inspect
 import numpy as np
 
 from .. import backends
-from ..nn import DecoderBlock, Linear, init
+from ..nn import Linear, init
 from ..nn.module import Module, ModuleList
 from ._factories import DEFAULTS, split_factories
 
 _CONFIG_TYPES = (bool, int, float, str, type(None))
 _LIMIT = 1 << 24  # no size in a sane config is larger; keeps a hostile config from allocating
-# The keywords every model's constructor takes (``**options``) besides its architecture:
-# the layer factories (code, not config), where its weights live and how they are drawn.
-OPTIONS = {**DEFAULTS, "backend": None, "dtype": np.float32, "rng": None}
 
 
 class Model(Module):
@@ -29,39 +26,13 @@ class Model(Module):
 
     config: dict
 
-    def __init_subclass__(cls, **kwargs):
-        """Shows each model's constructor with the OPTIONS it takes through
-        ``**options`` as keyword-only parameters (help(), inspect.signature)."""
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        sig = inspect.signature(init)
-        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        if len(own) == len(sig.parameters):
-            return
-        shared = [
-            inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
-            for k, v in OPTIONS.items()
-        ]
-        init.__signature__ = sig.replace(parameters=own + shared)
-
     def _setup(self, args: dict):
-        """Called first by each model's __init__ with its ``locals()``, whose
-        ``options`` are the OPTIONS given (a TypeError for another keyword): records
-        the architecture arguments as ``config`` and the layer factories that are not
-        the defaults as ``factories`` (a TypeError for one that is not callable);
-        returns the generator the layers draw their weights from, the dtype, and the
-        keyword arguments every block of the model takes (the factories, that
-        generator and the dtype) for ``block_stack``."""
-        args = dict(args)
-        options = args.pop("options")
-        for k in options:
-            if k not in OPTIONS:
-                raise TypeError(
-                    f"{type(self).__name__}.__init__() got an unexpected keyword argument {k!r}"
-                )
-        args.update({**OPTIONS, **options})
+        """Called first by each model's __init__ with its ``locals()``: records the
+        JSON arguments as ``config`` and the layer factories that are not the defaults
+        as ``factories`` (a TypeError for one that is not callable); returns the
+        generator the layers draw their weights from, and the keyword arguments
+        every block of the model takes from it (the factories, that generator and
+        the dtype) for ``block_stack``."""
         config, self.factories = split_factories(type(self).__name__, args)
         self.config = {
             k: v
@@ -71,8 +42,8 @@ class Model(Module):
         self._backend_request = args["backend"]
         self._dtype = np.dtype(args["dtype"])
         rng = np.random.default_rng(args["rng"])
-        layers = {k: args[k] for k in DEFAULTS}
-        return rng, args["dtype"], dict(layers, rng=rng, dtype=args["dtype"])
+        layers = {k: args[k] for k in ("linear", "ff", "mixer")}
+        return rng, dict(layers, rng=rng, dtype=args["dtype"])
 
     def _finish(self) -> None:
         """Moves the freshly built (host) parameters to the requested backend."""
@@ -82,9 +53,8 @@ class Model(Module):
     def config_keys(cls):
         """The constructor's JSON arguments: not the backend, dtype, rng or the layer
         factories (code, see models/_factories.py)."""
-        return [
-            n for n in inspect.signature(cls.__init__).parameters if n not in ("self", *OPTIONS)
-        ]
+        skip = {"self", "backend", "dtype", "rng", *DEFAULTS}
+        return [n for n in inspect.signature(cls.__init__).parameters if n not in skip]
 
     @classmethod
     def validate_config(cls, config) -> dict:
@@ -145,21 +115,6 @@ def tied_head(embedding, bias: bool, dtype) -> Linear:
 class CausalLM:
     """Generation and scoring for the decoder-only models (GPT, Llama), whose
     ``blocks`` each make their decode state (``new_state``). See ``generate/decoding.py``."""
-
-    @staticmethod
-    def _decoder_stack(n_layers: int, d_model: int, n_heads: int, d_ff: int, **kwargs):
-        """The model's ``blocks``: ``n_layers`` causal ``DecoderBlock`` without
-        cross-attention, named "blocks.i"; kwargs go to every block."""
-        return block_stack(
-            DecoderBlock,
-            n_layers,
-            "blocks",
-            d_model,
-            n_heads,
-            d_ff,
-            cross_attention=False,
-            **kwargs,
-        )
 
     def _run_blocks(self, x, offset: int, cache, last_only: bool):
         """The decoder stack over x (B, T, C), each block with its cache slot; advances

@@ -21,11 +21,14 @@ Parameters (V vocab_size, C d_model, F d_ff (default 4C), S n_segments, L n_laye
   head_ln.weight, .bias      (C,)
   decoder.bias               (V,)
 
-The decoder is the token embedding's matrix, a plain ``Linear`` whatever the
-``linear=`` factory.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout; the decoder is the token embedding's
+matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from ..nn import (
     Dropout,
@@ -33,6 +36,9 @@ from ..nn import (
     EncoderBlock,
     LayerNorm,
     LearnedPositionalEmbedding,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
 )
 from .base import Model, backward_stack, block_stack, init_gpt_style, tied_head
 
@@ -51,10 +57,16 @@ class BERT(Model):
         checkpoint: bool = False,
         norm_eps: float = 1e-12,
         gelu_approximate: str = "tanh",
-        **options,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
     ):
         super().__init__()
-        rng, dtype, layers = self._setup(locals())
+        rng, layers = self._setup(dict(locals()))
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.pos_emb = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
@@ -76,9 +88,7 @@ class BERT(Model):
             checkpoint=checkpoint,
             **layers,
         )
-        self.head_dense = layers["linear"](
-            d_model, d_model, True, rng=rng, dtype=dtype, name="head_dense"
-        )
+        self.head_dense = linear(d_model, d_model, True, rng=rng, dtype=dtype, name="head_dense")
         self.head_ln = LayerNorm(d_model, norm_eps, dtype=dtype)
         self.decoder = tied_head(self.tok_emb, True, dtype)
         self.gelu_approximate = gelu_approximate

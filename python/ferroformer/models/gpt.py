@@ -17,19 +17,26 @@ Parameters (V vocab_size, C d_model, F d_ff (default 4 C), L n_layers, i < L):
   blocks.i.ff.fc2.weight     (C, F);     .bias (C,)
   ln_f.weight, .bias         (C,)
 
-The head is the token embedding's matrix, a plain ``Linear`` whatever the
-``linear=`` factory.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout; the head is the token embedding's
+matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..nn import (
+    DecoderBlock,
     Dropout,
     Embedding,
     LayerNorm,
     LearnedPositionalEmbedding,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
 )
-from .base import CausalLM, Model, backward_stack, init_gpt_style, tied_head
+from .base import CausalLM, Model, backward_stack, block_stack, init_gpt_style, tied_head
 
 
 class GPT(CausalLM, Model):
@@ -44,19 +51,28 @@ class GPT(CausalLM, Model):
         dropout: float = 0.0,
         bias: bool = True,
         checkpoint: bool = False,
-        **options,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
     ):
         super().__init__()
-        rng, dtype, layers = self._setup(locals())
+        rng, layers = self._setup(dict(locals()))
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.wte = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.wpe = LearnedPositionalEmbedding(max_seq_len, d_model, rng=rng, dtype=dtype)
         self.drop = Dropout(dropout, rng=int(rng.integers(2**63)))
-        self.blocks = self._decoder_stack(
+        self.blocks = block_stack(
+            DecoderBlock,
             n_layers,
+            "blocks",
             d_model,
             n_heads,
             d_ff,
+            cross_attention=False,
             dropout=dropout,
             activation="gelu",
             bias=bias,

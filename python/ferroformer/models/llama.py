@@ -18,19 +18,26 @@ F d_ff (default: 8C/3 rounded up to a multiple of 32), L n_layers, i < L):
   norm.weight                (C,)
   lm_head.weight             (V, C)          absent when tie_embeddings
 
-A tied head is the token embedding's matrix, a plain ``Linear`` whatever the
-``linear=`` factory.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout; a tied head is the token embedding's
+matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..nn import (
+    DecoderBlock,
     Embedding,
     Linear,
     RMSNorm,
     RotaryEmbedding,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
 )
-from .base import CausalLM, Model, backward_stack, init_gpt_style
+from .base import CausalLM, Model, backward_stack, block_stack, init_gpt_style
 
 
 class Llama(CausalLM, Model):
@@ -47,19 +54,28 @@ class Llama(CausalLM, Model):
         norm_eps: float = 1e-6,
         tie_embeddings: bool = False,
         checkpoint: bool = False,
-        **options,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
     ):
         super().__init__()
-        rng, dtype, layers = self._setup(locals())
+        rng, layers = self._setup(dict(locals()))
         if d_ff is None:
             d_ff = -(-(8 * d_model // 3) // 32) * 32
         self.tok_emb = Embedding(vocab_size, d_model, rng=rng, dtype=dtype)
         self.rope = RotaryEmbedding(d_model // n_heads, max_seq_len, rope_base, dtype=dtype)
-        self.blocks = self._decoder_stack(
+        self.blocks = block_stack(
+            DecoderBlock,
             n_layers,
+            "blocks",
             d_model,
             n_heads,
             d_ff,
+            cross_attention=False,
             n_kv_heads=n_kv_heads,
             norm="rms",
             norm_eps=norm_eps,
@@ -74,9 +90,7 @@ class Llama(CausalLM, Model):
             self.lm_head = Linear(d_model, vocab_size, bias=False, rng=rng, dtype=dtype)
             self.lm_head.weight = self.tok_emb.weight
         else:
-            self.lm_head = layers["linear"](
-                d_model, vocab_size, False, rng=rng, dtype=dtype, name="lm_head"
-            )
+            self.lm_head = linear(d_model, vocab_size, False, rng=rng, dtype=dtype, name="lm_head")
         init_gpt_style(self, n_layers, rng)
         self._finish()
 

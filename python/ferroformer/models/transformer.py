@@ -20,15 +20,17 @@ Parameters (Vs, Vt vocab sizes, C d_model, F d_ff, Le / Ld layers):
              cross_attn.proj (C, C), ln2, ff.fc1, ff.fc2}   (each .weight and .bias)
   enc_norm, dec_norm (C,) when norm_first; head.weight (Vt, C) when not tied
 
-Factories see the encoder's blocks as "encoder.i", the decoder's as
-"decoder.i"; cross-attention stays a ``MultiHeadAttention`` (with projections
-from ``linear``), and a tied head is the target embedding's matrix, a plain
-``Linear``.
+The defaults of the layer factories (``linear=``, ``ff=``, ``mixer=``, see
+models/_factories.py) give this layout. Factories see the encoder's blocks as
+"encoder.i", the decoder's as "decoder.i"; cross-attention stays a
+``MultiHeadAttention`` (with projections from ``linear``), and a tied head is the target embedding's matrix, a plain ``Linear``.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from ..nn import (
     DecoderBlock,
@@ -37,6 +39,9 @@ from ..nn import (
     EncoderBlock,
     LayerNorm,
     SinusoidalPositionalEncoding,
+    make_feed_forward,
+    make_linear,
+    make_self_attention,
 )
 from .base import Model, backward_stack, block_stack, tied_head
 
@@ -58,10 +63,16 @@ class Transformer(Model):
         tie_embeddings: bool = True,
         pad_id=None,
         checkpoint: bool = False,
-        **options,
+        *,
+        linear=make_linear,
+        ff=make_feed_forward,
+        mixer=make_self_attention,
+        backend=None,
+        dtype=np.float32,
+        rng=None,
     ):
         super().__init__()
-        rng, dtype, layers = self._setup(locals())
+        rng, layers = self._setup(dict(locals()))
         self.pad_id = pad_id
         std = 1.0 / math.sqrt(d_model)  # unit variance after the sqrt(d_model) scale
         self.src_emb = Embedding(src_vocab_size, d_model, scale=True, std=std, rng=rng, dtype=dtype)
@@ -87,9 +98,7 @@ class Transformer(Model):
         if tie_embeddings:
             self.head = tied_head(self.tgt_emb, False, dtype)
         else:
-            self.head = layers["linear"](
-                d_model, tgt_vocab_size, False, rng=rng, dtype=dtype, name="head"
-            )
+            self.head = linear(d_model, tgt_vocab_size, False, rng=rng, dtype=dtype, name="head")
         self._finish()
 
     def source_mask(self, src, src_key_padding_mask=None):
