@@ -1,10 +1,14 @@
 """Test helpers: one ``assert_close`` for every comparison, ``compare`` (a
 backend in float32 against the NumPy reference in float64, the contract
-tests' check), and central finite differences for the gradient checks."""
+tests' check), central finite differences for the gradient checks, and
+``each_backend`` for the hypothesis tests."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
 
 
 def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
@@ -90,3 +94,20 @@ def compare(backend, ref, call, inputs, *, rtol=2e-4, atol=2e-5, contiguous=True
             assert g.dtype == np.float32 or g.dtype.kind != "f", g.dtype
     assert_close(got, want, rtol=rtol, atol=atol, name=backend.name)
     return got
+
+
+# the hypothesis tests' draws: a size (past a SIMD width, below a slow reference) and a seed
+dims = st.integers(1, 40)
+seeds = st.integers(0, 2**16)
+
+
+def each_backend(names, examples):
+    """A hypothesis test run on every backend in ``names`` (as its ``name`` argument),
+    ``examples`` examples each; no deadline, since a backend's first call may compile
+    or warm up."""
+
+    def wrap(test):
+        test = settings(max_examples=examples, deadline=None)(test)
+        return pytest.mark.parametrize("name", names)(test)
+
+    return wrap
