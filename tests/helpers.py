@@ -1,10 +1,15 @@
 """Test helpers: one ``assert_close`` for every comparison, ``compare`` (a
 backend in float32 against the NumPy reference in float64, the contract
-tests' check), and central finite differences for the gradient checks."""
+tests' check), the layernorm and attention checks that the CPU and GPU tests
+share, central finite differences for the gradient checks, and
+``each_backend`` for the hypothesis tests."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
 
 
 def assert_close(actual, expected, *, rtol=1e-5, atol=1e-6, name="value"):
@@ -90,3 +95,55 @@ def compare(backend, ref, call, inputs, *, rtol=2e-4, atol=2e-5, contiguous=True
             assert g.dtype == np.float32 or g.dtype.kind != "f", g.dtype
     assert_close(got, want, rtol=rtol, atol=atol, name=backend.name)
     return got
+
+
+def check_layernorm(backend, ref, x, gamma, beta, dy, *, contiguous=True, backward_atol=1e-3):
+    """layernorm_forward (on strided inputs where ``contiguous`` is False) and
+    layernorm_backward, from the reference's mean and rstd, against the reference."""
+    compare(
+        backend,
+        ref,
+        lambda o, x, g, b: o.layernorm_forward(x, g, b, eps=1e-5),
+        [x, gamma, beta],
+        contiguous=contiguous,
+        rtol=1e-3,
+        atol=1e-4,
+    )
+    _, mean, rstd = ref.layernorm_forward(x, gamma, beta, eps=1e-5)
+    compare(
+        backend,
+        ref,
+        lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r),
+        [dy, x, gamma, mean, rstd],
+        rtol=1e-3,
+        atol=backward_atol,
+    )
+
+
+def attention_cases(cases):
+    """Parametrizes an attention test over ``cases`` ((B, Hq, Hkv, Tq, Tk, D) tuples, as
+    ``case``), ``causal`` and ``masked`` (a key padding mask or none), each both ways."""
+
+    def wrap(test):
+        test = pytest.mark.parametrize("masked", [False, True])(test)
+        test = pytest.mark.parametrize("causal", [False, True])(test)
+        return pytest.mark.parametrize("case", cases, ids=str)(test)
+
+    return wrap
+
+
+# the hypothesis tests' draws: a size (past a SIMD width, below a slow reference) and a seed
+dims = st.integers(1, 40)
+seeds = st.integers(0, 2**16)
+
+
+def each_backend(names, examples):
+    """A hypothesis test run on every backend in ``names`` (as its ``name`` argument),
+    ``examples`` examples each; no deadline, since a backend's first call may compile
+    or warm up."""
+
+    def wrap(test):
+        test = settings(max_examples=examples, deadline=None)(test)
+        return pytest.mark.parametrize("name", names)(test)
+
+    return wrap

@@ -1,6 +1,7 @@
 """Helpers for the nn / model / training tests: finite-difference checks of a
 module's backward (inputs and parameters), the small encoder-decoder most of
-them build, and a skip for rust kernels that have not landed yet."""
+them build (and a tiny one for the file tests), and a skip for rust kernels
+that have not landed yet."""
 
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def small_transformer(src_vocab: int, tgt_vocab: int, **kw):
     from ferroformer.models import Transformer
 
     return Transformer(src_vocab, tgt_vocab, **{**SMALL_TRANSFORMER, **kw})
+
+
+# the smallest encoder-decoder, for the file and checkpoint tests: one layer a side, width 8
+TINY_TRANSFORMER = dict(
+    d_model=8, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, backend="numpy", rng=0
+)
+
+
+def tiny_transformer(src_vocab: int, tgt_vocab: int, **kw):
+    """A tiny ``Transformer``: TINY_TRANSFORMER's sizes, each overridden by ``kw``."""
+    from ferroformer.models import Transformer
+
+    return Transformer(src_vocab, tgt_vocab, **{**TINY_TRANSFORMER, **kw})
 
 
 def rust_or_skip(kernels=MODEL_KERNELS):

@@ -16,6 +16,7 @@ from ferroformer.models import GPT, Transformer
 from ferroformer.train import SGD, AdamW, LRSchedule, Trainer
 
 from helpers import assert_close
+from model_helpers import tiny_transformer
 
 TASK = CopyTask(n_symbols=6, max_len=5)
 
@@ -65,17 +66,7 @@ def test_resume_gives_exactly_the_uninterrupted_losses(tmp_path):
 
 
 def test_round_trip_rebuilds_model_and_optimizer(tmp_path, rng):
-    model = Transformer(
-        9,
-        9,
-        d_model=8,
-        n_heads=2,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        d_ff=16,
-        backend="numpy",
-        rng=0,
-    )
+    model = tiny_transformer(9, 9, d_ff=16)
     opt = SGD(model, lr=0.1, momentum=0.9)
     tr = Trainer(model, opt, CopyTask(5, 1, 4).seq2seq_batch_fn(4), seed=0, progress=False)
     tr.fit(2)

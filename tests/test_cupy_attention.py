@@ -40,7 +40,7 @@ from ferroformer.backends.numpy_backend import NumpyBackend
 
 import cuda_emulator
 import cuda_host
-from helpers import assert_close
+from helpers import assert_close, attention_cases
 
 BF16 = bfloat16_dtype()
 DTYPES = ["float32", "float16"] + (["bfloat16"] if BF16 is not None else [])
@@ -141,9 +141,7 @@ def expected_kernels(case, dtype_name, tensor_cores):
 
 
 @pytest.mark.skipif(HOST is not None, reason=str(HOST))
-@pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
+@attention_cases(CASES)
 @pytest.mark.parametrize(
     "dtype_name,device",
     [(d, cc) for d in DTYPES for cc in ("90", "75") if d != "float32" or cc == "90"],
@@ -485,9 +483,7 @@ GPU_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
+@attention_cases(GPU_CASES)
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_gpu_matches_reference(cupy_ops, case, causal, masked, dtype_name, rng):
     gpu_dtype(cupy_ops, dtype_name)

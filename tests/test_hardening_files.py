@@ -31,6 +31,8 @@ from ferroformer.checkpoint import (
 )
 from ferroformer.models import BERT, GPT, Llama, Transformer
 
+from model_helpers import tiny_transformer
+
 CALL_TIMEOUT = 30.0  # seconds; a refusal takes milliseconds, this only catches hangs
 MEMORY_LIMIT = 3 << 30  # address space of the worker: no hostile file may make it allocate more
 
@@ -714,18 +716,7 @@ def test_config_is_bounded_by_the_tensors(guard, tmp_path, ckpt_bytes):
     """A config claiming sizes its tensors do not have is refused before the model is
     built: none of these may allocate (the guard's memory limit would turn that into
     MemoryError) or take long."""
-    transformer = Transformer(
-        5,
-        6,
-        d_model=8,
-        n_heads=2,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        d_ff=8,
-        max_seq_len=8,
-        backend="numpy",
-        rng=0,
-    )
+    transformer = tiny_transformer(5, 6, d_ff=8, max_seq_len=8)
     llama = Llama(11, max_seq_len=8, d_model=8, n_heads=2, n_layers=1, backend="numpy", rng=0)
     t_bytes = _checkpoint_of(transformer, tmp_path, "t")
     l_bytes = _checkpoint_of(llama, tmp_path, "l")

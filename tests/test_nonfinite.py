@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from devices import FAST_BACKENDS, HOST_BACKENDS
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ferroformer as ff
 
-from helpers import assert_close
+from helpers import assert_close, dims, each_backend, seeds
 
 FAST = FAST_BACKENDS
 BACKENDS = HOST_BACKENDS  # numpy: its own masked-position rules, checked in float64
@@ -96,15 +96,14 @@ def run(name, fn, *arrays):
 
 
 # -- softmax -------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @given(
     rows=st.integers(1, 12),
-    cols=st.integers(1, 40),
+    cols=dims,
     causal=st.booleans(),
     scale=st.sampled_from([1.0, 0.25, -2.0]),
     where=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_softmax(name, rows, cols, causal, scale, where, seed):
     x = spoil(data(seed, 2, rows, cols, spread=3.0), where)
@@ -138,12 +137,11 @@ norm_cases = given(
     c=st.integers(1, 70),
     where=spoils,
     wg=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 
 
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @norm_cases
 def test_layernorm(name, rows, c, where, wg, seed):
     x = spoil(data(seed, rows, c), where)
@@ -158,8 +156,7 @@ def test_layernorm(name, rows, c, where, wg, seed):
     assert_matches(got, want, rtol=1e-3, atol=1e-3, name="layernorm_backward")
 
 
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @norm_cases
 def test_rmsnorm(name, rows, c, where, wg, seed):
     x = spoil(data(seed, rows, c), where)
@@ -180,10 +177,9 @@ UNARY = [
 ]
 
 
-@pytest.mark.parametrize("name", FAST)
+@each_backend(FAST, 30)
 @pytest.mark.parametrize("act,kw", UNARY)
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 70), where=spoils, wd=spoils, seed=st.integers(0, 2**16))
+@given(n=st.integers(1, 70), where=spoils, wd=spoils, seed=seeds)
 def test_activations(name, act, kw, n, where, wd, seed):
     # every special at least once, besides the random ones
     x = np.concatenate([SPECIALS, spoil(data(seed, n, spread=1.5), where)])
@@ -195,9 +191,8 @@ def test_activations(name, act, kw, n, where, wd, seed):
     assert_matches(got, want, name=bwd)
 
 
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 70), wg=spoils, wu=spoils, seed=st.integers(0, 2**16))
+@each_backend(FAST, 30)
+@given(n=st.integers(1, 70), wg=spoils, wu=spoils, seed=seeds)
 def test_swiglu(name, n, wg, wu, seed):
     gate = np.concatenate([SPECIALS, spoil(data(seed, n, spread=1.5), wg)])
     up = spoil(data(seed + 1, n + 3), wu)
@@ -209,17 +204,16 @@ def test_swiglu(name, n, wg, wu, seed):
 
 
 # -- matrix products -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @given(
-    m=st.integers(1, 40),
-    k=st.integers(1, 40),
-    n=st.integers(1, 40),
+    m=dims,
+    k=dims,
+    n=dims,
     ta=st.booleans(),
     tb=st.booleans(),
     wa=spoils,
     wb=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_matmul(name, m, k, n, ta, tb, wa, wb, seed):
     a = spoil(data(seed, *((k, m) if ta else (m, k))), wa)
@@ -228,16 +222,15 @@ def test_matmul(name, m, k, n, ta, tb, wa, wb, seed):
     assert_matches(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @given(
     rows=st.integers(1, 20),
-    fin=st.integers(1, 40),
-    fout=st.integers(1, 40),
+    fin=dims,
+    fout=dims,
     bias=st.booleans(),
     wx=spoils,
     ww=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_linear(name, rows, fin, fout, bias, wx, ww, seed):
     x = spoil(data(seed, rows, fin), wx)
@@ -254,14 +247,13 @@ def test_linear(name, rows, fin, fout, bias, wx, ww, seed):
 
 
 # -- cross-entropy --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @given(
     n=st.integers(1, 10),
-    vocab=st.integers(1, 40),
+    vocab=dims,
     smoothing=st.sampled_from([0.0, 0.1, 1.0]),
     where=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_cross_entropy(name, n, vocab, smoothing, where, seed):
     rng = np.random.default_rng(seed)
@@ -308,8 +300,7 @@ def attention_inputs(seed, b, hq, hkv, tq, tk, d, masked, wq, wk, wv, wdo):
     return q, k, v, do, mask
 
 
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @given(
     b=st.integers(1, 2),
     hkv=st.integers(1, 2),
@@ -323,7 +314,7 @@ def attention_inputs(seed, b, hq, hkv, tq, tk, d, masked, wq, wk, wv, wdo):
     wk=spoils,
     wv=spoils,
     wdo=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_attention(name, b, hkv, groups, tq, tk, d, causal, masked, wq, wk, wv, wdo, seed):
     q, k, v, do, mask = attention_inputs(
@@ -346,8 +337,7 @@ def test_attention(name, b, hkv, groups, tq, tk, d, causal, masked, wq, wk, wv, 
     assert_matches(got, want, rtol=1e-3, atol=1e-4, name="attention_backward")
 
 
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=30, deadline=None)
+@each_backend(FAST, 30)
 @given(
     tq=st.sampled_from([1, 2, 4, 9]),
     kv_len=st.integers(9, 60),
@@ -356,7 +346,7 @@ def test_attention(name, b, hkv, groups, tq, tk, d, causal, masked, wq, wk, wv, 
     wq=spoils,
     wk=spoils,
     wv=spoils,
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_attention_kv_cache(name, tq, kv_len, extra, d, wq, wk, wv, seed):
     # the decode path on a cache of kv_len + extra rows whose unused rows hold NaN
@@ -414,8 +404,7 @@ def test_attention_masked_values_change_nothing(name, tq):
 
 
 # -- AdamW -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FAST)
-@settings(max_examples=40, deadline=None)
+@each_backend(FAST, 40)
 @given(
     n=st.integers(1, 70),
     wp=spoils,
@@ -423,7 +412,7 @@ def test_attention_masked_values_change_nothing(name, tq):
     wm=spoils,
     step=st.integers(1, 5),
     decay=st.sampled_from([0.0, 0.1]),
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_adamw(name, n, wp, wg, wm, step, decay, seed):
     p, g = spoil(data(seed, n), wp), spoil(data(seed + 1, n), wg)

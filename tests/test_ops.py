@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import assert_close, compare, f32
+from helpers import assert_close, attention_cases, check_layernorm, compare, f32
 
 ROW_SHAPES = [(1, 1), (1, 7), (7, 17), (3, 5, 65), (2, 257), (1031, 64)]
 
@@ -114,23 +114,15 @@ def test_layernorm(backend, ref, rng, shape, contiguous):
     x = rng.standard_normal(shape) * 3 + 5
     gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
     dy = rng.standard_normal(shape)
-    compare(
+    check_layernorm(
         backend,
         ref,
-        lambda o, x, g, b: o.layernorm_forward(x, g, b, eps=1e-5),
-        [x, gamma, beta],
+        x,
+        gamma,
+        beta,
+        dy,
         contiguous=contiguous,
-        rtol=1e-3,
-        atol=1e-4,
-    )
-    _, mean, rstd = ref.layernorm_forward(x, gamma, beta, eps=1e-5)
-    compare(
-        backend,
-        ref,
-        lambda o, dy, x, g, m, r: o.layernorm_backward(dy, x, g, m, r),
-        [dy, x, gamma, mean, rstd],
-        rtol=1e-3,
-        atol=2e-3 * np.sqrt(shape[0]),
+        backward_atol=2e-3 * np.sqrt(shape[0]),
     )
 
 
@@ -274,9 +266,7 @@ ATTENTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
+@attention_cases(ATTENTION_CASES)
 def test_attention(backend, ref, rng, case, causal, masked):
     b, hq, hkv, tq, tk, d = case
     q = rng.standard_normal((b, hq, tq, d))

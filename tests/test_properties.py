@@ -4,25 +4,22 @@ the float64 reference."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from devices import HOST_BACKENDS
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import ferroformer as ff
 
-from helpers import assert_close
+from helpers import assert_close, dims, each_backend, seeds
 
 BACKENDS = HOST_BACKENDS
-dims = st.integers(1, 40)
 
 
 def data(seed, *shape):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-@settings(max_examples=25, deadline=None)
+@each_backend(BACKENDS, 25)
 @given(
     m=dims,
     k=dims,
@@ -30,7 +27,7 @@ def data(seed, *shape):
     batch=st.integers(1, 3),
     ta=st.booleans(),
     tb=st.booleans(),
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_matmul_any_shape(name, m, k, n, batch, ta, tb, seed):
     ops, ref = ff.backend(name), ff.backend("numpy")
@@ -40,9 +37,8 @@ def test_matmul_any_shape(name, m, k, n, batch, ta, tb, seed):
     assert_close(got, ref.matmul(a, b, trans_a=ta, trans_b=tb), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-@settings(max_examples=25, deadline=None)
-@given(rows=dims, tk=dims, causal=st.booleans(), seed=st.integers(0, 2**16))
+@each_backend(BACKENDS, 25)
+@given(rows=dims, tk=dims, causal=st.booleans(), seed=seeds)
 def test_softmax_any_shape(name, rows, tk, causal, seed):
     ops, ref = ff.backend(name), ff.backend("numpy")
     x = 5 * data(seed, rows, tk)
@@ -50,9 +46,8 @@ def test_softmax_any_shape(name, rows, tk, causal, seed):
     assert_close(got, ref.softmax_forward(x, causal=causal), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-@settings(max_examples=25, deadline=None)
-@given(rows=dims, c=st.integers(1, 300), seed=st.integers(0, 2**16))
+@each_backend(BACKENDS, 25)
+@given(rows=dims, c=st.integers(1, 300), seed=seeds)
 def test_layernorm_any_shape(name, rows, c, seed):
     ops, ref = ff.backend(name), ff.backend("numpy")
     x, g, b = data(seed, rows, c), data(seed + 1, c), data(seed + 2, c)
@@ -60,8 +55,7 @@ def test_layernorm_any_shape(name, rows, c, seed):
     assert_close(got, ref.layernorm_forward(x, g, b), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-@settings(max_examples=15, deadline=None)
+@each_backend(BACKENDS, 15)
 @given(
     b=st.integers(1, 2),
     hkv=st.integers(1, 2),
@@ -70,7 +64,7 @@ def test_layernorm_any_shape(name, rows, c, seed):
     tk=dims,
     d=st.sampled_from([16, 24, 64]),
     causal=st.booleans(),
-    seed=st.integers(0, 2**16),
+    seed=seeds,
 )
 def test_attention_any_shape(name, b, hkv, groups, tq, tk, d, causal, seed):
     ops, ref = ff.backend(name), ff.backend("numpy")

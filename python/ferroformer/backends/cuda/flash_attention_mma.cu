@@ -162,6 +162,22 @@ __device__ __forceinline__ void zero(float (&c)[NB][4]) {
     for (int i = 0; i < NB; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.0f;
 }
 
+// Row r of the lane's accumulator fragments (r = 0: its row, 1: the row 8 below), times
+// factor, to out_row: the lane's two columns 8 nb + 2 t, 8 nb + 2 t + 1 of each block nb,
+// those below D (a multiple of 8 where these kernels run).
+template <typename T, int NB>
+__device__ __forceinline__ void store_row(T* out_row, const float (&c)[NB][4], int r, int t,
+                                          int D, float factor) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+        const int col = nb * 8 + 2 * t;
+        if (col < D) {
+            out_row[col] = from_float<T>(c[nb][2 * r] * factor);
+            out_row[col + 1] = from_float<T>(c[nb][2 * r + 1] * factor);
+        }
+    }
+}
+
 // Rows [row0, row0 + rows) of src (n_rows, D) -> tile (rows, HEAD_DIM + 8) by
 // cp.async; zeros past n_rows and D. Columns [HEAD_DIM, HEAD_DIM + 8) are
 // padding, never read.
@@ -301,15 +317,7 @@ __global__ void attention_forward_mma(const T* q, const T* k, const T* v, const 
         const int row = row0 + 8 * r;
         if (row >= Tq) continue;
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        T* o_row = o + ((i64)bh * Tq + row) * D;
-#pragma unroll
-        for (int nb = 0; nb < NO; ++nb) {
-            const int col = nb * 8 + 2 * t;
-            if (col < D) {
-                o_row[col] = from_float<T>(acc[nb][2 * r] * inv);
-                o_row[col + 1] = from_float<T>(acc[nb][2 * r + 1] * inv);
-            }
-        }
+        store_row<T, NO>(o + ((i64)bh * Tq + row) * D, acc, r, t, D, inv);
         if (t == 0) lse[(i64)bh * Tq + row] = l > 0.0f ? (m_run[r] + log2f(l)) * FLASH_LN2 : neg_inf();
     }
 }
@@ -403,15 +411,7 @@ __global__ void attention_backward_q_mma(const T* q, const T* k, const T* v, con
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + 8 * r;
         if (row >= Tq) continue;
-        T* dq_row = dq + ((i64)bh * Tq + row) * D;
-#pragma unroll
-        for (int nb = 0; nb < NO; ++nb) {
-            const int col = nb * 8 + 2 * t;
-            if (col < D) {
-                dq_row[col] = from_float<T>(dq_acc[nb][2 * r] * scale);
-                dq_row[col + 1] = from_float<T>(dq_acc[nb][2 * r + 1] * scale);
-            }
-        }
+        store_row<T, NO>(dq + ((i64)bh * Tq + row) * D, dq_acc, r, t, D, scale);
     }
 }
 
@@ -518,15 +518,7 @@ __global__ void attention_backward_kv_mma(const T* q, const T* k, const T* v, co
         const int key = key0 + 8 * r;
         if (key >= Tk) continue;
         const i64 at = ((i64)bhk * Tk + key) * D;
-#pragma unroll
-        for (int nb = 0; nb < NO; ++nb) {
-            const int col = nb * 8 + 2 * t;
-            if (col < D) {
-                dk[at + col] = from_float<T>(dk_acc[nb][2 * r] * scale);
-                dk[at + col + 1] = from_float<T>(dk_acc[nb][2 * r + 1] * scale);
-                dv[at + col] = from_float<T>(dv_acc[nb][2 * r]);
-                dv[at + col + 1] = from_float<T>(dv_acc[nb][2 * r + 1]);
-            }
-        }
+        store_row<T, NO>(dk + at, dk_acc, r, t, D, scale);
+        store_row<T, NO>(dv + at, dv_acc, r, t, D, 1.0f);  // x * 1.0f is x, exactly
     }
 }
