@@ -1,5 +1,6 @@
 //! Cache blocking of the GEMM loops: every size the loop nest in
-//! `gemm.rs` uses, in one place, with the reason for each.
+//! `gemm.rs` uses, in one place, with the reason for each; and the one
+//! prefetch hint of the matmul family.
 //!
 //! The loops follow BLIS (outermost first):
 //! - loop 5 `jc` steps over columns of C by `nc`; `pack_b` copies the whole
@@ -82,4 +83,28 @@ pub fn nc_for(blocking: &Blocking, k: usize, nr: usize) -> usize {
 pub fn mc_panels_for(blocking: &Blocking, k: usize, mr: usize) -> usize {
     let fit = PACKED_MAX / (k.max(1) * mr);
     (blocking.mc / mr).min(fit).max(1)
+}
+
+/// The cache level a [`prefetch`] asks for.
+#[derive(Clone, Copy)]
+pub enum Cache {
+    L1,
+    L2,
+}
+
+/// Asks for the cache line at `p` to be brought into `level`; only a
+/// hint, never a fault, whatever the address.
+#[inline(always)]
+pub fn prefetch(p: *const f32, level: Cache) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        match level {
+            Cache::L1 => _mm_prefetch::<_MM_HINT_T0>(p.cast()),
+            Cache::L2 => _mm_prefetch::<_MM_HINT_T1>(p.cast()),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, level);
 }

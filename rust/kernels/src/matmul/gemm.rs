@@ -8,7 +8,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use super::blocking::{mc_panels_for, nc_for};
+use super::blocking::{mc_panels_for, nc_for, prefetch, Cache};
 use super::kernel::{Epilogue, MicroKernel, MAX_TILE};
 use super::packing::View;
 
@@ -334,7 +334,7 @@ unsafe fn task<K: MicroKernel>(
                         let c = g.c.wrapping_add(i * g.ldc + j);
                         let r = mr.min(g.m - i);
                         for l in ip * per_tile..b_lines.min((ip + 1) * per_tile) {
-                            prefetch_l2(next_b.wrapping_add(l * 16));
+                            prefetch(next_b.wrapping_add(l * 16), Cache::L2);
                         }
                         // SAFETY: `a` and `b` are packed panels of kc depths;
                         // C's tile at (i, j) has `r` rows and `cols` columns
@@ -394,17 +394,4 @@ unsafe fn edge_tile<K: MicroKernel>(
             }
         }
     }
-}
-
-/// Asks for the cache line at `p` to be brought into L2.
-#[inline(always)]
-fn prefetch_l2(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }

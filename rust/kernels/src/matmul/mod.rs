@@ -11,8 +11,8 @@
 //! assert_eq!(c, [1.0, 2.0, 4.0, 5.0]);
 //! ```
 //!
-//! Files: `blocking.rs` (cache block sizes), `kernel.rs` (the micro-kernel
-//! trait) and one `kernel_*.rs` per instruction set, `packing.rs`
+//! Files: `blocking.rs` (cache block sizes), `kernel.rs` (the micro-kernel,
+//! one generic body and each token's tile shape), `packing.rs`
 //! (`pack_a`, `pack_b`), `gemm.rs` (the loop nest and its threads),
 //! `gemv.rs` (the one-row / one-column case), `small_m.rs` (up to 32 rows
 //! of x against W read in place), `swapped.rs` (33 to 256 rows against W
@@ -24,11 +24,6 @@ mod blocking;
 mod gemm;
 mod gemv;
 mod kernel;
-#[cfg(target_arch = "x86_64")]
-mod kernel_avx2;
-#[cfg(target_arch = "x86_64")]
-mod kernel_avx512;
-mod kernel_portable;
 mod linear;
 mod naive;
 mod packing;

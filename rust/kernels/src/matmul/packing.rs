@@ -5,6 +5,7 @@
 //! else ever copies or transposes it. Packing is generic over the SIMD
 //! token: with AVX-512 the transposing copy goes through registers.
 
+use super::blocking::{prefetch, Cache};
 use crate::simd::Simd;
 
 /// A read-only strided matrix: element `(i, j)` lives at `ptr + i*rs + j*cs`.
@@ -43,19 +44,6 @@ const LINE: usize = 16;
 /// How many rows ahead a strided contiguous copy prefetches.
 const PREFETCH_ROWS: usize = 8;
 
-/// Asks for the cache line at `p` in L1; never faults.
-#[inline(always)]
-fn prefetch_l1(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// Packs one micro-panel: `dst (kc, W)` with `dst[p*W + i] = src(i, p)`
 /// for `i < valid`, zero for `valid <= i < W`. `src(i, p)` is at
 /// `ptr + i*stride_w + p*stride_k`. `W` is the kernel's MR or NR, a
@@ -86,7 +74,7 @@ unsafe fn pack_panel<const W: usize, S: Simd>(
                 // Only a hint: past the end (or wrapped, for a huge stride) is fine.
                 let ahead = src.wrapping_add((p + PREFETCH_ROWS).wrapping_mul(stride_k));
                 for l in (0..W).step_by(LINE) {
-                    prefetch_l1(ahead.wrapping_add(l));
+                    prefetch(ahead.wrapping_add(l), Cache::L1);
                 }
                 // SAFETY: depth step p < kc of the W (= valid) lines.
                 let line = unsafe { &*src.add(p * stride_k).cast::<[f32; W]>() };
