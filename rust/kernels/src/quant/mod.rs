@@ -246,16 +246,29 @@ fn tile<S: Simd>(
             #[cfg(target_arch = "x86_64")]
             if let (Activations::Int8, Some(qr), Some(a)) = (mode, qr, s.avx2()) {
                 if qr.finite.iter().all(|&f| f) {
-                    // straight from the block bytes (x86.rs), no decoded row
-                    let n_ch = in_f / CHUNK;
-                    for (i, o) in out.chunks_exact_mut(rows).enumerate() {
-                        for (r, v) in o.iter_mut().enumerate() {
-                            let xr = x86::QRow {
-                                qx: &qr.qx[r * in_f..(r + 1) * in_f],
-                                dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
-                                sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
-                            };
-                            *v = a.quant_row_dot(t, weight_row(i), xr);
+                    // straight from the block bytes (x86.rs), no decoded row,
+                    // four weight rows at a time against each row of x
+                    let (n_ch, dot) = (in_f / CHUNK, x86::Dot::best());
+                    let xr = |r: usize| x86::QRow {
+                        qx: &qr.qx[r * in_f..(r + 1) * in_f],
+                        dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
+                        sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
+                    };
+                    let n_out = out.len() / rows;
+                    let mut i = 0;
+                    while i + 4 <= n_out {
+                        let w4 = [i, i + 1, i + 2, i + 3].map(weight_row);
+                        for r in 0..rows {
+                            let d = a.quant_rows_dot(dot, t, w4, xr(r));
+                            for (k, v) in d.into_iter().enumerate() {
+                                out[(i + k) * rows + r] = v;
+                            }
+                        }
+                        i += 4;
+                    }
+                    for i in i..n_out {
+                        for r in 0..rows {
+                            out[i * rows + r] = a.quant_rows_dot(dot, t, [weight_row(i)], xr(r))[0];
                         }
                     }
                     return;
@@ -434,7 +447,8 @@ pub fn quantized_linear_forward(
         } else {
             (rayon::current_num_threads() * 8).min(out_f)
         };
-        let per_task = out_f.div_ceil(tasks);
+        // whole groups of four weight rows per task (the int8 kernels' unit)
+        let per_task = out_f.div_ceil(tasks).next_multiple_of(4);
         let arch = crate::simd::Arch::best();
         let mut yt = if rows == 1 {
             Vec::new()
