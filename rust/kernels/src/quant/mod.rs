@@ -248,29 +248,16 @@ fn tile<S: Simd>(
                 if qr.finite.iter().all(|&f| f) {
                     // straight from the block bytes (x86.rs), no decoded row,
                     // four weight rows at a time against each row of x
-                    let (n_ch, dot) = (in_f / CHUNK, x86::Dot::best());
-                    let xr = |r: usize| x86::QRow {
-                        qx: &qr.qx[r * in_f..(r + 1) * in_f],
-                        dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
-                        sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
-                    };
-                    let n_out = out.len() / rows;
-                    let mut i = 0;
-                    while i + 4 <= n_out {
-                        let w4 = [i, i + 1, i + 2, i + 3].map(weight_row);
-                        for r in 0..rows {
-                            let d = a.quant_rows_dot(dot, t, w4, xr(r));
-                            for (k, v) in d.into_iter().enumerate() {
-                                out[(i + k) * rows + r] = v;
-                            }
-                        }
-                        i += 4;
-                    }
-                    for i in i..n_out {
-                        for r in 0..rows {
-                            out[i * rows + r] = a.quant_rows_dot(dot, t, [weight_row(i)], xr(r))[0];
-                        }
-                    }
+                    let n_ch = in_f / CHUNK;
+                    let xs: Vec<x86::QRow> = (0..rows)
+                        .map(|r| x86::QRow {
+                            qx: &qr.qx[r * in_f..(r + 1) * in_f],
+                            dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
+                            sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
+                        })
+                        .collect();
+                    let w = &w[j0 * row_bytes..(j0 + out.len() / rows) * row_bytes];
+                    a.quant_rows_dot(x86::Dot::best(), t, w, &xs, out);
                     return;
                 }
             }

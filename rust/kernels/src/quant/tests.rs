@@ -194,15 +194,19 @@ fn quant_x86_kernels_match_portable() {
                 .collect();
             let mut first: Option<Vec<f32>> = None;
             for dot in Dot::supported() {
-                let ones: Vec<f32> = (0..out_f)
-                    .map(|j| a.quant_rows_dot(dot, t, [wr(j)], xr)[0])
-                    .collect();
-                for g in 0..out_f / 4 {
-                    let j = 4 * g;
-                    let four =
-                        a.quant_rows_dot(dot, t, [wr(j), wr(j + 1), wr(j + 2), wr(j + 3)], xr);
-                    assert_eq!(four[..], ones[j..j + 4], "{} {dot:?} rows {j}..", t.name());
+                // each row alone, then all together (four per pass)
+                let mut ones = vec![0.0f32; out_f];
+                for (j, o) in ones.iter_mut().enumerate() {
+                    a.quant_rows_dot(dot, t, wr(j), &[xr], std::slice::from_mut(o));
                 }
+                let mut all = vec![0.0f32; out_f];
+                a.quant_rows_dot(dot, t, &w, &[xr], &mut all);
+                assert_eq!(all, ones, "{} {dot:?}", t.name());
+                // two rows of x: y transposed, rows of W major
+                let mut two = vec![0.0f32; 2 * out_f];
+                a.quant_rows_dot(dot, t, &w, &[xr, xr], &mut two);
+                let pairs: Vec<f32> = ones.iter().flat_map(|&v| [v, v]).collect();
+                assert_eq!(two, pairs, "{} {dot:?} two rows of x", t.name());
                 for j in 0..out_f {
                     let mag: f32 = (0..in_f).map(|l| (wf[j * in_f + l] * x[l]).abs()).sum();
                     let tol = 1e-5 * mag + 1e-6;

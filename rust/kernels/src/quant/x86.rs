@@ -93,36 +93,82 @@ impl Dot {
 }
 
 impl Avx2 {
-    /// `sum(w[r] * x)` for `N` weight rows (whole blocks of `t`, all the
-    /// same length) against one quantized activation row of that length.
-    /// A row's result does not depend on `N` or on the other rows.
+    /// `out[i * xs.len() + r] = sum(w_i * xs[r])` for the weight rows `w_i`
+    /// in `w` (`out.len() / xs.len()` rows of whole blocks of `t`) against
+    /// quantized activation rows of the same length, four weight rows per
+    /// pass. A row's result does not depend on the other rows.
     #[inline(always)]
-    pub(super) fn quant_rows_dot<const N: usize>(
+    pub(super) fn quant_rows_dot(
         self,
         dot: Dot,
         t: QType,
-        w: [&[u8]; N],
-        x: QRow<'_>,
-    ) -> [f32; N] {
-        // the weight rows' lengths are checked by each kernel (`blocks_of`),
-        // where the block size is a constant
-        let n_ch = x.dx.len();
+        w: &[u8],
+        xs: &[QRow<'_>],
+        out: &mut [f32],
+    ) {
+        let n_ch = w.len() / (out.len() / xs.len().max(1)).max(1) / t.type_size()
+            * (t.block_size() / CHUNK);
         assert!(
-            x.qx.len() == n_ch * CHUNK && x.sx.len() == n_ch,
-            "quant_rows_dot: {} activations with {n_ch} chunk scales",
-            x.qx.len()
+            xs.iter()
+                .all(|x| x.qx.len() == n_ch * CHUNK && x.dx.len() == n_ch && x.sx.len() == n_ch)
+                && out.len().is_multiple_of(xs.len().max(1)),
+            "quant_rows_dot: {} weight bytes, {} outputs, activation rows of {:?} values",
+            w.len(),
+            out.len(),
+            xs.iter().map(|x| x.qx.len()).collect::<Vec<_>>()
         );
+        if xs.is_empty() || out.is_empty() {
+            return;
+        }
         match dot.0 {
             // SAFETY: the token exists, so the CPU has AVX2, FMA and F16C, the
             // features these functions are compiled with (they index only
             // with bounds checks).
-            DotKind::Madd => unsafe { madd::rows(t, w, x) },
+            DotKind::Madd => unsafe { madd::tile(t, w, xs, out) },
             // SAFETY: as above, and this kind is made only where the CPU has
             // AVX-VNNI.
-            DotKind::AvxVnni => unsafe { avx_vnni::rows(t, w, x) },
+            DotKind::AvxVnni => unsafe { avx_vnni::tile(t, w, xs, out) },
             // SAFETY: as above, and this kind is made only where the CPU has
             // AVX-512 VNNI and VL.
-            DotKind::Avx512Vnni => unsafe { avx512_vnni::rows(t, w, x) },
+            DotKind::Avx512Vnni => unsafe { avx512_vnni::tile(t, w, xs, out) },
+        }
+    }
+}
+
+/// The weight rows of `w` (each `row_bytes`) against every row of `xs`
+/// into `out` (weight row major): four weight rows at a time by `four`,
+/// the last ones by `one`.
+#[inline(always)]
+fn drive(
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[QRow<'_>],
+    out: &mut [f32],
+    four: impl Fn([&[u8]; 4], QRow<'_>) -> [f32; 4],
+    one: impl Fn([&[u8]; 1], QRow<'_>) -> [f32; 1],
+) {
+    let rows = xs.len();
+    assert_eq!(
+        w.len() * rows,
+        out.len() * row_bytes,
+        "quant_rows_dot: shapes"
+    );
+    let mut groups = w.chunks_exact(4 * row_bytes);
+    let mut outs = out.chunks_exact_mut(4 * rows);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let (w01, w23) = g.split_at(2 * row_bytes);
+        let (w0, w1) = w01.split_at(row_bytes);
+        let (w2, w3) = w23.split_at(row_bytes);
+        for (r, &x) in xs.iter().enumerate() {
+            for (k, v) in four([w0, w1, w2, w3], x).into_iter().enumerate() {
+                o[k * rows + r] = v;
+            }
+        }
+    }
+    let tail = groups.remainder().chunks_exact(row_bytes);
+    for (wr, o) in tail.zip(outs.into_remainder().chunks_exact_mut(rows)) {
+        for (v, &x) in o.iter_mut().zip(xs) {
+            *v = one([wr], x)[0];
         }
     }
 }
@@ -329,20 +375,89 @@ macro_rules! row_kernels {
             use super::*;
 
             #[target_feature(enable = $features)]
-            pub(super) fn rows<const N: usize>(t: QType, w: [&[u8]; N], x: QRow<'_>) -> [f32; N] {
+            pub(super) fn tile(t: QType, w: &[u8], xs: &[QRow<'_>], out: &mut [f32]) {
+                let rb = |ts: usize| xs[0].dx.len() / (t.block_size() / CHUNK) * ts;
                 match t {
-                    QType::Q8_0 => q8_0(w, x),
-                    QType::Q4_0 => small::<N, 18, 8>(w, x, |b| nibbles(bytes(b, 2))),
-                    QType::Q4_1 => small::<N, 20, 0>(w, x, |b| nibbles(bytes(b, 4))),
-                    QType::Q5_0 => small::<N, 22, 16>(w, x, |b| {
-                        _mm256_or_si256(nibbles(bytes(b, 6)), fifth_bits(bytes(b, 2)))
-                    }),
-                    QType::Q5_1 => small::<N, 24, 0>(w, x, |b| {
-                        _mm256_or_si256(nibbles(bytes(b, 8)), fifth_bits(bytes(b, 4)))
-                    }),
-                    QType::Q4K => k_quant::<N, 144, false>(w, x),
-                    QType::Q5K => k_quant::<N, 176, true>(w, x),
-                    QType::Q6K => q6k(w, x),
+                    QType::Q8_0 => drive(
+                        w,
+                        rb(34),
+                        xs,
+                        out,
+                        |w, x| q8_0::<4>(w, x),
+                        |w, x| q8_0::<1>(w, x),
+                    ),
+                    QType::Q4_0 => {
+                        let u = |b: &[u8; 18]| nibbles(bytes(b, 2));
+                        drive(
+                            w,
+                            rb(18),
+                            xs,
+                            out,
+                            |w, x| small::<4, 18, 8>(w, x, u),
+                            |w, x| small::<1, 18, 8>(w, x, u),
+                        )
+                    }
+                    QType::Q4_1 => {
+                        let u = |b: &[u8; 20]| nibbles(bytes(b, 4));
+                        drive(
+                            w,
+                            rb(20),
+                            xs,
+                            out,
+                            |w, x| small::<4, 20, 0>(w, x, u),
+                            |w, x| small::<1, 20, 0>(w, x, u),
+                        )
+                    }
+                    QType::Q5_0 => {
+                        let u = |b: &[u8; 22]| {
+                            _mm256_or_si256(nibbles(bytes(b, 6)), fifth_bits(bytes(b, 2)))
+                        };
+                        drive(
+                            w,
+                            rb(22),
+                            xs,
+                            out,
+                            |w, x| small::<4, 22, 16>(w, x, u),
+                            |w, x| small::<1, 22, 16>(w, x, u),
+                        )
+                    }
+                    QType::Q5_1 => {
+                        let u = |b: &[u8; 24]| {
+                            _mm256_or_si256(nibbles(bytes(b, 8)), fifth_bits(bytes(b, 4)))
+                        };
+                        drive(
+                            w,
+                            rb(24),
+                            xs,
+                            out,
+                            |w, x| small::<4, 24, 0>(w, x, u),
+                            |w, x| small::<1, 24, 0>(w, x, u),
+                        )
+                    }
+                    QType::Q4K => drive(
+                        w,
+                        rb(144),
+                        xs,
+                        out,
+                        |w, x| k_quant::<4, 144, false>(w, x),
+                        |w, x| k_quant::<1, 144, false>(w, x),
+                    ),
+                    QType::Q5K => drive(
+                        w,
+                        rb(176),
+                        xs,
+                        out,
+                        |w, x| k_quant::<4, 176, true>(w, x),
+                        |w, x| k_quant::<1, 176, true>(w, x),
+                    ),
+                    QType::Q6K => drive(
+                        w,
+                        rb(210),
+                        xs,
+                        out,
+                        |w, x| q6k::<4>(w, x),
+                        |w, x| q6k::<1>(w, x),
+                    ),
                 }
             }
 
