@@ -26,10 +26,12 @@
 //! into an L2-sized float32 panel and multiplied by the crate's GEMM, so
 //! each weight block is decoded once per call and used for every row.
 //! Otherwise x is quantized once per call (int8 mode),
-//! then the output rows are split over the rayon pool; each task decodes a
-//! weight row once into an int8 panel (L1-resident) and dots it against
-//! every row of x (which, quantized, stays in L2 for a 128-token prompt),
-//! so the weight bytes are streamed from memory exactly once per call.
+//! then the output rows are split over the rayon pool, in groups of four;
+//! each task dots its weight rows against every row of x (which, quantized,
+//! stays in L2 for a 128-token prompt), four rows at a time straight from
+//! the block bytes on x86 (`x86.rs`), elsewhere a row decoded once into an
+//! int8 panel (L1-resident), so the weight bytes are streamed from memory
+//! exactly once per call.
 //! The bodies are written once and compiled per SIMD token (`Simd::vectorize`).
 
 pub mod blocks;
