@@ -138,22 +138,37 @@ impl Avx2 {
     }
 }
 
-/// The weight rows of `w` (each `row_bytes`) against every row of `xs`
+/// [`drive`] with the kernel `$k` at four rows and at one (`_` stands for
+/// the row count among its const parameters), `$unpack` passed on.
+macro_rules! by_four {
+    ($w:expr, $xs:expr, $out:expr, $k:ident::<_ $(, $p:tt)*> $(, $unpack:expr)?) => {
+        drive(
+            $w,
+            $xs,
+            $out,
+            |w, x| $k::<4 $(, $p)*>(w, x $(, $unpack)?),
+            |w, x| $k::<1 $(, $p)*>(w, x $(, $unpack)?),
+        )
+    };
+}
+
+/// The weight rows of `w` (as many as `out` has per row of `xs`) against every row of `xs`
 /// into `out` (weight row major): four weight rows at a time by `four`,
 /// the last ones by `one`.
 #[inline(always)]
 fn drive(
     w: &[u8],
-    row_bytes: usize,
     xs: &[QRow<'_>],
     out: &mut [f32],
     four: impl Fn([&[u8]; 4], QRow<'_>) -> [f32; 4],
     one: impl Fn([&[u8]; 1], QRow<'_>) -> [f32; 1],
 ) {
+    // the kernels check that a row holds whole blocks for the activations
     let rows = xs.len();
+    let row_bytes = w.len() / (out.len() / rows);
     assert_eq!(
-        w.len() * rows,
-        out.len() * row_bytes,
+        w.len(),
+        out.len() / rows * row_bytes,
         "quant_rows_dot: shapes"
     );
     let mut groups = w.chunks_exact(4 * row_bytes);
@@ -264,11 +279,11 @@ fn dot_madd(acc: __m256i, u: __m256i, qx: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
-/// `q . qx` per lane for full int8 `q`: the sign trick (the offset sums,
-/// for VNNI, are not used).
+/// `q . qx` per lane for full int8 `q`, by the sign trick: `|q|` times
+/// `qx` with q's sign (`vpmaddubsw` would saturate on `q + 128`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_i8_madd(q: __m256i, qx: __m256i, _minus_128: __m256i) -> __m256i {
+fn dot_i8_madd(q: __m256i, qx: __m256i) -> __m256i {
     dot_madd(
         _mm256_setzero_si256(),
         _mm256_abs_epi8(q),
@@ -282,25 +297,10 @@ fn dot_avx_vnni(acc: __m256i, u: __m256i, qx: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(acc, u, qx)
 }
 
-/// `q . qx` as `(q + 128) . qx - 128 * sum(qx)`, `minus_128` the latter.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-#[inline]
-fn dot_i8_avx_vnni(q: __m256i, qx: __m256i, minus_128: __m256i) -> __m256i {
-    let u = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
-    _mm256_dpbusd_avx_epi32(minus_128, u, qx)
-}
-
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 #[inline]
 fn dot_avx512_vnni(acc: __m256i, u: __m256i, qx: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, qx)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-#[inline]
-fn dot_i8_avx512_vnni(q: __m256i, qx: __m256i, minus_128: __m256i) -> __m256i {
-    let u = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
-    _mm256_dpbusd_epi32(minus_128, u, qx)
 }
 
 /// The horizontal sums of four registers, in one register (lanes summed
@@ -371,96 +371,32 @@ macro_rules! minus_bias {
 }
 
 /// The kernels, compiled once per dot instruction (`$features` enable it,
-/// `$dot` and `$dot_i8` are its [`dot_madd`] and [`dot_i8_madd`]).
+/// `$dot` is its [`dot_madd`]; `$unsigned_q8`: Q8_0 as `q + 128`, which only
+/// `vpdpbusd` multiplies without saturating).
 macro_rules! row_kernels {
-    ($name:ident, $features:literal, $dot:ident, $dot_i8:ident) => {
+    ($name:ident, $features:literal, $dot:ident, $unsigned_q8:literal) => {
         mod $name {
             use super::*;
 
             #[target_feature(enable = $features)]
             pub(super) fn tile(t: QType, w: &[u8], xs: &[QRow<'_>], out: &mut [f32]) {
-                let rb = |ts: usize| xs[0].dx.len() / (t.block_size() / CHUNK) * ts;
                 match t {
-                    QType::Q8_0 => drive(
-                        w,
-                        rb(34),
-                        xs,
-                        out,
-                        |w, x| q8_0::<4>(w, x),
-                        |w, x| q8_0::<1>(w, x),
-                    ),
-                    QType::Q4_0 => {
-                        let u = |b: &[u8; 18]| nibbles(bytes(b, 2));
-                        drive(
-                            w,
-                            rb(18),
-                            xs,
-                            out,
-                            |w, x| small::<4, 18, 8>(w, x, u),
-                            |w, x| small::<1, 18, 8>(w, x, u),
-                        )
-                    }
-                    QType::Q4_1 => {
-                        let u = |b: &[u8; 20]| nibbles(bytes(b, 4));
-                        drive(
-                            w,
-                            rb(20),
-                            xs,
-                            out,
-                            |w, x| small::<4, 20, 0>(w, x, u),
-                            |w, x| small::<1, 20, 0>(w, x, u),
-                        )
-                    }
-                    QType::Q5_0 => {
-                        let u = |b: &[u8; 22]| {
-                            _mm256_or_si256(nibbles(bytes(b, 6)), fifth_bits(bytes(b, 2)))
-                        };
-                        drive(
-                            w,
-                            rb(22),
-                            xs,
-                            out,
-                            |w, x| small::<4, 22, 16>(w, x, u),
-                            |w, x| small::<1, 22, 16>(w, x, u),
-                        )
-                    }
-                    QType::Q5_1 => {
-                        let u = |b: &[u8; 24]| {
-                            _mm256_or_si256(nibbles(bytes(b, 8)), fifth_bits(bytes(b, 4)))
-                        };
-                        drive(
-                            w,
-                            rb(24),
-                            xs,
-                            out,
-                            |w, x| small::<4, 24, 0>(w, x, u),
-                            |w, x| small::<1, 24, 0>(w, x, u),
-                        )
-                    }
-                    QType::Q4K => drive(
-                        w,
-                        rb(144),
-                        xs,
-                        out,
-                        |w, x| k_quant::<4, 144, false>(w, x),
-                        |w, x| k_quant::<1, 144, false>(w, x),
-                    ),
-                    QType::Q5K => drive(
-                        w,
-                        rb(176),
-                        xs,
-                        out,
-                        |w, x| k_quant::<4, 176, true>(w, x),
-                        |w, x| k_quant::<1, 176, true>(w, x),
-                    ),
-                    QType::Q6K => drive(
-                        w,
-                        rb(210),
-                        xs,
-                        out,
-                        |w, x| q6k::<4>(w, x),
-                        |w, x| q6k::<1>(w, x),
-                    ),
+                    QType::Q8_0 => by_four!(w, xs, out, q8_0::<_>),
+                    QType::Q4_0 => by_four!(w, xs, out, small::<_, 18, 8>, |b: &[u8; 18]| {
+                        nibbles(bytes(b, 2))
+                    }),
+                    QType::Q4_1 => by_four!(w, xs, out, small::<_, 20, 0>, |b: &[u8; 20]| {
+                        nibbles(bytes(b, 4))
+                    }),
+                    QType::Q5_0 => by_four!(w, xs, out, small::<_, 22, 16>, |b: &[u8; 22]| {
+                        _mm256_or_si256(nibbles(bytes(b, 6)), fifth_bits(bytes(b, 2)))
+                    }),
+                    QType::Q5_1 => by_four!(w, xs, out, small::<_, 24, 0>, |b: &[u8; 24]| {
+                        _mm256_or_si256(nibbles(bytes(b, 8)), fifth_bits(bytes(b, 4)))
+                    }),
+                    QType::Q4K => by_four!(w, xs, out, k_quant::<_, 144, false>),
+                    QType::Q5K => by_four!(w, xs, out, k_quant::<_, 176, true>),
+                    QType::Q6K => by_four!(w, xs, out, q6k::<_>),
                 }
             }
 
@@ -475,7 +411,13 @@ macro_rules! row_kernels {
                     let minus_128 = minus_bias!($dot, 128, qx);
                     for r in 0..N {
                         let b = &w[r][c];
-                        let sums = $dot_i8(load32(bytes(b, 2)), qx, minus_128);
+                        let q = load32(bytes(b, 2));
+                        let sums = if $unsigned_q8 {
+                            // (q + 128) . qx - 128 * sum(qx)
+                            $dot(minus_128, _mm256_xor_si256(q, _mm256_set1_epi8(-128)), qx)
+                        } else {
+                            dot_i8_madd(q, qx)
+                        };
                         let s = _mm256_mul_ps(half8(bytes(b, 0)), dx);
                         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[r]);
                     }
@@ -691,18 +633,13 @@ macro_rules! row_kernels {
     };
 }
 
-row_kernels!(madd, "avx2,fma,f16c", dot_madd, dot_i8_madd);
-row_kernels!(
-    avx_vnni,
-    "avx2,fma,f16c,avxvnni",
-    dot_avx_vnni,
-    dot_i8_avx_vnni
-);
+row_kernels!(madd, "avx2,fma,f16c", dot_madd, false);
+row_kernels!(avx_vnni, "avx2,fma,f16c,avxvnni", dot_avx_vnni, true);
 row_kernels!(
     avx512_vnni,
     "avx2,fma,f16c,avx512vnni,avx512vl",
     dot_avx512_vnni,
-    dot_i8_avx512_vnni
+    true
 );
 
 /// The eight 6-bit scales and mins of a Q4_K / Q5_K block (its 12 bytes at
