@@ -26,10 +26,12 @@
 //! into an L2-sized float32 panel and multiplied by the crate's GEMM, so
 //! each weight block is decoded once per call and used for every row.
 //! Otherwise x is quantized once per call (int8 mode),
-//! then the output rows are split over the rayon pool; each task decodes a
-//! weight row once into an int8 panel (L1-resident) and dots it against
-//! every row of x (which, quantized, stays in L2 for a 128-token prompt),
-//! so the weight bytes are streamed from memory exactly once per call.
+//! then the output rows are split over the rayon pool, in groups of four;
+//! each task dots its weight rows against every row of x (which, quantized,
+//! stays in L2 for a 128-token prompt), four rows at a time straight from
+//! the block bytes on x86 (`x86.rs`), elsewhere a row decoded once into an
+//! int8 panel (L1-resident), so the weight bytes are streamed from memory
+//! exactly once per call.
 //! The bodies are written once and compiled per SIMD token (`Simd::vectorize`).
 
 pub mod blocks;
@@ -246,18 +248,18 @@ fn tile<S: Simd>(
             #[cfg(target_arch = "x86_64")]
             if let (Activations::Int8, Some(qr), Some(a)) = (mode, qr, s.avx2()) {
                 if qr.finite.iter().all(|&f| f) {
-                    // straight from the block bytes (x86.rs), no decoded row
+                    // straight from the block bytes (x86.rs), no decoded row,
+                    // four weight rows at a time against each row of x
                     let n_ch = in_f / CHUNK;
-                    for (i, o) in out.chunks_exact_mut(rows).enumerate() {
-                        for (r, v) in o.iter_mut().enumerate() {
-                            let xr = x86::QRow {
-                                qx: &qr.qx[r * in_f..(r + 1) * in_f],
-                                dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
-                                sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
-                            };
-                            *v = a.quant_row_dot(t, weight_row(i), xr);
-                        }
-                    }
+                    let xs: Vec<x86::QRow> = (0..rows)
+                        .map(|r| x86::QRow {
+                            qx: &qr.qx[r * in_f..(r + 1) * in_f],
+                            dx: &qr.dx[r * n_ch..(r + 1) * n_ch],
+                            sx: &qr.sx[r * n_ch..(r + 1) * n_ch],
+                        })
+                        .collect();
+                    let w = &w[j0 * row_bytes..(j0 + out.len() / rows) * row_bytes];
+                    a.quant_rows_dot(x86::Dot::best(), t, w, &xs, out);
                     return;
                 }
             }
@@ -434,7 +436,8 @@ pub fn quantized_linear_forward(
         } else {
             (rayon::current_num_threads() * 8).min(out_f)
         };
-        let per_task = out_f.div_ceil(tasks);
+        // whole groups of four weight rows per task (the int8 kernels' unit)
+        let per_task = out_f.div_ceil(tasks).next_multiple_of(4);
         let arch = crate::simd::Arch::best();
         let mut yt = if rows == 1 {
             Vec::new()

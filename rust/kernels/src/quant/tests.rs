@@ -149,3 +149,80 @@ fn quant_bad_shapes_refused() {
     assert_eq!(QType::from_name("q4_k"), Some(QType::Q4K));
     assert_eq!(QType::from_name("Q2_K"), None);
 }
+
+/// The x86 int8 kernels, every dot instruction this CPU has, four rows per
+/// pass and one: each row's result is the same bits whatever the
+/// instruction and the grouping, and the portable int8 product's up to
+/// float32 summation order.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn quant_x86_kernels_match_portable() {
+    use super::x86::{Dot, QRow};
+    use super::{quantize_rows, row_dots};
+    let Some(a) = crate::simd::Avx2::try_new() else {
+        return;
+    };
+    for t in QType::ALL {
+        for (n_blocks, out_f) in [(1, 1), (3, 7), (2, 9)] {
+            let in_f = n_blocks * t.block_size();
+            let mut rng = Rng::new((n_blocks * 131 + out_f) as u64);
+            let w = random_weight(t, out_f, in_f, &mut rng);
+            let wf = decode(t, &w, out_f, in_f);
+            let x: Vec<f32> = (0..in_f).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let qr = quantize_rows(&x, 1, in_f);
+            let xr = QRow {
+                qx: &qr.qx,
+                dx: &qr.dx,
+                sx: &qr.sx,
+            };
+            let row_bytes = w.len() / out_f;
+            let wr = |j: usize| &w[j * row_bytes..(j + 1) * row_bytes];
+            // the portable int8 path, a row at a time
+            let mut q = vec![0i8; in_f];
+            let mut cs = vec![ChunkScale::default(); in_f / CHUNK];
+            let per = t.block_size() / CHUNK;
+            let portable: Vec<f32> = (0..out_f)
+                .map(|j| {
+                    for (k, blk) in wr(j).chunks_exact(t.type_size()).enumerate() {
+                        let (bs, c) = (t.block_size(), k * per);
+                        decode_block(t, blk, &mut q[k * bs..(k + 1) * bs], &mut cs[c..c + per]);
+                    }
+                    let mut o = [0.0f32];
+                    row_dots(&q, &cs, &x, &qr, in_f, &mut o);
+                    o[0]
+                })
+                .collect();
+            let mut first: Option<Vec<f32>> = None;
+            for dot in Dot::supported() {
+                // each row alone, then all together (four per pass)
+                let mut ones = vec![0.0f32; out_f];
+                for (j, o) in ones.iter_mut().enumerate() {
+                    a.quant_rows_dot(dot, t, wr(j), &[xr], std::slice::from_mut(o));
+                }
+                let mut all = vec![0.0f32; out_f];
+                a.quant_rows_dot(dot, t, &w, &[xr], &mut all);
+                assert_eq!(all, ones, "{} {dot:?}", t.name());
+                // two rows of x: y transposed, rows of W major
+                let mut two = vec![0.0f32; 2 * out_f];
+                a.quant_rows_dot(dot, t, &w, &[xr, xr], &mut two);
+                let pairs: Vec<f32> = ones.iter().flat_map(|&v| [v, v]).collect();
+                assert_eq!(two, pairs, "{} {dot:?} two rows of x", t.name());
+                for j in 0..out_f {
+                    let mag: f32 = (0..in_f).map(|l| (wf[j * in_f + l] * x[l]).abs()).sum();
+                    let tol = 1e-5 * mag + 1e-6;
+                    assert!(
+                        (ones[j] - portable[j]).abs() <= tol,
+                        "{} {dot:?} row {j}: {} against the portable {}",
+                        t.name(),
+                        ones[j],
+                        portable[j]
+                    );
+                }
+                match &first {
+                    None => first = Some(ones),
+                    Some(f) => assert_eq!(f, &ones, "{} {dot:?} against the AVX2 pair", t.name()),
+                }
+            }
+        }
+    }
+}

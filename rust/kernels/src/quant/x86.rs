@@ -1,28 +1,41 @@
-//! The int8 mode's dot products on AVX2, straight from the block bytes.
+//! The int8 mode's dot products on AVX2, straight from the block bytes,
+//! several weight rows per pass.
 //!
-//! Each weight block is unpacked in registers (nibbles masked and shifted,
-//! the fifth and sixth bits spread from their bit fields with a byte
-//! shuffle and a compare) into 32 bytes per chunk and multiplied with the
-//! chunk's int8 activations by `vpmaddubsw` (unsigned bytes times signed
-//! bytes, pairs summed into 16 bits) and `vpmaddwd` (pairs into 32 bits):
-//! eight exact integer partial sums, converted once per chunk and scaled
-//! by `dx * scale` into a float accumulator. Nothing is written to memory
-//! between the weight bytes and the sum.
+//! Each weight block is unpacked in registers (nibbles split by a 64-bit
+//! variable shift of the bytes loaded twice, the fifth and sixth bits spread
+//! from their bit fields with a byte shuffle and a compare, or shifted into
+//! place) into 32 unsigned bytes `u` per chunk and multiplied with the
+//! chunk's int8 activations: by `vpdpbusd` where the CPU has VNNI (AVX-VNNI,
+//! or AVX-512 VNNI on ymm), else by `vpmaddubsw` (pairs into 16 bits) and
+//! `vpmaddwd` (pairs into 32 bits). Either gives the same eight exact
+//! integer partial sums (lane k holds bytes 4k..4k+3), converted once per
+//! chunk and scaled by `dx * scale` into a float accumulator. Nothing is
+//! written to memory between the weight bytes and the sum.
 //!
-//! `vpmaddubsw` saturates a pair sum at 2^15; the operands never reach it:
-//! unsigned weights are at most 31 (so `2 * 31 * 127 < 2^15`), and the
-//! signed types (Q8_0, Q6_K) use the sign trick: `|q|` (at most 128) times
-//! `qx` with q's sign, `2 * 128 * 127 = 32512 < 2^15`.
+//! Up to four weight rows go through the chunks together: each chunk of
+//! activations is loaded (and its scale broadcast) once for all of them,
+//! and their accumulators are independent, so the FMA latency of one row no
+//! longer paces the loop. The four rows' sums are reduced together.
+//!
+//! Signed weights `q = u - bias` (Q4_0, Q5_0, Q6_K: bias 8, 16, 32) use the
+//! unsigned `u` and start each chunk's integer sums at `-bias * (the four
+//! activation bytes of the lane summed)`, computed once per chunk for all
+//! rows: the sums are exactly `sum(q * qx)`. Q8_0 (full int8) takes `u = q +
+//! 128` with VNNI (no saturation there) and the sign trick without
+//! (`|q|` times `qx` with q's sign). `vpmaddubsw` saturates a pair sum at
+//! 2^15; its operands never reach it: `u` is at most 63 (`2 * 63 * 127 <
+//! 2^15`) and the sign trick's `2 * 128 * 127 = 32512`.
 //!
 //! Types with a minimum (Q4_1, Q5_1, Q4_K, Q5_K) are `w = scale * u +
-//! offset` with u unsigned, so their chunks are `dx * scale * sum(u * qx) +
-//! offset * sx` (`sx = dx * sum(qx)`), the identity of the module docs with
-//! the integer sums exact; the others (Q8_0, Q4_0, Q5_0, Q6_K) are `scale *
-//! q` with q signed (the bias subtracted in bytes) and no offset.
+//! offset`, so their chunks are `dx * scale * sum(u * qx) + offset * sx`
+//! (`sx = dx * sum(qx)`), the identity of the module docs. The float
+//! products are rounded in the order of the portable path (`(d * dx)`,
+//! `(d * sc) * dx`, `(d * dx) * sc`, `m * sx`); only the order of the sums
+//! differs.
 
 use std::arch::x86_64::*;
 
-use super::blocks::{k4_scale_min, QType, CHUNK};
+use super::blocks::{QType, CHUNK};
 use crate::simd::Avx2;
 
 /// One quantized row of activations: int8 values, and per chunk of 32 the
@@ -34,58 +47,148 @@ pub(super) struct QRow<'a> {
     pub sx: &'a [f32],
 }
 
-impl Avx2 {
-    /// `sum(w * x)` for one weight row `w` (whole blocks of `t`) against
-    /// one quantized activation row of the same length.
-    #[inline(always)]
-    pub(super) fn quant_row_dot(self, t: QType, w: &[u8], x: QRow<'_>) -> f32 {
-        let n_ch = w.len() / t.type_size() * (t.block_size() / CHUNK);
-        assert!(
-            x.qx.len() == n_ch * CHUNK && x.dx.len() == n_ch && x.sx.len() == n_ch,
-            "quant_row_dot: activation row of {} values for a weight row of {n_ch} chunks",
-            x.qx.len()
-        );
-        // SAFETY: the token exists, so the CPU has AVX2, FMA and F16C, the
-        // features these functions are compiled with; the lengths they index
-        // by were checked above.
-        unsafe {
-            match t {
-                QType::Q8_0 => dot_q8_0(w, x),
-                QType::Q4_0 | QType::Q4_1 => dot_q4(t == QType::Q4_1, w, x),
-                QType::Q5_0 | QType::Q5_1 => dot_q5(t == QType::Q5_1, w, x),
-                QType::Q4K => dot_k(false, w, x),
-                QType::Q5K => dot_k(true, w, x),
-                QType::Q6K => dot_q6k(w, x),
-            }
+/// Which integer dot instruction the kernels use. Made only by
+/// [`Dot::best`] and [`Dot::supported`], which ask the CPU, so holding a VNNI
+/// value is the proof that the CPU runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Dot(DotKind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DotKind {
+    /// `vpmaddubsw` + `vpmaddwd` (AVX2).
+    Madd,
+    /// `vpdpbusd` on ymm, VEX-encoded (AVX-VNNI).
+    AvxVnni,
+    /// `vpdpbusd` on ymm, EVEX-encoded (AVX-512 VNNI with VL).
+    Avx512Vnni,
+}
+
+impl Dot {
+    /// Every kind this CPU runs, the plain AVX2 one first (the tests force
+    /// each).
+    #[cfg(test)]
+    pub(super) fn supported() -> Vec<Dot> {
+        let mut all = vec![Dot(DotKind::Madd)];
+        if is_x86_feature_detected!("avxvnni") {
+            all.push(Dot(DotKind::AvxVnni));
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            all.push(Dot(DotKind::Avx512Vnni));
+        }
+        all
+    }
+
+    /// The EVEX VNNI where present (on ymm: no AVX-512 frequency cost, and
+    /// 32 registers, so that four rows' accumulators and the unpacking
+    /// constants stay in registers: Q5_1's four-row loop is 90 instructions
+    /// against 106 with VEX), else the VEX one, else the AVX2 pair (std
+    /// caches the CPU's answers).
+    #[inline]
+    pub(super) fn best() -> Dot {
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            Dot(DotKind::Avx512Vnni)
+        } else if is_x86_feature_detected!("avxvnni") {
+            Dot(DotKind::AvxVnni)
+        } else {
+            Dot(DotKind::Madd)
         }
     }
 }
 
-/// The f16 at byte `at` of `b` (F16C's exact conversion), for Q6_K's scale at
-/// the end of its block (once per 256 values).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn half(b: &[u8], at: usize) -> f32 {
-    let h = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_insert_epi32::<0>(
-        _mm_setzero_si128(),
-        h as i32,
-    )))
+impl Avx2 {
+    /// `out[i * xs.len() + r] = sum(w_i * xs[r])` for the weight rows `w_i`
+    /// in `w` (`out.len() / xs.len()` rows of whole blocks of `t`) against
+    /// quantized activation rows of the same length, four weight rows per
+    /// pass. A row's result does not depend on the other rows.
+    #[inline(always)]
+    pub(super) fn quant_rows_dot(
+        self,
+        dot: Dot,
+        t: QType,
+        w: &[u8],
+        xs: &[QRow<'_>],
+        out: &mut [f32],
+    ) {
+        let n_ch = w.len() / (out.len() / xs.len().max(1)).max(1) / t.type_size()
+            * (t.block_size() / CHUNK);
+        assert!(
+            xs.iter()
+                .all(|x| x.qx.len() == n_ch * CHUNK && x.dx.len() == n_ch && x.sx.len() == n_ch)
+                && out.len().is_multiple_of(xs.len().max(1)),
+            "quant_rows_dot: {} weight bytes, {} outputs, activation rows of {:?} values",
+            w.len(),
+            out.len(),
+            xs.iter().map(|x| x.qx.len()).collect::<Vec<_>>()
+        );
+        if xs.is_empty() || out.is_empty() {
+            return;
+        }
+        match dot.0 {
+            // SAFETY: the token exists, so the CPU has AVX2, FMA and F16C, the
+            // features these functions are compiled with (they index only
+            // with bounds checks).
+            DotKind::Madd => unsafe { madd::tile(t, w, xs, out) },
+            // SAFETY: as above, and this kind is made only where the CPU has
+            // AVX-VNNI.
+            DotKind::AvxVnni => unsafe { avx_vnni::tile(t, w, xs, out) },
+            // SAFETY: as above, and this kind is made only where the CPU has
+            // AVX-512 VNNI and VL.
+            DotKind::Avx512Vnni => unsafe { avx512_vnni::tile(t, w, xs, out) },
+        }
+    }
 }
 
-/// The two f16 at bytes 0..4 of `b` (a block's `d` and `m`; where the block
-/// has only `d`, the second is its first data bytes, unused).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn halves2(b: &[u8]) -> (f32, f32) {
-    let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    // `black_box` keeps the whole 32-bit move: where only `d` is used, LLVM
-    // otherwise narrows it to a 16-bit insert into whatever register is free
-    // (the running sums), which chains every block to the one before and
-    // halved the speed of Q4_0 and Q5_0.
-    let iv = std::hint::black_box(_mm_cvtsi32_si128(v as i32));
-    let f = _mm_cvtph_ps(iv);
-    (_mm_cvtss_f32(f), _mm_cvtss_f32(_mm_movehdup_ps(f)))
+/// [`drive`] with the kernel `$k` at four rows and at one (`_` stands for
+/// the row count among its const parameters), `$unpack` passed on.
+macro_rules! by_four {
+    ($w:expr, $xs:expr, $out:expr, $k:ident::<_ $(, $p:tt)*> $(, $unpack:expr)?) => {
+        drive(
+            $w,
+            $xs,
+            $out,
+            |w, x| $k::<4 $(, $p)*>(w, x $(, $unpack)?),
+            |w, x| $k::<1 $(, $p)*>(w, x $(, $unpack)?),
+        )
+    };
+}
+
+/// The weight rows of `w` (as many as `out` has per row of `xs`) against every row of `xs`
+/// into `out` (weight row major): four weight rows at a time by `four`,
+/// the last ones by `one`.
+#[inline(always)]
+fn drive(
+    w: &[u8],
+    xs: &[QRow<'_>],
+    out: &mut [f32],
+    four: impl Fn([&[u8]; 4], QRow<'_>) -> [f32; 4],
+    one: impl Fn([&[u8]; 1], QRow<'_>) -> [f32; 1],
+) {
+    // the kernels check that a row holds whole blocks for the activations
+    let rows = xs.len();
+    let row_bytes = w.len() / (out.len() / rows);
+    assert_eq!(
+        w.len(),
+        out.len() / rows * row_bytes,
+        "quant_rows_dot: shapes"
+    );
+    let mut groups = w.chunks_exact(4 * row_bytes);
+    let mut outs = out.chunks_exact_mut(4 * rows);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let (w01, w23) = g.split_at(2 * row_bytes);
+        let (w0, w1) = w01.split_at(row_bytes);
+        let (w2, w3) = w23.split_at(row_bytes);
+        for (r, &x) in xs.iter().enumerate() {
+            for (k, v) in four([w0, w1, w2, w3], x).into_iter().enumerate() {
+                o[k * rows + r] = v;
+            }
+        }
+    }
+    let tail = groups.remainder().chunks_exact(row_bytes);
+    for (wr, o) in tail.zip(outs.into_remainder().chunks_exact_mut(rows)) {
+        for (v, &x) in o.iter_mut().zip(xs) {
+            *v = one([wr], x)[0];
+        }
+    }
 }
 
 /// 32 bytes from a slice of exactly 32.
@@ -104,14 +207,6 @@ fn load16(b: &[u8; 16]) -> __m128i {
     unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
 }
 
-/// 32 signed bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_i8(q: &[i8; 32]) -> __m256i {
-    // SAFETY: `q` holds 32 readable bytes; the load is unaligned.
-    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
-}
-
 /// The activation chunk `c` of `x` as 32 signed bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -123,44 +218,29 @@ fn load_qx(x: &QRow<'_>, c: usize) -> __m256i {
     unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
 }
 
-/// `sum(a * b)` over 32 unsigned bytes `a` and signed bytes `b`, as eight
-/// 32-bit partial sums: lanes 0-3 hold bytes 0-15, lanes 4-7 bytes 16-31.
+/// 32 bytes in both 128-bit halves.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_bytes(a: __m256i, b: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+fn load16x2(b: &[u8; 16]) -> __m256i {
+    _mm256_broadcastsi128_si256(load16(b))
 }
 
-/// [`dot_bytes`] for signed `q` (at least -128): `|q|` times `b` with the
-/// sign of q.
+/// 16 packed bytes' nibbles as 32 bytes: the low nibbles, then the high.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dot_signed(q: __m256i, b: __m256i) -> __m256i {
-    dot_bytes(_mm256_abs_epi8(q), _mm256_sign_epi8(b, q))
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let shifted = _mm256_srlv_epi64(load16x2(qs), _mm256_setr_epi64x(0, 0, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
 }
 
-/// `acc + sums * scale`, the sums converted to float.
+/// The 32 bits at `b` as 32 bytes, byte i = 0x10 where bit i is set.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn scaled(acc: __m256, sums: __m256i, scale: __m256) -> __m256 {
-    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// The 32 bits of `bits` as 32 bytes, byte i = 0x10 where bit i is set.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn fifth_bits(bits: u32) -> __m256i {
+fn fifth_bits(b: &[u8; 4]) -> __m256i {
+    // SAFETY: `b` holds 4 readable bytes; the load is unaligned.
+    let bits = unsafe { _mm_loadu_si32(b.as_ptr().cast()) };
     let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits as i32),
+        _mm256_broadcastd_epi32(bits),
         _mm256_setr_epi64x(
             0,
             0x0101_0101_0101_0101,
@@ -173,154 +253,407 @@ fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// 16 bytes of packed nibbles as 32 bytes: the low nibbles, then the high.
+/// The f16 at `b` in all eight lanes (F16C's exact conversion).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn nibbles16(qs: &[u8; 16]) -> __m256i {
-    let raw = load16(qs);
-    let m4 = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(raw, m4);
-    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-    _mm256_set_m128i(hi, lo)
+fn half8(b: &[u8; 2]) -> __m256 {
+    // SAFETY: `b` holds 2 readable bytes; the load is unaligned.
+    let h = unsafe { _mm_loadu_si16(b.as_ptr().cast()) };
+    _mm256_cvtph_ps(_mm_broadcastw_epi16(h))
 }
 
+/// The two f16 at `b` (a block's `d` and `m`), as `[d, m, d, m, ...]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_0(w: &[u8], x: QRow<'_>) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, (qx, &dx)) in w.chunks_exact(34).zip(x.qx.chunks_exact(CHUNK).zip(x.dx)) {
-        let q = load32(b[2..34].try_into().expect("32 bytes"));
-        let qx = load_i8(qx.try_into().expect("a chunk"));
-        acc = scaled(acc, dot_signed(q, qx), _mm256_set1_ps(halves2(b).0 * dx));
-    }
-    hsum(acc)
+#[inline]
+fn halves8(b: &[u8; 4]) -> __m256 {
+    // SAFETY: `b` holds 4 readable bytes; the load is unaligned.
+    let h = unsafe { _mm_loadu_si32(b.as_ptr().cast()) };
+    _mm256_cvtph_ps(_mm_broadcastd_epi32(h))
 }
 
-/// Q4_0 (`d * (u - 8)`) and Q4_1 (`d * u + m`). Q4_0 takes `q = u - 8` signed
-/// (the sign trick, as Q8_0) rather than `-8 d` as an offset: a scalar sum of
-/// offsets per block made Q4_0 half as fast as Q4_1.
+/// `acc + u . qx` per lane of four bytes (`vpmaddubsw`, `vpmaddwd`).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4(with_min: bool, w: &[u8], x: QRow<'_>) -> f32 {
-    if !with_min {
-        let eight = _mm256_set1_epi8(8);
-        let mut acc = _mm256_setzero_ps();
-        for (b, (qx, &dx)) in w.chunks_exact(18).zip(x.qx.chunks_exact(CHUNK).zip(x.dx)) {
-            let q = _mm256_sub_epi8(nibbles16(b[2..18].try_into().expect("16 bytes")), eight);
-            let qx = load_i8(qx.try_into().expect("a chunk"));
-            acc = scaled(acc, dot_signed(q, qx), _mm256_set1_ps(halves2(b).0 * dx));
+#[inline]
+fn dot_madd(acc: __m256i, u: __m256i, qx: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(u, qx);
+    _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// `q . qx` per lane for full int8 `q`, by the sign trick: `|q|` times
+/// `qx` with q's sign (`vpmaddubsw` would saturate on `q + 128`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_i8_madd(q: __m256i, qx: __m256i) -> __m256i {
+    dot_madd(
+        _mm256_setzero_si256(),
+        _mm256_abs_epi8(q),
+        _mm256_sign_epi8(qx, q),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[inline]
+fn dot_avx_vnni(acc: __m256i, u: __m256i, qx: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(acc, u, qx)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+#[inline]
+fn dot_avx512_vnni(acc: __m256i, u: __m256i, qx: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, qx)
+}
+
+/// The horizontal sums of four registers, in one register (lanes summed
+/// in pairs, then the pairs, then the halves).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    let abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
+}
+
+/// `hsum(acc[r]) + extra[r]`, four rows per reduction (zeros pad the last
+/// four), so a row's sum is the same whatever `N`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn reduce<const N: usize>(acc: [__m256; N], extra: [f32; N]) -> [f32; N] {
+    let mut out = extra;
+    for g in (0..N).step_by(4) {
+        let v = |i: usize| acc.get(g + i).copied().unwrap_or(_mm256_setzero_ps());
+        let mut s = [0.0f32; 4];
+        // SAFETY: `s` holds 4 writable floats; the store is unaligned.
+        unsafe { _mm_storeu_ps(s.as_mut_ptr(), hsum4(v(0), v(1), v(2), v(3))) };
+        for (o, v) in out[g..].iter_mut().zip(s) {
+            *o += v;
         }
-        return hsum(acc);
     }
-    let mut acc = _mm256_setzero_ps();
-    let mut off = 0.0f32;
-    let chunks = x.qx.chunks_exact(CHUNK).zip(x.dx).zip(x.sx);
-    for (b, ((qx, &dx), &sx)) in w.chunks_exact(20).zip(chunks) {
-        let (d, m) = halves2(b);
-        let u = nibbles16(b[4..20].try_into().expect("16 bytes"));
-        let qx = load_i8(qx.try_into().expect("a chunk"));
-        acc = scaled(acc, dot_bytes(u, qx), _mm256_set1_ps(d * dx));
-        off += m * sx;
-    }
-    hsum(acc) + off
+    out
 }
 
-/// Q5_0 (`d * (u - 16)`, signed as Q4_0) and Q5_1 (`d * u + m`).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5(with_min: bool, w: &[u8], x: QRow<'_>) -> f32 {
-    let (ts, qh_at) = if with_min { (24, 4) } else { (22, 2) };
-    let sixteen = _mm256_set1_epi8(16);
-    let mut acc = _mm256_setzero_ps();
-    let mut off = 0.0f32;
-    let chunks = x.qx.chunks_exact(CHUNK).zip(x.dx).zip(x.sx);
-    for (b, ((qx, &dx), &sx)) in w.chunks_exact(ts).zip(chunks) {
-        let (d, m) = halves2(b);
-        let qh = u32::from_le_bytes(b[qh_at..qh_at + 4].try_into().expect("4 bytes"));
-        let qs: &[u8; 16] = b[qh_at + 4..qh_at + 20].try_into().expect("16 bytes");
-        let u = _mm256_or_si256(nibbles16(qs), fifth_bits(qh));
-        let qx = load_i8(qx.try_into().expect("a chunk"));
-        let s = _mm256_set1_ps(d * dx);
-        if with_min {
-            acc = scaled(acc, dot_bytes(u, qx), s);
-            off += m * sx;
-        } else {
-            acc = scaled(acc, dot_signed(_mm256_sub_epi8(u, sixteen), qx), s);
-        }
-    }
-    hsum(acc) + off
+/// The `N` rows as arrays of `TS`-byte blocks, `n` each (each row must be
+/// exactly that long).
+#[inline(always)]
+fn blocks_of<const TS: usize, const N: usize>(w: [&[u8]; N], n: usize) -> [&[[u8; TS]]; N] {
+    assert!(
+        w.iter().all(|r| r.len() == n * TS),
+        "quant_rows_dot: weight rows of {:?} bytes for {n} blocks of {TS}",
+        w.map(|r| r.len())
+    );
+    w.map(|r| r.as_chunks::<TS>().0)
 }
 
-/// Q4_K and, `with_high`, Q5_K (whose fifth bits come from the block's `qh`):
-/// sub-block j of 32 is `d * sc_j * u - dmin * m_j`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_k(with_high: bool, w: &[u8], x: QRow<'_>) -> f32 {
-    let (ts, qs_at) = if with_high { (176, 48) } else { (144, 16) };
-    let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
-    let mut acc = _mm256_setzero_ps();
-    let mut off = 0.0f32;
-    for (k, b) in w.chunks_exact(ts).enumerate() {
-        let (d, dmin) = halves2(b);
-        let scales = &b[4..16];
-        let qh = if with_high {
-            load32(b[16..48].try_into().expect("32 bytes"))
-        } else {
-            _mm256_setzero_si256()
-        };
-        for p in 0..4 {
-            let at = qs_at + 32 * p;
-            let raw = load32(b[at..at + 32].try_into().expect("32 bytes"));
-            let halves = [
-                _mm256_and_si256(raw, m4),
-                _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-            ];
-            for (h, low) in halves.into_iter().enumerate() {
-                let j = 2 * p + h;
-                let c = 8 * k + j;
-                let u = if with_high {
-                    // bit j of each qh byte, moved to bit 4 (16-bit shifts: the
-                    // mask keeps each byte's own bit)
-                    let bit =
-                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
-                    _mm256_or_si256(low, _mm256_slli_epi16(bit, 4))
-                } else {
-                    low
-                };
-                let (sc, m) = k4_scale_min(scales, j);
-                let s = _mm256_set1_ps(d * sc as f32 * x.dx[c]);
-                acc = scaled(acc, dot_bytes(u, load_qx(&x, c)), s);
-                off -= dmin * m as f32 * x.sx[c];
+/// `f` itself: lets a closure that must be inlined (so that its shifts
+/// become immediates) carry `#[inline(always)]` where a `let` cannot.
+#[inline(always)]
+fn inlined<A, F: FnMut(A)>(f: F) -> F {
+    f
+}
+
+/// The bytes `at..at + M` of `b`, as an array.
+#[inline(always)]
+fn bytes<const M: usize>(b: &[u8], at: usize) -> &[u8; M] {
+    b[at..at + M].try_into().expect("in the block")
+}
+
+/// `-bias * (the four bytes of each lane of qx summed)`: where the integer
+/// sums of `u = q + bias` start, so that they end at `sum(q * qx)`.
+macro_rules! minus_bias {
+    ($dot:ident, $bias:expr, $qx:expr) => {
+        _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            $dot(
+                _mm256_setzero_si256(),
+                _mm256_set1_epi8($bias as u8 as i8),
+                $qx,
+            ),
+        )
+    };
+}
+
+/// The kernels, compiled once per dot instruction (`$features` enable it,
+/// `$dot` is its [`dot_madd`]; `$unsigned_q8`: Q8_0 as `q + 128`, which only
+/// `vpdpbusd` multiplies without saturating).
+macro_rules! row_kernels {
+    ($name:ident, $features:literal, $dot:ident, $unsigned_q8:literal) => {
+        mod $name {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) fn tile(t: QType, w: &[u8], xs: &[QRow<'_>], out: &mut [f32]) {
+                match t {
+                    QType::Q8_0 => by_four!(w, xs, out, q8_0::<_>),
+                    QType::Q4_0 => by_four!(w, xs, out, small::<_, 18, 8>, |b: &[u8; 18]| {
+                        nibbles(bytes(b, 2))
+                    }),
+                    QType::Q4_1 => by_four!(w, xs, out, small::<_, 20, 0>, |b: &[u8; 20]| {
+                        nibbles(bytes(b, 4))
+                    }),
+                    QType::Q5_0 => by_four!(w, xs, out, small::<_, 22, 16>, |b: &[u8; 22]| {
+                        _mm256_or_si256(nibbles(bytes(b, 6)), fifth_bits(bytes(b, 2)))
+                    }),
+                    QType::Q5_1 => by_four!(w, xs, out, small::<_, 24, 0>, |b: &[u8; 24]| {
+                        _mm256_or_si256(nibbles(bytes(b, 8)), fifth_bits(bytes(b, 4)))
+                    }),
+                    QType::Q4K => by_four!(w, xs, out, k_quant::<_, 144, false>),
+                    QType::Q5K => by_four!(w, xs, out, k_quant::<_, 176, true>),
+                    QType::Q6K => by_four!(w, xs, out, q6k::<_>),
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            fn q8_0<const N: usize>(w: [&[u8]; N], x: QRow<'_>) -> [f32; N] {
+                let n = x.dx.len();
+                let w = blocks_of::<34, N>(w, n);
+                let mut acc = [_mm256_setzero_ps(); N];
+                for c in 0..n {
+                    let qx = load_qx(&x, c);
+                    let dx = _mm256_set1_ps(x.dx[c]);
+                    let minus_128 = minus_bias!($dot, 128, qx);
+                    for r in 0..N {
+                        let b = &w[r][c];
+                        let q = load32(bytes(b, 2));
+                        let sums = if $unsigned_q8 {
+                            // (q + 128) . qx - 128 * sum(qx)
+                            $dot(minus_128, _mm256_xor_si256(q, _mm256_set1_epi8(-128)), qx)
+                        } else {
+                            dot_i8_madd(q, qx)
+                        };
+                        let s = _mm256_mul_ps(half8(bytes(b, 0)), dx);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[r]);
+                    }
+                }
+                reduce(acc, [0.0; N])
+            }
+
+            /// The 32-value blocks of `TS` bytes but Q8_0: `unpack` gives
+            /// a block's `u`; `BIAS` 0 means `w = d * u + m` (`d` and `m`
+            /// the block's first f16), else `w = d * (u - BIAS)`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn small<const N: usize, const TS: usize, const BIAS: u8>(
+                w: [&[u8]; N],
+                x: QRow<'_>,
+                unpack: impl Fn(&[u8; TS]) -> __m256i,
+            ) -> [f32; N] {
+                let n = x.dx.len();
+                let w = blocks_of::<TS, N>(w, n);
+                let mut acc = [_mm256_setzero_ps(); N];
+                // lanes 1, 3, ...: the sum of `m * sx`, in chunk order
+                let mut off = [_mm256_setzero_ps(); N];
+                for c in 0..n {
+                    let qx = load_qx(&x, c);
+                    let dx = _mm256_set1_ps(x.dx[c]);
+                    let start = if BIAS == 0 {
+                        _mm256_setzero_si256()
+                    } else {
+                        minus_bias!($dot, BIAS, qx)
+                    };
+                    let dx_sx = _mm256_unpacklo_ps(dx, _mm256_set1_ps(x.sx[c]));
+                    for r in 0..N {
+                        let b = &w[r][c];
+                        let sums = $dot(start, unpack(b), qx);
+                        let s = if BIAS == 0 {
+                            // [d dx, m sx, d dx, m sx, ...]
+                            let p = _mm256_mul_ps(halves8(bytes(b, 0)), dx_sx);
+                            off[r] = _mm256_add_ps(off[r], p);
+                            _mm256_moveldup_ps(p)
+                        } else {
+                            _mm256_mul_ps(half8(bytes(b, 0)), dx)
+                        };
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[r]);
+                    }
+                }
+                let off = off.map(|o| _mm_cvtss_f32(_mm_movehdup_ps(_mm256_castps256_ps128(o))));
+                reduce(acc, if BIAS == 0 { off } else { [0.0; N] })
+            }
+
+            /// Q4_K and, `HIGH`, Q5_K (whose fifth bits come from the
+            /// block's `qh`): sub-block j of 32 is `d * sc_j * u - dmin * m_j`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn k_quant<const N: usize, const TS: usize, const HIGH: bool>(
+                w: [&[u8]; N],
+                x: QRow<'_>,
+            ) -> [f32; N] {
+                let qs_at = if HIGH { 48 } else { 16 };
+                assert!(x.dx.len().is_multiple_of(8), "whole blocks of 256");
+                let n = x.dx.len() / 8;
+                let w = blocks_of::<TS, N>(w, n);
+                let m4 = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); N];
+                // lane j: minus the sum of `dmin * m_j * sx` over the blocks
+                let mut off = [_mm256_setzero_ps(); N];
+                let mut scale = [[0.0f32; 8]; N];
+                for k in 0..n {
+                    let (dx, sx) = (&x.dx[8 * k..8 * k + 8], &x.sx[8 * k..8 * k + 8]);
+                    for r in 0..N {
+                        let b = &w[r][k];
+                        let dm = halves8(bytes(b, 0));
+                        let (sc, m) = k_scales_mins(bytes(b, 4));
+                        let d_sc = _mm256_mul_ps(_mm256_moveldup_ps(dm), sc);
+                        // SAFETY: `dx` holds 8 floats, `scale[r]` 8 writable
+                        // ones; the accesses are unaligned.
+                        unsafe {
+                            let s = _mm256_mul_ps(d_sc, _mm256_loadu_ps(dx.as_ptr()));
+                            _mm256_storeu_ps(scale[r].as_mut_ptr(), s);
+                        }
+                        let dmin_m = _mm256_mul_ps(_mm256_movehdup_ps(dm), m);
+                        // SAFETY: `sx` holds 8 floats; the load is unaligned.
+                        let sxv = unsafe { _mm256_loadu_ps(sx.as_ptr()) };
+                        off[r] = _mm256_sub_ps(off[r], _mm256_mul_ps(dmin_m, sxv));
+                    }
+                    for p in 0..4 {
+                        // chunks 2p (low nibbles) and 2p + 1 (high), written
+                        // out twice so that every shift is an immediate
+                        let mut chunk = inlined(
+                            #[inline(always)]
+                            |h: usize| {
+                                let j = 2 * p + h;
+                                let qx = load_qx(&x, 8 * k + j);
+                                for r in 0..N {
+                                    let b = &w[r][k];
+                                    let raw = load32(bytes(b, qs_at + 32 * p));
+                                    let raw = if h == 0 {
+                                        raw
+                                    } else {
+                                        _mm256_srli_epi16(raw, 4)
+                                    };
+                                    let low = _mm256_and_si256(raw, m4);
+                                    let u = if HIGH {
+                                        // bit j of each qh byte, moved to bit 4
+                                        // (16-bit shifts: the mask keeps each
+                                        // byte's own bit)
+                                        let qh = _mm256_srl_epi16(
+                                            load32(bytes(b, 16)),
+                                            _mm_cvtsi32_si128(2 * p as i32),
+                                        );
+                                        let bit = if h == 0 {
+                                            _mm256_slli_epi16(qh, 4)
+                                        } else {
+                                            _mm256_slli_epi16(qh, 3)
+                                        };
+                                        _mm256_or_si256(
+                                            low,
+                                            _mm256_and_si256(bit, _mm256_set1_epi8(0x10)),
+                                        )
+                                    } else {
+                                        low
+                                    };
+                                    let sums = $dot(_mm256_setzero_si256(), u, qx);
+                                    let s = _mm256_set1_ps(scale[r][j]);
+                                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[r]);
+                                }
+                            },
+                        );
+                        chunk(0);
+                        chunk(1);
+                    }
+                }
+                for r in 0..N {
+                    acc[r] = _mm256_add_ps(acc[r], off[r]);
+                }
+                reduce(acc, [0.0; N])
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q6k<const N: usize>(w: [&[u8]; N], x: QRow<'_>) -> [f32; N] {
+                assert!(x.dx.len().is_multiple_of(8), "whole blocks of 256");
+                let n = x.dx.len() / 8;
+                let w = blocks_of::<210, N>(w, n);
+                let m4 = _mm256_set1_epi8(0x0F);
+                let pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                let mut acc = [_mm256_setzero_ps(); N];
+                // the 16 scales as floats, and room to load 8 from 2 * 7
+                let mut sc = [[0.0f32; 24]; N];
+                let mut d = [_mm256_setzero_ps(); N];
+                for k in 0..n {
+                    for r in 0..N {
+                        let b = &w[r][k];
+                        d[r] = half8(bytes(b, 208));
+                        let raw = load16(bytes(b, 192));
+                        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+                        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(raw, 8)));
+                        // SAFETY: `sc[r]` holds 24 writable floats; the
+                        // stores are unaligned.
+                        unsafe {
+                            _mm256_storeu_ps(sc[r].as_mut_ptr(), lo);
+                            _mm256_storeu_ps(sc[r][8..].as_mut_ptr(), hi);
+                        }
+                    }
+                    for h in 0..2 {
+                        // chunk 4h + g: the low (g < 2) or high nibbles of
+                        // 32 bytes of ql, and bits 2g, 2g + 1 of qh's bytes
+                        // moved to bits 4, 5 (16-bit shifts; the mask keeps
+                        // each byte's own bits); written out four times so
+                        // that every shift is an immediate
+                        let mut chunk = inlined(
+                            #[inline(always)]
+                            |g: usize| {
+                                let j = 4 * h + g;
+                                let c = 8 * k + j;
+                                let qx = load_qx(&x, c);
+                                let dx = _mm256_set1_ps(x.dx[c]);
+                                let start = minus_bias!($dot, 32, qx);
+                                for r in 0..N {
+                                    let b = &w[r][k];
+                                    let low = load32(bytes(b, 64 * h + 32 * (g % 2)));
+                                    let low = if g < 2 {
+                                        low
+                                    } else {
+                                        _mm256_srli_epi16(low, 4)
+                                    };
+                                    let low = _mm256_and_si256(low, m4);
+                                    let qh = load32(bytes(b, 128 + 32 * h));
+                                    let high = match g {
+                                        0 => _mm256_slli_epi16(qh, 4),
+                                        1 => _mm256_slli_epi16(qh, 2),
+                                        2 => qh,
+                                        _ => _mm256_srli_epi16(qh, 2),
+                                    };
+                                    let high = _mm256_and_si256(high, _mm256_set1_epi8(0x30));
+                                    let sums = $dot(start, _mm256_or_si256(low, high), qx);
+                                    // SAFETY: `sc[r]` holds 24 floats, 2 * j + 8 at most.
+                                    let scs = unsafe { _mm256_loadu_ps(sc[r][2 * j..].as_ptr()) };
+                                    let scs = _mm256_permutevar8x32_ps(scs, pair);
+                                    let s = _mm256_mul_ps(_mm256_mul_ps(d[r], dx), scs);
+                                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, acc[r]);
+                                }
+                            },
+                        );
+                        chunk(0);
+                        chunk(1);
+                        chunk(2);
+                        chunk(3);
+                    }
+                }
+                reduce(acc, [0.0; N])
             }
         }
-    }
-    hsum(acc) + off
+    };
 }
 
+row_kernels!(madd, "avx2,fma,f16c", dot_madd, false);
+row_kernels!(avx_vnni, "avx2,fma,f16c,avxvnni", dot_avx_vnni, true);
+row_kernels!(
+    avx512_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    dot_avx512_vnni,
+    true
+);
+
+/// The eight 6-bit scales and mins of a Q4_K / Q5_K block (its 12 bytes at
+/// 4..16) as floats: the scales' bytes are `s[0..4] & 63` then `s[8..12] &
+/// 15 | (s[0..4] >> 6) << 4`, the mins' `s[4..8] & 63` then `s[8..12] >> 4 |
+/// (s[4..8] >> 6) << 4` (blocks::k4_scale_min, four bytes at a time).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q6k(w: &[u8], x: QRow<'_>) -> f32 {
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
-    let bias = _mm256_set1_epi8(32);
-    let mut acc = _mm256_setzero_ps();
-    for (k, b) in w.chunks_exact(210).enumerate() {
-        let d = half(b, 208);
-        let sc = &b[192..208];
-        for j in 0..8 {
-            let (h, g) = (j / 4, j % 4);
-            let at = 64 * h + 32 * (g % 2);
-            let low = load32(b[at..at + 32].try_into().expect("32 bytes"));
-            let high = load32(b[128 + 32 * h..160 + 32 * h].try_into().expect("32 bytes"));
-            let low = _mm256_and_si256(
-                _mm256_srl_epi16(low, _mm_cvtsi32_si128(4 * (g / 2) as i32)),
-                m4,
-            );
-            let high =
-                _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(2 * g as i32)), m2);
-            let q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), bias);
-            let c = 8 * k + j;
-            let dd = d * x.dx[c];
-            let s = _mm256_set_m128(
-                _mm_set1_ps(dd * (sc[2 * j + 1] as i8) as f32),
-                _mm_set1_ps(dd * (sc[2 * j] as i8) as f32),
-            );
-            acc = scaled(acc, dot_signed(q, load_qx(&x, c)), s);
-        }
-    }
-    hsum(acc)
+#[inline]
+fn k_scales_mins(s: &[u8; 12]) -> (__m256, __m256) {
+    let word = |i: usize| u32::from_le_bytes(*bytes(s, 4 * i));
+    let (a, b, c) = (word(0), word(1), word(2));
+    let (low6, low4, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let scales = (a & low6) as u64 | (((c & low4) | (((a >> 6) & top2) << 4)) as u64) << 32;
+    let mins = (b & low6) as u64 | ((((c >> 4) & low4) | (((b >> 6) & top2) << 4)) as u64) << 32;
+    let f = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
+    (f(scales), f(mins))
 }
