@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::lanes;
-use crate::simd::{dispatch, Simd};
+use crate::simd::{dispatch, vectorized, Simd};
 use crate::vec_math::{erfc_nonneg, exp, sigmoid, Vf32, CHUNK_ELEMS};
 
 /// Which GELU: the tanh approximation or the exact erf form.
@@ -96,66 +96,47 @@ fn backward_lane<V: Vf32>(op: Unary, dy: V, x: V) -> V {
     }
 }
 
-/// `y = f(x)` over one chunk; `x, y (n,)`.
-#[inline(always)]
-fn forward_v<V: Vf32>(op: Unary, x: &[f32], y: &mut [f32]) {
-    let n = x.len();
-    let y = &mut y[..n];
-    // One loop per op, so that `forward_lane`'s match folds away.
-    macro_rules! each {
-        ($op:expr) => {
-            lanes!(V, n, l => {
-                forward_lane::<V>($op, V::get(x, l, 0.0)).put(y, l);
-            })
-        };
-    }
-    match op {
-        Unary::GeluTanh => each!(Unary::GeluTanh),
-        Unary::GeluErf => each!(Unary::GeluErf),
-        Unary::Relu => each!(Unary::Relu),
-        Unary::Silu => each!(Unary::Silu),
-    }
+/// `per_op!(op, OP => body)`: `body` once per op, with `OP` a constant
+/// equal to `op`, so that each op gets a loop of its own in which the
+/// lane functions' `match` folds away.
+macro_rules! per_op {
+    ($op:expr, $o:ident => $body:expr) => {
+        match $op {
+            Unary::GeluTanh => per_op!(@ Unary::GeluTanh, $o => $body),
+            Unary::GeluErf => per_op!(@ Unary::GeluErf, $o => $body),
+            Unary::Relu => per_op!(@ Unary::Relu, $o => $body),
+            Unary::Silu => per_op!(@ Unary::Silu, $o => $body),
+        }
+    };
+    (@ $v:expr, $o:ident => $body:expr) => {{
+        const $o: Unary = $v;
+        $body
+    }};
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward_chunk<S: Simd>(s: S, op: Unary, x: &[f32], y: &mut [f32]) {
-    s.vectorize(
-        #[inline(always)]
-        move || forward_v::<S::V>(op, x, y),
-    )
+/// `y = f(x)` over one chunk; `x, y (n,)`.
+#[inline(always)]
+fn forward_chunk<V: Vf32>(_: impl Simd<V = V>, op: Unary, x: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let y = &mut y[..n];
+    per_op!(op, OP => lanes!(V, n, l => {
+        forward_lane::<V>(OP, V::get(x, l, 0.0)).put(y, l);
+    }));
 }
 
 /// `dx = dy * f'(x)` over one chunk; all `(n,)`.
 #[inline(always)]
-fn backward_v<V: Vf32>(op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
+fn backward_chunk<V: Vf32>(_: impl Simd<V = V>, op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
     let n = x.len();
     let (dy, dx) = (&dy[..n], &mut dx[..n]);
-    macro_rules! each {
-        ($op:expr) => {
-            lanes!(V, n, l => {
-                backward_lane::<V>($op, V::get(dy, l, 0.0), V::get(x, l, 0.0)).put(dx, l);
-            })
-        };
-    }
-    match op {
-        Unary::GeluTanh => each!(Unary::GeluTanh),
-        Unary::GeluErf => each!(Unary::GeluErf),
-        Unary::Relu => each!(Unary::Relu),
-        Unary::Silu => each!(Unary::Silu),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_chunk<S: Simd>(s: S, op: Unary, dy: &[f32], x: &[f32], dx: &mut [f32]) {
-    s.vectorize(
-        #[inline(always)]
-        move || backward_v::<S::V>(op, dy, x, dx),
-    )
+    per_op!(op, OP => lanes!(V, n, l => {
+        backward_lane::<V>(OP, V::get(dy, l, 0.0), V::get(x, l, 0.0)).put(dx, l);
+    }));
 }
 
 /// `h = silu(gate) * up` over one chunk.
 #[inline(always)]
-fn swiglu_v<V: Vf32>(gate: &[f32], up: &[f32], h: &mut [f32]) {
+fn swiglu_chunk<V: Vf32>(_: impl Simd<V = V>, gate: &[f32], up: &[f32], h: &mut [f32]) {
     let n = gate.len();
     let (up, h) = (&up[..n], &mut h[..n]);
     lanes!(V, n, l => {
@@ -164,17 +145,10 @@ fn swiglu_v<V: Vf32>(gate: &[f32], up: &[f32], h: &mut [f32]) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn swiglu_chunk<S: Simd>(s: S, gate: &[f32], up: &[f32], h: &mut [f32]) {
-    s.vectorize(
-        #[inline(always)]
-        move || swiglu_v::<S::V>(gate, up, h),
-    )
-}
-
 /// `dgate = dh * up * silu'(gate)`, `dup = dh * silu(gate)` over one chunk.
 #[inline(always)]
-fn swiglu_backward_v<V: Vf32>(
+fn swiglu_backward_chunk<V: Vf32>(
+    _: impl Simd<V = V>,
     dh: &[f32],
     gate: &[f32],
     up: &[f32],
@@ -192,21 +166,6 @@ fn swiglu_backward_v<V: Vf32>(
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn swiglu_backward_chunk<S: Simd>(
-    s: S,
-    dh: &[f32],
-    gate: &[f32],
-    up: &[f32],
-    dgate: &mut [f32],
-    dup: &mut [f32],
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || swiglu_backward_v::<S::V>(dh, gate, up, dgate, dup),
-    )
-}
-
 fn check_same(op: &str, names: &[&str], lens: &[usize]) -> Result<()> {
     for (name, &len) in names.iter().zip(lens).skip(1) {
         check_len(op, name, len, &[lens[0]])?;
@@ -219,7 +178,7 @@ fn unary_forward(op: Unary, name: &str, x: &[f32], y: &mut [f32]) -> Result<()> 
     dispatch!(|s| y
         .par_chunks_mut(CHUNK_ELEMS)
         .zip(x.par_chunks(CHUNK_ELEMS))
-        .for_each(|(yc, xc)| forward_chunk(s, op, xc, yc)));
+        .for_each(|(yc, xc)| vectorized!(s, forward_chunk(s, op, xc, yc))));
     Ok(())
 }
 
@@ -228,7 +187,7 @@ fn unary_backward(op: Unary, name: &str, dy: &[f32], x: &[f32], dx: &mut [f32]) 
     dispatch!(|s| dx
         .par_chunks_mut(CHUNK_ELEMS)
         .zip(dy.par_chunks(CHUNK_ELEMS).zip(x.par_chunks(CHUNK_ELEMS)))
-        .for_each(|(dxc, (dyc, xc))| backward_chunk(s, op, dyc, xc, dxc)));
+        .for_each(|(dxc, (dyc, xc))| vectorized!(s, backward_chunk(s, op, dyc, xc, dxc))));
     Ok(())
 }
 
@@ -280,7 +239,7 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], h: &mut [f32]) -> Result<()> {
     dispatch!(|s| h
         .par_chunks_mut(CHUNK_ELEMS)
         .zip(gate.par_chunks(CHUNK_ELEMS).zip(up.par_chunks(CHUNK_ELEMS)))
-        .for_each(|(hc, (gc, uc))| swiglu_chunk(s, gc, uc, hc)));
+        .for_each(|(hc, (gc, uc))| vectorized!(s, swiglu_chunk(s, gc, uc, hc))));
     Ok(())
 }
 
@@ -304,7 +263,7 @@ pub fn swiglu_backward(
         .zip(dh.par_chunks(CHUNK_ELEMS).zip(gate.par_chunks(CHUNK_ELEMS)))
         .zip(up.par_chunks(CHUNK_ELEMS))
         .for_each(|(((dgc, duc), (dhc, gc)), uc)| {
-            swiglu_backward_chunk(s, dhc, gc, uc, dgc, duc)
+            vectorized!(s, swiglu_backward_chunk(s, dhc, gc, uc, dgc, duc))
         }));
     Ok(())
 }

@@ -10,13 +10,14 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::lanes;
-use crate::simd::{dispatch, Simd};
+use crate::simd::{dispatch, vectorized, Simd};
 use crate::vec_math::{chunk_rows, exp, max_and_sum, sum_exp, Vf32};
 
 /// Per row: `lse` written, and returns the chunk's
 /// `sum (1 - eps)(lse - z[t]) + eps (lse - mean z)` over counted rows.
 #[inline(always)]
-fn forward_rows_v<V: Vf32>(
+fn forward_rows<V: Vf32>(
+    _: impl Simd<V = V>,
     logits: &[f32],
     targets: &[i64],
     ignore_index: i64,
@@ -46,25 +47,12 @@ fn forward_rows_v<V: Vf32>(
     loss
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward_rows<S: Simd>(
-    s: S,
-    logits: &[f32],
-    targets: &[i64],
-    ignore_index: i64,
-    smoothing: f32,
-    lse: &mut [f32],
-) -> f64 {
-    s.vectorize(
-        #[inline(always)]
-        move || forward_rows_v::<S::V>(logits, targets, ignore_index, smoothing, lse),
-    )
-}
-
 /// `dz = g (softmax(z) - eps / V) - g (1 - eps) onehot(t)` per counted row,
 /// 0 for ignored rows; `g = grad / count`.
 #[inline(always)]
-fn backward_rows_v<V: Vf32>(
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<V: Vf32>(
+    _: impl Simd<V = V>,
     logits: &[f32],
     targets: &[i64],
     lse: &[f32],
@@ -87,23 +75,6 @@ fn backward_rows_v<V: Vf32>(
         });
         d[t as usize] -= g * (1.0 - smoothing);
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_rows<S: Simd>(
-    s: S,
-    logits: &[f32],
-    targets: &[i64],
-    lse: &[f32],
-    ignore_index: i64,
-    smoothing: f32,
-    g: f32,
-    dz: &mut [f32],
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || backward_rows_v::<S::V>(logits, targets, lse, ignore_index, smoothing, g, dz),
-    )
 }
 
 /// Checks every target and counts the rows that are not ignored.
@@ -164,7 +135,7 @@ pub fn cross_entropy_forward(
         .par_chunks(cr * vocab)
         .zip(targets.par_chunks(cr))
         .zip(lse.par_chunks_mut(cr))
-        .map(|((zc, tc), lc)| forward_rows(s, zc, tc, ignore_index, smoothing, lc))
+        .map(|((zc, tc), lc)| vectorized!(s, forward_rows(s, zc, tc, ignore_index, smoothing, lc)))
         .collect());
     if count == 0 {
         return Ok(0.0);
@@ -203,7 +174,10 @@ pub fn cross_entropy_backward(
         .zip(logits.par_chunks(cr * vocab))
         .zip(targets.par_chunks(cr).zip(lse.par_chunks(cr)))
         .for_each(|((dc, zc), (tc, lc))| {
-            backward_rows(s, zc, tc, lc, ignore_index, smoothing, g, dc)
+            vectorized!(
+                s,
+                backward_rows(s, zc, tc, lc, ignore_index, smoothing, g, dc)
+            )
         }));
     Ok(())
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::lanes;
-use crate::simd::{dispatch, Simd};
+use crate::simd::{dispatch, vectorized, Simd};
 use crate::vec_math::{chunk_rows, dot, sum, Vf32};
 
 /// `y = (x - mean) * rstd * gamma + beta` per row; `x, y (rows, cols)`,
@@ -19,26 +19,6 @@ use crate::vec_math::{chunk_rows, dot, sum, Vf32};
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn layernorm_rows<S: Simd>(
-    s: S,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    y: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || layernorm_rows_body(s, x, gamma, beta, eps, y, mean, rstd),
-    )
-}
-
-/// The body of [`layernorm_rows`], a function of its own so that its slices
-/// are distinct parameters (noalias) inside the token's features.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn layernorm_rows_body<S: Simd>(
     s: S,
     x: &[f32],
     gamma: &[f32],
@@ -88,27 +68,6 @@ fn layernorm_backward_rows<S: Simd>(
     dg: &mut [f32],
     db: &mut [f32],
 ) {
-    s.vectorize(
-        #[inline(always)]
-        move || layernorm_backward_rows_body(s, dy, x, gamma, mean, rstd, dx, dg, db),
-    )
-}
-
-/// The body of [`layernorm_backward_rows`], a function of its own so that its slices
-/// are distinct parameters (noalias) inside the token's features.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn layernorm_backward_rows_body<S: Simd>(
-    s: S,
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    dx: &mut [f32],
-    dg: &mut [f32],
-    db: &mut [f32],
-) {
     let cols = gamma.len();
     let inv_c = 1.0 / cols as f32;
     let rows = dy.chunks_exact(cols).zip(x.chunks_exact(cols));
@@ -140,25 +99,8 @@ fn layernorm_backward_rows_body<S: Simd>(
 
 /// `y = x * rstd * gamma`, `rstd = 1 / sqrt(mean(x²) + eps)` per row.
 #[inline(always)]
-fn rmsnorm_rows<S: Simd>(
-    s: S,
-    x: &[f32],
-    gamma: &[f32],
-    eps: f32,
-    y: &mut [f32],
-    rstd: &mut [f32],
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || rmsnorm_rows_body(s, x, gamma, eps, y, rstd),
-    )
-}
-
-/// The body of [`rmsnorm_rows`], a function of its own so that its slices
-/// are distinct parameters (noalias) inside the token's features.
-#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn rmsnorm_rows_body<S: Simd>(
+fn rmsnorm_rows<S: Simd>(
     s: S,
     x: &[f32],
     gamma: &[f32],
@@ -181,26 +123,8 @@ fn rmsnorm_rows_body<S: Simd>(
 /// RMSNorm backward for a chunk of rows, adding into `dg (cols,)`:
 /// `dx = rstd (g - x rstd² mean(g x))` with `g = dy * gamma`.
 #[inline(always)]
-fn rmsnorm_backward_rows<S: Simd>(
-    s: S,
-    dy: &[f32],
-    x: &[f32],
-    gamma: &[f32],
-    rstd: &[f32],
-    dx: &mut [f32],
-    dg: &mut [f32],
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || rmsnorm_backward_rows_body(s, dy, x, gamma, rstd, dx, dg),
-    )
-}
-
-/// The body of [`rmsnorm_backward_rows`], a function of its own so that its slices
-/// are distinct parameters (noalias) inside the token's features.
-#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn rmsnorm_backward_rows_body<S: Simd>(
+fn rmsnorm_backward_rows<S: Simd>(
     s: S,
     dy: &[f32],
     x: &[f32],
@@ -281,7 +205,10 @@ pub fn layernorm_forward(
         .par_chunks_mut(cr * cols)
         .zip(x.par_chunks(cr * cols))
         .zip(mean.par_chunks_mut(cr).zip(rstd.par_chunks_mut(cr)))
-        .for_each(|((yc, xc), (mc, rc))| layernorm_rows(s, xc, gamma, beta, eps, yc, mc, rc)));
+        .for_each(|((yc, xc), (mc, rc))| vectorized!(
+            s,
+            layernorm_rows(s, xc, gamma, beta, eps, yc, mc, rc)
+        )));
     Ok(())
 }
 
@@ -332,7 +259,10 @@ pub fn layernorm_backward(
                 .zip(db_parts.par_chunks_mut(cols)),
         )
         .for_each(|(((dxc, (dyc, xc)), (mc, rc)), (dg, db))| {
-            layernorm_backward_rows(s, dyc, xc, gamma, mc, rc, dxc, dg, db)
+            vectorized!(
+                s,
+                layernorm_backward_rows(s, dyc, xc, gamma, mc, rc, dxc, dg, db)
+            )
         }));
     sum_partials(&dg_parts, cols, dgamma);
     sum_partials(&db_parts, cols, dbeta);
@@ -366,7 +296,7 @@ pub fn rmsnorm_forward(
         .par_chunks_mut(cr * cols)
         .zip(x.par_chunks(cr * cols))
         .zip(rstd.par_chunks_mut(cr))
-        .for_each(|((yc, xc), rc)| rmsnorm_rows(s, xc, gamma, eps, yc, rc)));
+        .for_each(|((yc, xc), rc)| vectorized!(s, rmsnorm_rows(s, xc, gamma, eps, yc, rc))));
     Ok(())
 }
 
@@ -401,7 +331,7 @@ pub fn rmsnorm_backward(
         .zip(dy.par_chunks(cr * cols).zip(x.par_chunks(cr * cols)))
         .zip(rstd.par_chunks(cr).zip(dg_parts.par_chunks_mut(cols)))
         .for_each(|((dxc, (dyc, xc)), (rc, dg))| {
-            rmsnorm_backward_rows(s, dyc, xc, gamma, rc, dxc, dg)
+            vectorized!(s, rmsnorm_backward_rows(s, dyc, xc, gamma, rc, dxc, dg))
         }));
     sum_partials(&dg_parts, cols, dgamma);
     Ok(())

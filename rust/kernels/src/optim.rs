@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::lanes;
-use crate::simd::{dispatch, Simd};
+use crate::simd::{dispatch, vectorized, Simd};
 use crate::vec_math::{Vf32, CHUNK_ELEMS};
 
 /// The per-step scalars, bias corrections folded in.
@@ -26,19 +26,9 @@ struct Coefs {
     eps: f32,
 }
 
+/// One AdamW step over a chunk: `p, g, m, v (n,)`.
 #[inline(always)]
 fn adamw<S: Simd>(s: S, k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    s.vectorize(
-        #[inline(always)]
-        move || adamw_body(s, k, p, g, m, v),
-    )
-}
-
-/// The body of [`adamw`], a function of its own so that its slices
-/// are distinct parameters (noalias) inside the token's features.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn adamw_body<S: Simd>(s: S, k: Coefs, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     let n = p.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
     let (b1, b2) = (s.splat(k.b1), s.splat(k.b2));
@@ -112,7 +102,7 @@ pub fn adamw_step(
                 .zip(v.par_chunks_mut(CHUNK_ELEMS)),
         )
         .zip(grad.par_chunks(CHUNK_ELEMS))
-        .for_each(|((pc, (mc, vc)), gc)| adamw(s, k, pc, gc, mc, vc)));
+        .for_each(|((pc, (mc, vc)), gc)| vectorized!(s, adamw(s, k, pc, gc, mc, vc))));
     Ok(())
 }
 

@@ -10,31 +10,13 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::lanes;
-use crate::simd::{dispatch, Simd};
+use crate::simd::{dispatch, vectorized, Simd};
 use crate::vec_math::{chunk_rows, Vf32};
 
 /// Rotates rows `row0 ..` of `x, y (rows, d)`; `cc, ss (t, d)` widened.
 #[inline(always)]
-fn rotate_rows<S: Simd>(
-    s: S,
-    x: &[f32],
-    y: &mut [f32],
-    cc: &[f32],
-    ss: &[f32],
-    row0: usize,
-    d: usize,
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || rotate_rows_body(s, x, y, cc, ss, row0, d),
-    )
-}
-
-/// The body of [`rotate_rows`], a function of its own so that its slices
-/// are distinct parameters (noalias) inside the token's features.
-#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn rotate_rows_body<S: Simd>(
+fn rotate_rows<S: Simd>(
     s: S,
     x: &[f32],
     y: &mut [f32],
@@ -92,12 +74,12 @@ fn rotate(
         ss[2 * k] = -sign * s;
         ss[2 * k + 1] = sign * s;
     }
-    let cr = chunk_rows(rows, d);
+    let (cc, ss, cr) = (cc.as_slice(), ss.as_slice(), chunk_rows(rows, d));
     dispatch!(|s| y
         .par_chunks_mut(cr * d)
         .zip(x.par_chunks(cr * d))
         .enumerate()
-        .for_each(|(c, (yc, xc))| rotate_rows(s, xc, yc, &cc, &ss, c * cr, d)));
+        .for_each(|(c, (yc, xc))| vectorized!(s, rotate_rows(s, xc, yc, cc, ss, c * cr, d))));
     Ok(())
 }
 

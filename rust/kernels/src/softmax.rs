@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::error::{check_len, Error, Result};
 use crate::lanes;
-use crate::simd::{dispatch, Simd};
+use crate::simd::{dispatch, vectorized, Simd};
 use crate::vec_math::{chunk_rows, dot, max_scaled, softmax_exact, sum_exp, Vf32};
 
 /// The causal layout of the rows: each block of `tq` consecutive rows is
@@ -34,7 +34,8 @@ fn visible(row: usize, cols: usize, causal: Option<Causal>) -> usize {
 /// `y = softmax(scale * x)` per row; `x, y (rows, cols)`; masked columns
 /// and rows with nothing visible (or only `-inf`) are 0.
 #[inline(always)]
-fn forward_rows_v<V: Vf32>(
+fn forward_rows<V: Vf32>(
+    _: impl Simd<V = V>,
     x: &[f32],
     y: &mut [f32],
     row0: usize,
@@ -74,25 +75,16 @@ fn exact_row(x: &[f32], y: &mut [f32], scale: f32) {
     y.iter_mut().zip(&s).for_each(|(o, &p)| *o = p as f32);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn forward_rows<S: Simd>(
-    s: S,
-    x: &[f32],
-    y: &mut [f32],
-    row0: usize,
-    cols: usize,
-    scale: f32,
-    causal: Option<Causal>,
-) {
-    s.vectorize(
-        #[inline(always)]
-        move || forward_rows_v::<S::V>(x, y, row0, cols, scale, causal),
-    )
-}
-
 /// `dx = scale * y * (dy - sum(dy * y))` per row; all `(rows, cols)`.
 #[inline(always)]
-fn backward_rows_v<V: Vf32>(dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
+fn backward_rows<V: Vf32>(
+    _: impl Simd<V = V>,
+    dy: &[f32],
+    y: &[f32],
+    dx: &mut [f32],
+    cols: usize,
+    scale: f32,
+) {
     let rows = dy.chunks_exact(cols).zip(y.chunks_exact(cols));
     for ((dyr, yr), dxr) in rows.zip(dx.chunks_exact_mut(cols)) {
         let (s, d) = (V::splat(scale), V::splat(dot::<V>(dyr, yr)));
@@ -101,14 +93,6 @@ fn backward_rows_v<V: Vf32>(dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, 
             ((g - d) * p * s).put(dxr, l);
         });
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_rows<S: Simd>(s: S, dy: &[f32], y: &[f32], dx: &mut [f32], cols: usize, scale: f32) {
-    s.vectorize(
-        #[inline(always)]
-        move || backward_rows_v::<S::V>(dy, y, dx, cols, scale),
-    )
 }
 
 /// Softmax of `scale * x` over the last axis.
@@ -146,7 +130,10 @@ pub fn softmax_forward(
         .par_chunks_mut(cr * cols)
         .zip(x.par_chunks(cr * cols))
         .enumerate()
-        .for_each(|(c, (yc, xc))| forward_rows(s, xc, yc, c * cr, cols, scale, causal)));
+        .for_each(|(c, (yc, xc))| vectorized!(
+            s,
+            forward_rows(s, xc, yc, c * cr, cols, scale, causal)
+        )));
     Ok(())
 }
 
@@ -169,7 +156,7 @@ pub fn softmax_backward(
     dispatch!(|s| dx
         .par_chunks_mut(cr * cols)
         .zip(dy.par_chunks(cr * cols).zip(y.par_chunks(cr * cols)))
-        .for_each(|(dxc, (dyc, yc))| backward_rows(s, dyc, yc, dxc, cols, scale)));
+        .for_each(|(dxc, (dyc, yc))| vectorized!(s, backward_rows(s, dyc, yc, dxc, cols, scale))));
     Ok(())
 }
 

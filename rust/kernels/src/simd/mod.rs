@@ -137,7 +137,8 @@ pub(crate) trait Simd: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// Runs `f` inside a function compiled with this token's target
     /// features. Pass an `#[inline(always)]` closure whose kernels are
     /// `#[inline(always)]` too: their bodies, and the intrinsics in them,
-    /// are then compiled there as plain instructions.
+    /// are then compiled there as plain instructions. Kernels call it
+    /// through [`vectorized!`].
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R;
 
     /// The AVX-512 token, when this is one: lets generic code take an
@@ -269,6 +270,23 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
+
+/// `vectorized!(s, kernel(s, a, b, ..))` runs the call inside
+/// `s.vectorize`, compiled with the token's features. `kernel` is a named
+/// `#[inline(always)]` function that takes every slice it touches as a
+/// parameter: LLVM knows parameters do not alias one another, but not the
+/// captures of a closure, and without that it reloads values in the loops.
+/// A kernel generic over the register alone takes the token as
+/// `_: impl Simd<V = V>`, which names its `V`.
+macro_rules! vectorized {
+    ($s:ident, $call:expr) => {
+        $s.vectorize(
+            #[inline(always)]
+            move || $call,
+        )
+    };
+}
+pub(crate) use vectorized;
 
 #[cfg(test)]
 mod tests {

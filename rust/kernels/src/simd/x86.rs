@@ -3,65 +3,60 @@
 
 use super::{cpu_features, Simd, AVX2_FMA, AVX512};
 
-/// AVX2, FMA and F16C.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx2 {
-    _private: (),
-}
-
-/// AVX-512F, with AVX2, FMA and F16C.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx512 {
-    _private: (),
-}
-
-impl Avx2 {
-    /// The token, if this CPU has AVX2, FMA and F16C.
-    #[inline]
-    pub fn try_new() -> Option<Self> {
-        (cpu_features() & AVX2_FMA != 0).then_some(Avx2 { _private: () })
-    }
-
-    /// The token without asking.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[allow(dead_code)]
-    pub unsafe fn new_unchecked() -> Self {
-        Avx2 { _private: () }
-    }
-}
-
-impl Avx512 {
-    /// The token, if this CPU has AVX-512F, AVX2, FMA and F16C.
-    #[inline]
-    pub fn try_new() -> Option<Self> {
-        (cpu_features() & AVX512 != 0).then_some(Avx512 { _private: () })
-    }
-
-    /// The token without asking.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
-    #[allow(dead_code)]
-    pub unsafe fn new_unchecked() -> Self {
-        Avx512 { _private: () }
-    }
-}
-
-impl Simd for Avx2 {
-    type V = crate::vec_math::avx2::F32x8;
-
-    #[inline(always)]
-    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
+/// `token!(Name, BIT, "features", "what", Register, with_fn; rest)` defines
+/// a token for the instruction sets `what`: the type, `try_new` (true when
+/// `cpu_features` has `BIT`), `new_unchecked`, and its [`Simd`] impl, whose
+/// `vectorize` runs the closure inside `with_fn`, compiled with
+/// `features`; `rest` goes into that impl.
+macro_rules! token {
+    (
+        $T:ident, $bit:ident, $features:literal, $what:literal, $V:ty, $with:ident;
+        $($rest:tt)*
+    ) => {
+        #[doc = concat!($what, ".")]
+        #[derive(Debug, Clone, Copy)]
+        pub(crate) struct $T {
+            _private: (),
         }
-        // SAFETY: the token exists, so the CPU has AVX2 and FMA.
-        unsafe { with_avx2(f) }
-    }
+
+        impl $T {
+            #[doc = concat!("The token, if this CPU has ", $what, ".")]
+            #[inline]
+            pub fn try_new() -> Option<Self> {
+                (cpu_features() & $bit != 0).then_some($T { _private: () })
+            }
+
+            /// The token without asking.
+            ///
+            /// # Safety
+            #[doc = concat!("The CPU must support ", $what, ".")]
+            #[allow(dead_code)]
+            pub unsafe fn new_unchecked() -> Self {
+                $T { _private: () }
+            }
+        }
+
+        impl Simd for $T {
+            type V = $V;
+
+            #[inline(always)]
+            fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+                #[target_feature(enable = $features)]
+                #[inline]
+                fn $with<R>(f: impl FnOnce() -> R) -> R {
+                    f()
+                }
+                // SAFETY: the token exists, so the CPU has the features.
+                unsafe { $with(f) }
+            }
+
+            $($rest)*
+        }
+    };
+}
+
+token! {
+    Avx2, AVX2_FMA, "avx2,fma", "AVX2, FMA and F16C", crate::vec_math::avx2::F32x8, with_avx2;
 
     #[inline(always)]
     fn avx2(self) -> Option<Avx2> {
@@ -69,19 +64,9 @@ impl Simd for Avx2 {
     }
 }
 
-impl Simd for Avx512 {
-    type V = crate::vec_math::avx512::F32x16;
-
-    #[inline(always)]
-    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        #[inline]
-        fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the token exists, so the CPU has AVX-512F, AVX2 and FMA.
-        unsafe { with_avx512(f) }
-    }
+token! {
+    Avx512, AVX512, "avx512f,avx2,fma", "AVX-512F, with AVX2, FMA and F16C",
+    crate::vec_math::avx512::F32x16, with_avx512;
 
     #[inline(always)]
     fn avx512(self) -> Option<Avx512> {

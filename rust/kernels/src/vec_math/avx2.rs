@@ -2,76 +2,29 @@
 //! functions compiled with `#[target_feature(enable = "avx2,fma")]`.
 
 use std::arch::x86_64::*;
-use std::ops::{Add, Div, Mul, Sub};
 
-use super::Vf32;
+use super::x86::x86_register;
 
-#[derive(Clone, Copy, Debug)]
-pub struct F32x8(pub __m256);
-
-macro_rules! binop {
-    ($tr:ident, $f:ident, $intr:ident) => {
-        impl $tr for F32x8 {
-            type Output = Self;
-            #[inline(always)]
-            fn $f(self, o: Self) -> Self {
-                // SAFETY: this type is only used where AVX2 is enabled.
-                unsafe { F32x8($intr(self.0, o.0)) }
-            }
-        }
-    };
+/// The four 128-bit steps that fold a `__m256` to lane 0 with `$op` (the
+/// last step on one lane, `$op_ss`).
+macro_rules! fold {
+    ($v:expr, $op:ident, $op_ss:ident) => {{
+        let s = $op(_mm256_castps256_ps128($v), _mm256_extractf128_ps::<1>($v));
+        let s = $op(s, _mm_movehl_ps(s, s));
+        let s = $op_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }};
 }
-binop!(Add, add, _mm256_add_ps);
-binop!(Sub, sub, _mm256_sub_ps);
-binop!(Mul, mul, _mm256_mul_ps);
-binop!(Div, div, _mm256_div_ps);
 
-// SAFETY (every `unsafe` below): the type is only used inside
-// `#[target_feature(enable = "avx2,fma")]` code, and loads and stores are
-// bounds-checked by the slice index before the raw pointer is taken.
-impl Vf32 for F32x8 {
-    const N: usize = 8;
+x86_register! {
+    F32x8(__m256), 8;
+    add _mm256_add_ps, sub _mm256_sub_ps, mul _mm256_mul_ps, div _mm256_div_ps,
+    splat _mm256_set1_ps, load _mm256_loadu_ps, store _mm256_storeu_ps,
+    mul_add _mm256_fmadd_ps, max _mm256_max_ps, min _mm256_min_ps, sqrt _mm256_sqrt_ps;
 
-    #[inline(always)]
-    fn splat(x: f32) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { F32x8(_mm256_set1_ps(x)) }
-    }
-    #[inline(always)]
-    fn load(s: &[f32]) -> Self {
-        let s = &s[..8];
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { F32x8(_mm256_loadu_ps(s.as_ptr())) }
-    }
-    #[inline(always)]
-    fn store(self, s: &mut [f32]) {
-        let s = &mut s[..8];
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { _mm256_storeu_ps(s.as_mut_ptr(), self.0) }
-    }
-    #[inline(always)]
-    fn mul_add(self, b: Self, c: Self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { F32x8(_mm256_fmadd_ps(self.0, b.0, c.0)) }
-    }
-    #[inline(always)]
-    fn max(self, o: Self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { F32x8(_mm256_max_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn min(self, o: Self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { F32x8(_mm256_min_ps(self.0, o.0)) }
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe { F32x8(_mm256_sqrt_ps(self.0)) }
-    }
     #[inline(always)]
     fn ldexp(self, n: Self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
+        // SAFETY: only code compiled for AVX2 and FMA holds this type.
         unsafe {
             let n = _mm256_cvtps_epi32(n.0);
             let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
@@ -80,7 +33,7 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
+        // SAFETY: only code compiled for AVX2 and FMA holds this type.
         unsafe {
             let m = _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0);
             F32x8(_mm256_blendv_ps(b.0, a.0, m))
@@ -88,33 +41,17 @@ impl Vf32 for F32x8 {
     }
     #[inline(always)]
     fn swap_pairs(self) -> Self {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
+        // SAFETY: only code compiled for AVX2 and FMA holds this type.
         unsafe { F32x8(_mm256_permute_ps::<0b10_11_00_01>(self.0)) }
     }
     #[inline(always)]
     fn reduce_sum(self) -> f32 {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe {
-            let s = _mm_add_ps(
-                _mm256_castps256_ps128(self.0),
-                _mm256_extractf128_ps::<1>(self.0),
-            );
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-            _mm_cvtss_f32(s)
-        }
+        // SAFETY: only code compiled for AVX2 and FMA holds this type.
+        unsafe { fold!(self.0, _mm_add_ps, _mm_add_ss) }
     }
     #[inline(always)]
     fn reduce_max(self) -> f32 {
-        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
-        unsafe {
-            let s = _mm_max_ps(
-                _mm256_castps256_ps128(self.0),
-                _mm256_extractf128_ps::<1>(self.0),
-            );
-            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-            _mm_cvtss_f32(s)
-        }
+        // SAFETY: only code compiled for AVX2 and FMA holds this type.
+        unsafe { fold!(self.0, _mm_max_ps, _mm_max_ss) }
     }
 }

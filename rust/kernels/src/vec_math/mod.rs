@@ -23,6 +23,8 @@ pub(crate) mod testing;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// A window of one row handed to a loop body by [`lanes!`]: lanes
 /// `i .. i + w`, with `w == V::N` except in the tail.
