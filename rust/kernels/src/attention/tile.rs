@@ -334,6 +334,15 @@ impl Tiles {
         })
     }
 
+    /// Whether every value of `x` is finite (`super::all_finite`, compiled
+    /// with the token's features).
+    pub fn all_finite(self, x: &[f32]) -> bool {
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || super::all_finite(x)
+        ))
+    }
+
     /// `out[j] = Σ_i q[i]·rows[j·d + i]` with `d = q.len()`, a multiple of
     /// 16: the query against each of `out.len()` rows.
     pub fn dots(self, q: &[f32], rows: &[f32], out: &mut [f32]) {
