@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::{all_finite, Problem};
+use super::Problem;
 use crate::vec_math::softmax_exact;
 
 /// The backward's inputs as the caller gave them, rows `head_dim` apart.
@@ -94,7 +94,8 @@ pub(super) fn redo_backward(
         .zip(dv.par_chunks_mut(tk * dp))
         .enumerate()
         .for_each(|(grp, ((dq, dk), dv))| {
-            if !(all_finite(dq) && all_finite(dk) && all_finite(dv)) {
+            let t = p.tiles;
+            if !(t.all_finite(dq) && t.all_finite(dk) && t.all_finite(dv)) {
                 backward_group(p, x, grp, dq, dk, dv);
             }
         });

@@ -150,10 +150,18 @@ fn query_block(
             Acc::ScaleRows(&s.alpha),
         );
     }
+    // One check over the whole block's outputs; only when it fails are the
+    // rows checked one by one.
+    let block_finite = t.all_finite(acc);
     for c in 0..qn {
         let out = &mut o[c * dp..(c + 1) * dp];
         let (l, m, acc) = (s.sum[c], s.max[c], &acc[c * dp..(c + 1) * dp]);
-        if !row_is_clean(m, l, acc) {
+        let clean = if block_finite {
+            stats_are_clean(m, l)
+        } else {
+            row_is_clean(m, l, acc)
+        };
+        if !clean {
             let i = i0 + c;
             let qi = &h.q[i * dp..(i + 1) * dp];
             lse[c] = exact::forward_row(p, h.pad, i, qi, h.k, h.v, dp, out);
@@ -176,5 +184,10 @@ fn query_block(
 /// non-finite value, even behind a mask, makes `acc` non-finite), and the
 /// row goes to the exact path.
 pub(super) fn row_is_clean(m: f32, l: f32, acc: &[f32]) -> bool {
-    all_finite(acc) && l.is_finite() && (m.is_finite() || (m == f32::NEG_INFINITY && l == 0.0))
+    all_finite(acc) && stats_are_clean(m, l)
+}
+
+/// The max and sum half of [`row_is_clean`].
+fn stats_are_clean(m: f32, l: f32) -> bool {
+    l.is_finite() && (m.is_finite() || (m == f32::NEG_INFINITY && l == 0.0))
 }

@@ -483,6 +483,29 @@ fn exp2_is_accurate_and_exactly_zero_far_below() {
 }
 
 #[test]
+fn exp2_cols_takes_the_same_bits_for_nonpositive_exponents() {
+    // exp2_cols relies on s - shift <= 0 to skip the overflow clamp; there
+    // its exp2 must give exactly what the full one of exp2_rows gives.
+    // Steps of 0.2 from -131 to 0, the edges of the range, and NaN lanes.
+    let mut xs: Vec<f32> = (0..656).map(|i| -131.0 + i as f32 * 0.2).collect();
+    xs.retain(|&x| x <= 0.0);
+    let edges = [-0.0, -1e-30, -0.5, -124.5, -125.0, -125.5];
+    xs.extend(edges.into_iter().chain([f32::NEG_INFINITY]));
+    xs.resize(xs.len().div_ceil(16) * 16, f32::NAN);
+    let rows = xs.len() / 16;
+    for level in Arch::supported() {
+        let t = level.forced(Tiles::new);
+        let (mut cols, mut full) = (xs.clone(), xs.clone());
+        t.exp2_cols(&mut cols, (rows, 16, 16), &[0.0; 16], &mut [0.0; 16]);
+        t.exp2_rows(&mut full, (rows, 16, 16), 1.0, &vec![0.0; rows]);
+        for ((&x, &a), &b) in xs.iter().zip(&cols).zip(&full) {
+            let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            assert!(same, "{} exp2({x}): {a} vs {b}", level.level().name());
+        }
+    }
+}
+
+#[test]
 fn kv_cache_capacity_reads_only_the_used_rows() {
     // decode (Tq = 1, 4) and prefill-after-prefix (Tq = 70) shapes, GQA, masks
     for &(dims, causal, mask) in &[

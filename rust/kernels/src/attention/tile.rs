@@ -7,7 +7,7 @@
 //! `avx2.rs` and `avx512.rs`, behind [`TileKernels`].
 
 use crate::simd::{dispatch, Arch, Portable, Simd};
-use crate::vec_math::{exp2, Vf32};
+use crate::vec_math::{exp2, exp2_nonpositive, Vf32};
 
 /// What a product does with the C it lands on.
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +233,10 @@ impl Tiles {
     }
 
     /// `s[j][c] = 2^(s[j][c] - shift[c])`, `colsum[c] += Σ_j s[j][c]` over a
-    /// (rows, cols) tile with row stride `ld`; `cols % 16 == 0`.
+    /// (rows, cols) tile of whole rows of `ld` floats; `cols % 16 == 0`.
+    /// The shift is the column's maximum, so `s - shift <= 0` (or NaN): an
+    /// exponent above 0 happens only in a column with a NaN score, which
+    /// the forward sends to the exact path, and its value is unspecified.
     pub fn exp2_cols(
         self,
         s: &mut [f32],
@@ -244,7 +247,7 @@ impl Tiles {
         if rows == 0 {
             return;
         }
-        assert!(cols % 16 == 0 && cols <= ld && s.len() >= (rows - 1) * ld + cols);
+        assert!(cols % 16 == 0 && cols <= ld && s.len() >= rows * ld);
         assert!(shift.len() >= cols && colsum.len() >= cols);
         dispatch!(self.arch, |t| t.vectorize(
             #[inline(always)]
@@ -252,12 +255,13 @@ impl Tiles {
         ))
     }
 
-    /// `colmax[c] = max(colmax[c], max_j s[j][c])`; `cols % 16 == 0`.
+    /// `colmax[c] = max(colmax[c], max_j s[j][c])` over whole rows of `ld`
+    /// floats; `cols % 16 == 0`.
     pub fn col_max(self, s: &[f32], (rows, cols, ld): (usize, usize, usize), colmax: &mut [f32]) {
         if rows == 0 {
             return;
         }
-        assert!(cols % 16 == 0 && cols <= ld && s.len() >= (rows - 1) * ld + cols);
+        assert!(cols % 16 == 0 && cols <= ld && s.len() >= rows * ld);
         assert!(colmax.len() >= cols);
         dispatch!(self.arch, |t| t.vectorize(
             #[inline(always)]
@@ -330,6 +334,15 @@ impl Tiles {
         })
     }
 
+    /// Whether every value of `x` is finite (`super::all_finite`, compiled
+    /// with the token's features).
+    pub fn all_finite(self, x: &[f32]) -> bool {
+        dispatch!(self.arch, |t| t.vectorize(
+            #[inline(always)]
+            move || super::all_finite(x)
+        ))
+    }
+
     /// `out[j] = Σ_i q[i]·rows[j·d + i]` with `d = q.len()`, a multiple of
     /// 16: the query against each of `out.len()` rows.
     pub fn dots(self, q: &[f32], rows: &[f32], out: &mut [f32]) {
@@ -351,9 +364,11 @@ impl Tiles {
 }
 
 // The lane loops, once over the token's register type `S::V`. Widths are
-// multiples of 16, so the loops walk blocks of 16 lanes (one AVX-512
+// multiples of 16, so the row loops walk blocks of 16 lanes (one AVX-512
 // register, two AVX2 ones): a block is a slice of known length, so the
-// register loads inside it need no bounds check of their own.
+// register loads inside it need no bounds check of their own. The column
+// loops walk whole rows instead (`chunks_exact` of `ld`), where a register's
+// column range is the same in every row and is checked once.
 
 /// Lanes per block.
 const W: usize = 16;
@@ -366,36 +381,35 @@ fn exp2_cols<S: Simd>(
     shift: &[f32],
     colsum: &mut [f32],
 ) {
-    let n = S::V::N;
-    for c in (0..cols).step_by(W) {
-        let (sh, sum) = (&shift[c..c + W], &mut colsum[c..c + W]);
-        for r in 0..W / n {
-            let shr = S::V::load(&sh[r * n..]);
-            let mut acc = S::V::load(&sum[r * n..]);
-            for j in 0..rows {
-                let x = &mut s[j * ld + c..j * ld + c + W];
-                let e = exp2(S::V::load(&x[r * n..]) - shr);
-                e.store(&mut x[r * n..]);
-                acc = acc + e;
-            }
-            acc.store(&mut sum[r * n..]);
+    // Whole rows of length `ld`: the column range of a register is then
+    // checked once per register, not once per row.
+    let (n, s) = (S::V::N, &mut s[..rows * ld]);
+    let blocks = shift[..cols]
+        .chunks_exact(n)
+        .zip(colsum[..cols].chunks_exact_mut(n));
+    for (i, (sh, sum)) in blocks.enumerate() {
+        let (c, sh) = (i * n, S::V::load(sh));
+        let mut acc = S::V::load(sum);
+        for row in s.chunks_exact_mut(ld) {
+            let x = &mut row[c..c + n];
+            let e = exp2_nonpositive(S::V::load(x) - sh);
+            e.store(x);
+            acc = acc + e;
         }
+        acc.store(sum);
     }
 }
 
 #[inline(always)]
 fn col_max<S: Simd>(_: S, s: &[f32], (rows, cols, ld): (usize, usize, usize), colmax: &mut [f32]) {
-    let n = S::V::N;
-    for c in (0..cols).step_by(W) {
-        let out = &mut colmax[c..c + W];
-        for r in 0..W / n {
-            let mut m = S::V::load(&out[r * n..]);
-            for j in 0..rows {
-                let x = &s[j * ld + c..j * ld + c + W];
-                m = m.max(S::V::load(&x[r * n..]));
-            }
-            m.store(&mut out[r * n..]);
+    let (n, s) = (S::V::N, &s[..rows * ld]);
+    for (i, out) in colmax[..cols].chunks_exact_mut(n).enumerate() {
+        let c = i * n;
+        let mut m = S::V::load(out);
+        for row in s.chunks_exact(ld) {
+            m = m.max(S::V::load(&row[c..c + n]));
         }
+        m.store(out);
     }
 }
 

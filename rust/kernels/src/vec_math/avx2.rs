@@ -32,6 +32,26 @@ x86_register! {
         }
     }
     #[inline(always)]
+    fn round(self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
+        unsafe {
+            F32x8(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(self.0))
+        }
+    }
+    #[inline(always)]
+    fn ldexp_normal(self, n: Self) -> Self {
+        // SAFETY: only code compiled for AVX2 and FMA holds this type (module note).
+        unsafe {
+            let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n.0));
+            F32x8(_mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_castps_si256(self.0),
+                e,
+            )))
+        }
+    }
+    #[inline(always)]
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self {
         // SAFETY: only code compiled for AVX2 and FMA holds this type.
         unsafe {

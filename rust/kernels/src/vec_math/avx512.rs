@@ -18,6 +18,15 @@ x86_register! {
         unsafe { F32x16(_mm512_scalef_ps(self.0, n.0)) }
     }
     #[inline(always)]
+    fn round(self) -> Self {
+        // SAFETY: only code compiled for AVX-512F holds this type (module note).
+        unsafe {
+            F32x16(_mm512_roundscale_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(self.0))
+        }
+    }
+    #[inline(always)]
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self {
         // SAFETY: only code compiled for AVX-512F holds this type.
         unsafe {

@@ -62,6 +62,23 @@ pub(crate) trait Vf32:
     fn sqrt(self) -> Self;
     /// `self * 2^n` for `n` holding integral values in `[-126, 127]`.
     fn ldexp(self, n: Self) -> Self;
+    /// Rounds to the nearest integer, ties to even, for `|x| < 2^22`; NaN
+    /// stays NaN. By default adding and subtracting 1.5 * 2^23, which
+    /// leaves the integer in the low bits; AVX2 and AVX-512 have one
+    /// instruction for it.
+    #[inline(always)]
+    fn round(self) -> Self {
+        let magic = Self::splat(12_582_912.0);
+        (self + magic) - magic
+    }
+    /// [`Vf32::ldexp`] where the product is known to be a normal number:
+    /// then raising the exponent bits by `n` is the same multiply, and
+    /// AVX2 does it in two integer operations instead of three and a
+    /// multiply. Any other product is unspecified (no overflow to inf).
+    #[inline(always)]
+    fn ldexp_normal(self, n: Self) -> Self {
+        self.ldexp(n)
+    }
     /// Lane-wise `if self < o { a } else { b }`.
     fn lt_select(self, o: Self, a: Self, b: Self) -> Self;
     /// Exchanges lanes `2k` and `2k + 1` (rope's adjacent pairs).
@@ -290,16 +307,31 @@ const EXP2_POLY: [f32; 7] = [
 #[inline(always)]
 pub(crate) fn exp2<V: Vf32>(x: V) -> V {
     // The constants first: `max`/`min` return their second operand for NaN.
-    let xc = V::splat(128.0).min(V::splat(-125.0).max(x));
-    // Adding 1.5 * 2^23 rounds to the nearest integer in the low bits.
-    let magic = V::splat(12_582_912.0);
-    let n = (xc + magic) - magic;
-    let f = xc - n;
+    let (p, n) = exp2_parts(V::splat(128.0).min(V::splat(-125.0).max(x)));
+    x.lt_select(V::splat(-125.0), V::zero(), p.ldexp(n))
+}
+
+/// [`exp2`] for `x <= 0` (or NaN), with the same bits there: a score minus
+/// its row's maximum. Nothing can overflow, so the clamp at 128 goes and
+/// `2^n` is applied with [`Vf32::ldexp_normal`]. Above 0 the result is
+/// unspecified (finite garbage, not +inf).
+#[inline(always)]
+pub(crate) fn exp2_nonpositive<V: Vf32>(x: V) -> V {
+    let (p, n) = exp2_parts(V::splat(-125.0).max(x));
+    x.lt_select(V::splat(-125.0), V::zero(), p.ldexp_normal(n))
+}
+
+/// `(2^f, n)` with `n = round(x)`, `f = x - n`, for `x` already clamped to
+/// `[-125, 128]` (or NaN, which gives NaN).
+#[inline(always)]
+fn exp2_parts<V: Vf32>(x: V) -> (V, V) {
+    let n = x.round();
+    let f = x - n;
     let mut p = V::splat(EXP2_POLY[6]);
     for &c in EXP2_POLY[..6].iter().rev() {
         p = p.mul_add(f, V::splat(c));
     }
-    x.lt_select(V::splat(-125.0), V::zero(), p.ldexp(n))
+    (p, n)
 }
 
 /// Lane-wise `1 / (1 + e^-x)`; exact 0 and 1 at the far ends (and at
