@@ -15,25 +15,23 @@ fn apply<'py, const N: usize>(
     inputs: [(&str, &In<'py>); N],
     f: impl FnOnce([&[f32]; N], &mut [f32]) -> ferroformer_kernels::Result<()> + Send,
 ) -> PyResult<Array<'py>> {
-    util::guard(op, || {
-        let xs = util::slices(op, inputs)?;
-        util::fill(py, util::uninit(py, op, inputs[0].1.shape())?, |y| f(xs, y))
-    })
+    let xs = util::slices(op, inputs)?;
+    util::fill(py, util::uninit(py, op, inputs[0].1.shape())?, |y| f(xs, y))
 }
 
-/// One `#[pyfunction]` per kernel `kernel(inputs.., out)` with no other
-/// argument: `name(inputs..) = kernel;`, the Rust names being the Python
-/// ones.
+/// One binding per kernel `kernel(inputs.., out)` with no other argument:
+/// `name(inputs..) = kernel;`, the Rust names being the Python ones.
 macro_rules! elementwise {
-    ($($(#[doc = $doc:literal])* $name:ident($($arg:ident),+) = $kernel:path;)+) => {$(
-        $(#[doc = $doc])*
-        #[pyfunction]
-        pub(crate) fn $name<'py>(py: Python<'py>, $($arg: In<'py>),+) -> PyResult<Array<'py>> {
-            apply(py, stringify!($name), [$((stringify!($arg), &$arg)),+], |[$($arg),+], y| {
-                $kernel($($arg,)+ y)
-            })
-        }
-    )+};
+    ($($(#[doc = $doc:literal])* $name:ident($($arg:ident),+) = $kernel:path;)+) => {
+        util::binding! {$(
+            $(#[doc = $doc])*
+            fn $name<'py>(py, $($arg: In<'py>),+) -> Array<'py> {
+                apply(py, OP, [$((stringify!($arg), &$arg)),+], |[$($arg),+], y| {
+                    $kernel($($arg,)+ y)
+                })
+            }
+        )+}
+    };
 }
 
 elementwise! {
@@ -46,50 +44,29 @@ elementwise! {
     swiglu_forward(gate, up) = k::swiglu_forward;
 }
 
-/// `approximate` is `"tanh"` or `"none"` (exact erf).
-#[pyfunction]
-pub(crate) fn gelu_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    approximate: &str,
-) -> PyResult<Array<'py>> {
-    let g = Gelu::parse("gelu_forward", approximate).map_err(util::to_pyerr)?;
-    apply(py, "gelu_forward", [("x", &x)], |[x], y| {
-        k::gelu_forward(x, y, g)
-    })
-}
+util::binding! {
+    /// `approximate` is `"tanh"` or `"none"` (exact erf).
+    fn gelu_forward<'py>(py, x: In<'py>, approximate: &str) -> Array<'py> {
+        let g = Gelu::parse(OP, approximate).map_err(util::to_pyerr)?;
+        apply(py, OP, [("x", &x)], |[x], y| k::gelu_forward(x, y, g))
+    }
 
-#[pyfunction]
-pub(crate) fn gelu_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    x: In<'py>,
-    approximate: &str,
-) -> PyResult<Array<'py>> {
-    let g = Gelu::parse("gelu_backward", approximate).map_err(util::to_pyerr)?;
-    apply(
-        py,
-        "gelu_backward",
-        [("dy", &dy), ("x", &x)],
-        |[dy, x], dx| k::gelu_backward(dy, x, dx, g),
-    )
-}
+    fn gelu_backward<'py>(py, dy: In<'py>, x: In<'py>, approximate: &str) -> Array<'py> {
+        let g = Gelu::parse(OP, approximate).map_err(util::to_pyerr)?;
+        apply(py, OP, [("dy", &dy), ("x", &x)], |[dy, x], dx| {
+            k::gelu_backward(dy, x, dx, g)
+        })
+    }
 
-/// `(dgate, dup)`.
-#[pyfunction]
-pub(crate) fn swiglu_backward<'py>(
-    py: Python<'py>,
-    dh: In<'py>,
-    gate: In<'py>,
-    up: In<'py>,
-) -> PyResult<(Array<'py>, Array<'py>)> {
-    const OP: &str = "swiglu_backward";
-    util::guard(OP, || {
+    /// `(dgate, dup)`.
+    fn swiglu_backward<'py>(
+        py, dh: In<'py>, gate: In<'py>, up: In<'py>,
+    ) -> (Array<'py>, Array<'py>) {
         let [dhs, gs, us] = util::slices(OP, [("dh", &dh), ("gate", &gate), ("up", &up)])?;
         let [dg, du] = util::outputs(py, OP, [gate.shape(), gate.shape()])?;
         util::run_into(py, util::small(dhs.len()), [&dg, &du], |[dgs, dus]| {
             k::swiglu_backward(dhs, gs, us, dgs, dus)
         })?;
         Ok((dg, du))
-    })
+    }
 }

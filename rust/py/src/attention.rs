@@ -11,6 +11,9 @@ use crate::util::{self, Array, In};
 
 const LAYOUT: &str = "(B, H, T, D)";
 
+/// The optional `key_padding_mask (B, Tk)`: True hides that key.
+type Mask<'py> = Option<In<'py, bool>>;
+
 /// The sizes: batch, query heads and length and head dim from
 /// `q (B, Hq, Tq, D)`, key heads and length from `k (B, Hkv, Tk, D)`.
 fn shape_of(op: &str, q: &In<'_>, k: &In<'_>) -> PyResult<AttentionShape> {
@@ -31,38 +34,26 @@ fn options<'a>(
     op: &str,
     causal: bool,
     scale: f32,
-    mask: &'a Option<In<'_, bool>>,
+    mask: &'a Mask<'_>,
 ) -> PyResult<AttentionOptions<'a>> {
-    let key_padding_mask = match mask {
-        Some(m) => Some(util::slice(op, "key_padding_mask", m)?),
-        None => None,
-    };
     Ok(AttentionOptions {
         causal,
         scale,
-        key_padding_mask,
+        key_padding_mask: util::slice_opt(op, "key_padding_mask", mask)?,
     })
 }
 
-/// `(o (B, Hq, Tq, D), lse (B, Hq, Tq))` of softmax(scale·q·k^T)·v over
-/// the visible keys. With `kv_len`, k and v are KV-cache buffers
-/// `(B, Hkv, capacity, D)` (mask `(B, capacity)`) of which only the first
-/// `kv_len` positions are used.
-#[pyfunction]
-#[pyo3(signature = (q, k, v, causal, scale, key_padding_mask=None, kv_len=None))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_forward<'py>(
-    py: Python<'py>,
-    q: In<'py>,
-    k: In<'py>,
-    v: In<'py>,
-    causal: bool,
-    scale: f32,
-    key_padding_mask: Option<In<'py, bool>>,
-    kv_len: Option<usize>,
-) -> PyResult<(Array<'py>, Array<'py>)> {
-    const OP: &str = "attention_forward";
-    util::guard(OP, || {
+util::binding! {
+    /// `(o (B, Hq, Tq, D), lse (B, Hq, Tq))` of softmax(scale·q·k^T)·v over
+    /// the visible keys. With `kv_len`, k and v are KV-cache buffers
+    /// `(B, Hkv, capacity, D)` (mask `(B, capacity)`) of which only the first
+    /// `kv_len` positions are used.
+    #[pyo3(signature = (q, k, v, causal, scale, key_padding_mask=None, kv_len=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward<'py>(
+        py, q: In<'py>, k: In<'py>, v: In<'py>, causal: bool, scale: f32,
+        key_padding_mask: Mask<'py>, kv_len: Option<usize>,
+    ) -> (Array<'py>, Array<'py>) {
         let mut s = shape_of(OP, &q, &k)?;
         let capacity = s.kv_len;
         s.kv_len = kv_len.unwrap_or(capacity);
@@ -76,28 +67,16 @@ pub(crate) fn attention_forward<'py>(
             attention::attention_forward_cached(qs, ks, vs, s, capacity, opts, os, ls)
         })?;
         Ok((o, lse))
-    })
-}
+    }
 
-/// `(dq, dk, dv)` from the output gradient `do (B, Hq, Tq, D)` and the
-/// forward's `o` and `lse`.
-#[pyfunction]
-#[pyo3(signature = (do_, q, k, v, o, lse, causal, scale, key_padding_mask=None))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_backward<'py>(
-    py: Python<'py>,
-    do_: In<'py>,
-    q: In<'py>,
-    k: In<'py>,
-    v: In<'py>,
-    o: In<'py>,
-    lse: In<'py>,
-    causal: bool,
-    scale: f32,
-    key_padding_mask: Option<In<'py, bool>>,
-) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
-    const OP: &str = "attention_backward";
-    util::guard(OP, || {
+    /// `(dq, dk, dv)` from the output gradient `do (B, Hq, Tq, D)` and the
+    /// forward's `o` and `lse`.
+    #[pyo3(signature = (do_, q, k, v, o, lse, causal, scale, key_padding_mask=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward<'py>(
+        py, do_: In<'py>, q: In<'py>, k: In<'py>, v: In<'py>, o: In<'py>, lse: In<'py>,
+        causal: bool, scale: f32, key_padding_mask: Mask<'py>,
+    ) -> (Array<'py>, Array<'py>, Array<'py>) {
         let s = shape_of(OP, &q, &k)?;
         let [dos, qs, ks, vs, os, lses] = util::slices(
             OP,
@@ -118,5 +97,5 @@ pub(crate) fn attention_backward<'py>(
             attention::attention_backward(dos, qs, ks, vs, os, lses, s, opts, dqs, dks, dvs)
         })?;
         Ok((dq, dk, dv))
-    })
+    }
 }

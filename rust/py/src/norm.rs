@@ -17,17 +17,14 @@ fn dims<'a>(op: &str, x: &'a In<'_>) -> PyResult<(usize, usize, &'a [usize], &'a
     Ok((rows, cols, shape, &shape[..shape.len() - 1]))
 }
 
-/// `(y, mean, rstd)`: `x (..., C)`, `gamma, beta (C,)`, `mean, rstd x.shape[:-1]`.
-#[pyfunction]
-pub(crate) fn layernorm_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    beta: In<'py>,
-    eps: f32,
-) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
-    const OP: &str = "layernorm_forward";
-    util::guard(OP, || {
+type Two<'py> = (Array<'py>, Array<'py>);
+type Three<'py> = (Array<'py>, Array<'py>, Array<'py>);
+
+util::binding! {
+    /// `(y, mean, rstd)`: `x (..., C)`, `gamma, beta (C,)`, `mean, rstd x.shape[:-1]`.
+    fn layernorm_forward<'py>(
+        py, x: In<'py>, gamma: In<'py>, beta: In<'py>, eps: f32,
+    ) -> Three<'py> {
         let (rows, cols, shape, lead) = dims(OP, &x)?;
         let [xs, gs, bs] = util::slices(OP, [("x", &x), ("gamma", &gamma), ("beta", &beta)])?;
         let [y, mean, rstd] = util::outputs(py, OP, [shape, lead, lead])?;
@@ -38,22 +35,13 @@ pub(crate) fn layernorm_forward<'py>(
             |[ys, ms, rs]| k::layernorm_forward(xs, gs, bs, eps, ys, ms, rs, rows, cols),
         )?;
         Ok((y, mean, rstd))
-    })
-}
+    }
 
-/// `(dx, dgamma, dbeta)` from `dy, x (..., C)`, `gamma (C,)`,
-/// `mean, rstd x.shape[:-1]`.
-#[pyfunction]
-pub(crate) fn layernorm_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    mean: In<'py>,
-    rstd: In<'py>,
-) -> PyResult<(Array<'py>, Array<'py>, Array<'py>)> {
-    const OP: &str = "layernorm_backward";
-    util::guard(OP, || {
+    /// `(dx, dgamma, dbeta)` from `dy, x (..., C)`, `gamma (C,)`,
+    /// `mean, rstd x.shape[:-1]`.
+    fn layernorm_backward<'py>(
+        py, dy: In<'py>, x: In<'py>, gamma: In<'py>, mean: In<'py>, rstd: In<'py>,
+    ) -> Three<'py> {
         let (rows, cols, shape, _) = dims(OP, &x)?;
         let [dys, xs, gs, ms, rs] = util::slices(
             OP,
@@ -73,19 +61,10 @@ pub(crate) fn layernorm_backward<'py>(
             |[dxs, dgs, dbs]| k::layernorm_backward(dys, xs, gs, ms, rs, dxs, dgs, dbs, rows, cols),
         )?;
         Ok((dx, dg, db))
-    })
-}
+    }
 
-/// `(y, rstd)`: `x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
-#[pyfunction]
-pub(crate) fn rmsnorm_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    eps: f32,
-) -> PyResult<(Array<'py>, Array<'py>)> {
-    const OP: &str = "rmsnorm_forward";
-    util::guard(OP, || {
+    /// `(y, rstd)`: `x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
+    fn rmsnorm_forward<'py>(py, x: In<'py>, gamma: In<'py>, eps: f32) -> Two<'py> {
         let (rows, cols, shape, lead) = dims(OP, &x)?;
         let [xs, gs] = util::slices(OP, [("x", &x), ("gamma", &gamma)])?;
         let [y, rstd] = util::outputs(py, OP, [shape, lead])?;
@@ -93,20 +72,12 @@ pub(crate) fn rmsnorm_forward<'py>(
             k::rmsnorm_forward(xs, gs, eps, ys, rs, rows, cols)
         })?;
         Ok((y, rstd))
-    })
-}
+    }
 
-/// `(dx, dgamma)` from `dy, x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
-#[pyfunction]
-pub(crate) fn rmsnorm_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    x: In<'py>,
-    gamma: In<'py>,
-    rstd: In<'py>,
-) -> PyResult<(Array<'py>, Array<'py>)> {
-    const OP: &str = "rmsnorm_backward";
-    util::guard(OP, || {
+    /// `(dx, dgamma)` from `dy, x (..., C)`, `gamma (C,)`, `rstd x.shape[:-1]`.
+    fn rmsnorm_backward<'py>(
+        py, dy: In<'py>, x: In<'py>, gamma: In<'py>, rstd: In<'py>,
+    ) -> Two<'py> {
         let (rows, cols, shape, _) = dims(OP, &x)?;
         let [dys, xs, gs, rs] = util::slices(
             OP,
@@ -117,5 +88,5 @@ pub(crate) fn rmsnorm_backward<'py>(
             k::rmsnorm_backward(dys, xs, gs, rs, dxs, dgs, rows, cols)
         })?;
         Ok((dx, dg))
-    })
+    }
 }

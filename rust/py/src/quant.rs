@@ -8,28 +8,21 @@ use ferroformer_kernels::quant::{
 };
 use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::PyValueError;
-use pyo3::prelude::*;
 
 use crate::shapes;
 use crate::util::{self, Array, In};
 
-/// `y = x @ W.T + b` with W the blocks of `qtype`: x `(rows, in)`, qweight
-/// `(out, in / block_size * type_size)`, b `(out,)` or None -> y `(rows, out)`.
-/// `int8_activations`: quantize x to int8 per 32 values and use integer dots
-/// (see the kernel's docs for the bound); else float32 dots, the reference's
-/// result up to summation order.
-#[pyfunction]
-#[pyo3(signature = (x, qweight, qtype, b=None, int8_activations=false))]
-pub(crate) fn quantized_linear_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    qweight: In<'py, u8>,
-    qtype: &str,
-    b: Option<In<'py>>,
-    int8_activations: bool,
-) -> PyResult<Array<'py>> {
-    const OP: &str = "quantized_linear_forward";
-    util::guard(OP, || {
+util::binding! {
+    /// `y = x @ W.T + b` with W the blocks of `qtype`: x `(rows, in)`, qweight
+    /// `(out, in / block_size * type_size)`, b `(out,)` or None -> y `(rows, out)`.
+    /// `int8_activations`: quantize x to int8 per 32 values and use integer dots
+    /// (see the kernel's docs for the bound); else float32 dots, the reference's
+    /// result up to summation order.
+    #[pyo3(signature = (x, qweight, qtype, b=None, int8_activations=false))]
+    fn quantized_linear_forward<'py>(
+        py, x: In<'py>, qweight: In<'py, u8>, qtype: &str, b: Option<In<'py>>,
+        int8_activations: bool,
+    ) -> Array<'py> {
         let t = QType::from_name(qtype).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "{OP}: quantized type {qtype} has no native kernel; supported: Q8_0, Q4_0, \
@@ -40,7 +33,7 @@ pub(crate) fn quantized_linear_forward<'py>(
         let [out_f, _] = shapes::exact(OP, "qweight", "(out, row_bytes)", qweight.shape())?;
         let x = util::slice(OP, "x", &x)?;
         let w = util::slice(OP, "qweight", &qweight)?;
-        let b = b.as_ref().map(|b| util::slice(OP, "b", b)).transpose()?;
+        let b = util::slice_opt(OP, "b", &b)?;
         let mode = if int8_activations {
             Activations::Int8
         } else {
@@ -50,5 +43,5 @@ pub(crate) fn quantized_linear_forward<'py>(
         util::fill_on(py, util::uninit(py, OP, &[rows, out_f])?, serial, |y| {
             qlinear(x, w, t, mode, b, y, rows, in_f, out_f)
         })
-    })
+    }
 }

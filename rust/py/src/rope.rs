@@ -15,41 +15,29 @@ type Kernel =
 fn rotate<'py>(
     py: Python<'py>,
     op: &str,
-    [x, cos, sin]: [In<'py>; 3],
+    [x, cos, sin]: [&In<'py>; 3],
     kernel: Kernel,
 ) -> PyResult<Array<'py>> {
-    util::guard(op, || {
-        let shape = x.shape();
-        let [t, d] = shapes::last(op, "x", "(..., T, D)", shape)?;
-        let rows = shape[..shape.len() - 1].iter().product();
-        let [xs, cs, ss] = util::slices(op, [("x", &x), ("cos", &cos), ("sin", &sin)])?;
-        if rows == 0 {
-            return util::zeros(py, op, shape);
-        }
-        util::fill(py, util::uninit(py, op, shape)?, |y| {
-            kernel(xs, cs, ss, y, rows, t, d)
-        })
+    let shape = x.shape();
+    let [t, d] = shapes::last(op, "x", "(..., T, D)", shape)?;
+    let rows = shape[..shape.len() - 1].iter().product();
+    let [xs, cs, ss] = util::slices(op, [("x", x), ("cos", cos), ("sin", sin)])?;
+    if rows == 0 {
+        return util::zeros(py, op, shape);
+    }
+    util::fill(py, util::uninit(py, op, shape)?, |y| {
+        kernel(xs, cs, ss, y, rows, t, d)
     })
 }
 
-/// `(x0, x1) -> (x0 c - x1 s, x0 s + x1 c)` per adjacent pair.
-#[pyfunction]
-pub(crate) fn rope_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    cos: In<'py>,
-    sin: In<'py>,
-) -> PyResult<Array<'py>> {
-    rotate(py, "rope_forward", [x, cos, sin], k::rope_forward)
-}
+util::binding! {
+    /// `(x0, x1) -> (x0 c - x1 s, x0 s + x1 c)` per adjacent pair.
+    fn rope_forward<'py>(py, x: In<'py>, cos: In<'py>, sin: In<'py>) -> Array<'py> {
+        rotate(py, OP, [&x, &cos, &sin], k::rope_forward)
+    }
 
-/// The inverse rotation of `dy`.
-#[pyfunction]
-pub(crate) fn rope_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    cos: In<'py>,
-    sin: In<'py>,
-) -> PyResult<Array<'py>> {
-    rotate(py, "rope_backward", [dy, cos, sin], k::rope_backward)
+    /// The inverse rotation of `dy`.
+    fn rope_backward<'py>(py, dy: In<'py>, cos: In<'py>, sin: In<'py>) -> Array<'py> {
+        rotate(py, OP, [&dy, &cos, &sin], k::rope_backward)
+    }
 }

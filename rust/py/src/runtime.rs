@@ -22,13 +22,12 @@ pub(crate) fn simd_level() -> &'static str {
     simd::level().name()
 }
 
-/// Panics on purpose, inside [`util::guard`] as every binding does: on the
-/// calling thread, or with `in_pool` on a worker of the kernel pool with
-/// the GIL released (the path the kernels take). For tests only.
-#[pyfunction]
-#[pyo3(signature = (in_pool=false))]
-pub(crate) fn _force_panic(py: Python<'_>, in_pool: bool) -> PyResult<()> {
-    util::guard("_force_panic", || {
+util::binding! {
+    /// Panics on purpose, inside [`util::guard`] as every binding does: on the
+    /// calling thread, or with `in_pool` on a worker of the kernel pool with
+    /// the GIL released (the path the kernels take). For tests only.
+    #[pyo3(signature = (in_pool=false))]
+    fn _force_panic<'py>(py, in_pool: bool) -> () {
         if in_pool {
             // `pool::install` runs the closure on one of the pool's threads
             util::run_on(py, false, || -> ferroformer_kernels::Result<()> {
@@ -37,5 +36,5 @@ pub(crate) fn _force_panic(py: Python<'_>, in_pool: bool) -> PyResult<()> {
         } else {
             panic!("forced for a test")
         }
-    })
+    }
 }

@@ -3,22 +3,14 @@
 
 use ferroformer_kernels::softmax as k;
 use numpy::PyUntypedArrayMethods;
-use pyo3::prelude::*;
 
 use crate::shapes;
 use crate::util::{self, Array, In};
 
-/// `y = softmax(scale * x)` over the last axis; with `causal`, the last two
-/// dims `(Tq, Tk)` are masked bottom-right aligned.
-#[pyfunction]
-pub(crate) fn softmax_forward<'py>(
-    py: Python<'py>,
-    x: In<'py>,
-    scale: f32,
-    causal: bool,
-) -> PyResult<Array<'py>> {
-    const OP: &str = "softmax_forward";
-    util::guard(OP, || {
+util::binding! {
+    /// `y = softmax(scale * x)` over the last axis; with `causal`, the last two
+    /// dims `(Tq, Tk)` are masked bottom-right aligned.
+    fn softmax_forward<'py>(py, x: In<'py>, scale: f32, causal: bool) -> Array<'py> {
         let shape = x.shape();
         let (rows, cols) = shapes::rows_cols(OP, "x", shape)?;
         let tq = if causal {
@@ -33,23 +25,14 @@ pub(crate) fn softmax_forward<'py>(
             return Ok(y); // nothing to write (and a causal (..., 0, Tk) has no rows to mask)
         }
         util::fill(py, y, |y| k::softmax_forward(xs, y, rows, cols, scale, tq))
-    })
-}
+    }
 
-/// `dx = scale * y * (dy - sum(dy * y, last axis))`.
-#[pyfunction]
-pub(crate) fn softmax_backward<'py>(
-    py: Python<'py>,
-    dy: In<'py>,
-    y: In<'py>,
-    scale: f32,
-) -> PyResult<Array<'py>> {
-    const OP: &str = "softmax_backward";
-    util::guard(OP, || {
+    /// `dx = scale * y * (dy - sum(dy * y, last axis))`.
+    fn softmax_backward<'py>(py, dy: In<'py>, y: In<'py>, scale: f32) -> Array<'py> {
         let (rows, cols) = shapes::rows_cols(OP, "dy", dy.shape())?;
         let [dys, ys] = util::slices(OP, [("dy", &dy), ("y", &y)])?;
         util::fill(py, util::uninit(py, OP, dy.shape())?, |dx| {
             k::softmax_backward(dys, ys, dx, rows, cols, scale)
         })
-    })
+    }
 }

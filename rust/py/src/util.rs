@@ -47,6 +47,41 @@ pub fn guard<T>(op: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     }
 }
 
+/// Declares bindings in the shape they all share: a `#[pyfunction]` with
+/// the Python name, taking the GIL token first, whose body runs inside
+/// [`guard`] under that name and sees it as `OP` (the prefix of every
+/// error message the body raises). The body returns `PyResult<ret>`;
+/// attributes (docs, `#[pyo3(signature = ..)]`) pass through, and an
+/// argument may be `mut`. A macro, as a function cannot declare the
+/// signature PyO3 reads. rustfmt does not reach inside it: the bindings
+/// keep its layout by hand, the arguments as `fn_params_layout =
+/// "Compressed"` lays them out.
+///
+/// ```ignore
+/// util::binding! {
+///     /// `softmax(x)` over the last axis.
+///     fn softmax<'py>(py, x: In<'py>) -> Array<'py> { .. }
+/// }
+/// ```
+macro_rules! binding {
+    ($(
+        $(#[$attr:meta])*
+        fn $name:ident<$py:lifetime>($gil:ident $(, $($arg:ident)+: $ty:ty)* $(,)?)
+            -> $ret:ty $body:block
+    )+) => {$(
+        #[pyo3::pyfunction]
+        $(#[$attr])*
+        pub(crate) fn $name<$py>(
+            $gil: pyo3::Python<$py>,
+            $($($arg)+: $ty),*
+        ) -> pyo3::PyResult<$ret> {
+            const OP: &str = stringify!($name);
+            $crate::util::guard(OP, || $body)
+        }
+    )+};
+}
+pub(crate) use binding;
+
 pub fn to_pyerr(e: Error) -> PyErr {
     match e {
         Error::Shape(m) | Error::Value(m) => PyValueError::new_err(m),
@@ -129,6 +164,15 @@ pub fn slices<'a, T: numpy::Element, const N: usize>(
         *s = slice(op, name, a)?;
     }
     Ok(out)
+}
+
+/// [`slice`] of an optional array.
+pub fn slice_opt<'a, T: numpy::Element>(
+    op: &str,
+    name: &str,
+    a: &'a Option<In<'_, T>>,
+) -> PyResult<Option<&'a [T]>> {
+    a.as_ref().map(|a| slice(op, name, a)).transpose()
 }
 
 /// [`slice`] of an array the kernel updates in place.
