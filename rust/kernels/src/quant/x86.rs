@@ -211,11 +211,11 @@ fn load16(b: &[u8; 16]) -> __m128i {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load_qx(x: &QRow<'_>, c: usize) -> __m256i {
-    load_i8(
-        x.qx[c * CHUNK..(c + 1) * CHUNK]
-            .try_into()
-            .expect("a chunk"),
-    )
+    let q: &[i8; 32] = x.qx[c * CHUNK..(c + 1) * CHUNK]
+        .try_into()
+        .expect("a chunk");
+    // SAFETY: `q` holds 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
 }
 
 /// 32 bytes in both 128-bit halves.
