@@ -185,6 +185,7 @@ def test_module_options_are_checked_at_construction():
 @pytest.mark.parametrize("be", HOST_BACKENDS)
 @pytest.mark.parametrize("activations", ["int8", "float"])
 def test_quantized_linear_fast_path_matches_the_checked_op(be, activations, public_calls, rng):
+    pytest.importorskip("gguf")  # the Q8_0 quantizer is gguf's (the pretrained extra)
     dense = [nn.Linear(64, n, rng=s).to(be) for s, n in ((1, 8), (2, 5))]
     parts = [QuantizedLinear.from_linear(d, "Q8_0").parts[0] for d in dense]
     bias = rng.standard_normal(13).astype(np.float32)
